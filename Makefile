@@ -1,0 +1,45 @@
+# `make dev` runs the local gateway; `make test` runs every check. Each sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv dev test lint unit integration template-tests build deploy-dev clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+dev: venv
+	$(BIN)/onysoft dev $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/cfn-lint template.yaml
+
+test: lint
+	$(BIN)/pytest -q
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	$(BIN)/pytest -q tests/integration
+
+template-tests: venv
+	$(BIN)/pytest -q tests/template
+
+# Needs the SAM CLI (install it apart from this venv: `pipx install aws-sam-cli`) and python3.13 on PATH.
+build:
+	sam validate --lint
+	sam build
+
+deploy-dev: build
+	sam deploy --config-env dev
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Onysoft AI Gateway runtime package (shipped to Lambda as the core layer)."""

@@ -1,0 +1,67 @@
+"""Accounts: the balances keys charge. Created with their kind's currency and default markup."""
+
+import secrets
+
+from pynamodb.exceptions import UpdateError
+
+from onysoft import clock
+from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
+from onysoft.models import Account
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be honoured (unknown account, bad kind or markup)."""
+
+
+def new_account_id() -> str:
+    return "acct_" + secrets.token_hex(8)
+
+
+def create_account(kind: str, *, name: str = "", owner: str | None = None,
+                   markup_bp: int | None = None) -> Account:
+    if kind not in ACCOUNT_KINDS:
+        raise AccountError(f"unknown account kind {kind!r}; one of: {', '.join(ACCOUNT_KINDS)}")
+    key_type = key_type_for_account_kind(kind)
+    if markup_bp is None:
+        markup_bp = key_type.default_markup_bp
+    check_markup(kind, markup_bp)
+    account = Account(
+        account_id=new_account_id(), kind=kind, currency=key_type.currency, name=name,
+        owner=owner or None, balance_micros=0, topped_up_micros=0, markup_bp=markup_bp,
+        created_at=clock.now_iso(),
+    )
+    account.save(Account.account_id.does_not_exist())
+    return account
+
+
+def check_markup(kind: str, markup_bp: int) -> None:
+    key_type = key_type_for_account_kind(kind)
+    if not key_type.markup_min_bp <= markup_bp <= key_type.markup_max_bp:
+        raise AccountError(
+            f"markup for {kind} accounts must be between {key_type.markup_min_bp / 100:g}% "
+            f"and {key_type.markup_max_bp / 100:g}%"
+        )
+
+
+def get_account(account_id: str) -> Account:
+    try:
+        return Account.get(account_id, consistent_read=True)
+    except Account.DoesNotExist:
+        raise AccountError(f"no account {account_id!r}") from None
+
+
+def top_up(account_id: str, amount_micros: int) -> Account:
+    """Add to the balance and to the top-up total in one atomic update."""
+    if amount_micros <= 0:
+        raise AccountError("a top-up must be a positive amount")
+    account = Account(account_id=account_id)
+    try:
+        account.update(
+            actions=[Account.balance_micros.add(amount_micros), Account.topped_up_micros.add(amount_micros)],
+            condition=Account.account_id.exists(),
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code == "ConditionalCheckFailedException":
+            raise AccountError(f"no account {account_id!r}") from None
+        raise
+    return get_account(account_id)

@@ -1,0 +1,84 @@
+"""API key records: create (plaintext returned once), list, find, delete."""
+
+from dataclasses import dataclass
+
+from pynamodb.exceptions import UpdateError
+
+from onysoft import clock, keys
+from onysoft.accounts import AccountError, get_account
+from onysoft.key_types import key_type_for_account_kind
+from onysoft.models import ApiKey
+
+ACTIVE = "active"
+DELETED = "deleted"
+
+
+class KeyNotFound(LookupError):
+    """No such key (or not visible to the caller)."""
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    plaintext: str  # shown once, never stored
+    record: ApiKey
+
+
+def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
+               models: list[str] | None = None, expires_at: str | None = None) -> CreatedKey:
+    account = get_account(account_id)
+    key_type = key_type_for_account_kind(account.kind)
+    for label, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and value < 1:
+            raise AccountError(f"{label} must be a positive integer")
+    plaintext = keys.generate_key()
+    record = ApiKey(
+        key_hash=keys.hash_key(plaintext), key_id=keys.new_key_id(), display=keys.display_form(plaintext),
+        name=name, key_type=key_type.name, account_id=account.account_id, currency=account.currency,
+        status=ACTIVE, created_at=clock.now_iso(), request_count=0, spend_micros=0,
+        rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
+    )
+    record.save(ApiKey.key_hash.does_not_exist())
+    return CreatedKey(plaintext, record)
+
+
+def list_keys(account_id: str, *, include_deleted: bool = False) -> list[ApiKey]:
+    records = list(ApiKey.by_account.query(account_id))
+    return [r for r in records if include_deleted or r.status == ACTIVE]
+
+
+def find_by_key_id(key_id: str) -> ApiKey:
+    for record in ApiKey.by_key_id.query(key_id):
+        # The index is eventually consistent: read the item itself for its current state.
+        return ApiKey.get(record.key_hash, consistent_read=True)
+    raise KeyNotFound(f"no key {key_id!r}")
+
+
+def find_by_hash(key_hash: str) -> ApiKey | None:
+    try:
+        return ApiKey.get(key_hash, consistent_read=True)
+    except ApiKey.DoesNotExist:
+        return None
+
+
+def delete_key(key_id: str) -> ApiKey:
+    """Mark the key deleted. The record stays (usage history names it); it can never authenticate again."""
+    record = find_by_key_id(key_id)
+    try:
+        record.update(
+            actions=[ApiKey.status.set(DELETED), ApiKey.deleted_at.set(clock.now_iso())],
+            condition=ApiKey.status == ACTIVE,
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code == "ConditionalCheckFailedException":
+            raise KeyNotFound(f"key {key_id!r} is already deleted") from None
+        raise
+    return record
+
+
+def is_usable(record: ApiKey, now_iso: str | None = None) -> bool:
+    """Active and not expired: the one rule the authorizer and the proxy both apply."""
+    if record.status != ACTIVE:
+        return False
+    if record.expires_at and record.expires_at <= (now_iso or clock.now_iso()):
+        return False
+    return True

@@ -1,0 +1,41 @@
+"""The authorizer's decision: a Bearer header → the caller's context, or a denial with a reason.
+
+Reads the key record (by the key's SHA-256) and then its account: the account cannot be addressed
+before the key record names it, so this is two GetItems on an authorizer cache miss (DESIGN.md's
+single BatchGetItem is impossible without a key that encodes its account).
+"""
+
+from onysoft import clock, keys
+from onysoft.api_keys import find_by_hash, is_usable
+from onysoft.caller import CallerContext
+from onysoft.models import Account
+
+
+class Denied(Exception):
+    """The request must get 401. `reason` is for logs: it never holds the key."""
+
+    def __init__(self, reason: str, key_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.key_id = key_id
+
+
+def authorize(authorization_header: str | None) -> CallerContext:
+    key = keys.bearer_key(authorization_header)
+    if key is None:
+        raise Denied("malformed")  # decided before any DynamoDB call
+    record = find_by_hash(keys.hash_key(key))
+    if record is None:
+        raise Denied("unknown")
+    if not is_usable(record, clock.now_iso()):
+        raise Denied(record.status if record.status != "active" else "expired", record.key_id)
+    try:
+        account = Account.get(record.account_id, consistent_read=True)
+    except Account.DoesNotExist:
+        raise Denied("account_missing", record.key_id) from None
+    return CallerContext(
+        key_id=record.key_id, key_type=record.key_type, account_id=account.account_id,
+        currency=account.currency, markup_bp=int(account.markup_bp),
+        rpm=int(record.rpm or 0), tpm=int(record.tpm or 0), models=tuple(record.models or ()),
+        expires_at=record.expires_at or "",
+    )

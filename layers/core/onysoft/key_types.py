@@ -1,0 +1,37 @@
+"""The key-type registry: the only place where the four key types' account kind, currency,
+default markup and default limits live (DESIGN.md, "Key types")."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeyType:
+    name: str
+    account_kind: str  # a key of this type charges an account of this kind
+    currency: str
+    default_markup_bp: int  # basis points: 5000 = 50%
+    description: str
+    markup_min_bp: int = 0
+    markup_max_bp: int = 100_000  # 1000%: a sanity bound, not a business rule
+    default_rpm: int = 0  # 0 = no limit
+    default_tpm: int = 0
+
+
+KEY_TYPES: dict[str, KeyType] = {
+    kt.name: kt
+    for kt in (
+        KeyType("user", "user", "TRY", 5000, "a person's own key; platform standard markup"),
+        KeyType("project", "project", "TRY", 5000, "an org project's key; markup set per project"),
+        KeyType("partner_project", "partner_project", "USD", 5000, "a partner's own project"),
+        KeyType("partner_customer", "partner_customer", "TRY", 3000, "a partner's end customer"),
+    )
+}
+
+ACCOUNT_KINDS: tuple[str, ...] = tuple(kt.account_kind for kt in KEY_TYPES.values())
+
+
+def key_type_for_account_kind(kind: str) -> KeyType:
+    for kt in KEY_TYPES.values():
+        if kt.account_kind == kind:
+            return kt
+    raise KeyError(f"unknown account kind: {kind}")

@@ -1,0 +1,190 @@
+"""PynamoDB models of the five tables. template.yaml holds the schema; a test checks these match it.
+
+Table names come from the environment (onysoft.config); `bind_tables()` re-reads them, so tools that
+load settings after import (the CLI reading dev.env) point the models at the right tables.
+"""
+
+from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from onysoft import config
+
+
+class _ByAccount(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_account"
+        projection = AllProjection()
+
+    account_id = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class _ByKeyId(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_key_id"
+        projection = AllProjection()
+
+    key_id = UnicodeAttribute(hash_key=True)
+
+
+class ApiKey(Model):
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_API_KEYS")
+        region = config.region()
+
+    key_hash = UnicodeAttribute(hash_key=True)  # SHA-256 hex of the whole key; never the key
+    key_id = UnicodeAttribute()
+    display = UnicodeAttribute()
+    name = UnicodeAttribute(default="")
+    key_type = UnicodeAttribute()
+    account_id = UnicodeAttribute()
+    currency = UnicodeAttribute()
+    status = UnicodeAttribute(default="active")
+    created_at = UnicodeAttribute()
+    last_used_at = UnicodeAttribute(null=True)
+    deleted_at = UnicodeAttribute(null=True)
+    expires_at = UnicodeAttribute(null=True)
+    request_count = NumberAttribute(default=0)
+    spend_micros = NumberAttribute(default=0)
+    rpm = NumberAttribute(null=True)
+    tpm = NumberAttribute(null=True)
+    models = ListAttribute(of=UnicodeAttribute, null=True)
+
+    by_account = _ByAccount()
+    by_key_id = _ByKeyId()
+
+
+class _ByOwner(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_owner"
+        projection = AllProjection()
+
+    owner = UnicodeAttribute(hash_key=True)
+    account_id = UnicodeAttribute(range_key=True)
+
+
+class Account(Model):
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
+        region = config.region()
+
+    account_id = UnicodeAttribute(hash_key=True)
+    kind = UnicodeAttribute()
+    currency = UnicodeAttribute()
+    name = UnicodeAttribute(default="")
+    owner = UnicodeAttribute(null=True)  # org id (projects) or partner id (partner accounts)
+    balance_micros = NumberAttribute(default=0)
+    topped_up_micros = NumberAttribute(default=0)  # all top-ups ever: the ledger's left-hand side
+    markup_bp = NumberAttribute()
+    created_at = UnicodeAttribute()
+
+    by_owner = _ByOwner()
+
+
+class _ByKey(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "by_key"
+        projection = AllProjection()
+
+    key_id = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+
+
+class _OpenHolds(GlobalSecondaryIndex):
+    class Meta:
+        index_name = "open_holds"
+        projection = AllProjection()
+
+    hold_state = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class UsageRecord(Model):
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_USAGE")
+        region = config.region()
+
+    account_id = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)  # "<created_at>#<request_id>"
+    request_id = UnicodeAttribute()
+    key_id = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    status = UnicodeAttribute()  # pending | settled | failed
+    hold_state = UnicodeAttribute(null=True)  # "open" only while the hold is open (sparse index)
+    key_hash = UnicodeAttribute(null=True)  # to update the key's counters at settle; a hash, never the key
+    endpoint = UnicodeAttribute(null=True)  # chat.completions | embeddings
+    stream = UnicodeAttribute(null=True)  # "true" | "false"
+    model = UnicodeAttribute(null=True)
+    provider = UnicodeAttribute(null=True)
+    upstream_model = UnicodeAttribute(null=True)
+    currency = UnicodeAttribute(null=True)
+    hold_micros = NumberAttribute(default=0)
+    hold_prompt_tokens = NumberAttribute(default=0)
+    hold_output_tokens = NumberAttribute(default=0)
+    charge_micros = NumberAttribute(default=0)
+    uncharged_micros = NumberAttribute(null=True)  # usage beyond the hold, absorbed by the platform
+    prompt_tokens = NumberAttribute(default=0)
+    completion_tokens = NumberAttribute(default=0)
+    # Every factor of the charge, so it can be recomputed (decimal strings, never floats).
+    input_usd_per_mtok = UnicodeAttribute(null=True)
+    output_usd_per_mtok = UnicodeAttribute(null=True)
+    markup_bp = NumberAttribute(null=True)
+    fx_rate = UnicodeAttribute(null=True)
+    fx_rate_at = UnicodeAttribute(null=True)
+    provider_cost_usd = UnicodeAttribute(null=True)
+    usage_estimated = UnicodeAttribute(null=True)  # "true" when tokens were estimated (stream cut)
+    upstream_status = NumberAttribute(null=True)
+    error_code = UnicodeAttribute(null=True)
+    error_message = UnicodeAttribute(null=True)
+    settled_at = UnicodeAttribute(null=True)
+
+    by_key = _ByKey()
+    open_holds = _OpenHolds()
+
+
+class RateLimitCounter(Model):
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_RATE_LIMITS")
+        region = config.region()
+
+    counter_id = UnicodeAttribute(hash_key=True)  # "<key_id>#<window>"
+    requests = NumberAttribute(default=0)
+    tokens = NumberAttribute(default=0)
+    expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
+
+
+class CatalogEntry(Model):
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_CATALOG")
+        region = config.region()
+
+    kind = UnicodeAttribute(hash_key=True)  # model | fx | setting
+    id = UnicodeAttribute(range_key=True)
+    provider = UnicodeAttribute(null=True)
+    upstream_model = UnicodeAttribute(null=True)
+    # Prices and rates as decimal strings: a DynamoDB number would come back as a float.
+    input_usd_per_mtok = UnicodeAttribute(null=True)
+    output_usd_per_mtok = UnicodeAttribute(null=True)
+    rate = UnicodeAttribute(null=True)
+    enabled = UnicodeAttribute(null=True)  # "true" | "false"
+    max_output_tokens = NumberAttribute(null=True)  # the output cap a hold is sized for (default in billing)
+    updated_at = UnicodeAttribute(null=True)
+
+
+_MODEL_TABLE_ENV = {
+    ApiKey: "ONYSOFT_TABLE_API_KEYS",
+    Account: "ONYSOFT_TABLE_ACCOUNTS",
+    UsageRecord: "ONYSOFT_TABLE_USAGE",
+    RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
+    CatalogEntry: "ONYSOFT_TABLE_CATALOG",
+}
+ALL_MODELS = tuple(_MODEL_TABLE_ENV)
+
+
+def bind_tables() -> None:
+    """Point every model at the tables and region the environment names now."""
+    for model, env_var in _MODEL_TABLE_ENV.items():
+        model.Meta.table_name = config.table_name(env_var)
+        model.Meta.region = config.region()
+        model._connection = None

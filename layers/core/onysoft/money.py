@@ -1,0 +1,59 @@
+"""Money: integer micro-units of a currency, Decimal prices, one rounding rule (always up).
+
+charge = ceil(provider_cost_usd × (1 + markup) × fx) micro-units (DESIGN.md, "Money").
+"""
+
+import re
+from decimal import ROUND_CEILING, Decimal
+
+MICROS_PER_UNIT = 1_000_000
+_AMOUNT_PATTERN = re.compile(r"\d+(\.\d{1,6})?")
+_PCT_PATTERN = re.compile(r"\d+(\.\d{1,2})?")
+BP_PER_PCT = 100
+
+
+class MoneyError(ValueError):
+    """Bad money input (negative, malformed, too precise)."""
+
+
+def parse_amount(text: str) -> int:
+    """'12.5' → 12_500_000 micro-units. Positive, at most 6 decimals, no exponent, no sign."""
+    text = text.strip()
+    if not _AMOUNT_PATTERN.fullmatch(text):
+        raise MoneyError(f"amount must be a positive decimal number with at most 6 decimals, got {text!r}")
+    micros = int(Decimal(text) * MICROS_PER_UNIT)
+    if micros <= 0:
+        raise MoneyError("amount must be greater than zero")
+    return micros
+
+
+def format_micros(micros: int) -> str:
+    """12_500_000 → '12.500000': exact, six decimals, as a decimal string."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_UNIT)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def parse_markup_pct(text: str) -> int:
+    """'30' or '12.5' (percent) → basis points (3000, 1250). At most 2 decimals, not negative."""
+    text = str(text).strip()
+    if not _PCT_PATTERN.fullmatch(text):
+        raise MoneyError(f"markup must be a percentage like 30 or 12.5 (at most 2 decimals), got {text!r}")
+    return int(Decimal(text) * BP_PER_PCT)
+
+
+def markup_pct(markup_bp: int) -> int | float:
+    """Basis points → the JSON number of DESIGN.md's `markup_pct` (30 means 30%)."""
+    whole, rest = divmod(markup_bp, BP_PER_PCT)
+    return whole if rest == 0 else float(Decimal(markup_bp) / BP_PER_PCT)
+
+
+def usd_cost(tokens: int, usd_per_mtok: Decimal) -> Decimal:
+    """Exact provider cost in USD of `tokens` at a price per million tokens."""
+    return Decimal(tokens) * usd_per_mtok / Decimal(1_000_000)
+
+
+def charge_micros(provider_cost_usd: Decimal, markup_bp: int, fx_rate: Decimal) -> int:
+    """The one rounding rule: the marked-up, converted cost, rounded up to a whole micro-unit."""
+    amount = provider_cost_usd * (Decimal(10_000 + markup_bp) / Decimal(10_000)) * fx_rate
+    return int((amount * MICROS_PER_UNIT).to_integral_value(rounding=ROUND_CEILING))

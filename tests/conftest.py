@@ -1,0 +1,34 @@
+"""Shared test setup: dummy AWS credentials (nothing may reach AWS) and a mock_aws fixture with the
+tables created from template.yaml, so unit tests use the same schema as the deployment."""
+
+import os
+
+import pytest
+
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_SESSION_TOKEN="testing",
+    AWS_SECURITY_TOKEN="testing", AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+)
+os.environ.pop("AWS_ENDPOINT_URL_DYNAMODB", None)
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture
+def aws_tables():
+    """moto's in-process DynamoDB with the template's tables. Unit tests only: never for concurrency."""
+    import boto3
+    from moto import mock_aws
+
+    from onysoft import config
+    from onysoft.models import bind_tables
+    from onysoft_tools import template
+
+    with mock_aws():
+        tpl = template.load_template()
+        names = {logical: config.table_name(env) for logical, env in template.TABLE_ENV.items()}
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        for definition in template.table_definitions(tpl, names):
+            client.create_table(**definition)
+        bind_tables()
+        yield client
+
