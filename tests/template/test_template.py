@@ -1,0 +1,437 @@
+"""template.yaml checks: cfn-lint, the SAM transform (offline), and the local reader against both.
+
+The reader (onysoft_tools.template) is what the local gateway builds its routes, authorizer settings,
+gateway responses and tables from; these tests pin it to what SAM actually deploys.
+"""
+
+import copy
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from onysoft_tools import template as reader
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+
+TABLES = {
+    "ApiKeysTable": "ONYSOFT_TABLE_API_KEYS",
+    "AccountsTable": "ONYSOFT_TABLE_ACCOUNTS",
+    "UsageTable": "ONYSOFT_TABLE_USAGE",
+    "RateLimitsTable": "ONYSOFT_TABLE_RATE_LIMITS",
+    "CatalogTable": "ONYSOFT_TABLE_CATALOG",
+}
+DYNAMODB_ALLOWED = {
+    "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:PutItem",
+    "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Scan",
+}
+OTHER_ALLOWED = {"secretsmanager:GetSecretValue"}
+STREAM_URI = re.compile(
+    r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2021-11-15/functions/\$\{(\w+)\.Arn\}"
+    r"/response-streaming-invocations$"
+)
+
+
+class _NoManagedPolicies:
+    """samtranslator's ManagedPolicyLoader without IAM: the template names no managed policy by name."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def _sam_transform(parameters: dict | None = None) -> dict:
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    tpl = yaml_parse(TEMPLATE.read_text())
+    for resource in tpl["Resources"].values():  # what `sam package` does: local code → S3
+        props = resource.get("Properties") or {}
+        for uri in ("CodeUri", "ContentUri"):
+            if isinstance(props.get(uri), str):
+                props[uri] = f"s3://onysoft-test-bucket/{props[uri]}"
+    return transform(tpl, dict(parameters or {}), _NoManagedPolicies())
+
+
+@pytest.fixture(scope="module")
+def tpl() -> dict:
+    return reader.load_template(TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def cfn() -> dict:
+    return _sam_transform()
+
+
+def _of_type(cfn: dict, resource_type: str) -> dict:
+    return {k: v for k, v in cfn["Resources"].items() if v["Type"] == resource_type}
+
+
+def _rest_api_body(cfn: dict) -> dict:
+    (api,) = _of_type(cfn, "AWS::ApiGateway::RestApi").values()
+    return api["Properties"]["Body"]
+
+
+def _security_schemes(body: dict) -> dict:
+    return body.get("components", {}).get("securitySchemes") or body.get("securityDefinitions") or {}
+
+
+def _methods(body: dict):
+    for path, item in body["paths"].items():
+        for method, operation in item.items():
+            yield path, method.upper(), operation
+
+
+# ------------------------------------------------------------------------------------------- lint
+
+
+def test_cfn_lint_has_no_errors():
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    command = [str(cfn_lint)] if cfn_lint.exists() else [sys.executable, "-m", "cfnlint"]
+    result = subprocess.run([*command, str(TEMPLATE)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    # cfn-lint's exit code is a bit field: 1 = it failed, 2 = errors (4 = warnings, 8 = informational).
+    assert result.returncode & 3 == 0, result.stdout + result.stderr
+
+
+def test_reader_reads_tags_as_sam_does(tpl):
+    from samtranslator.yaml_helper import yaml_parse
+
+    assert tpl == yaml_parse(TEMPLATE.read_text())
+    variables = tpl["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["ONYSOFT_TABLE_USAGE"] == {"Ref": "UsageTable"}
+
+
+def test_template_path_override(tmp_path, monkeypatch):
+    other = tmp_path / "t.yaml"
+    other.write_text("Resources:\n  X: {Type: T, Properties: {A: !GetAtt Y.Arn, B: !Sub 'x-${Y}',\n"
+                     "                              C: !Ref Z}}\n")
+    monkeypatch.setenv("ONYSOFT_TEMPLATE", str(other))
+    assert reader.template_path() == other
+    assert reader.load_template()["Resources"]["X"]["Properties"] == {
+        "A": {"Fn::GetAtt": ["Y", "Arn"]}, "B": {"Fn::Sub": "x-${Y}"}, "C": {"Ref": "Z"},
+    }
+    monkeypatch.delenv("ONYSOFT_TEMPLATE")
+    assert reader.template_path() == TEMPLATE
+
+
+# ------------------------------------------------------------------------------------------- authorizer
+
+
+def test_authorizer_is_request_type_on_authorization_header_with_ttl_parameter(cfn, tpl):
+    settings = reader.authorizer_settings(tpl)
+    assert settings == reader.AuthorizerSettings(
+        name="KeyAuthorizer", function="AuthorizerFunction", identity_header="Authorization", ttl_seconds=60,
+    )
+    scheme = _security_schemes(_rest_api_body(cfn))[settings.name]["x-amazon-apigateway-authorizer"]
+    assert scheme["type"] == "request"
+    assert scheme["identitySource"] == "method.request.header.Authorization"
+    assert reader.resolve(scheme["authorizerResultTtlInSeconds"], cfn) == settings.ttl_seconds == 60
+    assert "${__FunctionArn__}" in scheme["authorizerUri"]["Fn::Sub"][0]
+    function_arn = scheme["authorizerUri"]["Fn::Sub"][1]["__FunctionArn__"]
+    assert function_arn == {"Fn::GetAtt": ["AuthorizerFunction", "Arn"]}
+
+
+def test_authorizer_ttl_follows_the_parameter():
+    cfn = _sam_transform({"AuthorizerTtlSeconds": 17})
+    scheme = _security_schemes(_rest_api_body(cfn))["KeyAuthorizer"]["x-amazon-apigateway-authorizer"]
+    ttl = reader.resolve(scheme["authorizerResultTtlInSeconds"], cfn, {"AuthorizerTtlSeconds": 17})
+    assert int(ttl) == 17
+    tpl = reader.load_template(TEMPLATE)
+    assert reader.authorizer_settings(tpl, {"AuthorizerTtlSeconds": "17"}).ttl_seconds == 17
+
+
+def test_api_gateway_may_invoke_the_authorizer(cfn):
+    permissions = [
+        p["Properties"] for p in _of_type(cfn, "AWS::Lambda::Permission").values()
+        if json.dumps(p["Properties"]["FunctionName"]).count("AuthorizerFunction")
+    ]
+    assert len(permissions) == 1
+    (permission,) = permissions
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["Principal"] == "apigateway.amazonaws.com"
+    assert "/authorizers/*" in json.dumps(permission["SourceArn"])
+
+
+# ------------------------------------------------------------------------------------------- routes
+
+
+def test_every_method_streams_through_the_proxy_and_uses_the_authorizer(cfn):
+    body = _rest_api_body(cfn)
+    methods = list(_methods(body))
+    assert methods
+    for path, method, operation in methods:
+        assert path.startswith("/v1/"), path
+        integration = operation["x-amazon-apigateway-integration"]
+        assert integration["type"] == "aws_proxy" and integration["httpMethod"] == "POST"
+        assert integration["responseTransferMode"] == "STREAM", (method, path)
+        assert STREAM_URI.match(integration["uri"]["Fn::Sub"]), integration["uri"]
+        assert operation["security"] == [{"KeyAuthorizer": []}], (method, path)
+    assert "/healthz" not in body["paths"]
+
+
+def test_api_gateway_may_invoke_the_proxy_on_every_route(cfn, tpl):
+    source_arns = [
+        json.dumps(p["Properties"]["SourceArn"]) for p in _of_type(cfn, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Ref": "ProxyFunction"}
+    ]
+    for route in reader.routes(tpl):
+        assert any(arn.endswith(f'/{route.method}{route.path}", {{"__ApiId__": {{"Ref": "GatewayApi"}}, '
+                                f'"__Stage__": "*"}}]}}') for arn in source_arns), route
+
+
+def test_reader_routes_equal_the_deployed_routes(cfn, tpl):
+    deployed = set()
+    for path, method, operation in _methods(_rest_api_body(cfn)):
+        integration = operation["x-amazon-apigateway-integration"]
+        uri = integration["uri"]["Fn::Sub"]
+        function = re.search(r"\$\{(\w+)\.Arn\}", uri).group(1)
+        (authorizer,) = operation.get("security", [{}])[0].keys() or [None]
+        deployed.add(reader.Route(
+            method=method, path=path, function=function, authorizer=authorizer,
+            streaming=integration.get("responseTransferMode") == "STREAM",
+        ))
+    local = reader.routes(tpl)
+    assert len(local) == len(set(local))
+    assert set(local) == deployed
+    assert {(r.method, r.path) for r in local} >= {("GET", "/v1/key"), ("GET", "/v1/models")}
+
+
+def test_stage_name(tpl, cfn):
+    assert reader.stage_name(tpl) == "prod"
+    assert reader.stage_name(tpl, {"StageName": "dev"}) == "dev"
+    (stage,) = _of_type(cfn, "AWS::ApiGateway::Stage").values()  # OpenAPI 3: no extra "Stage" stage
+    assert stage["Properties"]["StageName"] == {"Ref": "StageName"}
+
+
+# ------------------------------------------------------------------------------------------- IAM
+
+
+def _statements(role: dict):
+    for policy in role["Properties"].get("Policies", []):
+        yield from policy["PolicyDocument"]["Statement"]
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _table_of(resource) -> str:
+    """The table a policy resource names: `!GetAtt T.Arn` or `!Sub ${T.Arn}/index/*`."""
+    if "Fn::GetAtt" in resource:
+        logical, attribute = resource["Fn::GetAtt"]
+        assert attribute == "Arn"
+        return logical
+    match = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\*|\w+)", resource["Fn::Sub"])
+    assert match, resource
+    return match.group(1)
+
+
+def test_function_policies_are_least_privilege(cfn):
+    all_roles = _of_type(cfn, "AWS::IAM::Role")
+    # The schedule's own role only lets EventBridge Scheduler invoke the sweeper.
+    schedule_role = all_roles.pop("SweeperFunctionEveryFiveMinutesRole")
+    assert {a for st in _statements(schedule_role) for a in _as_list(st["Action"])} == {"lambda:InvokeFunction"}
+    roles = all_roles
+    assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole"}
+    granted: dict[str, dict[str, set[str]]] = {}
+    for role_id, role in roles.items():
+        assert role["Properties"]["ManagedPolicyArns"] == [
+            "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+        ]
+        for statement in _statements(role):
+            assert statement["Effect"] == "Allow"
+            actions, resources = _as_list(statement["Action"]), _as_list(statement["Resource"])
+            assert all("*" not in action for action in actions), actions
+            for action in actions:
+                assert action in DYNAMODB_ALLOWED | OTHER_ALLOWED, action
+            if any(a.startswith("dynamodb:") for a in actions):
+                assert all(a.startswith("dynamodb:") for a in actions)
+                tables = {_table_of(r) for r in resources}
+                assert tables <= set(TABLES), tables
+                for action in actions:
+                    granted.setdefault(role_id, {}).setdefault(action, set()).update(tables)
+            else:
+                assert actions == ["secretsmanager:GetSecretValue"]
+                (arn,) = resources
+                assert arn["Fn::Sub"].endswith(":secret:onysoft/providers/*"), arn
+    assert granted["AuthorizerFunctionRole"] == {"dynamodb:GetItem": {"ApiKeysTable", "AccountsTable"}}
+    proxy = granted["ProxyFunctionRole"]
+    assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
+    assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
+    assert granted["SweeperFunctionRole"] == {
+        "dynamodb:Query": {"UsageTable"}, "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable"},
+    }
+
+
+def test_proxy_runs_under_the_lambda_web_adapter(cfn):
+    proxy = cfn["Resources"]["ProxyFunction"]["Properties"]
+    env = proxy["Environment"]["Variables"]
+    assert env["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+    assert env["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert env["AWS_LWA_READINESS_CHECK_PATH"] == "/healthz"
+    assert set(TABLES.values()) <= set(env)  # Globals merged in
+    assert proxy["Handler"] == "run.sh" and proxy["Timeout"] == 900
+    assert any("LambdaAdapterLayerArm64" in json.dumps(layer) for layer in proxy["Layers"])
+    assert proxy["Architectures"] == ["arm64"] and proxy["Runtime"] == "python3.13"
+    run_sh = ROOT / "functions" / "proxy" / "run.sh"
+    assert run_sh.stat().st_mode & stat.S_IXUSR
+    assert "exec python -m uvicorn app:app" in run_sh.read_text()
+
+
+# ----------------------------------------------------------------------------------- gateway responses
+
+
+@pytest.mark.parametrize("response_type, status", [
+    ("UNAUTHORIZED", 401), ("ACCESS_DENIED", 403), ("MISSING_AUTHENTICATION_TOKEN", 404),
+    ("REQUEST_TOO_LARGE", 413), ("THROTTLED", 429), ("AUTHORIZER_FAILURE", 500),
+    ("INTEGRATION_FAILURE", 502), ("INTEGRATION_TIMEOUT", 504), ("DEFAULT_4XX", None), ("DEFAULT_5XX", None),
+])
+def test_gateway_responses_answer_in_openai_envelope(cfn, tpl, response_type, status):
+    deployed = _rest_api_body(cfn)["x-amazon-apigateway-gateway-responses"][response_type]
+    local = reader.gateway_responses(tpl)[response_type]
+    assert deployed.get("statusCode") == (str(status) if status else None)
+    assert deployed["responseTemplates"]["application/json"] == local.template
+    assert deployed["responseParameters"]["gatewayresponse.header.Content-Type"] == "'application/json'"
+    assert local.headers["Content-Type"] == "application/json"
+
+    message = 'Invalid request body: "model" is required \\ tab\t'
+    got_status, headers, body = reader.render_gateway_response(
+        local, message=message, http_method="POST", path="/prod/v1/nope", request_id="req-123",
+    )
+    assert got_status == (status or {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500}[response_type])
+    assert headers["Content-Type"] == "application/json"
+    envelope = json.loads(body)
+    assert set(envelope) == {"error"}
+    error = envelope["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    assert error["param"] is None and isinstance(error["message"], str) and error["type"]
+    assert "$context" not in error["message"]
+    if response_type == "UNAUTHORIZED":
+        assert error["code"] == "invalid_api_key" and "Bearer sk-ony-" in error["message"]
+    if response_type == "MISSING_AUTHENTICATION_TOKEN":
+        assert error["code"] == "unknown_url" and "POST /prod/v1/nope" in error["message"]
+    if response_type == "DEFAULT_4XX":
+        assert error["message"] == message
+    if response_type == "THROTTLED":
+        assert error["code"] == "rate_limit_exceeded" and headers["Retry-After"] == "1"
+
+
+def test_render_substitutes_like_api_gateway():
+    resp = reader.GatewayResponse(status=418, headers={"Content-Type": "text/plain"},
+                                  template="$context.error.messageString|$context.error.message|"
+                                           "${context.httpMethod}|$context.path|$context.requestId|$context.other")
+    status, headers, body = reader.render_gateway_response(
+        resp, message='a "b"', http_method="GET", path="/p", request_id="r", status=415,
+    )
+    assert status == 415 and headers == {"Content-Type": "text/plain"}
+    assert body.decode() == '"a \\"b\\""|a "b"|GET|/p|r|$context.other'
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+
+def test_table_env_comes_from_the_globals(tpl):
+    assert reader.table_env(tpl) == TABLES
+    assert reader.TABLE_ENV == TABLES
+
+
+def test_tables_round_trip_through_moto(tpl):
+    import boto3
+    from moto import mock_aws
+
+    names = {logical: f"test-{logical}" for logical in TABLES}
+    definitions = {d["TableName"]: d for d in reader.table_definitions(tpl, names)}
+    assert set(definitions) == set(names.values())
+    assert all(d["BillingMode"] == "PAY_PER_REQUEST" for d in definitions.values())
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        assert sorted(reader.create_tables(client, tpl, names)) == sorted(names.values())
+        assert reader.create_tables(client, tpl, names) == []  # idempotent
+        described = {}
+        for logical, name in names.items():
+            table = client.describe_table(TableName=name)["Table"]
+            described[logical] = table
+            definition = definitions[name]
+            assert table["KeySchema"] == definition["KeySchema"]
+            assert {(a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]} == {
+                (a["AttributeName"], a["AttributeType"]) for a in definition["AttributeDefinitions"]
+            }
+            gsis = {g["IndexName"]: g["KeySchema"] for g in table.get("GlobalSecondaryIndexes", [])}
+            wanted = definition.get("GlobalSecondaryIndexes", [])
+            assert gsis == {g["IndexName"]: g["KeySchema"] for g in wanted}
+            ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            expected_ttl = reader.ttl_attribute(tpl, logical)
+            enabled = ttl["TimeToLiveStatus"] == "ENABLED"
+            assert (ttl.get("AttributeName") if enabled else None) == expected_ttl
+
+    def key(logical, index=None):
+        table = described[logical]
+        schema = table["KeySchema"] if index is None else next(
+            g["KeySchema"] for g in table["GlobalSecondaryIndexes"] if g["IndexName"] == index)
+        return [(k["AttributeName"], k["KeyType"]) for k in schema]
+
+    # docs/ARCHITECTURE.md
+    assert key("ApiKeysTable") == [("key_hash", "HASH")]
+    assert key("ApiKeysTable", "by_account") == [("account_id", "HASH"), ("created_at", "RANGE")]
+    assert key("ApiKeysTable", "by_key_id") == [("key_id", "HASH")]
+    assert key("AccountsTable") == [("account_id", "HASH")]
+    assert key("AccountsTable", "by_owner") == [("owner", "HASH"), ("account_id", "RANGE")]
+    assert key("UsageTable") == [("account_id", "HASH"), ("sk", "RANGE")]
+    assert key("UsageTable", "by_key") == [("key_id", "HASH"), ("sk", "RANGE")]
+    assert key("UsageTable", "open_holds") == [("hold_state", "HASH"), ("created_at", "RANGE")]
+    assert key("RateLimitsTable") == [("counter_id", "HASH")]
+    assert reader.ttl_attribute(tpl, "RateLimitsTable") == "expires_at"
+    assert key("CatalogTable") == [("kind", "HASH"), ("id", "RANGE")]
+
+
+def test_table_definitions_need_every_name(tpl):
+    names = {logical: logical.lower() for logical in TABLES}
+    names.pop("CatalogTable")
+    with pytest.raises(KeyError, match="CatalogTable"):
+        reader.table_definitions(copy.deepcopy(tpl), names)
+
+
+# ------------------------------------------------------------------------------------------- events
+
+
+def _event(name: str) -> dict:
+    return json.loads((ROOT / "events" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["authorizer-valid-key.json", "authorizer-malformed-key.json",
+                                  "authorizer-missing-key.json"])
+def test_authorizer_events(name, tpl):
+    event = _event(name)
+    assert event["type"] == "REQUEST"
+    assert event["methodArn"] == "arn:aws:execute-api:eu-central-1:123456789012:abcdef1234/prod/GET/v1/key"
+    route = reader.Route("GET", event["resource"], "ProxyFunction", "KeyAuthorizer", True)
+    assert route in reader.routes(tpl)
+    auth = event["headers"].get("Authorization")
+    if name == "authorizer-valid-key.json":
+        assert auth == "Bearer sk-ony-" + "0123456789abcdef" * 3
+    elif name == "authorizer-missing-key.json":
+        assert auth is None
+    else:
+        assert auth and not re.fullmatch(r"Bearer sk-ony-[0-9a-f]{48}", auth)
+
+
+@pytest.mark.parametrize("name, path", [
+    ("proxy-get-key.json", "/v1/key"), ("proxy-get-models.json", "/v1/models"),
+])
+def test_proxy_events_carry_the_authorizer_context(name, path, tpl):
+    from onysoft.caller import CallerContext
+
+    event = _event(name)
+    assert (event["httpMethod"], event["path"], event["resource"]) == ("GET", path, path)
+    assert event["requestContext"]["path"] == f"/{reader.stage_name(tpl)}{path}"
+    caller = CallerContext.from_authorizer_context(event["requestContext"]["authorizer"])
+    assert caller == CallerContext(
+        key_id="key_0123456789abcdef", key_type="user", account_id="acct_0123456789abcdef",
+        currency="TRY", markup_bp=5000,
+    )

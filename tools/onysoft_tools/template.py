@@ -1,0 +1,338 @@
+"""The one reader of template.yaml for local tools: tables, routes, authorizer settings, gateway responses.
+
+The local gateway (`onysoft dev`) and the tests build everything from what this module reads, so the
+deployment and the local run cannot drift: there is no second copy of the schema or the routes.
+Only the standard library and PyYAML: this runs in the local gateway, never in Lambda.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
+TEMPLATE_ENV_VAR = "ONYSOFT_TEMPLATE"
+
+TABLE_TYPE = "AWS::DynamoDB::Table"
+FUNCTION_TYPE = "AWS::Serverless::Function"
+API_TYPE = "AWS::Serverless::Api"
+
+# API Gateway's own answer when a REQUEST authorizer sets no ReauthorizeEvery.
+DEFAULT_AUTHORIZER_TTL = 300
+# Status used for DEFAULT_4XX/DEFAULT_5XX when the template leaves it to the specific error.
+_FALLBACK_STATUS = {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that reads CloudFormation short tags into their long JSON forms."""
+
+
+# CloudFormation has no YAML timestamps: `2012-10-17` stays a string (as cfn-lint and SAM read it).
+_CfnLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_node(loader: yaml.Loader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)
+
+
+def _construct_tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value = _construct_node(loader, node)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "Condition":
+        return {"Condition": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        resource, _, attribute = value.partition(".")
+        return {"Fn::GetAtt": [resource, attribute]}
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def template_path() -> Path:
+    """template.yaml at the repository root, or the file named by $ONYSOFT_TEMPLATE."""
+    override = os.environ.get(TEMPLATE_ENV_VAR)
+    return Path(override) if override else TEMPLATE_PATH
+
+
+def load_template(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The template as a dict, short tags in their long forms (`!Ref X` → `{"Ref": "X"}`)."""
+    text = Path(path or template_path()).read_text(encoding="utf-8")
+    return yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+@cache
+def _default_template() -> dict[str, Any]:
+    return load_template()
+
+
+def _resources(tpl: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {
+        logical_id: resource
+        for logical_id, resource in (tpl.get("Resources") or {}).items()
+        if resource.get("Type") == resource_type
+    }
+
+
+def resolve(value: Any, tpl: dict[str, Any], parameters: dict[str, Any] | None = None) -> Any:
+    """A value with `{"Ref": <parameter>}` resolved to the given override or the parameter's Default."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        name = value["Ref"]
+        if parameters and name in parameters:
+            return parameters[name]
+        declared = (tpl.get("Parameters") or {}).get(name)
+        if declared is None or "Default" not in declared:
+            raise KeyError(f"template value {value!r} has no parameter default to resolve to")
+        return declared["Default"]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def table_env(tpl: dict[str, Any] | None = None) -> dict[str, str]:
+    """{table logical id: environment variable} from the Globals' `NAME: !Ref SomeTable` entries."""
+    tpl = tpl if tpl is not None else _default_template()
+    tables = _resources(tpl, TABLE_TYPE)
+    function_globals = (tpl.get("Globals") or {}).get("Function") or {}
+    variables = (function_globals.get("Environment") or {}).get("Variables") or {}
+    env = {}
+    for name, value in variables.items():
+        if isinstance(value, dict) and value.get("Ref") in tables:
+            env[value["Ref"]] = name
+    return env
+
+
+def __getattr__(name: str) -> Any:
+    # TABLE_ENV is read from the template on first use (module import stays free of file I/O).
+    if name == "TABLE_ENV":
+        return table_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def table_definitions(tpl: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+    """boto3 `create_table` keyword arguments for every table; `names` maps logical id → TableName."""
+    definitions = []
+    for logical_id, resource in _resources(tpl, TABLE_TYPE).items():
+        if logical_id not in names:
+            raise KeyError(f"no table name given for {logical_id}")
+        props = resource.get("Properties") or {}
+        definition: dict[str, Any] = {
+            "TableName": names[logical_id],
+            "AttributeDefinitions": [dict(a) for a in props["AttributeDefinitions"]],
+            "KeySchema": [dict(k) for k in props["KeySchema"]],
+            "BillingMode": props.get("BillingMode", "PROVISIONED"),
+        }
+        if definition["BillingMode"] == "PROVISIONED":
+            definition["ProvisionedThroughput"] = dict(props["ProvisionedThroughput"])
+        for index_kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+            indexes = props.get(index_kind)
+            if indexes:
+                definition[index_kind] = [
+                    {key: value for key, value in index.items() if key in _INDEX_KEYS} for index in indexes
+                ]
+        definitions.append(definition)
+    return definitions
+
+
+_INDEX_KEYS = {"IndexName", "KeySchema", "Projection", "ProvisionedThroughput", "OnDemandThroughput"}
+
+
+def ttl_attribute(tpl: dict[str, Any], logical_id: str) -> str | None:
+    """The table's enabled TTL attribute, or None."""
+    props = (tpl.get("Resources") or {}).get(logical_id, {}).get("Properties") or {}
+    spec = props.get("TimeToLiveSpecification") or {}
+    return spec.get("AttributeName") if spec.get("Enabled") else None
+
+
+def create_tables(client: Any, tpl: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """Create every table (and its TTL) with a boto3 DynamoDB client; existing tables are kept.
+
+    Returns the names of the tables created now.
+    """
+    created = []
+    logical_by_name = {name: logical for logical, name in names.items()}
+    for definition in table_definitions(tpl, names):
+        try:
+            client.create_table(**definition)
+        except client.exceptions.ResourceInUseException:
+            continue
+        table = definition["TableName"]
+        client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+        attribute = ttl_attribute(tpl, logical_by_name[table])
+        if attribute:
+            client.update_time_to_live(
+                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
+            )
+        created.append(table)
+    return created
+
+
+# ---------------------------------------------------------------------------------------------- API
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str  # upper case: GET, POST…
+    path: str  # API Gateway form, without the stage: /v1/key
+    function: str  # logical id of the Lambda function
+    authorizer: str | None  # authorizer name, None = open
+    streaming: bool  # integration responseTransferMode STREAM
+
+
+@dataclass(frozen=True)
+class AuthorizerSettings:
+    name: str
+    function: str
+    identity_header: str = "Authorization"
+    ttl_seconds: int = DEFAULT_AUTHORIZER_TTL
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    template: str = ""
+
+
+def _api(tpl: dict[str, Any], api_id: str | None = None) -> tuple[str, dict[str, Any]]:
+    apis = _resources(tpl, API_TYPE)
+    if api_id is not None:
+        return api_id, apis[api_id]
+    if len(apis) != 1:
+        raise ValueError(f"expected exactly one {API_TYPE}, found {sorted(apis)}")
+    return next(iter(apis.items()))
+
+
+def _ref_target(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            return value["Fn::GetAtt"][0]
+    return None
+
+
+def _authorizer_name(name: Any) -> str | None:
+    return None if name in (None, "NONE") else str(name)
+
+
+def routes(tpl: dict[str, Any]) -> list[Route]:
+    """Every Api event of every function, sorted by path then method."""
+    apis = _resources(tpl, API_TYPE)
+    found = []
+    for function_id, resource in _resources(tpl, FUNCTION_TYPE).items():
+        for event in ((resource.get("Properties") or {}).get("Events") or {}).values():
+            if event.get("Type") != "Api":
+                continue
+            props = event.get("Properties") or {}
+            api = apis.get(_ref_target(props.get("RestApiId")) or "") or {}
+            api_auth = (api.get("Properties") or {}).get("Auth") or {}
+            event_auth = props.get("Auth") or {}
+            authorizer = event_auth.get("Authorizer", api_auth.get("DefaultAuthorizer"))
+            found.append(Route(
+                method=str(props["Method"]).upper(), path=str(props["Path"]), function=function_id,
+                authorizer=_authorizer_name(authorizer),
+                streaming=props.get("ResponseTransferMode") == "RESPONSE_STREAM",
+            ))
+    return sorted(found, key=lambda route: (route.path, route.method))
+
+
+def authorizer_settings(
+    tpl: dict[str, Any], parameters: dict[str, Any] | None = None, *, name: str | None = None
+) -> AuthorizerSettings:
+    """The API's authorizer (its default one unless `name` is given), `!Ref`s resolved via `parameters`."""
+    _, api = _api(tpl)
+    auth = (api.get("Properties") or {}).get("Auth") or {}
+    authorizers = auth.get("Authorizers") or {}
+    name = name or _authorizer_name(auth.get("DefaultAuthorizer"))
+    if name is None:
+        if len(authorizers) != 1:
+            raise ValueError("the API has no default authorizer; pass `name`")
+        name = next(iter(authorizers))
+    config = authorizers[name]
+    identity = config.get("Identity") or {}
+    headers = identity.get("Headers") or ["Authorization"]
+    ttl = resolve(identity.get("ReauthorizeEvery", DEFAULT_AUTHORIZER_TTL), tpl, parameters)
+    return AuthorizerSettings(
+        name=name, function=_ref_target(config.get("FunctionArn")) or "",
+        identity_header=str(headers[0]), ttl_seconds=int(ttl),
+    )
+
+
+def stage_name(tpl: dict[str, Any], parameters: dict[str, Any] | None = None) -> str:
+    _, api = _api(tpl)
+    return str(resolve((api.get("Properties") or {}).get("StageName"), tpl, parameters))
+
+
+def gateway_responses(tpl: dict[str, Any]) -> dict[str, GatewayResponse]:
+    """{response type: GatewayResponse}; header values unquoted, the application/json template as is.
+
+    DEFAULT_4XX/DEFAULT_5XX may leave the status to the specific error API Gateway hit; their `status`
+    is then 400/500, and a caller that knows the specific status passes it to render_gateway_response.
+    """
+    _, api = _api(tpl)
+    found = {}
+    for response_type, config in ((api.get("Properties") or {}).get("GatewayResponses") or {}).items():
+        headers = ((config.get("ResponseParameters") or {}).get("Headers")) or {}
+        status = config.get("StatusCode", _FALLBACK_STATUS.get(response_type, 500))
+        found[response_type] = GatewayResponse(
+            status=int(status),
+            headers={name: _unquote(str(value)) for name, value in headers.items()},
+            template=str((config.get("ResponseTemplates") or {}).get("application/json", "")),
+        )
+    return found
+
+
+def _unquote(value: str) -> str:
+    # A static gateway-response header value is written as a quoted literal: "'application/json'".
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
+
+
+_CONTEXT_VARIABLE = re.compile(
+    r"\$(?:\{context\.(?P<braced>[A-Za-z.]+)\}|context\.(?P<plain>error\.messageString|error\.message"
+    r"|httpMethod|path|requestId))"
+)
+
+
+def render_gateway_response(
+    resp: GatewayResponse, *, message: str, http_method: str, path: str, request_id: str,
+    status: int | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) as API Gateway would answer with this gateway response.
+
+    `$context.error.messageString` becomes the message as a quoted JSON string, `$context.error.message`
+    the raw message; `$context.httpMethod`, `$context.path` and `$context.requestId` their values. Other
+    variables stay as written (VTL renders unknown references literally). `status` overrides resp.status.
+    """
+    values = {
+        "error.messageString": json.dumps(message, ensure_ascii=False),
+        "error.message": message,
+        "httpMethod": http_method,
+        "path": path,
+        "requestId": request_id,
+    }
+
+    def substitute(match: re.Match[str]) -> str:
+        return values.get(match.group("braced") or match.group("plain"), match.group(0))
+
+    body = _CONTEXT_VARIABLE.sub(substitute, resp.template)
+    return (status if status is not None else resp.status), dict(resp.headers), body.encode("utf-8")
