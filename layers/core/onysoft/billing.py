@@ -1,0 +1,190 @@
+"""Hold and settle: the two DynamoDB transactions around every billed request.
+
+hold    — one TransactWriteItems before any upstream byte: the account's balance goes down by the hold
+          only if it covers it; the key must still be active, unexpired and the caller's; a pending
+          usage record is written (with an "open" marker the stale-hold sweeper finds).
+settle  — one TransactWriteItems after the response: the balance gets back hold − charge; the usage
+          record becomes settled with every factor; the key's last_used_at, request count and spend move.
+release — the same shape for a failed call: the whole hold comes back, the record says why.
+
+settle and release are conditioned on the record still being pending, so each happens at most once:
+a retried settle, or a sweeper racing a late settle, can never charge or refund twice.
+Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import TransactWriteError
+from pynamodb.transactions import TransactWrite
+
+from onysoft import clock, errors, money
+from onysoft.caller import CallerContext
+from onysoft.hold_sizing import ChargeFactors, HoldPlan
+from onysoft.models import Account, ApiKey, UsageRecord
+
+PENDING, SETTLED, FAILED = "pending", "settled", "failed"
+OPEN = "open"
+
+
+@dataclass(frozen=True)
+class Hold:
+    request_id: str
+    account_id: str
+    sk: str
+    key_hash: str
+    key_id: str
+    micros: int
+    plan: HoldPlan
+    factors: ChargeFactors
+
+
+class HoldRefused(Exception):
+    """The balance does not cover the hold; `balance_micros` is what the account had (from the failed check)."""
+
+    def __init__(self, balance_micros: int | None):
+        super().__init__("insufficient balance")
+        self.balance_micros = balance_micros
+
+
+def _connection() -> Connection:
+    # PynamoDB's own connection (and botocore client) for the tables: no second client to build.
+    return Account._get_connection().connection
+
+
+def _reason_codes(exc: TransactWriteError) -> list:
+    return list(exc.cancellation_reasons or [])
+
+
+def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,
+               endpoint: str, stream: bool, model: str, attempt: int = 0) -> Hold:
+    now = clock.now_iso()
+    sk = f"{now}#{request_id}"
+    record = UsageRecord(
+        account_id=caller.account_id, sk=sk, request_id=request_id, key_id=caller.key_id, key_hash=key_hash,
+        created_at=now, status=PENDING, hold_state=OPEN, endpoint=endpoint, stream="true" if stream else "false",
+        model=model, provider=factors.price.provider, upstream_model=factors.price.upstream_model,
+        currency=caller.currency, hold_micros=plan.micros, hold_prompt_tokens=plan.prompt_tokens,
+        hold_output_tokens=plan.output_tokens, markup_bp=factors.markup_bp,
+        input_usd_per_mtok=str(factors.price.input_usd_per_mtok),
+        output_usd_per_mtok=str(factors.price.output_usd_per_mtok),
+        fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at,
+    )
+    try:
+        with TransactWrite(connection=_connection(), client_request_token=f"h{attempt}{request_id}") as tx:
+            tx.update(
+                Account(account_id=caller.account_id),
+                actions=[Account.balance_micros.add(-plan.micros)],
+                condition=Account.balance_micros >= plan.micros,
+                return_values="ALL_OLD",
+            )
+            tx.condition_check(
+                ApiKey, key_hash,
+                condition=(ApiKey.status == "active") & (ApiKey.key_id == caller.key_id)
+                & (ApiKey.account_id == caller.account_id)
+                & (ApiKey.expires_at.does_not_exist() | (ApiKey.expires_at > now)),
+            )
+            tx.save(record, condition=UsageRecord.sk.does_not_exist())
+    except TransactWriteError as exc:
+        # PynamoDB sends condition checks, then puts, then updates: [key check, usage put, account update].
+        reasons = _reason_codes(exc) + [None, None, None]
+        key_reason, account_reason = reasons[0], reasons[2]
+        if key_reason is not None and key_reason.code == "ConditionalCheckFailed":
+            raise errors.invalid_api_key() from None
+        if account_reason is not None and account_reason.code == "ConditionalCheckFailed":
+            raw = account_reason.raw_item or {}
+            balance = int(raw["balance_micros"]["N"]) if "balance_micros" in raw else None
+            raise HoldRefused(balance) from None
+        raise
+    return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors)
+
+
+def insufficient_balance(caller: CallerContext, needed_micros: int, balance_micros: int | None) -> errors.GatewayError:
+    have = f" (balance {money.format_micros(balance_micros)} {caller.currency})" if balance_micros is not None else ""
+    return errors.GatewayError(
+        402,
+        f"Insufficient balance on account {caller.account_id}{have}: this request needs a hold of "
+        f"{money.format_micros(needed_micros)} {caller.currency}. Top up the account or lower max_tokens.",
+        "insufficient_quota", "insufficient_balance",
+    )
+
+
+def _still_pending():
+    return (UsageRecord.status == PENDING) & (UsageRecord.hold_state == OPEN)
+
+
+class AlreadyClosed(Exception):
+    """The hold was settled or released already (a retry, or the sweeper got there first)."""
+
+
+def settle(hold: Hold, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False,
+           upstream_status: int | None = None) -> int:
+    """Charge exactly; give back the rest of the hold. Returns the charge in micro-units.
+
+    A charge above the hold (only possible when the client set no output limit and the answer outran the
+    model's output cap) is capped at the hold, the rest recorded as uncharged: balances never go negative.
+    """
+    exact = hold.factors.charge_micros(prompt_tokens, completion_tokens)
+    charge = min(exact, hold.micros)
+    cost = hold.factors.provider_cost_usd(prompt_tokens, completion_tokens)
+    now = clock.now_iso()
+    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record_actions = [
+        UsageRecord.status.set(SETTLED), UsageRecord.hold_state.remove(),
+        UsageRecord.charge_micros.set(charge), UsageRecord.prompt_tokens.set(prompt_tokens),
+        UsageRecord.completion_tokens.set(completion_tokens), UsageRecord.provider_cost_usd.set(str(cost)),
+        UsageRecord.settled_at.set(now),
+    ]
+    if estimated:
+        record_actions.append(UsageRecord.usage_estimated.set("true"))
+    if exact > charge:
+        record_actions.append(UsageRecord.uncharged_micros.set(exact - charge))
+    if upstream_status is not None:
+        record_actions.append(UsageRecord.upstream_status.set(upstream_status))
+    _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
+           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)])
+    return charge
+
+
+def release(hold: Hold, *, code: str, message: str, upstream_status: int | None = None) -> None:
+    """A failed call costs nothing: the whole hold goes back; the record says why."""
+    now = clock.now_iso()
+    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record_actions = [
+        UsageRecord.status.set(FAILED), UsageRecord.hold_state.remove(), UsageRecord.charge_micros.set(0),
+        UsageRecord.error_code.set(code), UsageRecord.error_message.set(message[:500]),
+        UsageRecord.settled_at.set(now),
+    ]
+    if upstream_status is not None:
+        record_actions.append(UsageRecord.upstream_status.set(upstream_status))
+    _close(hold, refund=hold.micros, record=record, record_actions=record_actions,
+           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1)])
+
+
+def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, key_actions: list) -> None:
+    try:
+        with TransactWrite(connection=_connection(), client_request_token=f"c{hold.request_id}") as tx:
+            tx.update(record, actions=record_actions, condition=_still_pending())
+            tx.update(Account(account_id=hold.account_id), actions=[Account.balance_micros.add(refund)])
+            if hold.key_hash:  # records made before key_hash was stored cannot name their key
+                tx.update(ApiKey(key_hash=hold.key_hash), actions=key_actions, condition=ApiKey.key_hash.exists())
+    except TransactWriteError as exc:
+        reasons = _reason_codes(exc)  # updates in the order added: the usage record's comes first
+        if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
+            raise AlreadyClosed(hold.request_id) from None
+        raise
+
+
+def hold_from_record(record: UsageRecord) -> Hold:
+    """Rebuild a Hold from its pending record (the sweeper's view)."""
+    from onysoft.catalog import ModelPrice
+
+    price = ModelPrice(record.model or "", record.provider or "", record.upstream_model or "",
+                       Decimal(record.input_usd_per_mtok or "0"), Decimal(record.output_usd_per_mtok or "0"),
+                       True, "")
+    factors = ChargeFactors(price, int(record.markup_bp or 0), Decimal(record.fx_rate or "1"), record.fx_rate_at or "")
+    plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
+                    int(record.hold_micros or 0))
+    return Hold(record.request_id, record.account_id, record.sk, record.key_hash or "", record.key_id,
+                int(record.hold_micros or 0), plan, factors)

@@ -1,0 +1,221 @@
+"""POST /v1/chat/completions and /v1/embeddings: validate, hold, forward, settle.
+
+The body goes upstream as the client sent it, but for the model name (the provider's), the stream usage
+option (always asked for, so a stream is always billed) and, when the hold had to shrink to the balance,
+an output cap. The client's key never goes upstream.
+"""
+
+import json
+import logging
+import uuid
+from decimal import Decimal
+
+import anyio
+import httpx
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from onysoft import billing, errors, sse, upstream
+from onysoft.caller import CallerContext
+from onysoft.catalog import CatalogCache, ModelPrice
+from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
+from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
+
+logger = logging.getLogger("onysoft.forwarding")
+REQUEST_ID_HEADER = "x-onysoft-request-id"
+MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
+catalog_cache = CatalogCache()
+
+
+def _parse_body(raw: bytes, endpoint: str) -> dict:
+    if len(raw) > MAX_BODY_BYTES:
+        raise errors.GatewayError(413, "Request body is larger than 10 MB.", "invalid_request_error",
+                                  "request_too_large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise errors.bad_request("You must provide a model parameter, like 'openai/gpt-4o-mini'.", "model",
+                                 "missing_model")
+    if endpoint == "chat.completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise errors.bad_request("'messages' must be a non-empty array.", "messages", "invalid_messages")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise errors.bad_request("'stream' must be true or false.", "stream")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise errors.bad_request("'stream_options' must be an object.", "stream_options")
+    elif body.get("input") in (None, "", []):
+        raise errors.bad_request("'input' must be a string or a non-empty array.", "input", "invalid_input")
+    return body
+
+
+def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
+    price: ModelPrice | None = catalog_cache.model(model)
+    if price is None:
+        raise errors.not_found(f"The model '{model}' does not exist or is not enabled on this gateway.",
+                               "model_not_found", "model")
+    if caller.models and model not in caller.models:
+        raise errors.GatewayError(403, f"This API key is not allowed to use the model '{model}'.",
+                                  "invalid_request_error", "model_not_allowed", "model")
+    if caller.currency == "USD":
+        return ChargeFactors(price, caller.markup_bp, Decimal(1), "")
+    fx = catalog_cache.fx("USDTRY")
+    if fx is None:
+        logger.error("no USDTRY rate in the catalog")
+        raise errors.GatewayError(500, "The gateway has no USD→TRY rate configured. Nothing was charged.",
+                                  "server_error", "fx_rate_missing")
+    return ChargeFactors(price, caller.markup_bp, fx[0], fx[1])
+
+
+def _provider_and_key(price: ModelPrice) -> tuple[Provider, str]:
+    try:
+        provider = get_provider(price.provider)
+        return provider, api_key(provider)
+    except ProviderUnavailable as exc:
+        logger.error("provider unavailable", extra={"provider": price.provider, "why": str(exc)})
+        raise errors.GatewayError(502, f"The provider '{price.provider}' is not available on this gateway.",
+                                  "upstream_error", "provider_unavailable") from None
+
+
+def _hold(request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,
+          endpoint: str, body: dict) -> billing.Hold:
+    common = dict(request_id=request_id, key_hash=key_hash, caller=caller, factors=factors, endpoint=endpoint,
+                  stream=bool(body.get("stream")), model=body["model"])
+    try:
+        return billing.place_hold(plan=plan, **common)
+    except billing.HoldRefused as refused:
+        smaller = None
+        if refused.balance_micros is not None:
+            smaller = shrink_to_balance(plan, refused.balance_micros, body, factors)
+        if smaller is None:
+            raise billing.insufficient_balance(caller, plan.micros, refused.balance_micros) from None
+        try:
+            return billing.place_hold(plan=smaller, attempt=1, **common)
+        except billing.HoldRefused as again:
+            raise billing.insufficient_balance(caller, smaller.micros, again.balance_micros) from None
+
+
+def _upstream_body(body: dict, endpoint: str, price: ModelPrice, provider: Provider, hold: billing.Hold) -> bytes:
+    outgoing = dict(body)
+    outgoing["model"] = price.upstream_model
+    if endpoint == "chat.completions":
+        if outgoing.get("stream"):
+            outgoing["stream_options"] = {**(outgoing.get("stream_options") or {}), "include_usage": True}
+        if hold.plan.shrunk:  # the balance only covers this many output tokens
+            outgoing[provider.output_limit_field] = hold.plan.output_tokens // max(int(body.get("n", 1) or 1), 1)
+    return json.dumps(outgoing).encode()
+
+
+async def forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
+    raw = await request.body()
+    body = _parse_body(raw, endpoint)
+    factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
+    provider, provider_key = await run_in_threadpool(_provider_and_key, factors.price)
+    plan = plan_hold(endpoint, body, len(raw), factors)
+    request_id = "req_" + uuid.uuid4().hex[:24]  # ≤ 36 chars with its DynamoDB token prefix
+    hold = await run_in_threadpool(_hold, request_id, key_hash, caller, plan, factors, endpoint, body)
+    headers = {REQUEST_ID_HEADER: hold.request_id}
+    client = upstream.client_for(provider)
+    outgoing = client.build_request(
+        "POST", upstream.upstream_url(provider, endpoint), content=_upstream_body(body, endpoint, factors.price,
+                                                                                  provider, hold),
+        headers={"authorization": f"Bearer {provider_key}", "content-type": "application/json",
+                 "accept": "text/event-stream" if body.get("stream") else "application/json"},
+    )
+    try:
+        response = await client.send(outgoing, stream=True)
+    except httpx.HTTPError as exc:
+        error = upstream.error_from_exception(provider, exc)
+        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=str(exc) or
+                                error.message)
+        error.headers.update(headers)
+        raise error from None
+    if response.status_code != 200:
+        content = await response.aread()
+        await response.aclose()
+        error = upstream.error_from_status(provider, response.status_code, content, response.headers)
+        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=error.message,
+                                upstream_status=response.status_code)
+        error.headers.update(headers)
+        raise error
+    if endpoint == "chat.completions" and body.get("stream"):
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(_relay_stream(response, hold, wants_usage, len(raw)), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+    return await _relay_whole(response, provider, hold, headers, len(raw))
+
+
+async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, headers: dict,
+                       body_size: int) -> Response:
+    try:
+        content = await response.aread()
+    except httpx.HTTPError as exc:
+        error = upstream.error_from_exception(provider, exc)
+        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=error.message)
+        error.headers.update(headers)
+        raise error from None
+    finally:
+        await response.aclose()
+    try:
+        usage = json.loads(content).get("usage") or {}
+        prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        estimated = "prompt_tokens" not in usage
+    except (ValueError, AttributeError, TypeError):
+        usage, prompt, completion, estimated = {}, 0, 0, True
+    if estimated:
+        # An upstream that answered 200 without usage (or with a malformed body) is still billed: at the bound.
+        prompt, completion = (body_size + 3) // 4, hold.plan.output_tokens
+    # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
+    await run_in_threadpool(billing.settle, hold, prompt_tokens=prompt, completion_tokens=completion,
+                            estimated=estimated, upstream_status=response.status_code)
+    return Response(content, status_code=200, media_type="application/json", headers=headers)
+
+
+async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usage: bool, body_size: int):
+    tally = sse.StreamTally()
+    buffer = b""
+    held_back: list[bytes] = []  # the final [DONE]: sent only after the settle
+    complete = False
+    try:
+        async for raw in response.aiter_raw():
+            events, buffer = sse.split_events(buffer + raw)
+            out = []
+            for event in events:
+                if sse.inspect(event, tally) and not wants_usage:
+                    continue  # the usage chunk the gateway asked for, not the client
+                if tally.done and not held_back and sse.event_data(event) == b"[DONE]":
+                    held_back.append(event)
+                    continue
+                out.append(event)
+            if out:
+                yield b"".join(out)
+        complete = tally.done or tally.usage is not None
+    except httpx.HTTPError:
+        logger.warning("upstream stream cut", extra={"request_id": hold.request_id})
+    finally:
+        with anyio.CancelScope(shield=True):  # a client that went away must not stop the billing
+            await response.aclose()
+            await run_in_threadpool(_settle_stream, hold, tally, complete, body_size)
+    if held_back:
+        yield b"".join(held_back)
+
+
+def _settle_stream(hold: billing.Hold, tally: sse.StreamTally, complete: bool, body_size: int) -> None:
+    try:
+        if complete and tally.usage is not None:
+            billing.settle(hold, prompt_tokens=int(tally.usage.get("prompt_tokens", 0)),
+                           completion_tokens=int(tally.usage.get("completion_tokens", 0)), upstream_status=200)
+        else:
+            # Cut or abandoned: the prompt and what was delivered so far, estimated and marked so.
+            billing.settle(hold, prompt_tokens=(body_size + 3) // 4,
+                           completion_tokens=tally.estimated_completion_tokens(), estimated=True, upstream_status=200)
+    except billing.AlreadyClosed:
+        logger.warning("hold already closed", extra={"request_id": hold.request_id})

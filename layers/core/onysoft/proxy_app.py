@@ -1,0 +1,149 @@
+"""The proxy's ASGI app (Starlette), run by uvicorn behind the Lambda Web Adapter, and by `onysoft dev`.
+
+Every answer, error or not, is OpenAI's shape; errors never carry a stack trace or a key.
+"""
+
+import logging
+import uuid
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from onysoft import catalog, errors, keys, money
+from onysoft.api_keys import is_usable
+from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
+from onysoft.clock import parse_iso
+from onysoft.dynamo import get_key_and_account
+from onysoft.forwarding import forward
+from onysoft.models import Account, ApiKey
+
+logger = logging.getLogger("onysoft.proxy")
+REQUEST_ID_HEADER = "x-onysoft-request-id"
+
+
+def _error_response(error: errors.GatewayError, request_id: str) -> Response:
+    headers = {REQUEST_ID_HEADER: request_id, **error.headers}
+    return Response(error.body(), status_code=error.status, media_type="application/json", headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    if not hasattr(request.state, "request_id"):
+        request.state.request_id = "req_" + uuid.uuid4().hex
+    return request.state.request_id
+
+
+def caller_of(request: Request) -> tuple[str, CallerContext]:
+    """The key's hash and the authorizer's context, or 401. The key itself is hashed, never kept."""
+    key = keys.bearer_key(request.headers.get("authorization"))
+    caller = from_request_context_header(request.headers.get(REQUEST_CONTEXT_HEADER))
+    if key is None or caller is None:
+        raise errors.invalid_api_key()
+    return keys.hash_key(key), caller
+
+
+def load_key_and_account(key_hash: str, caller: CallerContext) -> tuple[ApiKey, Account]:
+    """Re-read the key record itself: a key deleted while the authorizer's answer is cached gets 401 now."""
+    record, account = get_key_and_account(key_hash, caller.account_id)
+    if (record is None or account is None or not is_usable(record)
+            or record.key_id != caller.key_id or record.account_id != account.account_id):
+        raise errors.invalid_api_key()
+    return record, account
+
+
+def key_view(record: ApiKey, account: Account) -> dict:
+    return {
+        "object": "api_key",
+        "key_id": record.key_id,
+        "display": record.display,
+        "name": record.name,
+        "type": record.key_type,
+        "status": record.status,
+        "account_id": account.account_id,
+        "currency": account.currency,
+        "balance": money.format_micros(int(account.balance_micros)),
+        "balance_micros": int(account.balance_micros),
+        "markup_pct": money.markup_pct(int(account.markup_bp)),
+        "created_at": record.created_at,
+        "last_used_at": record.last_used_at,
+        "expires_at": record.expires_at,
+        "request_count": int(record.request_count or 0),
+        "spend": money.format_micros(int(record.spend_micros or 0)),
+        "spend_micros": int(record.spend_micros or 0),
+        "limits": {"rpm": record.rpm, "tpm": record.tpm, "models": list(record.models or [])},
+    }
+
+
+async def get_key(request: Request) -> Response:
+    key_hash, caller = caller_of(request)
+    record, account = await run_in_threadpool(load_key_and_account, key_hash, caller)
+    return JSONResponse(key_view(record, account), headers={REQUEST_ID_HEADER: _request_id(request)})
+
+
+async def list_models(request: Request) -> Response:
+    caller_of(request)
+    prices = await run_in_threadpool(catalog.list_models)
+    data = [
+        {"id": p.model, "object": "model", "created": int(parse_iso(p.created_at).timestamp()) if p.created_at else 0,
+         "owned_by": p.provider}
+        for p in sorted(prices, key=lambda p: p.model)
+    ]
+    return JSONResponse({"object": "list", "data": data}, headers={REQUEST_ID_HEADER: _request_id(request)})
+
+
+async def chat_completions(request: Request) -> Response:
+    key_hash, caller = caller_of(request)
+    return await forward(request, "chat.completions", key_hash, caller)
+
+
+async def embeddings(request: Request) -> Response:
+    key_hash, caller = caller_of(request)
+    return await forward(request, "embeddings", key_hash, caller)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.GatewayError)
+    return _error_response(exc, _request_id(request))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = errors.not_found(f"Unknown request URL: {request.method} {request.url.path}.", "unknown_url")
+    elif exc.status_code == 405:
+        error = errors.method_not_allowed(request.method, request.url.path)
+    else:
+        error = errors.GatewayError(exc.status_code, str(exc.detail))
+    return _error_response(error, _request_id(request))
+
+
+async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", extra={"request_id": _request_id(request)})
+    return _error_response(errors.internal_error(), _request_id(request))
+
+
+def create_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/v1/key", get_key, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={
+            errors.GatewayError: _on_gateway_error,
+            HTTPException: _on_http_error,
+            Exception: _on_unexpected_error,
+        },
+    )
+
+
+app = create_app()

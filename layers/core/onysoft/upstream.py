@@ -1,0 +1,77 @@
+"""Calling providers: one httpx client per provider, reused across invocations, and the mapping of
+upstream failures to the gateway's errors (a 4xx keeps its status, 429 stays 429, 5xx or a broken
+connection is 502, a timeout is 504)."""
+
+import json
+import os
+
+import httpx
+
+from onysoft import errors
+from onysoft.providers import Provider
+
+_clients: dict[str, httpx.AsyncClient] = {}
+
+
+def _timeout() -> httpx.Timeout:
+    read = float(os.environ.get("ONYSOFT_UPSTREAM_READ_TIMEOUT", "120"))
+    connect = float(os.environ.get("ONYSOFT_UPSTREAM_CONNECT_TIMEOUT", "5"))
+    return httpx.Timeout(connect=connect, read=read, write=30.0, pool=10.0)
+
+
+def client_for(provider: Provider) -> httpx.AsyncClient:
+    client = _clients.get(provider.name)
+    if client is None or client.is_closed:
+        if provider.is_mock:
+            from onysoft.mock_provider import MockTransport
+
+            client = httpx.AsyncClient(transport=MockTransport(), timeout=_timeout())
+        else:
+            client = httpx.AsyncClient(timeout=_timeout(), limits=httpx.Limits(max_keepalive_connections=20))
+        _clients[provider.name] = client
+    return client
+
+
+def upstream_url(provider: Provider, endpoint: str) -> str:
+    path = {"chat.completions": "/chat/completions", "embeddings": "/embeddings"}[endpoint]
+    if provider.is_mock:
+        return "http://mock.invalid/v1" + path
+    return provider.base_url + path
+
+
+def _upstream_message(body: bytes) -> str | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"][:1000]
+    if isinstance(error, str):
+        return error[:1000]
+    return None
+
+
+def error_from_status(provider: Provider, status: int, body: bytes, headers: httpx.Headers) -> errors.GatewayError:
+    upstream_says = _upstream_message(body)
+    if status == 429:
+        retry = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
+        return errors.GatewayError(429, upstream_says or f"The {provider.name} provider is rate limiting requests.",
+                                   "rate_limit_error", "upstream_rate_limited", headers=retry)
+    if status in (401, 403):
+        # The provider refused *our* credentials: not the client's key, so never a 401 to the client.
+        return errors.GatewayError(502, f"The {provider.name} provider refused the gateway's credentials.",
+                                   "upstream_error", "upstream_auth_failed")
+    if 400 <= status < 500:
+        return errors.GatewayError(status, upstream_says or f"The {provider.name} provider rejected the request.",
+                                   "invalid_request_error", "upstream_bad_request")
+    return errors.GatewayError(502, f"The {provider.name} provider failed (HTTP {status}). Nothing was charged.",
+                               "upstream_error", "upstream_error")
+
+
+def error_from_exception(provider: Provider, exc: Exception) -> errors.GatewayError:
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.GatewayError(504, f"The {provider.name} provider did not answer in time. Nothing was charged.",
+                                   "upstream_error", "upstream_timeout")
+    return errors.GatewayError(502, f"Could not reach the {provider.name} provider. Nothing was charged.",
+                               "upstream_error", "upstream_unreachable")

@@ -1,0 +1,208 @@
+"""Hold, settle and release through the proxy app, in-process (moto mock_aws; single-threaded only)."""
+
+import json
+from decimal import Decimal
+
+import pytest
+from starlette.testclient import TestClient
+
+from onysoft import catalog, money
+from onysoft.accounts import create_account, get_account, top_up
+from onysoft.api_keys import create_key, delete_key, find_by_key_id
+from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext
+from onysoft.models import UsageRecord
+
+FX = Decimal("41.5")
+PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / output
+
+
+@pytest.fixture
+def gateway(aws_tables):
+    from onysoft import forwarding, proxy_app
+
+    forwarding.catalog_cache.invalidate()
+    catalog.set_model("mock/echo", input_usd_per_mtok=str(PRICES[0]), output_usd_per_mtok=str(PRICES[1]))
+    catalog.set_model("mock/error-500", input_usd_per_mtok="1", output_usd_per_mtok="1")
+    catalog.set_model("mock/timeout", input_usd_per_mtok="1", output_usd_per_mtok="1")
+    catalog.set_model("mock/cut-stream", input_usd_per_mtok="1", output_usd_per_mtok="1")
+    catalog.set_model("mock/embed", input_usd_per_mtok="0.02", output_usd_per_mtok="0")
+    catalog.set_fx("USDTRY", str(FX))
+    with TestClient(proxy_app.app) as client:
+        yield client
+
+
+def new_key(kind: str, amount: str = "100"):
+    account = create_account(kind, name=f"test {kind}")
+    top_up(account.account_id, money.parse_amount(amount))
+    created = create_key(account.account_id, name="k")
+    record = created.record
+    context = CallerContext(key_id=record.key_id, key_type=record.key_type, account_id=account.account_id,
+                            currency=account.currency, markup_bp=int(account.markup_bp))
+    headers = {
+        "authorization": f"Bearer {created.plaintext}",
+        REQUEST_CONTEXT_HEADER: json.dumps({"authorizer": context.to_authorizer_context()}),
+    }
+    return account, record, headers
+
+
+def expected_charge(kind_markup_bp: int, currency: str, prompt: int, completion: int) -> int:
+    cost = money.usd_cost(prompt, PRICES[0]) + money.usd_cost(completion, PRICES[1])
+    return money.charge_micros(cost, kind_markup_bp, FX if currency == "TRY" else Decimal(1))
+
+
+def records(account_id: str) -> list[UsageRecord]:
+    return list(UsageRecord.query(account_id))
+
+
+@pytest.mark.parametrize("kind", ["user", "project", "partner_project", "partner_customer"])
+def test_each_key_type_pays_exact_cost_times_markup_times_fx(gateway, kind):
+    account, record, headers = new_key(kind)
+    before = get_account(account.account_id).balance_micros
+    body = {"model": "mock/echo", "messages": [{"role": "user", "content": "hello there gateway"}]}
+    response = gateway.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    charge = expected_charge(int(account.markup_bp), account.currency, usage["prompt_tokens"],
+                             usage["completion_tokens"])
+    assert charge > 0
+    after = get_account(account.account_id)
+    assert before - after.balance_micros == charge
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "settled" and usage_record.hold_state is None
+    assert usage_record.charge_micros == charge
+    assert usage_record.fx_rate == (str(FX) if account.currency == "TRY" else "1")
+    assert usage_record.request_id == response.headers["x-onysoft-request-id"]
+    key = find_by_key_id(record.key_id)
+    assert key.request_count == 1 and key.spend_micros == charge and key.last_used_at
+
+
+def test_stream_is_billed_and_usage_chunk_removed_when_not_asked(gateway):
+    account, _, headers = new_key("user")
+    body = {"model": "mock/echo", "stream": True, "messages": [{"role": "user", "content": "stream me"}]}
+    response = gateway.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["choices"] for c in chunks)  # no usage-only chunk reached the client
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "settled" and usage_record.usage_estimated is None
+    assert usage_record.charge_micros == expected_charge(5000, "TRY", usage_record.prompt_tokens,
+                                                         usage_record.completion_tokens)
+
+
+def test_stream_keeps_usage_chunk_when_client_asked(gateway):
+    _, _, headers = new_key("user")
+    body = {"model": "mock/echo", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "stream me"}]}
+    response = gateway.post("/v1/chat/completions", json=body, headers=headers)
+    chunks = [json.loads(line[6:]) for line in response.text.splitlines()
+              if line.startswith("data: {")]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize(("model", "status"), [("mock/error-500", 502), ("mock/timeout", 504)])
+def test_failed_upstream_call_costs_nothing(gateway, model, status):
+    account, record, headers = new_key("partner_project")
+    before = get_account(account.account_id).balance_micros
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": model, "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == status
+    assert set(response.json()["error"]) == {"message", "type", "code", "param"}
+    assert get_account(account.account_id).balance_micros == before
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "failed" and usage_record.charge_micros == 0 and usage_record.error_code
+
+
+def test_cut_stream_is_charged_for_what_was_delivered_and_marked_estimated(gateway):
+    account, _, headers = new_key("user")
+    before = get_account(account.account_id).balance_micros
+    body = {"model": "mock/cut-stream", "stream": True, "messages": [{"role": "user", "content": "a b c d e f"}]}
+    with pytest.raises(Exception):  # noqa: B017 - the client sees the stream end abruptly or short
+        response = gateway.post("/v1/chat/completions", json=body, headers=headers)
+        assert "[DONE]" not in response.text
+        raise RuntimeError("stream ended without [DONE]")
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "settled" and usage_record.usage_estimated == "true"
+    assert 0 < usage_record.charge_micros < usage_record.hold_micros
+    assert before - get_account(account.account_id).balance_micros == usage_record.charge_micros
+
+
+def test_too_small_balance_gets_402_naming_account_and_currency_and_no_upstream_call(gateway, monkeypatch):
+    account, _, headers = new_key("user", amount="0.000001")
+    from onysoft import upstream
+
+    monkeypatch.setattr(upstream, "client_for", lambda provider: pytest.fail("upstream must not be called"))
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert account.account_id in error["message"] and "TRY" in error["message"]
+    assert error["code"] == "insufficient_balance"
+    assert get_account(account.account_id).balance_micros == 1
+    assert records(account.account_id) == []
+
+
+def test_small_balance_that_covers_a_short_answer_is_served_with_an_output_cap(gateway):
+    account, _, headers = new_key("partner_project", amount="0.01")  # 0.01 USD: far below a 16k-token hold
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200, response.text
+    [usage_record] = records(account.account_id)
+    assert usage_record.hold_micros <= 10_000
+    assert get_account(account.account_id).balance_micros == 10_000 - usage_record.charge_micros
+
+
+def test_deleted_key_is_refused_by_the_hold_even_with_a_cached_context(gateway):
+    account, record, headers = new_key("user")
+    delete_key(record.key_id)
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert get_account(account.account_id).balance_micros == 100_000_000
+
+
+def test_unknown_model_is_404_and_bad_body_is_400(gateway):
+    _, _, headers = new_key("user")
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "openai/nope", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    response = gateway.post("/v1/chat/completions", headers=headers, content=b"{not json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_embeddings_are_billed_on_input_tokens(gateway):
+    account, _, headers = new_key("partner_project")
+    response = gateway.post("/v1/embeddings", headers=headers, json={"model": "mock/embed", "input": ["a b", "c"]})
+    assert response.status_code == 200, response.text
+    tokens = response.json()["usage"]["prompt_tokens"]
+    expected = money.charge_micros(money.usd_cost(tokens, Decimal("0.02")), 5000, Decimal(1))
+    assert 100_000_000 - get_account(account.account_id).balance_micros == expected
+
+
+def test_sweeper_releases_a_stale_hold_exactly_once(gateway):
+    from datetime import timedelta
+
+    from onysoft import billing, clock, hold_sizing
+    from onysoft.sweeper import release_stale_holds
+
+    account, record, headers = new_key("user")
+    price = catalog.get_model("mock/echo")
+    factors = hold_sizing.ChargeFactors(price, 5000, FX, "")
+    caller = CallerContext(key_id=record.key_id, key_type="user", account_id=account.account_id, currency="TRY",
+                           markup_bp=5000)
+    plan = hold_sizing.plan_hold("chat.completions", {"max_tokens": 100}, 200, factors)
+    hold = billing.place_hold(request_id="req_crashed", key_hash=record.key_hash, caller=caller, plan=plan,
+                              factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
+    assert get_account(account.account_id).balance_micros == 100_000_000 - plan.micros
+    assert release_stale_holds() == {"released": 0, "already_closed": 0}  # not stale yet
+    later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+    assert release_stale_holds(now_iso=later) == {"released": 1, "already_closed": 0}
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    assert release_stale_holds(now_iso=later) == {"released": 0, "already_closed": 0}
+    with pytest.raises(billing.AlreadyClosed):  # a late settle cannot charge a released hold
+        billing.settle(hold, prompt_tokens=10, completion_tokens=10)
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "failed" and usage_record.error_code == "stale_hold"
