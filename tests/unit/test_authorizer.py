@@ -1,16 +1,16 @@
 """The authorizer handler on real REQUEST events (events/), against moto's mock DynamoDB."""
 
 import copy
-import sys
 import json
+import sys
 from datetime import timedelta
 
 import pytest
-
 from onysoft import clock, keys
 from onysoft.accounts import create_account
 from onysoft.api_keys import delete_key
 from onysoft.models import ApiKey
+
 from tests.helpers import EVENT_KEY, load_event, load_function_module
 
 

@@ -4,13 +4,12 @@ import json
 from decimal import Decimal
 
 import pytest
-from starlette.testclient import TestClient
-
 from onysoft import catalog, money
 from onysoft.accounts import create_account, get_account, top_up
 from onysoft.api_keys import create_key, delete_key, find_by_key_id
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext
 from onysoft.models import UsageRecord
+from starlette.testclient import TestClient
 
 FX = Decimal("41.5")
 PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / output
