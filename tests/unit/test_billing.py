@@ -5,43 +5,12 @@ from decimal import Decimal
 
 import pytest
 from onysoft import catalog, money
-from onysoft.accounts import create_account, get_account, top_up
-from onysoft.api_keys import create_key, delete_key, find_by_key_id
-from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext
+from onysoft.accounts import get_account
+from onysoft.api_keys import delete_key, find_by_key_id
+from onysoft.caller import CallerContext
 from onysoft.models import UsageRecord
-from starlette.testclient import TestClient
 
-FX = Decimal("41.5")
-PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / output
-
-
-@pytest.fixture
-def gateway(aws_tables):
-    from onysoft import forwarding, proxy_app
-
-    forwarding.catalog_cache.invalidate()
-    catalog.set_model("mock/echo", input_usd_per_mtok=str(PRICES[0]), output_usd_per_mtok=str(PRICES[1]))
-    catalog.set_model("mock/error-500", input_usd_per_mtok="1", output_usd_per_mtok="1")
-    catalog.set_model("mock/timeout", input_usd_per_mtok="1", output_usd_per_mtok="1")
-    catalog.set_model("mock/cut-stream", input_usd_per_mtok="1", output_usd_per_mtok="1")
-    catalog.set_model("mock/embed", input_usd_per_mtok="0.02", output_usd_per_mtok="0")
-    catalog.set_fx("USDTRY", str(FX))
-    with TestClient(proxy_app.app) as client:
-        yield client
-
-
-def new_key(kind: str, amount: str = "100"):
-    account = create_account(kind, name=f"test {kind}")
-    top_up(account.account_id, money.parse_amount(amount))
-    created = create_key(account.account_id, name="k")
-    record = created.record
-    context = CallerContext(key_id=record.key_id, key_type=record.key_type, account_id=account.account_id,
-                            currency=account.currency, markup_bp=int(account.markup_bp))
-    headers = {
-        "authorization": f"Bearer {created.plaintext}",
-        REQUEST_CONTEXT_HEADER: json.dumps({"authorizer": context.to_authorizer_context()}),
-    }
-    return account, record, headers
+from tests.unit.conftest import FX, PRICES, new_key
 
 
 def expected_charge(kind_markup_bp: int, currency: str, prompt: int, completion: int) -> int:

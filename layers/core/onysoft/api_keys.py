@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from pynamodb.exceptions import UpdateError
 
-from onysoft import clock, keys
+from onysoft import clock, keys, spend_limits
 from onysoft.accounts import AccountError, get_account
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import ApiKey
@@ -23,19 +23,32 @@ class CreatedKey:
     record: ApiKey
 
 
+def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | None, limit_reset: str | None,
+                  expires_at: str | None) -> None:
+    for label, value in (("rpm", rpm), ("tpm", tpm), ("spend limit", spend_limit_micros)):
+        if value is not None and value < 1:
+            raise AccountError(f"{label} must be a positive number")
+    if limit_reset is not None and limit_reset not in spend_limits.RESETS:
+        raise AccountError(f"limit reset must be one of {', '.join(spend_limits.RESETS)}")
+    if limit_reset and not spend_limit_micros:
+        raise AccountError("a limit reset needs a spend limit")
+    if expires_at is not None and expires_at <= clock.now_iso():
+        raise AccountError("the expiry time is in the past")
+
+
 def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
-               models: list[str] | None = None, expires_at: str | None = None) -> CreatedKey:
+               models: list[str] | None = None, expires_at: str | None = None,
+               spend_limit_micros: int | None = None, limit_reset: str | None = None) -> CreatedKey:
     account = get_account(account_id)
     key_type = key_type_for_account_kind(account.kind)
-    for label, value in (("rpm", rpm), ("tpm", tpm)):
-        if value is not None and value < 1:
-            raise AccountError(f"{label} must be a positive integer")
+    _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at)
     plaintext = keys.generate_key()
     record = ApiKey(
         key_hash=keys.hash_key(plaintext), key_id=keys.new_key_id(), display=keys.display_form(plaintext),
         name=name, key_type=key_type.name, account_id=account.account_id, currency=account.currency,
         status=ACTIVE, created_at=clock.now_iso(), request_count=0, spend_micros=0,
         rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
+        spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
     )
     record.save(ApiKey.key_hash.does_not_exist())
     return CreatedKey(plaintext, record)
@@ -72,6 +85,34 @@ def delete_key(key_id: str) -> ApiKey:
         if exc.cause_response_code == "ConditionalCheckFailedException":
             raise KeyNotFound(f"key {key_id!r} is already deleted") from None
         raise
+    return record
+
+
+UNSET = object()  # "leave as it is" for update_key_settings; None means "remove"
+
+
+def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expires_at=UNSET,
+                        spend_limit_micros=UNSET, limit_reset=UNSET) -> ApiKey:
+    """Change an existing key's limits. A new value reaches requests when the authorizer's cached
+    answer for the key expires (ReauthorizeEvery); removal is None."""
+    record = find_by_key_id(key_id)
+    if record.status != ACTIVE:
+        raise KeyNotFound(f"key {key_id!r} is deleted")
+    changes = {name: value for name, value in dict(
+        rpm=rpm, tpm=tpm, models=models, expires_at=expires_at, spend_limit_micros=spend_limit_micros,
+        limit_reset=limit_reset).items() if value is not UNSET}
+    merged = {field: changes.get(field, getattr(record, field)) for field in
+              ("rpm", "tpm", "spend_limit_micros", "limit_reset", "expires_at")}
+    _check_limits(merged["rpm"], merged["tpm"], merged["spend_limit_micros"], merged["limit_reset"],
+                  changes.get("expires_at"))
+    actions = []
+    for field, value in changes.items():
+        attribute = getattr(ApiKey, field)
+        if field == "models":
+            value = list(value) if value else None
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    if actions:
+        record.update(actions=actions, condition=ApiKey.status == ACTIVE)
     return record
 
 

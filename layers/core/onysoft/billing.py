@@ -19,7 +19,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import clock, errors, money
+from onysoft import clock, errors, money, rate_limits, spend_limits
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -38,14 +38,26 @@ class Hold:
     micros: int
     plan: HoldPlan
     factors: ChargeFactors
+    window_start: int = 0  # the rate-limit window the request was counted in (0: not counted)
+    spend_period: str = ""  # the key's spend-limit period the hold was counted in ("": no spend limit)
 
 
 class HoldRefused(Exception):
-    """The balance does not cover the hold; `balance_micros` is what the account had (from the failed check)."""
+    """The hold does not fit: the balance (or the key's spend limit) does not cover it.
 
-    def __init__(self, balance_micros: int | None):
-        super().__init__("insufficient balance")
+    `balance_micros` is what the account had, `limit_room_micros` what the key's limit had left, as read
+    by the failed condition itself (no extra round trip); None when that part did not fail.
+    """
+
+    def __init__(self, balance_micros: int | None, limit_room_micros: int | None):
+        super().__init__("hold refused")
         self.balance_micros = balance_micros
+        self.limit_room_micros = limit_room_micros
+
+    @property
+    def affordable_micros(self) -> int | None:
+        known = [v for v in (self.balance_micros, self.limit_room_micros) if v is not None]
+        return min(known) if known else None
 
 
 def _connection() -> Connection:
@@ -61,6 +73,8 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                endpoint: str, stream: bool, model: str, attempt: int = 0) -> Hold:
     now = clock.now_iso()
     sk = f"{now}#{request_id}"
+    window = rate_limits.current_window()
+    period = spend_limits.period_start(caller.limit_reset) if caller.spend_limit_micros else ""
     record = UsageRecord(
         account_id=caller.account_id, sk=sk, request_id=request_id, key_id=caller.key_id, key_hash=key_hash,
         created_at=now, status=PENDING, hold_state=OPEN, endpoint=endpoint, stream="true" if stream else "false",
@@ -69,7 +83,8 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         hold_output_tokens=plan.output_tokens, markup_bp=factors.markup_bp,
         input_usd_per_mtok=str(factors.price.input_usd_per_mtok),
         output_usd_per_mtok=str(factors.price.output_usd_per_mtok),
-        fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at,
+        fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
+        spend_period=period or None,
     )
     try:
         with TransactWrite(connection=_connection(), client_request_token=f"h{attempt}{request_id}") as tx:
@@ -79,6 +94,10 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                 condition=Account.balance_micros >= plan.micros,
                 return_values="ALL_OLD",
             )
+            rate_limits.count_request(tx, caller, window)
+            if period:
+                spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period,
+                                  plan.micros)
             tx.condition_check(
                 ApiKey, key_hash,
                 condition=(ApiKey.status == "active") & (ApiKey.key_id == caller.key_id)
@@ -87,25 +106,57 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
             )
             tx.save(record, condition=UsageRecord.sk.does_not_exist())
     except TransactWriteError as exc:
-        # PynamoDB sends condition checks, then puts, then updates: [key check, usage put, account update].
-        reasons = _reason_codes(exc) + [None, None, None]
-        key_reason, account_reason = reasons[0], reasons[2]
-        if key_reason is not None and key_reason.code == "ConditionalCheckFailed":
-            raise errors.invalid_api_key() from None
-        if account_reason is not None and account_reason.code == "ConditionalCheckFailed":
-            raw = account_reason.raw_item or {}
-            balance = int(raw["balance_micros"]["N"]) if "balance_micros" in raw else None
-            raise HoldRefused(balance) from None
+        _explain_refusal(exc, caller, window, spend_limited=bool(period))
         raise
-    return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors)
+    return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors,
+                window.start, period)
 
 
-def insufficient_balance(caller: CallerContext, needed_micros: int, balance_micros: int | None) -> errors.GatewayError:
-    have = f" (balance {money.format_micros(balance_micros)} {caller.currency})" if balance_micros is not None else ""
+def _explain_refusal(exc: TransactWriteError, caller: CallerContext, window, spend_limited: bool) -> None:
+    """Turn a cancelled hold into the client's answer: 401, 429 or a HoldRefused (→ 402 or a smaller hold).
+
+    PynamoDB sends condition checks, then puts, then updates in the order added:
+    [key check, usage put, account update, rate counter update, (spend counter update)].
+    """
+    reasons = list(exc.cancellation_reasons or []) + [None] * 5
+    key, _, account, rate, spend = reasons[:5]
+
+    def failed(reason) -> bool:
+        return reason is not None and reason.code == "ConditionalCheckFailed"
+
+    if failed(key):
+        raise errors.invalid_api_key() from None
+    if failed(rate):
+        raise rate_limits.exceeded(caller, rate_limits.usage_from_item(rate.raw_item), window) from None
+    balance = limit_room = None
+    if failed(account):
+        raw = account.raw_item or {}
+        balance = int(raw["balance_micros"]["N"]) if "balance_micros" in raw else 0
+    if spend_limited and failed(spend):
+        limit_room = max(caller.spend_limit_micros - spend_limits.spent(spend.raw_item), 0)
+    if balance is not None or limit_room is not None:
+        raise HoldRefused(balance, limit_room) from None
+
+
+def refusal_error(caller: CallerContext, needed_micros: int, refused: HoldRefused) -> errors.GatewayError:
+    """402: name the account and currency, or the key's spend limit, whichever is short."""
+    cur = caller.currency
+    need = f"this request needs a hold of {money.format_micros(needed_micros)} {cur}"
+    if refused.limit_room_micros is not None and (refused.balance_micros is None
+                                                  or refused.limit_room_micros <= refused.balance_micros):
+        reset = f", reset {caller.limit_reset}" if caller.limit_reset else ""
+        return errors.GatewayError(
+            402,
+            f"This API key ({caller.key_id}) has reached its spend limit of "
+            f"{money.format_micros(caller.spend_limit_micros)} {cur}{reset}: "
+            f"{money.format_micros(refused.limit_room_micros)} {cur} left, and {need}.",
+            "insufficient_quota", "key_spend_limit_reached",
+        )
+    have = f" (balance {money.format_micros(refused.balance_micros or 0)} {cur})"
     return errors.GatewayError(
         402,
-        f"Insufficient balance on account {caller.account_id}{have}: this request needs a hold of "
-        f"{money.format_micros(needed_micros)} {caller.currency}. Top up the account or lower max_tokens.",
+        f"Insufficient balance on account {caller.account_id}{have}: {need}. "
+        "Top up the account or lower max_tokens.",
         "insufficient_quota", "insufficient_balance",
     )
 
@@ -143,7 +194,8 @@ def settle(hold: Hold, *, prompt_tokens: int, completion_tokens: int, estimated:
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
-           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)])
+           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)],
+           tokens=prompt_tokens + completion_tokens)
     return charge
 
 
@@ -159,16 +211,21 @@ def release(hold: Hold, *, code: str, message: str, upstream_status: int | None 
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     _close(hold, refund=hold.micros, record=record, record_actions=record_actions,
-           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1)])
+           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1)], tokens=0)
 
 
-def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, key_actions: list) -> None:
+def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, key_actions: list,
+           tokens: int) -> None:
     try:
         with TransactWrite(connection=_connection(), client_request_token=f"c{hold.request_id}") as tx:
             tx.update(record, actions=record_actions, condition=_still_pending())
             tx.update(Account(account_id=hold.account_id), actions=[Account.balance_micros.add(refund)])
             if hold.key_hash:  # records made before key_hash was stored cannot name their key
                 tx.update(ApiKey(key_hash=hold.key_hash), actions=key_actions, condition=ApiKey.key_hash.exists())
+            if hold.window_start and tokens:
+                rate_limits.count_tokens(tx, hold.key_id, hold.window_start, tokens)
+            if hold.spend_period:
+                spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
     except TransactWriteError as exc:
         reasons = _reason_codes(exc)  # updates in the order added: the usage record's comes first
         if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
@@ -187,4 +244,4 @@ def hold_from_record(record: UsageRecord) -> Hold:
     plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
                     int(record.hold_micros or 0))
     return Hold(record.request_id, record.account_id, record.sk, record.key_hash or "", record.key_id,
-                int(record.hold_micros or 0), plan, factors)
+                int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "")

@@ -22,6 +22,8 @@ class CallerContext:
     tpm: int = 0
     models: tuple[str, ...] = ()  # empty = every model
     expires_at: str = ""  # empty = never
+    spend_limit_micros: int = 0  # 0 = no spend limit
+    limit_reset: str = ""  # daily | weekly | monthly; empty = never
 
     def to_authorizer_context(self) -> dict[str, str | int]:
         """API Gateway allows only strings, numbers and booleans in an authorizer's context."""
@@ -39,6 +41,8 @@ class CallerContext:
             tpm=int(context.get("tpm") or 0),
             models=tuple(m for m in models.split(",") if m),
             expires_at=str(context.get("expires_at") or ""),
+            spend_limit_micros=int(context.get("spend_limit_micros") or 0),
+            limit_reset=str(context.get("limit_reset") or ""),
         )
 
 

@@ -5,6 +5,7 @@ option (always asked for, so a stream is always billed) and, when the hold had t
 an output cap. The client's key never goes upstream.
 """
 
+import asyncio
 import json
 import logging
 import uuid
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from onysoft import billing, errors, sse, upstream
+from onysoft import billing, errors, rate_limits, sse, upstream
 from onysoft.caller import CallerContext
 from onysoft.catalog import CatalogCache, ModelPrice
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
@@ -92,15 +93,14 @@ def _hold(request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan,
     try:
         return billing.place_hold(plan=plan, **common)
     except billing.HoldRefused as refused:
-        smaller = None
-        if refused.balance_micros is not None:
-            smaller = shrink_to_balance(plan, refused.balance_micros, body, factors)
+        affordable = refused.affordable_micros
+        smaller = shrink_to_balance(plan, affordable, body, factors) if affordable is not None else None
         if smaller is None:
-            raise billing.insufficient_balance(caller, plan.micros, refused.balance_micros) from None
+            raise billing.refusal_error(caller, plan.micros, refused) from None
         try:
             return billing.place_hold(plan=smaller, attempt=1, **common)
         except billing.HoldRefused as again:
-            raise billing.insufficient_balance(caller, smaller.micros, again.balance_micros) from None
+            raise billing.refusal_error(caller, smaller.micros, again) from None
 
 
 def _upstream_body(body: dict, endpoint: str, price: ModelPrice, provider: Provider, hold: billing.Hold) -> bytes:
@@ -115,6 +115,17 @@ def _upstream_body(body: dict, endpoint: str, price: ModelPrice, provider: Provi
 
 
 async def forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
+    try:
+        return await _forward(request, endpoint, key_hash, caller)
+    except errors.GatewayError as error:
+        if "x-ratelimit-limit-requests" not in error.headers:  # refused before the hold counted it
+            window = rate_limits.current_window()
+            usage = await run_in_threadpool(rate_limits.read_usage, caller.key_id, window)
+            error.headers.update(rate_limits.headers(caller, usage, window))
+        raise
+
+
+async def _forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
     raw = await request.body()
     body = _parse_body(raw, endpoint)
     factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
@@ -122,7 +133,9 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
     plan = plan_hold(endpoint, body, len(raw), factors)
     request_id = "req_" + uuid.uuid4().hex[:24]  # ≤ 36 chars with its DynamoDB token prefix
     hold = await run_in_threadpool(_hold, request_id, key_hash, caller, plan, factors, endpoint, body)
-    headers = {REQUEST_ID_HEADER: hold.request_id}
+    # The x-ratelimit headers need the window's count after this request: read it while the upstream works.
+    window = rate_limits.Window(hold.window_start)
+    counted = asyncio.ensure_future(run_in_threadpool(rate_limits.read_usage, caller.key_id, window))
     client = upstream.client_for(provider)
     outgoing = client.build_request(
         "POST", upstream.upstream_url(provider, endpoint), content=_upstream_body(body, endpoint, factors.price,
@@ -134,10 +147,11 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
         response = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
         error = upstream.error_from_exception(provider, exc)
-        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=str(exc) or
-                                error.message)
-        error.headers.update(headers)
+        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
+                                message=str(exc) or error.message)
+        error.headers.update(_headers(hold, caller, window, await counted))
         raise error from None
+    headers = _headers(hold, caller, window, await counted)
     if response.status_code != 200:
         content = await response.aread()
         await response.aclose()
@@ -151,6 +165,11 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
         return StreamingResponse(_relay_stream(response, hold, wants_usage, len(raw)), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return await _relay_whole(response, provider, hold, headers, len(raw))
+
+
+def _headers(hold: billing.Hold, caller: CallerContext, window: rate_limits.Window,
+             usage: rate_limits.Usage) -> dict[str, str]:
+    return {REQUEST_ID_HEADER: hold.request_id, **rate_limits.headers(caller, usage, window)}
 
 
 async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, headers: dict,

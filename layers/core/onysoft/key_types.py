@@ -13,17 +13,21 @@ class KeyType:
     description: str
     markup_min_bp: int = 0
     markup_max_bp: int = 100_000  # 1000%: a sanity bound, not a business rule
-    default_rpm: int = 0  # 0 = no limit
-    default_tpm: int = 0
+    default_rpm: int = 60  # requests per minute, per key, unless the key sets its own
+    default_tpm: int = 200_000  # tokens per minute
 
 
 KEY_TYPES: dict[str, KeyType] = {
     kt.name: kt
     for kt in (
-        KeyType("user", "user", "TRY", 5000, "a person's own key; platform standard markup"),
-        KeyType("project", "project", "TRY", 5000, "an org project's key; markup set per project"),
-        KeyType("partner_project", "partner_project", "USD", 5000, "a partner's own project"),
-        KeyType("partner_customer", "partner_customer", "TRY", 3000, "a partner's end customer"),
+        KeyType("user", "user", "TRY", 5000, "a person's own key; platform standard markup",
+                default_rpm=60, default_tpm=200_000),
+        KeyType("project", "project", "TRY", 5000, "an org project's key; markup set per project",
+                default_rpm=600, default_tpm=1_000_000),
+        KeyType("partner_project", "partner_project", "USD", 5000, "a partner's own project",
+                default_rpm=1200, default_tpm=2_000_000),
+        KeyType("partner_customer", "partner_customer", "TRY", 3000, "a partner's end customer",
+                default_rpm=120, default_tpm=400_000),
     )
 }
 

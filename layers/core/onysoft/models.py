@@ -45,6 +45,8 @@ class ApiKey(Model):
     last_used_at = UnicodeAttribute(null=True)
     deleted_at = UnicodeAttribute(null=True)
     expires_at = UnicodeAttribute(null=True)
+    spend_limit_micros = NumberAttribute(null=True)  # in the account's currency
+    limit_reset = UnicodeAttribute(null=True)  # daily | weekly | monthly; absent = never (a lifetime limit)
     request_count = NumberAttribute(default=0)
     spend_micros = NumberAttribute(default=0)
     rpm = NumberAttribute(null=True)
@@ -122,6 +124,8 @@ class UsageRecord(Model):
     hold_micros = NumberAttribute(default=0)
     hold_prompt_tokens = NumberAttribute(default=0)
     hold_output_tokens = NumberAttribute(default=0)
+    rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
+    spend_period = UnicodeAttribute(null=True)  # the key's spend-limit period the hold counts against
     charge_micros = NumberAttribute(default=0)
     uncharged_micros = NumberAttribute(null=True)  # usage beyond the hold, absorbed by the platform
     prompt_tokens = NumberAttribute(default=0)
@@ -148,9 +152,10 @@ class RateLimitCounter(Model):
         table_name = config.table_name("ONYSOFT_TABLE_RATE_LIMITS")
         region = config.region()
 
-    counter_id = UnicodeAttribute(hash_key=True)  # "<key_id>#<window>"
-    requests = NumberAttribute(default=0)
-    tokens = NumberAttribute(default=0)
+    counter_id = UnicodeAttribute(hash_key=True)  # "<key_id>#<window>" (rate) or "<key_id>#spend#<period>"
+    requests = NumberAttribute(null=True)
+    tokens = NumberAttribute(null=True)
+    spend_micros = NumberAttribute(null=True)
     expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
 
 

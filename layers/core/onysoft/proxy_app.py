@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import catalog, errors, keys, money
+from onysoft import catalog, errors, keys, money, rate_limits, spend_limits
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.clock import parse_iso
@@ -45,16 +45,25 @@ def caller_of(request: Request) -> tuple[str, CallerContext]:
     return keys.hash_key(key), caller
 
 
-def load_key_and_account(key_hash: str, caller: CallerContext) -> tuple[ApiKey, Account]:
-    """Re-read the key record itself: a key deleted while the authorizer's answer is cached gets 401 now."""
-    record, account = get_key_and_account(key_hash, caller.account_id)
+def load_key_view(key_hash: str, caller: CallerContext) -> dict:
+    """Re-read the key record itself: a key deleted while the authorizer's answer is cached gets 401 now.
+    One BatchGetItem: the key, its account, and its current rate-limit window and spend-period counters."""
+    window = rate_limits.current_window()
+    rate_id = window.counter_id(caller.key_id)
+    spend_id = spend_limits.counter_id(caller.key_id, spend_limits.period_start(caller.limit_reset or None))
+    record, account, counters = get_key_and_account(key_hash, caller.account_id, (rate_id, spend_id))
     if (record is None or account is None or not is_usable(record)
             or record.key_id != caller.key_id or record.account_id != account.account_id):
         raise errors.invalid_api_key()
-    return record, account
+    usage = rate_limits.usage_from_item(counters.get(rate_id))
+    spent = spend_limits.spent(counters.get(spend_id)) if record.spend_limit_micros else 0
+    return key_view(record, account, usage, window, spent)
 
 
-def key_view(record: ApiKey, account: Account) -> dict:
+def key_view(record: ApiKey, account: Account, usage: rate_limits.Usage, window: rate_limits.Window,
+             spent_micros: int) -> dict:
+    rpm, tpm = rate_limits.effective_limits(record.key_type, record.rpm, record.tpm)
+    limit = int(record.spend_limit_micros or 0)
     return {
         "object": "api_key",
         "key_id": record.key_id,
@@ -73,25 +82,45 @@ def key_view(record: ApiKey, account: Account) -> dict:
         "request_count": int(record.request_count or 0),
         "spend": money.format_micros(int(record.spend_micros or 0)),
         "spend_micros": int(record.spend_micros or 0),
-        "limits": {"rpm": record.rpm, "tpm": record.tpm, "models": list(record.models or [])},
+        "limits": {
+            "rpm": rpm, "tpm": tpm, "rpm_is_default": not record.rpm, "tpm_is_default": not record.tpm,
+            "models": list(record.models or []),
+            "spend_limit": money.format_micros(limit) if limit else None,
+            "spend_limit_micros": limit or None,
+            "limit_reset": record.limit_reset if limit else None,
+            "expires_at": record.expires_at,
+        },
+        "usage": {
+            "requests_this_minute": usage.requests, "tokens_this_minute": usage.tokens,
+            "window_resets_in_seconds": round(window.reset_seconds, 3),
+            "spend_this_period": money.format_micros(spent_micros) if limit else None,
+            "spend_this_period_micros": spent_micros if limit else None,
+        },
     }
 
 
 async def get_key(request: Request) -> Response:
     key_hash, caller = caller_of(request)
-    record, account = await run_in_threadpool(load_key_and_account, key_hash, caller)
-    return JSONResponse(key_view(record, account), headers={REQUEST_ID_HEADER: _request_id(request)})
+    view = await run_in_threadpool(load_key_view, key_hash, caller)
+    usage = rate_limits.Usage(view["usage"]["requests_this_minute"], view["usage"]["tokens_this_minute"])
+    headers = {REQUEST_ID_HEADER: _request_id(request),
+               **rate_limits.headers(caller, usage, rate_limits.current_window())}
+    return JSONResponse(view, headers=headers)
 
 
 async def list_models(request: Request) -> Response:
-    caller_of(request)
+    _, caller = caller_of(request)
+    window = rate_limits.current_window()
     prices = await run_in_threadpool(catalog.list_models)
+    usage = await run_in_threadpool(rate_limits.read_usage, caller.key_id, window)
     data = [
-        {"id": p.model, "object": "model", "created": int(parse_iso(p.created_at).timestamp()) if p.created_at else 0,
-         "owned_by": p.provider}
+        {"id": p.model, "object": "model", "owned_by": p.provider,
+         "created": int(parse_iso(p.created_at).timestamp()) if p.created_at else 0}
         for p in sorted(prices, key=lambda p: p.model)
+        if not caller.models or p.model in caller.models  # a key limited to some models lists only those
     ]
-    return JSONResponse({"object": "list", "data": data}, headers={REQUEST_ID_HEADER: _request_id(request)})
+    headers = {REQUEST_ID_HEADER: _request_id(request), **rate_limits.headers(caller, usage, window)}
+    return JSONResponse({"object": "list", "data": data}, headers=headers)
 
 
 async def chat_completions(request: Request) -> Response:

@@ -1,0 +1,48 @@
+"""Fixtures for tests that drive the proxy app in-process (moto mock_aws: single-threaded checks only)."""
+
+import json
+from decimal import Decimal
+
+import pytest
+from onysoft import catalog, money
+from onysoft.accounts import create_account, top_up
+from onysoft.api_keys import create_key
+from onysoft.caller import REQUEST_CONTEXT_HEADER
+from starlette.testclient import TestClient
+
+FX = Decimal("41.5")
+PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / output
+
+
+@pytest.fixture
+def gateway(aws_tables):
+    from onysoft import forwarding, proxy_app
+
+    forwarding.catalog_cache.invalidate()
+    catalog.set_model("mock/echo", input_usd_per_mtok=str(PRICES[0]), output_usd_per_mtok=str(PRICES[1]))
+    catalog.set_model("mock/error-500", input_usd_per_mtok="1", output_usd_per_mtok="1")
+    catalog.set_model("mock/timeout", input_usd_per_mtok="1", output_usd_per_mtok="1")
+    catalog.set_model("mock/cut-stream", input_usd_per_mtok="1", output_usd_per_mtok="1")
+    catalog.set_model("mock/embed", input_usd_per_mtok="0.02", output_usd_per_mtok="0")
+    catalog.set_fx("USDTRY", str(FX))
+    with TestClient(proxy_app.app) as client:
+        yield client
+
+
+def new_key(kind: str, amount: str = "100", **key_settings):
+    """An account of `kind` topped up with `amount`, a key on it, and the headers the adapter would send
+    (the authorizer's context as onysoft.authorization builds it)."""
+    from onysoft.authorization import authorize
+
+    account = create_account(kind, name=f"test {kind}")
+    top_up(account.account_id, money.parse_amount(amount))
+    created = create_key(account.account_id, name="k", **key_settings)
+    record = created.record
+    context = authorize(f"Bearer {created.plaintext}")
+    headers = {
+        "authorization": f"Bearer {created.plaintext}",
+        REQUEST_CONTEXT_HEADER: json.dumps({"authorizer": context.to_authorizer_context()}),
+    }
+    return account, record, headers
+
+
