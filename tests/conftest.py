@@ -18,6 +18,7 @@ def aws_tables():
     """moto's in-process DynamoDB with the template's tables. Unit tests only: never for concurrency."""
     import boto3
     from moto import mock_aws
+
     from onysoft import config
     from onysoft.models import bind_tables
     from onysoft_tools import template

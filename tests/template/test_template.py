@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from onysoft_tools import template as reader
 
 pytestmark = pytest.mark.timeout(30)

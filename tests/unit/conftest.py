@@ -4,11 +4,12 @@ import json
 from decimal import Decimal
 
 import pytest
+from starlette.testclient import TestClient
+
 from onysoft import catalog, money
 from onysoft.accounts import create_account, top_up
 from onysoft.api_keys import create_key
 from onysoft.caller import REQUEST_CONTEXT_HEADER
-from starlette.testclient import TestClient
 
 FX = Decimal("41.5")
 PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / output

@@ -6,11 +6,11 @@ import sys
 from datetime import timedelta
 
 import pytest
+
 from onysoft import clock, keys
 from onysoft.accounts import create_account
 from onysoft.api_keys import delete_key
 from onysoft.models import ApiKey
-
 from tests.helpers import EVENT_KEY, load_event, load_function_module
 
 

@@ -4,12 +4,12 @@ import json
 from decimal import Decimal
 
 import pytest
+
 from onysoft import catalog, money
 from onysoft.accounts import get_account
 from onysoft.api_keys import delete_key, find_by_key_id
 from onysoft.caller import CallerContext
 from onysoft.models import UsageRecord
-
 from tests.unit.conftest import FX, PRICES, new_key
 
 

@@ -1,6 +1,7 @@
 import re
 
 import pytest
+
 from onysoft import keys
 
 
