@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event i
     APIGatewayAuthorizerRequestEvent,
     APIGatewayAuthorizerResponse,
 )
+
 from onysoft.authorization import Denied, authorize
 
 logger = Logger()

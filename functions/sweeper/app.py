@@ -1,6 +1,7 @@
 """Scheduled: release holds that crashed invocations left open (onysoft.sweeper)."""
 
 from aws_lambda_powertools import Logger
+
 from onysoft.sweeper import release_stale_holds
 
 logger = Logger()
