@@ -12,6 +12,8 @@ a retried settle, or a sweeper racing a late settle, can never charge or refund 
 Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit.
 """
 
+import random
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -69,6 +71,37 @@ def _reason_codes(exc: TransactWriteError) -> list:
     return list(exc.cancellation_reasons or [])
 
 
+# Cancellation reasons and errors that say "try again", not "no": another transaction touched the same
+# item, or DynamoDB throttled. botocore retries throttled calls itself, but not a cancelled transaction.
+RETRYABLE_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+RETRYABLE_ERRORS = {"TransactionConflictException", "TransactionInProgressException", "ThrottlingException",
+                    "ProvisionedThroughputExceededException", "RequestLimitExceeded", "InternalServerError"}
+TRANSACT_ATTEMPTS = 8
+
+
+def _retryable(exc: TransactWriteError) -> bool:
+    codes = {r.code for r in _reason_codes(exc) if r is not None}
+    if "ConditionalCheckFailed" in codes:
+        return False  # a real "no": never retried
+    return bool(codes & RETRYABLE_REASONS) or exc.cause_response_code in RETRYABLE_ERRORS
+
+
+def _transact(token: str, write) -> None:
+    """Run one TransactWriteItems, retrying conflicts and throttling with capped, jittered backoff.
+
+    The same client request token on every attempt makes a retry after an unseen success a no-op.
+    """
+    for attempt in range(TRANSACT_ATTEMPTS):
+        try:
+            with TransactWrite(connection=_connection(), client_request_token=token) as tx:
+                write(tx)
+            return
+        except TransactWriteError as exc:
+            if attempt + 1 == TRANSACT_ATTEMPTS or not _retryable(exc):
+                raise
+            time.sleep(random.uniform(0, min(0.02 * 2 ** attempt, 1.0)))  # noqa: S311 - jitter, not secrets
+
+
 def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,
                endpoint: str, stream: bool, model: str, attempt: int = 0) -> Hold:
     now = clock.now_iso()
@@ -86,25 +119,26 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
         spend_period=period or None,
     )
+    def write(tx: TransactWrite) -> None:
+        tx.update(
+            Account(account_id=caller.account_id),
+            actions=[Account.balance_micros.add(-plan.micros)],
+            condition=Account.balance_micros >= plan.micros,
+            return_values="ALL_OLD",
+        )
+        rate_limits.count_request(tx, caller, window)
+        if period:
+            spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period, plan.micros)
+        tx.condition_check(
+            ApiKey, key_hash,
+            condition=(ApiKey.status == "active") & (ApiKey.key_id == caller.key_id)
+            & (ApiKey.account_id == caller.account_id)
+            & (ApiKey.expires_at.does_not_exist() | (ApiKey.expires_at > now)),
+        )
+        tx.save(record, condition=UsageRecord.sk.does_not_exist())
+
     try:
-        with TransactWrite(connection=_connection(), client_request_token=f"h{attempt}{request_id}") as tx:
-            tx.update(
-                Account(account_id=caller.account_id),
-                actions=[Account.balance_micros.add(-plan.micros)],
-                condition=Account.balance_micros >= plan.micros,
-                return_values="ALL_OLD",
-            )
-            rate_limits.count_request(tx, caller, window)
-            if period:
-                spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period,
-                                  plan.micros)
-            tx.condition_check(
-                ApiKey, key_hash,
-                condition=(ApiKey.status == "active") & (ApiKey.key_id == caller.key_id)
-                & (ApiKey.account_id == caller.account_id)
-                & (ApiKey.expires_at.does_not_exist() | (ApiKey.expires_at > now)),
-            )
-            tx.save(record, condition=UsageRecord.sk.does_not_exist())
+        _transact(f"h{attempt}{request_id}", write)
     except TransactWriteError as exc:
         _explain_refusal(exc, caller, window, spend_limited=bool(period))
         raise
@@ -216,16 +250,18 @@ def release(hold: Hold, *, code: str, message: str, upstream_status: int | None 
 
 def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, key_actions: list,
            tokens: int) -> None:
+    def write(tx: TransactWrite) -> None:
+        tx.update(record, actions=record_actions, condition=_still_pending())
+        tx.update(Account(account_id=hold.account_id), actions=[Account.balance_micros.add(refund)])
+        if hold.key_hash:  # records made before key_hash was stored cannot name their key
+            tx.update(ApiKey(key_hash=hold.key_hash), actions=key_actions, condition=ApiKey.key_hash.exists())
+        if hold.window_start and tokens:
+            rate_limits.count_tokens(tx, hold.key_id, hold.window_start, tokens)
+        if hold.spend_period:
+            spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
+
     try:
-        with TransactWrite(connection=_connection(), client_request_token=f"c{hold.request_id}") as tx:
-            tx.update(record, actions=record_actions, condition=_still_pending())
-            tx.update(Account(account_id=hold.account_id), actions=[Account.balance_micros.add(refund)])
-            if hold.key_hash:  # records made before key_hash was stored cannot name their key
-                tx.update(ApiKey(key_hash=hold.key_hash), actions=key_actions, condition=ApiKey.key_hash.exists())
-            if hold.window_start and tokens:
-                rate_limits.count_tokens(tx, hold.key_id, hold.window_start, tokens)
-            if hold.spend_period:
-                spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
+        _transact(f"c{hold.request_id}", write)
     except TransactWriteError as exc:
         reasons = _reason_codes(exc)  # updates in the order added: the usage record's comes first
         if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":

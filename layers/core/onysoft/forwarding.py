@@ -193,8 +193,11 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
         # An upstream that answered 200 without usage (or with a malformed body) is still billed: at the bound.
         prompt, completion = (body_size + 3) // 4, hold.plan.output_tokens
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
-    await run_in_threadpool(billing.settle, hold, prompt_tokens=prompt, completion_tokens=completion,
-                            estimated=estimated, upstream_status=response.status_code)
+    try:
+        await run_in_threadpool(billing.settle, hold, prompt_tokens=prompt, completion_tokens=completion,
+                                estimated=estimated, upstream_status=response.status_code)
+    except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
+        logger.warning("hold already closed", extra={"request_id": hold.request_id})
     return Response(content, status_code=200, media_type="application/json", headers=headers)
 
 
