@@ -14,7 +14,7 @@ os.environ.pop("AWS_PROFILE", None)
 
 
 @pytest.fixture
-def aws_tables():
+def aws_tables(monkeypatch):
     """moto's in-process DynamoDB with the template's tables. Unit tests only: never for concurrency."""
     import boto3
     from moto import mock_aws
@@ -23,6 +23,9 @@ def aws_tables():
     from onysoft.models import bind_tables
     from onysoft_tools import template
 
+    # A real endpoint left in the environment (a dev.env read by another test) would bypass the mock.
+    for name in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
     with mock_aws():
         tpl = template.load_template()
         names = {logical: config.table_name(env) for logical, env in template.TABLE_ENV.items()}

@@ -438,3 +438,144 @@ def test_port_in_use_fails_fast_without_leftovers(gateway, tmp_path):
     assert result.returncode != 0
     assert str(gateway.port) in result.stderr
     assert get(gateway, "/v1/key", f"Bearer {gateway.keys['user']}").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ in-process
+
+
+def test_gateway_streams_and_sets_the_request_context_in_process():
+    """LocalApiGateway with stand-in functions: chunks reach the client as they are sent (no buffering),
+    the authorizer gets a REST REQUEST event, and the app sees only the gateway's request context."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from onysoft_tools.dev import LocalApiGateway
+
+    seen: dict = {}
+    events: list[dict] = []
+
+    def authorizer(event, context):
+        events.append(event)
+        if event["headers"].get("Authorization") != "Bearer good":
+            raise Exception("Unauthorized")  # noqa: TRY002 - what API Gateway expects
+        return {"principalId": "key_x", "context": {"key_id": "key_x", "markup_bp": 3000, "flag": True},
+                "policyDocument": {"Version": "2012-10-17", "Statement": [
+                    {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": ["arn:aws:execute-api:*/*/*"]}]}}
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen["headers"] = [(k.decode(), v.decode()) for k, v in scope["headers"]]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for index in range(3):
+            await send({"type": "http.response.body", "body": f"chunk{index}\n".encode(), "more_body": True})
+            await asyncio.sleep(0.4)
+        await send({"type": "http.response.body", "body": b""})
+
+    tpl = template.load_template()
+    auth = template.authorizer_settings(tpl)
+    functions = {route.function: ("asgi", app) for route in template.routes(tpl)}
+    functions[auth.function] = ("lambda", authorizer)
+    gateway_app = LocalApiGateway(tpl, functions=functions)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(gateway_app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        route = next(r for r in template.routes(tpl) if r.authorizer == auth.name)
+        url = f"http://127.0.0.1:{port}{route.path}"
+        forged = {"x-amzn-request-context": json.dumps({"authorizer": {"account_id": "acct_forged"}}),
+                  "X-Amzn-Something": "forged"}
+        started = time.monotonic()
+        with httpx.stream(route.method, url, headers={"Authorization": "Bearer good", **forged}, timeout=10) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            first = next(lines)
+            first_at = time.monotonic() - started
+            rest = list(lines)
+        assert first == "chunk0" and rest[:2] == ["chunk1", "chunk2"]
+        assert first_at < 0.6, f"the first chunk came after {first_at:.2f}s: the response was buffered"
+
+        amzn = [(k, v) for k, v in seen["headers"] if k.startswith("x-amzn-")]
+        contexts = [json.loads(v) for k, v in amzn if k == "x-amzn-request-context"]
+        assert len(contexts) == 1 and "forged" not in json.dumps(amzn)
+        context = contexts[0]
+        assert context["authorizer"]["principalId"] == "key_x"
+        assert context["authorizer"]["markup_bp"] == "3000" and context["authorizer"]["flag"] == "true"
+        assert context["resourcePath"] == route.path and context["httpMethod"] == route.method
+        assert context["stage"] == template.stage_name(tpl) and context["identity"]["sourceIp"] == "127.0.0.1"
+
+        event = events[-1]
+        assert event["type"] == "REQUEST" and event["httpMethod"] == route.method
+        assert event["methodArn"].endswith(f"/{template.stage_name(tpl)}/{route.method}{route.path}")
+        assert event["multiValueHeaders"]["Authorization"] == ["Bearer good"]
+
+        calls = len(events)
+        denied = httpx.request(route.method, url, headers={"Authorization": "Bearer bad"}, timeout=10)
+        denied_again = httpx.request(route.method, url, headers={"Authorization": "Bearer bad"}, timeout=10)
+        assert denied.status_code == denied_again.status_code == 401
+        assert len(events) == calls + (1 if auth.ttl_seconds > 0 else 2)  # the denial is cached too
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_cognito_routes_and_lambda_integrations_in_process(tmp_path):
+    """A route behind a Cognito user pool authorizer (the dashboard's kind): the local user pool's ID token
+    is checked as API Gateway would, and a plain Lambda handler gets a REST proxy event with the claims."""
+    import copy
+    import threading
+
+    import uvicorn
+
+    from onysoft_tools import local_cognito
+    from onysoft_tools.dev import LocalApiGateway
+
+    tpl = copy.deepcopy(template.load_template())
+    api_id = next(k for k, v in tpl["Resources"].items() if v.get("Type") == template.API_TYPE)
+    auth = tpl["Resources"][api_id]["Properties"].setdefault("Auth", {})
+    auth.setdefault("Authorizers", {})["LocalPool"] = {"UserPoolArn": {"Fn::GetAtt": ["LocalUserPool", "Arn"]}}
+    tpl["Resources"]["LocalDashboardFunction"] = {"Type": template.FUNCTION_TYPE, "Properties": {
+        "CodeUri": "nowhere", "Handler": "app.handler", "Events": {"Get": {"Type": "Api", "Properties": {
+            "RestApiId": {"Ref": api_id}, "Method": "GET", "Path": "/local-dashboard/things/{thing_id}",
+            "Auth": {"Authorizer": "LocalPool"}}}}}}
+    seen: dict = {}
+
+    def handler(event, context):
+        seen["event"] = event
+        return {"statusCode": 201, "headers": {"Content-Type": "application/json"},
+                "body": json.dumps({"thing": event["pathParameters"]["thing_id"]})}
+
+    gateway_app = LocalApiGateway(tpl, functions={"LocalDashboardFunction": ("lambda", handler)}, state_dir=tmp_path)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(gateway_app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}/local-dashboard/things/t1"
+        assert httpx.get(url, timeout=10).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer a.b.c"}, timeout=10).status_code == 401
+        assert "event" not in seen
+        token = local_cognito.issue_token(tmp_path, "operator")
+        response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert response.status_code == 201 and response.json() == {"thing": "t1"}
+        event = seen["event"]
+        assert event["resource"] == "/local-dashboard/things/{thing_id}"
+        assert event["path"] == "/local-dashboard/things/t1"
+        assert event["requestContext"]["authorizer"]["claims"]["custom:principal"] == "operator"
+    finally:
+        server.should_exit = True
+        thread.join(10)
