@@ -34,6 +34,8 @@ DYNAMODB_ALLOWED = {
     "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Scan",
 }
 OTHER_ALLOWED = {"secretsmanager:GetSecretValue"}
+BUFFERED_URI = re.compile(r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/\$\{(\w+)\.Arn\}"
+                          r"/invocations$")
 STREAM_URI = re.compile(
     r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2021-11-15/functions/\$\{(\w+)\.Arn\}"
     r"/response-streaming-invocations$"
@@ -164,25 +166,72 @@ def test_api_gateway_may_invoke_the_authorizer(cfn):
 
 def test_every_method_streams_through_the_proxy_and_uses_the_authorizer(cfn):
     body = _rest_api_body(cfn)
-    methods = list(_methods(body))
+    methods = [(path, method, operation) for path, method, operation in _methods(body) if path.startswith("/v1/")]
     assert methods
     for path, method, operation in methods:
-        assert path.startswith("/v1/"), path
         integration = operation["x-amazon-apigateway-integration"]
         assert integration["type"] == "aws_proxy" and integration["httpMethod"] == "POST"
         assert integration["responseTransferMode"] == "STREAM", (method, path)
-        assert STREAM_URI.match(integration["uri"]["Fn::Sub"]), integration["uri"]
+        assert STREAM_URI.match(integration["uri"]["Fn::Sub"]).group(1) == "ProxyFunction", integration["uri"]
         assert operation["security"] == [{"KeyAuthorizer": []}], (method, path)
     assert "/healthz" not in body["paths"]
+    assert {path.split("/")[1] for path, _, _ in _methods(body)} == {"v1", "dashboard"}
 
 
-def test_api_gateway_may_invoke_the_proxy_on_every_route(cfn, tpl):
-    source_arns = [
-        json.dumps(p["Properties"]["SourceArn"]) for p in _of_type(cfn, "AWS::Lambda::Permission").values()
-        if p["Properties"]["FunctionName"] == {"Ref": "ProxyFunction"}
-    ]
+def test_dashboard_routes_use_cognito_and_do_not_stream(cfn):
+    body = _rest_api_body(cfn)
+    methods = [(path, method, operation) for path, method, operation in _methods(body)
+               if path.startswith("/dashboard/")]
+    assert len(methods) == 10
+    for path, method, operation in methods:
+        integration = operation["x-amazon-apigateway-integration"]
+        assert integration["type"] == "aws_proxy" and "responseTransferMode" not in integration, (method, path)
+        assert BUFFERED_URI.match(integration["uri"]["Fn::Sub"]).group(1) == "DashboardFunction"
+        if (method, path) == ("GET", "/dashboard/docs"):  # Swagger UI opens in a browser, without a token
+            assert operation["security"] == [{"NONE": []}]
+        else:
+            assert operation["security"] == [{"DashboardCognito": []}], (method, path)
+
+
+def test_dashboard_cognito_authorizer_user_pool_and_client(cfn, tpl):
+    scheme = _security_schemes(_rest_api_body(cfn))["DashboardCognito"]
+    assert scheme["x-amazon-apigateway-authtype"] == "cognito_user_pools" and scheme["name"] == "Authorization"
+    assert scheme["x-amazon-apigateway-authorizer"]["providerARNs"] == [{"Fn::GetAtt": ["DashboardUserPool", "Arn"]}]
+    assert reader.cognito_authorizer(tpl) == reader.CognitoAuthorizerSettings(
+        name="DashboardCognito", user_pool="DashboardUserPool", identity_header="Authorization")
+    assert reader.authorizer_type(tpl, "DashboardCognito") == "cognito"
+    assert reader.authorizer_type(tpl, "KeyAuthorizer") == "lambda"
+    with pytest.raises(ValueError):
+        reader.authorizer_settings(tpl, name="DashboardCognito")
+    pool = cfn["Resources"]["DashboardUserPool"]["Properties"]
+    (principal,) = [a for a in pool["Schema"] if a["Name"] == "principal"]
+    assert principal["AttributeDataType"] == "String" and principal["Mutable"] is False
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True  # nobody names their own principal
+    client = cfn["Resources"]["DashboardUserPoolClient"]["Properties"]
+    assert client["GenerateSecret"] is False
+    assert {"ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"} <= set(client["ExplicitAuthFlows"])
+    assert "custom:principal" in client["ReadAttributes"] and "custom:principal" not in client["WriteAttributes"]
+    outputs = cfn["Outputs"]
+    assert outputs["UserPoolId"]["Value"] == {"Ref": "DashboardUserPool"}
+    assert outputs["UserPoolClientId"]["Value"] == {"Ref": "DashboardUserPoolClient"}
+
+
+def test_dashboard_function(cfn):
+    function = cfn["Resources"]["DashboardFunction"]["Properties"]
+    assert function["Handler"] == "app.handler" and function["Runtime"] == "python3.13"
+    assert function["Architectures"] == ["arm64"]
+    assert set(TABLES.values()) <= set(function["Environment"]["Variables"])
+    assert "pydantic" in (ROOT / "functions" / "dashboard" / "requirements.txt").read_text()
+
+
+def test_api_gateway_may_invoke_each_routes_function(cfn, tpl):
     for route in reader.routes(tpl):
-        assert any(arn.endswith(f'/{route.method}{route.path}", {{"__ApiId__": {{"Ref": "GatewayApi"}}, '
+        source_arns = [
+            json.dumps(p["Properties"]["SourceArn"]) for p in _of_type(cfn, "AWS::Lambda::Permission").values()
+            if p["Properties"]["FunctionName"] == {"Ref": route.function}
+        ]
+        path = re.sub(r"\{[^}]+\}", "*", route.path)  # a path parameter is a wildcard in the source ARN
+        assert any(arn.endswith(f'/{route.method}{path}", {{"__ApiId__": {{"Ref": "GatewayApi"}}, '
                                 f'"__Stage__": "*"}}]}}') for arn in source_arns), route
 
 
@@ -194,13 +243,15 @@ def test_reader_routes_equal_the_deployed_routes(cfn, tpl):
         function = re.search(r"\$\{(\w+)\.Arn\}", uri).group(1)
         (authorizer,) = operation.get("security", [{}])[0].keys() or [None]
         deployed.add(reader.Route(
-            method=method, path=path, function=function, authorizer=authorizer,
+            method=method, path=path, function=function, authorizer=None if authorizer == "NONE" else authorizer,
             streaming=integration.get("responseTransferMode") == "STREAM",
         ))
     local = reader.routes(tpl)
     assert len(local) == len(set(local))
     assert set(local) == deployed
     assert {(r.method, r.path) for r in local} >= {("GET", "/v1/key"), ("GET", "/v1/models")}
+    assert reader.Route("GET", "/dashboard/docs", "DashboardFunction", None, False) in local
+    assert reader.Route("DELETE", "/dashboard/keys/{key_id}", "DashboardFunction", "DashboardCognito", False) in local
 
 
 def test_stage_name(tpl, cfn):
@@ -239,7 +290,7 @@ def test_function_policies_are_least_privilege(cfn):
     schedule_role = all_roles.pop("SweeperFunctionEveryFiveMinutesRole")
     assert {a for st in _statements(schedule_role) for a in _as_list(st["Action"])} == {"lambda:InvokeFunction"}
     roles = all_roles
-    assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole"}
+    assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole", "DashboardFunctionRole"}
     granted: dict[str, dict[str, set[str]]] = {}
     for role_id, role in roles.items():
         assert role["Properties"]["ManagedPolicyArns"] == [
@@ -268,6 +319,21 @@ def test_function_policies_are_least_privilege(cfn):
     assert granted["SweeperFunctionRole"] == {
         "dynamodb:Query": {"UsageTable"}, "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable"},
     }
+    # The dashboard: keys and accounts by id, create / update; every account (operator); usage and audit
+    # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
+    assert granted["DashboardFunctionRole"] == {
+        "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable"},
+        "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},
+        "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},
+        "dynamodb:Scan": {"AccountsTable"},
+        "dynamodb:Query": {"ApiKeysTable", "AccountsTable", "UsageTable"},
+    }
+    dashboard_indexes = {
+        r["Fn::Sub"] for st in _statements(roles["DashboardFunctionRole"]) for r in _as_list(st["Resource"])
+        if "Fn::Sub" in r
+    }
+    assert dashboard_indexes == {"${ApiKeysTable.Arn}/index/by_account", "${ApiKeysTable.Arn}/index/by_key_id",
+                                 "${AccountsTable.Arn}/index/by_owner", "${UsageTable.Arn}/index/by_key"}
 
 
 def test_proxy_runs_under_the_lambda_web_adapter(cfn):

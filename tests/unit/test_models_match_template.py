@@ -32,7 +32,28 @@ def test_every_table_has_a_model_with_the_same_keys_and_indexes():
         assert template_indexes == model_indexes, logical
 
 
+# Models that share a table with its main model, under partition keys of their own.
+SHARED_TABLE_MODELS = {models.AuditRecord: "UsageTable"}
+
+
 def test_models_read_their_table_names_from_the_template_environment_variables():
     env_of_model = {model: env for model, env in models._MODEL_TABLE_ENV.items()}
     tpl = template.load_template()
-    assert {MODEL_OF_TABLE[logical]: env for logical, env in template.table_env(tpl).items()} == env_of_model
+    expected = {MODEL_OF_TABLE[logical]: env for logical, env in template.table_env(tpl).items()}
+    table_env = template.table_env(tpl)
+    expected.update({model: table_env[logical] for model, logical in SHARED_TABLE_MODELS.items()})
+    assert expected == env_of_model
+
+
+def test_models_sharing_a_table_have_its_keys_and_no_index_of_their_own():
+    tpl = template.load_template()
+    for model, logical in SHARED_TABLE_MODELS.items():
+        definitions = template.table_definitions(tpl, {k: k for k in MODEL_OF_TABLE})
+        (definition,) = [d for d in definitions if d["TableName"] == logical]
+        schema = model._get_schema()
+        assert _keys(definition["KeySchema"]) == {k["KeyType"]: k["AttributeName"] for k in schema["key_schema"]}
+        assert not schema.get("global_secondary_indexes")
+        # Not in the table's sparse indexes: none of their key attributes is an attribute of this model.
+        index_keys = {k["AttributeName"] for g in definition.get("GlobalSecondaryIndexes", []) for k in g["KeySchema"]}
+        table_keys = set(_keys(definition["KeySchema"]).values())
+        assert not (index_keys - table_keys) & set(model.get_attributes()), model

@@ -207,6 +207,15 @@ class AuthorizerSettings:
 
 
 @dataclass(frozen=True)
+class CognitoAuthorizerSettings:
+    """A Cognito user pool authorizer: API Gateway checks the pool's ID token itself (no function)."""
+
+    name: str
+    user_pool: str  # logical id of the AWS::Cognito::UserPool
+    identity_header: str = "Authorization"
+
+
+@dataclass(frozen=True)
 class GatewayResponse:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
@@ -259,7 +268,8 @@ def routes(tpl: dict[str, Any]) -> list[Route]:
 def authorizer_settings(
     tpl: dict[str, Any], parameters: dict[str, Any] | None = None, *, name: str | None = None
 ) -> AuthorizerSettings:
-    """The API's authorizer (its default one unless `name` is given), `!Ref`s resolved via `parameters`."""
+    """The API's Lambda authorizer (its default one unless `name` is given), `!Ref`s resolved via `parameters`.
+    A Cognito authorizer has no function: see cognito_authorizer."""
     _, api = _api(tpl)
     auth = (api.get("Properties") or {}).get("Auth") or {}
     authorizers = auth.get("Authorizers") or {}
@@ -269,12 +279,38 @@ def authorizer_settings(
             raise ValueError("the API has no default authorizer; pass `name`")
         name = next(iter(authorizers))
     config = authorizers[name]
+    if "UserPoolArn" in config:
+        raise ValueError(f"{name} is a Cognito authorizer: use cognito_authorizer()")
     identity = config.get("Identity") or {}
     headers = identity.get("Headers") or ["Authorization"]
     ttl = resolve(identity.get("ReauthorizeEvery", DEFAULT_AUTHORIZER_TTL), tpl, parameters)
     return AuthorizerSettings(
         name=name, function=_ref_target(config.get("FunctionArn")) or "",
         identity_header=str(headers[0]), ttl_seconds=int(ttl),
+    )
+
+
+def authorizer_type(tpl: dict[str, Any], name: str) -> str:
+    """'cognito' for a user pool authorizer (UserPoolArn), 'lambda' for a function authorizer."""
+    _, api = _api(tpl)
+    config = (((api.get("Properties") or {}).get("Auth") or {}).get("Authorizers") or {})[name]
+    return "cognito" if "UserPoolArn" in config else "lambda"
+
+
+def cognito_authorizer(tpl: dict[str, Any], name: str | None = None) -> CognitoAuthorizerSettings:
+    """The API's Cognito user pool authorizer (the only one, unless `name` says which)."""
+    _, api = _api(tpl)
+    authorizers = (((api.get("Properties") or {}).get("Auth") or {}).get("Authorizers") or {})
+    cognito = {n: c for n, c in authorizers.items() if "UserPoolArn" in c}
+    if name is None:
+        if len(cognito) != 1:
+            raise ValueError(f"expected one Cognito authorizer, found {sorted(cognito)}; pass `name`")
+        name = next(iter(cognito))
+    config = cognito[name]
+    identity = config.get("Identity") or {}
+    return CognitoAuthorizerSettings(
+        name=name, user_pool=_ref_target(config["UserPoolArn"]) or "",
+        identity_header=str(identity.get("Header") or "Authorization"),
     )
 
 

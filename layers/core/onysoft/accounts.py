@@ -65,3 +65,23 @@ def top_up(account_id: str, amount_micros: int) -> Account:
             raise AccountError(f"no account {account_id!r}") from None
         raise
     return get_account(account_id)
+
+
+def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None) -> Account:
+    """Set an account's markup (within its kind's bounds) and/or name. Keys see a new markup once the
+    authorizer's cached answer for them expires (ReauthorizeEvery)."""
+    account = get_account(account_id)
+    actions = []
+    if markup_bp is not None:
+        check_markup(account.kind, markup_bp)
+        actions.append(Account.markup_bp.set(markup_bp))
+    if name is not None:
+        actions.append(Account.name.set(name))
+    if actions:
+        try:
+            account.update(actions=actions, condition=Account.account_id.exists())
+        except UpdateError as exc:
+            if exc.cause_response_code == "ConditionalCheckFailedException":
+                raise AccountError(f"no account {account_id!r}") from None
+            raise
+    return account

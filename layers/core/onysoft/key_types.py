@@ -17,6 +17,8 @@ class KeyType:
     default_tpm: int = 200_000  # tokens per minute
 
 
+PARTNER_MARKUP_MAX_BP = 20_000  # 200%: the most a partner may charge on top of the provider's price
+
 KEY_TYPES: dict[str, KeyType] = {
     kt.name: kt
     for kt in (
@@ -24,10 +26,11 @@ KEY_TYPES: dict[str, KeyType] = {
                 default_rpm=60, default_tpm=200_000),
         KeyType("project", "project", "TRY", 5000, "an org project's key; markup set per project",
                 default_rpm=600, default_tpm=1_000_000),
+        # Partners set their own markups, within the platform's bounds (0-200%).
         KeyType("partner_project", "partner_project", "USD", 5000, "a partner's own project",
-                default_rpm=1200, default_tpm=2_000_000),
+                markup_max_bp=PARTNER_MARKUP_MAX_BP, default_rpm=1200, default_tpm=2_000_000),
         KeyType("partner_customer", "partner_customer", "TRY", 3000, "a partner's end customer",
-                default_rpm=120, default_tpm=400_000),
+                markup_max_bp=PARTNER_MARKUP_MAX_BP, default_rpm=120, default_tpm=400_000),
     )
 }
 

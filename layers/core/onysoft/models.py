@@ -177,12 +177,35 @@ class CatalogEntry(Model):
     updated_at = UnicodeAttribute(null=True)
 
 
+class AuditRecord(Model):
+    """Who did what to which account or key, and when (onysoft.audit). Kept in the Usage table, under
+    partition keys of its own (`audit#<scope>`) that are never an account id, so an account's usage query
+    never meets one; it has no `key_id` or `hold_state`, so it is in neither of that table's indexes."""
+
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_USAGE")
+        region = config.region()
+
+    account_id = UnicodeAttribute(hash_key=True)  # "audit#<scope>": audit#user:acct_…, audit#org:…, audit#all
+    sk = UnicodeAttribute(range_key=True)  # "<at>#<audit_id>"
+    audit_id = UnicodeAttribute()
+    at = UnicodeAttribute()
+    actor = UnicodeAttribute()  # the principal: user:acct_…, org:…, partner:…, operator
+    actor_sub = UnicodeAttribute(null=True)  # the signed-in person (Cognito `sub`)
+    action = UnicodeAttribute()  # account.create | account.update | account.topup | key.create | key.delete
+    target_account_id = UnicodeAttribute()
+    target_key_id = UnicodeAttribute(null=True)  # not `key_id`: that would put the item in the by_key index
+    details = UnicodeAttribute(null=True)  # JSON object: what changed (never a key)
+    request_id = UnicodeAttribute(null=True)
+
+
 _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
     UsageRecord: "ONYSOFT_TABLE_USAGE",
     RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",
+    AuditRecord: "ONYSOFT_TABLE_USAGE",  # shares the Usage table (its own partition keys)
 }
 ALL_MODELS = tuple(_MODEL_TABLE_ENV)
 

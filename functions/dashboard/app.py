@@ -1,0 +1,284 @@
+"""Dashboard API (/dashboard/*): people manage their keys, partners their customers, org admins their projects.
+
+A Powertools REST API resolver with request validation (pydantic models) and an OpenAPI document with
+Swagger UI at /dashboard/docs. API Gateway's Cognito authorizer has checked the caller's ID token before
+this runs and passes its claims in `requestContext.authorizer.claims`; the `custom:principal` claim says
+who the caller acts as (onysoft.principals). Every decision is in onysoft.dashboard: this module only
+maps HTTP to it. Errors are OpenAI's envelope, like every other answer of the gateway.
+"""
+
+import json
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from onysoft import dashboard, errors, money, principals
+from onysoft.audit import Actor
+from onysoft.key_types import ACCOUNT_KINDS
+
+logger = Logger()
+
+DOCS_PATH = "/dashboard/docs"
+SECURITY_SCHEME = "DashboardCognito"  # the name of the API's Cognito authorizer in template.yaml
+OPENAPI = {
+    "title": "Onysoft AI Gateway dashboard API",
+    "version": "1.0.0",
+    "description": (
+        "Accounts, API keys, usage and the audit log of the Onysoft AI Gateway. Sign in with the user pool and "
+        "send the ID token as `Authorization: Bearer <token>`. An account or key you may not see answers 404, "
+        "exactly as if it did not exist. Money: balances and charges are decimal strings in the account's "
+        "currency (`balance`), and exact integers in micro-units (`balance_micros`: 1 TRY = 1000000)."
+    ),
+    "security_schemes": {SECURITY_SCHEME: HTTPBearer(bearerFormat="JWT", description="Cognito ID token")},
+    "security": [{SECURITY_SCHEME: []}],
+}
+
+
+
+class DashboardResolver(APIGatewayRestResolver):
+    """Powertools' REST resolver whose OpenAPI document says what this API answers to bad input: 400 in
+    OpenAI's error envelope (see validation_error below), never Powertools' own 422 body."""
+
+    def get_openapi_schema(self, **kwargs):
+        schema = super().get_openapi_schema(**kwargs)
+        for path_item in (schema.paths or {}).values():
+            for method in ("get", "post", "patch", "put", "delete"):
+                operation = getattr(path_item, method, None)
+                if operation is not None and operation.responses:
+                    operation.responses.pop(422, None)
+                    operation.responses.pop("422", None)
+        if schema.components and schema.components.schemas:
+            for name in ("HTTPValidationError", "ValidationError", "ResponseValidationError"):
+                schema.components.schemas.pop(name, None)
+        return schema
+
+
+app = DashboardResolver(enable_validation=True)
+app.enable_swagger(path=DOCS_PATH, **OPENAPI)
+
+JSON = {"Content-Type": "application/json"}
+Name = Annotated[str, StringConstraints(max_length=200)]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+/[^\s]+$", max_length=200)]
+MarkupPct = Annotated[Decimal, Field(ge=0, le=1000, decimal_places=2, description="30 means 30%")]
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal[ACCOUNT_KINDS]  # type: ignore[valid-type]
+    name: Name = ""
+    markup_pct: MarkupPct | None = Field(None, description="default: the kind's standard markup (30% customers)")
+    owner: str | None = Field(None, max_length=64, description="org or partner id: the operator only; "
+                                                                "others create accounts they own")
+
+
+class AccountUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    markup_pct: MarkupPct | None = None
+    name: Name | None = None
+
+
+class TopUp(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    amount: Annotated[Decimal, Field(gt=0, le=1_000_000_000, decimal_places=6,
+                                     description="in currency units, e.g. 12.5")]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = ""
+    rpm: int | None = Field(None, ge=1, le=1_000_000, description="requests per minute (default: the key type's)")
+    tpm: int | None = Field(None, ge=1, le=1_000_000_000, description="tokens per minute (default: the key type's)")
+    models: list[ModelName] | None = Field(None, max_length=100, description="allow-list; default: every model")
+    expires_at: str | None = Field(None, max_length=40, description="ISO 8601 time; default: never")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """OpenAI's error envelope: every error this API answers."""
+
+    error: ErrorDetail
+
+
+_ERROR_MEANING = {
+    400: "Bad request (validation)", 401: "No valid sign-in token", 403: "Not allowed for your principal",
+    404: "No such account or key (or not yours: the same answer)",
+}
+
+
+def _responses(success: int, description: str, *errors_: int) -> dict:
+    answers: dict = {success: {"description": description}}
+    for status in (400, 401, *errors_):
+        answers[status] = {"description": _ERROR_MEANING[status],
+                           "content": {"application/json": {"model": ErrorEnvelope}}}
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _claims(event: dict) -> dict:
+    authorizer = (event.get("requestContext") or {}).get("authorizer") or {}
+    claims = authorizer.get("claims")
+    return claims if isinstance(claims, dict) else {}
+
+
+def _actor() -> Actor:
+    event = app.current_event.raw_event
+    claims = _claims(event)
+    return Actor(principals.from_claims(claims), sub=claims.get("sub"),
+                 request_id=(event.get("requestContext") or {}).get("requestId"))
+
+
+def _error(exc: errors.GatewayError) -> Response:
+    return Response(status_code=exc.status, content_type="application/json", body=json.dumps(exc.envelope()),
+                    headers=dict(exc.headers))
+
+
+def _markup_bp(value: Decimal | None) -> int | None:
+    return None if value is None else int(value * money.BP_PER_PCT)
+
+
+# ---------------------------------------------------------------------------------------------- routes
+
+
+@app.get("/dashboard/accounts", summary="List the accounts you may see, with balances",
+         responses=_responses(200, "Your principal and its accounts"))
+def list_accounts() -> dict:
+    actor = _actor()
+    return {"principal": str(actor.principal), **dashboard.list_accounts(actor)}
+
+
+@app.post("/dashboard/accounts", summary="Create an account (partner: customers and projects; operator: any)",
+          responses=_responses(201, "The new account", 403))
+def create_account(body: AccountCreate):
+    account = dashboard.create_account(_actor(), kind=body.kind, name=body.name,
+                                       markup_bp=_markup_bp(body.markup_pct), owner=body.owner)
+    return account, 201
+
+
+@app.patch("/dashboard/accounts/<account_id>", summary="Change an account's markup (partner, operator) or name",
+           responses=_responses(200, "The account", 403, 404))
+def update_account(account_id: str, body: AccountUpdate) -> dict:
+    return dashboard.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name)
+
+
+@app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",
+          responses=_responses(200, "The account", 403, 404))
+def top_up(account_id: str, body: TopUp) -> dict:
+    return dashboard.top_up(_actor(), account_id, int(body.amount * money.MICROS_PER_UNIT))
+
+
+@app.get("/dashboard/accounts/<account_id>/keys", summary="List an account's API keys",
+         responses=_responses(200, '{"keys": [...]}', 404))
+def list_keys(account_id: str, include_deleted: Annotated[bool, Query()] = False) -> dict:
+    return dashboard.list_keys(_actor(), account_id, include_deleted=include_deleted)
+
+
+@app.post("/dashboard/accounts/<account_id>/keys",
+          summary="Create an API key (the response holds the key: shown once, never again)",
+          responses=_responses(201, "The key (`key`) and its record", 404))
+def create_key(account_id: str, body: KeyCreate):
+    created = dashboard.create_key(_actor(), account_id, name=body.name, rpm=body.rpm, tpm=body.tpm,
+                                   models=body.models, expires_at=body.expires_at)
+    return created, 201
+
+
+@app.delete("/dashboard/keys/<key_id>", summary="Delete an API key (it stops working at once)",
+            responses=_responses(200, "The deleted key's record", 404))
+def delete_key(key_id: str) -> dict:
+    return dashboard.delete_key(_actor(), key_id)
+
+
+@app.get("/dashboard/accounts/<account_id>/usage",
+         summary="Usage records between two times, newest first, paginated; totals by day and model",
+         responses=_responses(200, '{"records": [...], "next": cursor or null, "totals": {...}}', 404))
+def usage(
+    account_id: str,
+    from_: Annotated[str | None, Query(alias="from", description="ISO 8601; default: `to` - 30 days")] = None,
+    to: Annotated[str | None, Query(description="ISO 8601, exclusive; default: now")] = None,
+    key_id: Annotated[str | None, Query(description="only this key's records")] = None,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=dashboard.MAX_PAGE)] = None,
+) -> dict:
+    return dashboard.usage(_actor(), account_id, start=from_, end=to, key_id=key_id, cursor=cursor, limit=limit)
+
+
+@app.get("/dashboard/audit", summary="The audit log of your accounts and keys, newest first",
+         responses=_responses(200, '{"records": [...], "next": cursor or null}', 404))
+def audit_log(
+    account_id: Annotated[str | None, Query(description="only this account's records")] = None,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=dashboard.MAX_PAGE)] = None,
+) -> dict:
+    return dashboard.audit_log(_actor(), account_id=account_id, cursor=cursor, limit=limit)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@app.exception_handler(errors.GatewayError)
+def gateway_error(exc: errors.GatewayError) -> Response:
+    return _error(exc)
+
+
+@app.exception_handler(RequestValidationError)
+def validation_error(exc: RequestValidationError) -> Response:
+    first = (exc.errors() or [{}])[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(location) or None
+    message = str(first.get("msg") or "invalid request")
+    if first.get("type") == "json_invalid":
+        message, param = "The request body is not valid JSON.", None
+    elif param:
+        message = f"Invalid {param}: {message}"
+    return _error(errors.bad_request(message, param))
+
+
+@app.not_found
+def unknown_route(exc: NotFoundError) -> Response:
+    event = app.current_event
+    return _error(errors.not_found(f"Unknown request URL: {event.http_method} {event.path}.", code="unknown_url"))
+
+
+@app.exception_handler(Exception)
+def unexpected(exc: Exception) -> Response:
+    logger.exception("dashboard request failed")
+    return _error(errors.internal_error())
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def _unauthorized() -> dict:
+    error = errors.GatewayError(401, "Sign in to the dashboard: send your ID token as 'Authorization: Bearer <token>'.",
+                                "invalid_request_error", "invalid_token")
+    return {"statusCode": 401, "headers": {**JSON, "WWW-Authenticate": "Bearer"},
+            "body": json.dumps(error.envelope()), "isBase64Encoded": False}
+
+
+def handler(event: dict, context) -> dict:
+    # API Gateway's Cognito authorizer turns away a missing or bad token before this runs; a token whose
+    # principal claim is missing or malformed is turned away here, before any route or validation runs.
+    if event.get("resource") != DOCS_PATH:
+        try:
+            principals.from_claims(_claims(event))
+        except principals.PrincipalError:
+            return _unauthorized()
+    return app.resolve(event, context)

@@ -1,0 +1,96 @@
+"""The audit log: who did what to which account or key, and when.
+
+Every key creation and deletion, account creation, markup change and top-up made from the dashboard
+leaves one record, written twice in one transaction to the Usage table (no table of its own):
+
+- under `audit#<owner principal>` (`audit#user:acct_…`, `audit#org:<id>`, `audit#partner:<id>`): what
+  the owner of the account lists, including what the operator did to its accounts;
+- under `audit#all`: the operator's view of everything.
+
+Sort key `<at>#<audit_id>`, so each log reads newest first with one Query. The partition keys are never
+account ids (those are `acct_…`), so an account's usage query never meets an audit record, and the
+records carry no `key_id` or `hold_state`, so neither of the Usage table's indexes holds them.
+"""
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pynamodb.transactions import TransactWrite
+
+from onysoft import clock
+from onysoft.models import Account, AuditRecord
+from onysoft.principals import Principal, scope_of
+
+PREFIX = "audit#"
+ALL = "all"
+
+ACCOUNT_CREATE = "account.create"
+ACCOUNT_UPDATE = "account.update"
+ACCOUNT_TOPUP = "account.topup"
+KEY_CREATE = "key.create"
+KEY_DELETE = "key.delete"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: the principal, the signed-in person (Cognito `sub`) and the API request id."""
+
+    principal: Principal
+    sub: str | None = None
+    request_id: str | None = None
+
+
+def partition_of(principal: Principal) -> str:
+    """The audit partition a principal lists: its own scope, or everything for the operator."""
+    return PREFIX + (ALL if principal.is_operator else str(principal))
+
+
+def record(actor: Actor, action: str, account: Account, *, key_id: str | None = None,
+           details: dict | None = None) -> AuditRecord:
+    """Write one audit record (to the account owner's log and the operator's, atomically)."""
+    at = clock.now_iso()
+    audit_id = "aud_" + secrets.token_hex(8)
+    partitions = [PREFIX + ALL]
+    scope = scope_of(account)
+    if scope:
+        partitions.append(PREFIX + scope)
+    items = [
+        AuditRecord(
+            account_id=partition, sk=f"{at}#{audit_id}", audit_id=audit_id, at=at, actor=str(actor.principal),
+            actor_sub=actor.sub or None, action=action, target_account_id=account.account_id,
+            target_key_id=key_id, details=json.dumps(details, sort_keys=True) if details else None,
+            request_id=actor.request_id or None,
+        )
+        for partition in partitions
+    ]
+    with TransactWrite(connection=AuditRecord._get_connection().connection) as tx:
+        for item in items:
+            tx.save(item, condition=AuditRecord.account_id.does_not_exist())
+    return items[-1]
+
+
+def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None = None,
+          account_id: str | None = None) -> tuple[list[AuditRecord], dict | None]:
+    """One page of the principal's audit log, newest first, and the key to continue from (or None)."""
+    condition = AuditRecord.target_account_id == account_id if account_id else None
+    results = AuditRecord.query(
+        partition_of(principal), filter_condition=condition, scan_index_forward=False, limit=limit,
+        page_size=limit, last_evaluated_key=last_evaluated_key,
+    )
+    items = list(results)
+    return items, results.last_evaluated_key
+
+
+def view(item: AuditRecord) -> dict:
+    return {
+        "audit_id": item.audit_id, "at": item.at, "actor": item.actor, "actor_sub": item.actor_sub,
+        "action": item.action, "account_id": item.target_account_id, "key_id": item.target_key_id,
+        "details": json.loads(item.details) if item.details else {}, "request_id": item.request_id,
+    }
+
+
+def iter_all(principal: Principal) -> Iterator[AuditRecord]:
+    """Every record of a principal's log, newest first (tests and tools)."""
+    yield from AuditRecord.query(partition_of(principal), scan_index_forward=False)
