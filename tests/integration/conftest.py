@@ -99,6 +99,7 @@ class DevGateway:
     env: dict[str, str] = field(default_factory=dict)  # dev.env
     known_keys: set[str] = field(default_factory=set)  # every plaintext key the tests have seen
     children: list[int] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ONYSOFT_PROVIDER_OPENAI_BASE_URL
 
     @property
     def base_url(self) -> str:
@@ -113,7 +114,7 @@ class DevGateway:
         command = [*dev_command(), "--port", str(self.port), "--state-dir", str(self.state_dir)]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                command, cwd=ROOT, env=clean_env(**self.extra_env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
             )
         deadline = time.monotonic() + START_TIMEOUT

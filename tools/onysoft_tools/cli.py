@@ -187,7 +187,10 @@ def usage_view(record) -> dict:
         "markup_pct": money.markup_pct(int(record.markup_bp)) if record.markup_bp is not None else None,
         "fx_rate": record.fx_rate,
         "fx_rate_at": record.fx_rate_at,
+        "usage_estimated": record.usage_estimated == "true",  # tokens estimated (a cut or abandoned stream)
+        "uncharged_micros": int(record.uncharged_micros or 0),
         "error_code": record.error_code,
+        "error_message": record.error_message,
         "created_at": record.created_at,
         "settled_at": record.settled_at,
     }
@@ -379,7 +382,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from onysoft.api_keys import list_keys
 
     get_account(args.account)  # unknown account: exit 2, not an empty list
-    views = [key_view(r) for r in list_keys(args.account, include_deleted=args.all)]
+    views = [_with_usage(key_view(r), r) for r in list_keys(args.account, include_deleted=args.all)]
     views.sort(key=lambda v: (v["created_at"], v["key_id"]))
     return _output(args, {"keys": views}, lambda: _table(
         ["KEY_ID", "DISPLAY", "NAME", "TYPE", "STATUS", "CREATED_AT", "LAST_USED_AT", "EXPIRES_AT", "REQUESTS",
@@ -390,6 +393,21 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     ) if views else f"No {'' if args.all else 'active '}keys on {args.account}.")
 
 
+def _with_usage(view: dict, record) -> dict:
+    """The key's effective limits and its use of them now (this minute's window, this spend period)."""
+    from onysoft import money, rate_limits, spend_limits
+
+    rpm, tpm = rate_limits.effective_limits(record.key_type, record.rpm, record.tpm)
+    window = rate_limits.current_window()
+    used = rate_limits.read_usage(record.key_id, window)
+    view["limits"] = {"rpm": rpm, "tpm": tpm}
+    view["usage"] = {"requests_this_minute": used.requests, "tokens_this_minute": used.tokens}
+    if record.spend_limit_micros:
+        spent = spend_limits.read_spent(record.key_id, spend_limits.period_start(record.limit_reset))
+        view["usage"].update(spend_this_period=money.format_micros(spent), spend_this_period_micros=spent)
+    return view
+
+
 def cmd_keys_delete(args: argparse.Namespace) -> int:
     from onysoft.api_keys import delete_key
 
@@ -398,6 +416,58 @@ def cmd_keys_delete(args: argparse.Namespace) -> int:
             "account_id": record.account_id, "display": record.display}
     return _output(args, view, lambda: f"Deleted key {view['key_id']} ({view['display']}) at {view['deleted_at']}: "
                                        "it can no longer authenticate.")
+
+
+def cmd_keys_update(args: argparse.Namespace) -> int:
+    from onysoft import money
+    from onysoft.api_keys import UNSET, update_key_settings
+
+    changes: dict = {}
+    if args.rpm is not None:
+        changes["rpm"] = args.rpm or None
+    if args.tpm is not None:
+        changes["tpm"] = args.tpm or None
+    if args.models is not None:
+        changes["models"] = None if args.models.strip().lower() == "all" else _model_list(args.models)
+    if args.expires_at is not None and args.expires_at.strip().lower() == "never":
+        changes["expires_at"] = None
+    elif args.expires_in is not None or args.expires_at is not None:
+        changes["expires_at"] = _expiry(args)
+    if args.spend_limit is not None:
+        if args.spend_limit.strip().lower() == "none":
+            changes["spend_limit_micros"] = None
+            changes["limit_reset"] = None
+        else:
+            try:
+                changes["spend_limit_micros"] = money.parse_amount(args.spend_limit)
+            except money.MoneyError as exc:
+                raise UsageError(f"--spend-limit: {exc}") from None
+    if args.limit_reset is not None:
+        changes["limit_reset"] = None if args.limit_reset == "never" else args.limit_reset
+    if not changes:
+        raise UsageError("nothing to change: give --rpm, --tpm, --models, --expires-in/--expires-at, "
+                         "--spend-limit or --limit-reset")
+    record = update_key_settings(args.key_id, **{k: changes.get(k, UNSET) for k in changes})
+    view = key_view(record)
+    return _output(args, view, lambda: f"Updated key {view['key_id']} ({view['display']}).")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from onysoft import clock, principals
+    from onysoft_tools import local_cognito, settings
+
+    try:
+        principals.parse(args.principal)
+        expires_in = local_cognito.parse_duration(args.expires_in)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    state = settings.state_dir(args.state_dir)
+    token = local_cognito.issue_token(state, args.principal, expires_in=expires_in)
+    expires_at = clock.to_iso(clock.utc_now() + timedelta(seconds=expires_in))
+    view = {"token": token, "principal": args.principal, "expires_at": expires_at}
+    return _output(args, view, lambda: token)
 
 
 # ---------------------------------------------------------------------------------------------- usage
@@ -560,9 +630,23 @@ def build_parser() -> argparse.ArgumentParser:
     expiry = p.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", metavar="DURATION", help="like 90s, 15m, 12h or 30d")
     expiry.add_argument("--expires-at", metavar="TIME", help="an ISO 8601 time, e.g. 2026-12-31T23:59:59Z")
-    p.add_argument("--spend-limit", metavar="AMOUNT", help="most the key may spend, in the account's currency")
+    p.add_argument("--spend-limit", "--limit", dest="spend_limit", metavar="AMOUNT",
+                   help="most the key may spend, in the account's currency")
     p.add_argument("--limit-reset", choices=("daily", "weekly", "monthly"),
                    help="reset the spend limit each period (default: a lifetime limit)")
+    p = leaf(keys_sub, "update", cmd_keys_update, "change an existing key's limits (applied within the "
+                                                 "authorizer's cache time, 60 s by default)")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--rpm", type=int, metavar="N", help="requests per minute; 0 = back to the type's default")
+    p.add_argument("--tpm", type=int, metavar="N", help="tokens per minute; 0 = back to the type's default")
+    p.add_argument("--models", metavar="M,M", help="allow only these models; 'all' removes the allow-list")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", metavar="DURATION", help="like 90s, 15m, 12h or 30d")
+    expiry.add_argument("--expires-at", metavar="TIME", help="an ISO 8601 time; 'never' removes the expiry")
+    p.add_argument("--spend-limit", "--limit", dest="spend_limit", metavar="AMOUNT",
+                   help="most the key may spend, in the account's currency; 'none' removes it")
+    p.add_argument("--limit-reset", choices=("daily", "weekly", "monthly", "never"),
+                   help="reset the spend limit each period; 'never' makes it a lifetime limit")
     p = leaf(keys_sub, "list", cmd_keys_list, "list an account's keys (display form only)")
     p.add_argument("--account", required=True, metavar="ACCOUNT_ID")
     p.add_argument("--all", action="store_true", help="include deleted keys")
@@ -586,6 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-tokens", type=int, metavar="N", help="the output cap holds are sized for")
     p.add_argument("--disable", action="store_true", help="keep the entry but refuse requests for it")
     leaf(cat_sub, "list", cmd_catalog_list, "list the catalog's models (disabled ones too)")
+
+    # token (local gateway only)
+    p = leaf(commands, "token", cmd_token, "print a dashboard token for a principal, signed by the local "
+                                           "gateway's key (as Cognito would issue it)")
+    p.add_argument("--principal", required=True, metavar="P",
+                   help="user:<account_id>, org:<org_id>, partner:<partner_id> or operator")
+    p.add_argument("--expires-in", default="1h", metavar="DURATION", help="like 15m, 12h (default 1h)")
 
     # fx
     fx = commands.add_parser("fx", help="the USD→TRY rate")

@@ -57,6 +57,7 @@ DUMMY_ACCESS_KEY = "onysoft-dev"  # noqa: S105 - moto accepts any credentials; t
 DUMMY_SECRET_KEY = "onysoft-dev"  # noqa: S105
 TABLES_FILE = "tables.json"
 DEMO_KEYS_FILE = "demo-keys.json"
+DEMO_OWNER = "demo"  # the org and partner id that own the demo project and partner accounts
 MOTO_LOG_FILE = "moto.log"
 STATE_FORMAT = "onysoft-dev-tables/1"
 SAVE_INTERVAL_SECONDS = 2.0
@@ -348,7 +349,7 @@ def seed() -> list[DemoKey]:
     demo = []
     for key_type in KEY_TYPES.values():
         account = create_account(key_type.account_kind, name=f"demo {key_type.account_kind}",
-                                 owner=None if key_type.account_kind == "user" else "demo")
+                                 owner=None if key_type.account_kind == "user" else DEMO_OWNER)
         top_up(account.account_id, money.parse_amount(SEED_TOPUP))
         created = create_key(account.account_id, name=f"demo {key_type.name}")
         demo.append(DemoKey(type=created.record.key_type, currency=account.currency, key=created.plaintext,
@@ -945,6 +946,27 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
+DEMO_TOKEN_SECONDS = 12 * 3600  # a working day: new tokens are printed at every start
+
+
+def demo_principals(demo: list[DemoKey]) -> list[str]:
+    """The demo seed's principals: its user, the org and partner that own the demo accounts, the operator."""
+    user = next((d.account_id for d in demo if d.type == "user"), None)
+    return ([f"user:{user}"] if user else []) + [f"org:{DEMO_OWNER}", f"partner:{DEMO_OWNER}", "operator"]
+
+
+def _dashboard_banner(base_url: str, state: Path, demo: list[DemoKey]) -> str:
+    from onysoft_tools import local_cognito
+
+    lines = [f"Dashboard: {base_url}/dashboard/accounts   (OpenAPI and Swagger UI: {base_url}/dashboard/docs)",
+             "Demo dashboard tokens (12 h; more with `onysoft token --principal …`):"]
+    for principal in demo_principals(demo):
+        token = local_cognito.issue_token(state, principal, expires_in=DEMO_TOKEN_SECONDS)
+        lines.append(f"  {principal}")
+        lines.append(f'    curl -H "Authorization: Bearer {token}" {base_url}/dashboard/accounts')
+    return "\n".join(lines) + "\n"
+
+
 def _banner(base_url: str, state: Path, endpoint: str, demo: list[DemoKey], seeded: bool, persisted: bool) -> str:
     lines = [
         "",
@@ -1044,6 +1066,7 @@ def run(args: argparse.Namespace) -> int:
         server = uvicorn.Server(config)
         base_url = env["ONYSOFT_GATEWAY_URL"]
         print(_banner(base_url, state, endpoint, demo, seeded, table_state is not None), flush=True)
+        print(_dashboard_banner(base_url, state, demo), flush=True)
         try:
             server.run(sockets=[sock])
         except (KeyboardInterrupt, _Stop):

@@ -1,0 +1,98 @@
+"""A fake OpenAI-compatible provider served on loopback by the tests: it records what the gateway sends
+(headers, body) and fails in known ways chosen by the model name."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+UPSTREAM_KEY = "upstream-provider-secret"
+REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
+PROMPT_TOKENS = 17
+CHUNK_DELAY = 0.3  # slow-stream: seconds between chunks
+
+
+@dataclass
+class FakeUpstream:
+    requests: list[dict] = field(default_factory=list)
+    port: int = 0
+    server: uvicorn.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def app(self) -> Starlette:
+        async def chat(request: Request):
+            body = json.loads(await request.body())
+            self.requests.append({"headers": dict(request.headers), "body": body, "at": time.monotonic()})
+            model = body["model"]
+            if model == "fake-500":
+                return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+            if model == "fake-429":
+                return JSONResponse({"error": {"message": "slow down", "type": "rate_limit"}}, status_code=429,
+                                    headers={"retry-after": "7"})
+            if model == "fake-bad-json":
+                return JSONResponse({"choices": "not what you expect"}, status_code=400)
+            if model == "fake-timeout":
+                await asyncio.sleep(5)
+            usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(REPLY),
+                     "total_tokens": PROMPT_TOKENS + len(REPLY)}
+            if not body.get("stream"):
+                return JSONResponse({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": " ".join(REPLY)}}],
+                                     "usage": usage})
+
+            async def events():
+                base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
+                for index, word in enumerate(REPLY):
+                    if model == "fake-cut" and index == 3:
+                        raise RuntimeError("the fake provider drops the connection")
+                    chunk = {**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                    if model == "fake-slow-stream":
+                        await asyncio.sleep(CHUNK_DELAY)
+                done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                yield f"data: {json.dumps(done)}\n\n"
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
+        async def embeddings(request: Request):
+            body = json.loads(await request.body())
+            self.requests.append({"headers": dict(request.headers), "body": body, "at": time.monotonic()})
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            return JSONResponse({"object": "list", "model": body["model"],
+                                 "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                                          for i, _ in enumerate(inputs)],
+                                 "usage": {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}})
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                                 Route("/v1/embeddings", embeddings, methods=["POST"])])
+
+    def start(self) -> FakeUpstream:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(self.app(), log_level="critical", lifespan="off"))
+        threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.should_exit = True

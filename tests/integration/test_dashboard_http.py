@@ -1,0 +1,228 @@
+"""The dashboard API over HTTP through `onysoft dev`, as a new user would try it: a token from
+`onysoft token`, curl-like requests, keys that work (and stop working) at /v1 at once, the OpenAI SDK.
+
+Every route: each principal's allowed actions, the foreign-tenant case (404, exactly as for an id that was
+never issued) and the no-token case (401); the OpenAPI document is valid and names the template's routes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from onysoft_tools import local_cognito, template
+from tests.integration.conftest import DevGateway
+
+ENVELOPE_FIELDS = {"message", "type", "code", "param"}
+
+
+def token(gateway: DevGateway, principal: str) -> str:
+    """A dashboard ID token for `principal`, printed by `onysoft token` as a user would get one."""
+    document = gateway.cli_json("token", "--principal", principal)
+    assert document["principal"] == principal
+    return document["token"]
+
+
+def call(gateway: DevGateway, method: str, path: str, bearer: str | None = None, **kwargs) -> httpx.Response:
+    headers = kwargs.pop("headers", {})
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    return httpx.request(method, gateway.base_url + path, headers=headers, timeout=15, **kwargs)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == ENVELOPE_FIELDS, body
+    if code:
+        assert body["error"]["code"] == code, body
+    return body
+
+
+def demo_account(gateway: DevGateway, key_type: str) -> str:
+    return next(entry["account_id"] for entry in gateway.demo if entry["type"] == key_type)
+
+
+def chat(gateway: DevGateway, key: str, text: str = "hello") -> openai.types.chat.ChatCompletion:
+    client = openai.OpenAI(api_key=key, base_url=gateway.base_url + "/v1", max_retries=0, timeout=15)
+    return client.chat.completions.create(model="mock/echo", messages=[{"role": "user", "content": text}])
+
+
+def keys_of(gateway: DevGateway, bearer: str, account_id: str) -> dict[str, dict]:
+    response = call(gateway, "GET", f"/dashboard/accounts/{account_id}/keys", bearer)
+    assert response.status_code == 200, response.text
+    return {k["key_id"]: k for k in response.json()["keys"]}
+
+
+@pytest.fixture(scope="module")
+def user(gateway):
+    """A fresh user account (made by the operator through the dashboard) and its person's token."""
+    operator = token(gateway, "operator")
+    response = call(gateway, "POST", "/dashboard/accounts", operator, json={"kind": "user", "name": "Ayşe"})
+    assert response.status_code == 201, response.text
+    account = response.json()
+    response = call(gateway, "POST", f"/dashboard/accounts/{account['account_id']}/topup", operator,
+                    json={"amount": "50"})
+    assert response.status_code == 200 and response.json()["balance"] == "50.000000", response.text
+    return account["account_id"], token(gateway, f"user:{account['account_id']}")
+
+
+def test_user_creates_three_keys_uses_one_deletes_another(gateway, user):
+    account, bearer = user
+    created = []
+    for name in ("laptop", "ci", "notebook"):
+        response = call(gateway, "POST", f"/dashboard/accounts/{account}/keys", bearer, json={"name": name})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert re.fullmatch(r"sk-ony-[0-9a-f]{48}", body["key"]) and body["type"] == "user"
+        gateway.known_keys.add(body["key"])
+        created.append(body)
+    listed = keys_of(gateway, bearer, account)
+    assert {c["key_id"] for c in created} == set(listed)
+    assert all(listed[c["key_id"]]["last_used_at"] is None for c in created)
+    assert all(c["key"] not in json.dumps(listed) for c in created)
+
+    # A new key works at /v1 at once; a billed call moves its last_used_at (and only its).
+    used, gone, other = created
+    assert call(gateway, "GET", "/v1/key", used["key"]).json()["key_id"] == used["key_id"]
+    before = time.time()
+    completion = chat(gateway, used["key"])
+    assert completion.usage.total_tokens > 0
+    listed = keys_of(gateway, bearer, account)
+    last_used = listed[used["key_id"]]["last_used_at"]
+    assert last_used and last_used.endswith("Z")
+    assert abs(time.mktime(time.strptime(last_used[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone - before) < 60
+    assert listed[used["key_id"]]["request_count"] == 1 and listed[used["key_id"]]["spend_micros"] > 0
+    assert listed[gone["key_id"]]["last_used_at"] is None and listed[other["key_id"]]["last_used_at"] is None
+
+    # Deleted: 401 at /v1 at once, even right after a successful (cached) authorization.
+    assert call(gateway, "GET", "/v1/key", gone["key"]).status_code == 200
+    response = call(gateway, "DELETE", f"/dashboard/keys/{gone['key_id']}", bearer)
+    assert response.status_code == 200 and response.json()["status"] == "deleted", response.text
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway, gone["key"])
+    assert call(gateway, "GET", "/v1/key", gone["key"]).status_code == 401
+    assert gone["key_id"] not in keys_of(gateway, bearer, account)
+    assert chat(gateway, other["key"]).choices[0].message.content
+
+    # The usage and the audit log say what happened.
+    response = call(gateway, "GET", f"/dashboard/accounts/{account}/usage", bearer)
+    usage = response.json()
+    assert response.status_code == 200 and len(usage["records"]) == 2, response.text
+    assert usage["totals"]["total"]["requests"] == 2 and usage["totals"]["by_model"][0]["model"] == "mock/echo"
+    response = call(gateway, "GET", f"/dashboard/accounts/{account}/usage", bearer,
+                    params={"key_id": used["key_id"]})
+    assert [r["key_id"] for r in response.json()["records"]] == [used["key_id"]]
+    actions = [(r["action"], r["key_id"]) for r in call(gateway, "GET", "/dashboard/audit", bearer).json()["records"]]
+    assert ("key.delete", gone["key_id"]) in actions and ("key.create", used["key_id"]) in actions
+
+
+def test_partner_customer_key_charges_the_customers_try_balance_at_its_markup(gateway):
+    partner = token(gateway, "partner:acme-partner")
+    response = call(gateway, "POST", "/dashboard/accounts", partner,
+                    json={"kind": "partner_customer", "name": "Müşteri"})
+    assert response.status_code == 201, response.text
+    customer = response.json()
+    assert (customer["markup_pct"], customer["currency"], customer["owner"]) == (30, "TRY", "acme-partner")
+    account = customer["account_id"]
+    response = call(gateway, "POST", f"/dashboard/accounts/{account}/keys", partner, json={"name": "their app"})
+    assert response.status_code == 201, response.text
+    key = response.json()["key"]
+    gateway.known_keys.add(key)
+    assert_error(call(gateway, "POST", f"/dashboard/accounts/{account}/topup", partner, json={"amount": "10"}),
+                 403, "permission_denied")
+    response = call(gateway, "POST", f"/dashboard/accounts/{account}/topup", token(gateway, "operator"),
+                    json={"amount": "10"})
+    assert response.status_code == 200 and response.json()["balance_micros"] == 10_000_000, response.text
+
+    chat(gateway, key, "how much?")
+    (record,) = call(gateway, "GET", f"/dashboard/accounts/{account}/usage", partner).json()["records"]
+    assert record["status"] == "settled" and record["currency"] == "TRY" and record["markup_pct"] == 30
+    cost = Decimal(record["provider_cost_usd"]) * Decimal("1.30") * Decimal(record["fx_rate"]) * 1_000_000
+    assert record["charge_micros"] == int(cost.to_integral_value(rounding="ROUND_CEILING")) > 0
+    (listed,) = [a for a in call(gateway, "GET", "/dashboard/accounts", partner).json()["accounts"]
+                 if a["account_id"] == account]
+    assert listed["balance_micros"] == 10_000_000 - record["charge_micros"]
+
+    # Its markup, within the platform's bounds.
+    response = call(gateway, "PATCH", f"/dashboard/accounts/{account}", partner, json={"markup_pct": 45})
+    assert response.status_code == 200 and response.json()["markup_pct"] == 45, response.text
+    assert_error(call(gateway, "PATCH", f"/dashboard/accounts/{account}", partner, json={"markup_pct": 500}), 400)
+
+
+def _routes() -> list[template.Route]:
+    return [r for r in template.routes(template.load_template()) if r.path.startswith("/dashboard/")]
+
+
+def _request(route: template.Route, account: str, key_id: str) -> tuple[str, dict]:
+    path = route.path.replace("{account_id}", account).replace("{key_id}", key_id)
+    body = {"POST /dashboard/accounts": {"kind": "partner_customer"},
+            "PATCH /dashboard/accounts/{account_id}": {"name": "taken"},
+            "POST /dashboard/accounts/{account_id}/topup": {"amount": "1"},
+            "POST /dashboard/accounts/{account_id}/keys": {"name": "sneaky"}}.get(f"{route.method} {route.path}")
+    params = {"account_id": account} if route.path == "/dashboard/audit" else {}
+    return path, {"json": body, "params": params} if body is not None else {"params": params}
+
+
+def test_every_route_needs_a_token_and_hides_other_tenants(gateway, user):
+    account, _ = user
+    victim_key = call(gateway, "POST", f"/dashboard/accounts/{account}/keys", user[1], json={"name": "v"}).json()
+    gateway.known_keys.add(victim_key["key"])
+    stranger = token(gateway, f"user:{demo_account(gateway, 'user')}")
+    partner = token(gateway, "partner:someone-else")
+    expired = local_cognito.issue_token(gateway.state_dir, f"user:{account}", expires_in=1)
+    time.sleep(1.1)
+    routes = _routes()
+    assert len(routes) == 10
+    for route in routes:
+        if route.authorizer is None:
+            continue
+        path, kwargs = _request(route, account, victim_key["key_id"])
+        for bad in (None, "not-a-token", expired):
+            response = call(gateway, route.method, path, bad, **kwargs)
+            assert response.status_code == 401, (route, bad, response.text)
+            assert set(response.json()["error"]) == ENVELOPE_FIELDS
+        if "{" not in route.path and route.path != "/dashboard/audit":
+            continue
+        unknown_path, unknown_kwargs = _request(route, "acct_" + "0" * 16, "key_" + "0" * 16)
+        for bearer in (stranger, partner):
+            foreign = call(gateway, route.method, path, bearer, **kwargs)
+            never_issued = call(gateway, route.method, unknown_path, bearer, **unknown_kwargs)
+            assert_error(foreign, 404)
+            assert foreign.status_code == never_issued.status_code == 404, route
+            assert (foreign.text.replace(account, "ID").replace(victim_key["key_id"], "ID")
+                    == never_issued.text.replace("acct_" + "0" * 16, "ID").replace("key_" + "0" * 16, "ID"))
+    # Nothing happened to the victim.
+    assert call(gateway, "GET", "/v1/key", victim_key["key"]).status_code == 200
+    keys = keys_of(gateway, user[1], account)
+    assert keys[victim_key["key_id"]]["status"] == "active" and len(keys) >= 1
+    (mine,) = call(gateway, "GET", "/dashboard/accounts", user[1]).json()["accounts"]
+    assert mine["name"] == "Ayşe" and mine["balance_micros"] <= 50_000_000
+
+
+def test_docs_and_openapi_document(gateway):
+    from openapi_spec_validator import validate
+
+    response = call(gateway, "GET", "/dashboard/docs")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    document = call(gateway, "GET", "/dashboard/docs", params={"format": "json"}).json()
+    validate(document)
+    documented = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    expected = {(r.method, r.path) for r in _routes() if r.authorizer is not None}
+    assert documented == expected
+
+
+def test_token_command_validates_its_input(gateway):
+    result = gateway.cli("token", "--principal", "root", check=False)
+    assert result.returncode == 2 and "principal" in result.stderr
+    result = gateway.cli("token", "--principal", "operator", "--expires-in", "2d", check=False)
+    assert result.returncode == 2
+    document = gateway.cli_json("token", "--principal", "org:acme", "--expires-in", "30m")
+    claims = local_cognito.verify(gateway.state_dir, document["token"])
+    assert claims["custom:principal"] == "org:acme" and claims["exp"] - claims["iat"] == 1800
