@@ -174,3 +174,47 @@ def test_sweeper_releases_a_stale_hold_exactly_once(gateway):
     assert get_account(account.account_id).balance_micros == 100_000_000
     [usage_record] = records(account.account_id)
     assert usage_record.status == "failed" and usage_record.error_code == "stale_hold"
+
+
+def test_malformed_200_from_the_provider_is_a_502_and_costs_nothing(gateway, monkeypatch):
+    import httpx
+
+    from onysoft import upstream
+
+    class Garbage(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request):
+            return httpx.Response(200, content=b"<html>not json</html>")
+
+    broken = httpx.AsyncClient(transport=Garbage())
+    monkeypatch.setattr(upstream, "client_for", lambda provider: broken)
+    account, _, headers = new_key("user")
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_malformed_response"
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "failed" and usage_record.upstream_status == 200
+
+
+def test_a_200_without_usage_is_billed_on_an_estimate_not_the_bound(gateway, monkeypatch):
+    import json as json_module
+
+    import httpx
+
+    from onysoft import upstream
+
+    class NoUsage(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request):
+            body = {"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "a" * 40}}]}
+            return httpx.Response(200, content=json_module.dumps(body).encode())
+
+    monkeypatch.setattr(upstream, "client_for", lambda provider: httpx.AsyncClient(transport=NoUsage()))
+    account, _, headers = new_key("partner_project")
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200
+    [usage_record] = records(account.account_id)
+    assert usage_record.usage_estimated == "true" and usage_record.completion_tokens == 10
+    assert usage_record.charge_micros < usage_record.hold_micros

@@ -184,14 +184,17 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     finally:
         await response.aclose()
     try:
-        usage = json.loads(content).get("usage") or {}
-        prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        estimated = "prompt_tokens" not in usage
-    except (ValueError, AttributeError, TypeError):
-        usage, prompt, completion, estimated = {}, 0, 0, True
-    if estimated:
-        # An upstream that answered 200 without usage (or with a malformed body) is still billed: at the bound.
-        prompt, completion = (body_size + 3) // 4, hold.plan.output_tokens
+        payload = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        # A 200 that is not a JSON object is no answer: the client gets 502 and pays nothing.
+        error = errors.GatewayError(502, f"The {provider.name} provider sent a malformed response. Nothing was "
+                                         "charged.", "upstream_error", "upstream_malformed_response")
+        await run_in_threadpool(billing.release, hold, code=error.code, message=error.message, upstream_status=200)
+        error.headers.update(headers)
+        raise error
+    prompt, completion, estimated = _usage_of(payload, body_size)
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
     try:
         await run_in_threadpool(billing.settle, hold, prompt_tokens=prompt, completion_tokens=completion,
@@ -199,6 +202,21 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
         logger.warning("hold already closed", extra={"request_id": hold.request_id})
     return Response(content, status_code=200, media_type="application/json", headers=headers)
+
+
+def _usage_of(payload: dict, body_size: int) -> tuple[int, int, bool]:
+    """(prompt, completion, estimated): the provider's usage, or an estimate (~4 characters a token) when it
+    sent none, so an answer is never free and never charged beyond what it holds."""
+    usage = payload.get("usage")
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+        completion = usage.get("completion_tokens")
+        return usage["prompt_tokens"], completion if isinstance(completion, int) else 0, False
+    chars = 0
+    for choice in payload.get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        chars += len(content) if isinstance(content, str) else 0
+    return (body_size + 3) // 4, (chars + 3) // 4, True
 
 
 async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usage: bool, body_size: int):
