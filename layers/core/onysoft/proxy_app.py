@@ -45,16 +45,23 @@ def caller_of(request: Request) -> tuple[str, CallerContext]:
     return keys.hash_key(key), caller
 
 
-def load_key_view(key_hash: str, caller: CallerContext) -> dict:
-    """Re-read the key record itself: a key deleted while the authorizer's answer is cached gets 401 now.
-    One BatchGetItem: the key, its account, and its current rate-limit window and spend-period counters."""
-    window = rate_limits.current_window()
-    rate_id = window.counter_id(caller.key_id)
-    spend_id = spend_limits.counter_id(caller.key_id, spend_limits.period_start(caller.limit_reset or None))
-    record, account, counters = get_key_and_account(key_hash, caller.account_id, (rate_id, spend_id))
+def read_usable_key(key_hash: str, caller: CallerContext, counter_ids: tuple[str, ...]
+                    ) -> tuple[ApiKey, Account, dict[str, dict]]:
+    """Re-read the key record itself, with its account and the given limit counters, in one BatchGetItem:
+    a key deleted or expired while the authorizer's answer is cached gets 401 now."""
+    record, account, counters = get_key_and_account(key_hash, caller.account_id, counter_ids)
     if (record is None or account is None or not is_usable(record)
             or record.key_id != caller.key_id or record.account_id != account.account_id):
         raise errors.invalid_api_key()
+    return record, account, counters
+
+
+def load_key_view(key_hash: str, caller: CallerContext) -> dict:
+    """GET /v1/key: the key, its account, and its current rate-limit window and spend-period counters."""
+    window = rate_limits.current_window()
+    rate_id = window.counter_id(caller.key_id)
+    spend_id = spend_limits.counter_id(caller.key_id, spend_limits.period_start(caller.limit_reset or None))
+    record, account, counters = read_usable_key(key_hash, caller, (rate_id, spend_id))
     usage = rate_limits.usage_from_item(counters.get(rate_id))
     spent = spend_limits.spent(counters.get(spend_id)) if record.spend_limit_micros else 0
     return key_view(record, account, usage, window, spent)
@@ -109,13 +116,9 @@ async def get_key(request: Request) -> Response:
 
 
 def load_usage_of_usable_key(key_hash: str, caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage:
-    """The key's rate-limit usage, read in the same BatchGetItem that re-checks the key: a key deleted
-    while the authorizer's answer is cached gets 401 here too, at no extra round trip."""
+    """GET /v1/models: the key re-checked, and its rate-limit usage for the headers, at no extra round trip."""
     rate_id = window.counter_id(caller.key_id)
-    record, account, counters = get_key_and_account(key_hash, caller.account_id, (rate_id,))
-    if (record is None or account is None or not is_usable(record)
-            or record.key_id != caller.key_id or record.account_id != account.account_id):
-        raise errors.invalid_api_key()
+    _, _, counters = read_usable_key(key_hash, caller, (rate_id,))
     return rate_limits.usage_from_item(counters.get(rate_id))
 
 
