@@ -958,16 +958,17 @@ def demo_principals(demo: list[DemoKey]) -> list[str]:
 def _dashboard_banner(base_url: str, state: Path, demo: list[DemoKey]) -> str:
     from onysoft_tools import local_cognito
 
-    lines = [f"Dashboard: {base_url}/dashboard/accounts   (OpenAPI and Swagger UI: {base_url}/dashboard/docs)",
-             "Demo dashboard tokens (12 h; more with `onysoft token --principal …`):"]
+    lines = [f"Dashboard API: {base_url}/dashboard/…   (OpenAPI and Swagger UI: {base_url}/dashboard/docs)",
+             "Demo dashboard tokens, one per principal (valid 12 h; more: onysoft token --principal …):"]
     for principal in demo_principals(demo):
         token = local_cognito.issue_token(state, principal, expires_in=DEMO_TOKEN_SECONDS)
-        lines.append(f"  {principal}")
-        lines.append(f'    curl -H "Authorization: Bearer {token}" {base_url}/dashboard/accounts')
-    return "\n".join(lines) + "\n"
+        lines.append(f"  {principal:<28} {token}")
+    lines.append(f'  e.g. TOKEN=<a token above>; curl -H "Authorization: Bearer $TOKEN" {base_url}/dashboard/accounts')
+    return "\n".join(lines)
 
 
-def _banner(base_url: str, state: Path, endpoint: str, demo: list[DemoKey], seeded: bool, persisted: bool) -> str:
+def _banner(base_url: str, state: Path, endpoint: str, demo: list[DemoKey], seeded: bool, persisted: bool,
+            dashboard: str = "") -> str:
     lines = [
         "",
         "Onysoft AI Gateway (local) — the template's routes, authorizer and gateway responses",
@@ -990,6 +991,8 @@ def _banner(base_url: str, state: Path, endpoint: str, demo: list[DemoKey], seed
                       f"  export ONYSOFT_API_KEY={example.key}"]
     else:
         lines.append("No demo keys (create one: onysoft accounts create --kind user; onysoft keys create --account …)")
+    if dashboard:
+        lines += ["", dashboard]
     lines += ["", "Ctrl-C to stop.", ""]
     return "\n".join(lines)
 
@@ -1065,8 +1068,8 @@ def run(args: argparse.Namespace) -> int:
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         base_url = env["ONYSOFT_GATEWAY_URL"]
-        print(_banner(base_url, state, endpoint, demo, seeded, table_state is not None), flush=True)
-        print(_dashboard_banner(base_url, state, demo), flush=True)
+        print(_banner(base_url, state, endpoint, demo, seeded, table_state is not None,
+                      dashboard=_dashboard_banner(base_url, state, demo)), flush=True)
         try:
             server.run(sockets=[sock])
         except (KeyboardInterrupt, _Stop):
