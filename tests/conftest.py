@@ -35,3 +35,14 @@ def aws_tables(monkeypatch):
         bind_tables()
         yield client
 
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Whatever a test writes to os.environ (settings.apply() reading a dev.env, say) is undone after it, so
+    a leaked endpoint never points a later test's client at a server that is gone."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)

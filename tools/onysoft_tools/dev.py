@@ -118,7 +118,8 @@ def _free_port(host: str = "127.0.0.1") -> int:
 
 
 class MotoServer:
-    """moto server in its own process and process group; stop() is idempotent and always reaps it."""
+    """moto server (serialized: onysoft_tools.serial_moto) in its own process and process group;
+    stop() is idempotent and always reaps it."""
 
     def __init__(self, log_path: Path):
         self.log_path = log_path
@@ -132,7 +133,7 @@ class MotoServer:
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
             try:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    [sys.executable, "-m", "onysoft_tools.serial_moto", "-H", "127.0.0.1", "-p", str(port)],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
                     process_group=0, preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
                 )
@@ -909,6 +910,8 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this: no ~40 ms wait for the client's delayed ACK on small answers.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError:
