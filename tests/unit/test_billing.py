@@ -140,6 +140,28 @@ def test_unknown_model_is_404_and_bad_body_is_400(gateway):
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"model": "mock/echo", "n": 1e400, "messages": []}',
+                                 b'{"model": "mock/echo", "temperature": NaN, "messages": []}'],
+                         ids=["deep", "overflow", "nan"])
+def test_json_python_can_not_send_on_is_a_400(gateway, raw):
+    account, _, headers = new_key("user")
+    response = gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"},
+                            content=raw)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    assert records(account.account_id) == []
+
+
+@pytest.mark.parametrize("n", ["x", [2], None, 0, -3])
+def test_shrunk_hold_with_a_nonsense_n_is_served_and_never_left_open(gateway, n):
+    account, _, headers = new_key("partner_project", amount="0.01")  # the hold shrinks to the balance
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "n": n, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200, response.text
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "settled" and usage_record.hold_state is None
+    assert get_account(account.account_id).balance_micros == 10_000 - usage_record.charge_micros
+
+
 def test_embeddings_are_billed_on_input_tokens(gateway):
     account, _, headers = new_key("partner_project")
     response = gateway.post("/v1/embeddings", headers=headers, json={"model": "mock/embed", "input": ["a b", "c"]})
@@ -197,6 +219,26 @@ def test_malformed_200_from_the_provider_is_a_502_and_costs_nothing(gateway, mon
     assert usage_record.status == "failed" and usage_record.upstream_status == 200
 
 
+def test_a_json_200_to_a_stream_request_is_a_502_and_costs_nothing(gateway, monkeypatch):
+    import httpx
+
+    from onysoft import upstream
+
+    class NotAStream(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request):
+            return httpx.Response(200, json={"id": "x", "choices": []})
+
+    monkeypatch.setattr(upstream, "client_for", lambda provider: httpx.AsyncClient(transport=NotAStream()))
+    account, _, headers = new_key("partner_customer")
+    response = gateway.post("/v1/chat/completions", headers=headers, json={
+        "model": "mock/echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_malformed_response"
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "failed" and usage_record.upstream_status == 200
+
+
 def test_a_200_without_usage_is_billed_on_an_estimate_not_the_bound(gateway, monkeypatch):
     import json as json_module
 
@@ -218,3 +260,18 @@ def test_a_200_without_usage_is_billed_on_an_estimate_not_the_bound(gateway, mon
     [usage_record] = records(account.account_id)
     assert usage_record.usage_estimated == "true" and usage_record.completion_tokens == 10
     assert usage_record.charge_micros < usage_record.hold_micros
+
+
+def test_models_list_comes_from_the_catalog_cache(gateway, monkeypatch):
+    from onysoft.models import CatalogEntry
+
+    _, _, headers = new_key("user")
+    first = gateway.get("/v1/models", headers=headers).json()["data"]
+    assert "mock/echo" in [m["id"] for m in first]
+
+    def no_catalog_read(*args, **kwargs):
+        raise AssertionError("the catalog was read again within the cache's TTL")
+
+    monkeypatch.setattr(CatalogEntry, "scan", no_catalog_read)
+    monkeypatch.setattr(CatalogEntry, "query", no_catalog_read)
+    assert gateway.get("/v1/models", headers=headers).json()["data"] == first

@@ -133,6 +133,11 @@ class CatalogCache:
         price = self._models.get(name)
         return price if price and price.enabled else None
 
+    def enabled_models(self) -> list[ModelPrice]:
+        """GET /v1/models from the same cache: listing models costs no DynamoDB call within the TTL."""
+        self._refresh_if_stale()
+        return [price for price in self._models.values() if price.enabled]
+
     def fx(self, pair: str = "USDTRY") -> tuple[Decimal, str] | None:
         self._refresh_if_stale()
         return self._fx.get(pair)

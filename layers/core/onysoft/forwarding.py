@@ -8,6 +8,7 @@ an output cap. The client's key never goes upstream.
 import asyncio
 import json
 import logging
+import math
 import uuid
 from decimal import Decimal
 
@@ -20,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from onysoft import billing, errors, rate_limits, sse, upstream
 from onysoft.caller import CallerContext
 from onysoft.catalog import CatalogCache, ModelPrice
-from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
+from onysoft.hold_sizing import ChargeFactors, HoldPlan, choices, plan_hold, shrink_to_balance
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
 
 logger = logging.getLogger("onysoft.forwarding")
@@ -29,13 +30,24 @@ MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
 catalog_cache = CatalogCache()
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: no provider accepts it, and it cannot be sent on as JSON
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _not_json_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python's extension, not JSON
+
+
 def _parse_body(raw: bytes, endpoint: str) -> dict:
     if len(raw) > MAX_BODY_BYTES:
         raise errors.GatewayError(413, "Request body is larger than 10 MB.", "invalid_request_error",
                                   "request_too_large")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(raw, parse_float=_finite_float, parse_constant=_not_json_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is bad input too
         raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
@@ -110,7 +122,7 @@ def _upstream_body(body: dict, endpoint: str, price: ModelPrice, provider: Provi
         if outgoing.get("stream"):
             outgoing["stream_options"] = {**(outgoing.get("stream_options") or {}), "include_usage": True}
         if hold.plan.shrunk:  # the balance only covers this many output tokens
-            outgoing[provider.output_limit_field] = hold.plan.output_tokens // max(int(body.get("n", 1) or 1), 1)
+            outgoing[provider.output_limit_field] = hold.plan.output_tokens // choices(body)
     return json.dumps(outgoing).encode()
 
 
@@ -120,8 +132,9 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
     except errors.GatewayError as error:
         if "x-ratelimit-limit-requests" not in error.headers:  # refused before the hold counted it
             window = rate_limits.current_window()
-            usage = await run_in_threadpool(rate_limits.read_usage, caller.key_id, window)
-            error.headers.update(rate_limits.headers(caller, usage, window))
+            usage = await _window_usage(caller, window)
+            if usage is not None:
+                error.headers.update(rate_limits.headers(caller, usage, window))
         raise
 
 
@@ -135,14 +148,18 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     hold = await run_in_threadpool(_hold, request_id, key_hash, caller, plan, factors, endpoint, body)
     # The x-ratelimit headers need the window's count after this request: read it while the upstream works.
     window = rate_limits.Window(hold.window_start)
-    counted = asyncio.ensure_future(run_in_threadpool(rate_limits.read_usage, caller.key_id, window))
+    counted = asyncio.ensure_future(_window_usage(caller, window))
     client = upstream.client_for(provider)
-    outgoing = client.build_request(
-        "POST", upstream.upstream_url(provider, endpoint), content=_upstream_body(body, endpoint, factors.price,
-                                                                                  provider, hold),
-        headers={"authorization": f"Bearer {provider_key}", "content-type": "application/json",
-                 "accept": "text/event-stream" if body.get("stream") else "application/json"},
-    )
+    try:
+        outgoing = client.build_request(
+            "POST", upstream.upstream_url(provider, endpoint),
+            content=_upstream_body(body, endpoint, factors.price, provider, hold),
+            headers={"authorization": f"Bearer {provider_key}", "content-type": "application/json",
+                     "accept": "text/event-stream" if body.get("stream") else "application/json"},
+        )
+    except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
+        await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
+        raise
     try:
         response = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
@@ -161,15 +178,30 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
         error.headers.update(headers)
         raise error
     if endpoint == "chat.completions" and body.get("stream"):
+        content_type = response.headers.get("content-type", "")
+        if content_type and "event-stream" not in content_type:
+            # A 200 that is not a stream is no answer to a stream request: 502, as a malformed 200 is.
+            await response.aclose()
+            raise await _malformed(provider, hold, headers)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(_relay_stream(response, hold, wants_usage, len(raw)), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return await _relay_whole(response, provider, hold, headers, len(raw))
 
 
+async def _window_usage(caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage | None:
+    """The window's counts for the x-ratelimit headers; None if they cannot be read (the answer still goes out)."""
+    try:
+        return await run_in_threadpool(rate_limits.read_usage, caller.key_id, window)
+    except Exception:
+        logger.exception("rate-limit counter unreadable", extra={"key_id": caller.key_id})
+        return None
+
+
 def _headers(hold: billing.Hold, caller: CallerContext, window: rate_limits.Window,
-             usage: rate_limits.Usage) -> dict[str, str]:
-    return {REQUEST_ID_HEADER: hold.request_id, **rate_limits.headers(caller, usage, window)}
+             usage: rate_limits.Usage | None) -> dict[str, str]:
+    limits = rate_limits.headers(caller, usage, window) if usage is not None else {}
+    return {REQUEST_ID_HEADER: hold.request_id, **limits}
 
 
 async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, headers: dict,
@@ -189,11 +221,7 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
         payload = None
     if not isinstance(payload, dict):
         # A 200 that is not a JSON object is no answer: the client gets 502 and pays nothing.
-        error = errors.GatewayError(502, f"The {provider.name} provider sent a malformed response. Nothing was "
-                                         "charged.", "upstream_error", "upstream_malformed_response")
-        await run_in_threadpool(billing.release, hold, code=error.code, message=error.message, upstream_status=200)
-        error.headers.update(headers)
-        raise error
+        raise await _malformed(provider, hold, headers)
     prompt, completion, estimated = _usage_of(payload, body_size)
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
     try:
@@ -202,6 +230,15 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
         logger.warning("hold already closed", extra={"request_id": hold.request_id})
     return Response(content, status_code=200, media_type="application/json", headers=headers)
+
+
+async def _malformed(provider: Provider, hold: billing.Hold, headers: dict) -> errors.GatewayError:
+    """Release the hold of a request the provider answered with an unusable 200; the error to raise."""
+    error = errors.GatewayError(502, f"The {provider.name} provider sent a malformed response. Nothing was "
+                                     "charged.", "upstream_error", "upstream_malformed_response")
+    await run_in_threadpool(billing.release, hold, code=error.code, message=error.message, upstream_status=200)
+    error.headers.update(headers)
+    return error
 
 
 def _usage_of(payload: dict, body_size: int) -> tuple[int, int, bool]:

@@ -57,7 +57,8 @@ def _requested_output(body: dict) -> int | None:
     return None
 
 
-def _choices(body: dict) -> int:
+def choices(body: dict) -> int:
+    """How many answers the request asks for (`n`); 1 when it is missing or not a sane whole number."""
     n = body.get("n", 1)
     return n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 128 else 1
 
@@ -67,7 +68,7 @@ def plan_hold(endpoint: str, body: dict, body_size: int, factors: ChargeFactors)
     if endpoint == "embeddings":
         return HoldPlan(prompt_bound, 0, False, factors.charge_micros(prompt_bound, 0))
     requested = _requested_output(body)
-    output_bound = (requested or factors.price.max_output_tokens or DEFAULT_OUTPUT_CAP) * _choices(body)
+    output_bound = (requested or factors.price.max_output_tokens or DEFAULT_OUTPUT_CAP) * choices(body)
     return HoldPlan(prompt_bound, output_bound, requested is not None,
                     factors.charge_micros(prompt_bound, output_bound))
 
@@ -76,15 +77,15 @@ def shrink_to_balance(plan: HoldPlan, balance_micros: int, body: dict, factors: 
     """The largest hold the balance affords, or None when not even a short answer fits."""
     if plan.client_set_output_limit or plan.output_tokens == 0:
         return None
-    choices = _choices(body)
-    low, high = MIN_OUTPUT_TOKENS, plan.output_tokens // choices
-    if factors.charge_micros(plan.prompt_tokens, low * choices) > balance_micros:
+    answers = choices(body)
+    low, high = MIN_OUTPUT_TOKENS, plan.output_tokens // answers
+    if factors.charge_micros(plan.prompt_tokens, low * answers) > balance_micros:
         return None
     while low < high:  # binary search: charge is monotonic in output tokens
         mid = (low + high + 1) // 2
-        if factors.charge_micros(plan.prompt_tokens, mid * choices) <= balance_micros:
+        if factors.charge_micros(plan.prompt_tokens, mid * answers) <= balance_micros:
             low = mid
         else:
             high = mid - 1
-    output = low * choices
+    output = low * answers
     return HoldPlan(plan.prompt_tokens, output, False, factors.charge_micros(plan.prompt_tokens, output), shrunk=True)

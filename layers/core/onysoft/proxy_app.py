@@ -13,12 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import catalog, errors, keys, money, rate_limits, spend_limits
+from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.clock import parse_iso
 from onysoft.dynamo import get_key_and_account
-from onysoft.forwarding import forward
 from onysoft.models import Account, ApiKey
 
 logger = logging.getLogger("onysoft.proxy")
@@ -126,7 +125,7 @@ async def list_models(request: Request) -> Response:
     key_hash, caller = caller_of(request)
     window = rate_limits.current_window()
     usage = await run_in_threadpool(load_usage_of_usable_key, key_hash, caller, window)
-    prices = await run_in_threadpool(catalog.list_models)
+    prices = await run_in_threadpool(forwarding.catalog_cache.enabled_models)
     data = [
         {"id": p.model, "object": "model", "owned_by": p.provider,
          "created": int(parse_iso(p.created_at).timestamp()) if p.created_at else 0}
@@ -139,12 +138,12 @@ async def list_models(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     key_hash, caller = caller_of(request)
-    return await forward(request, "chat.completions", key_hash, caller)
+    return await forwarding.forward(request, "chat.completions", key_hash, caller)
 
 
 async def embeddings(request: Request) -> Response:
     key_hash, caller = caller_of(request)
-    return await forward(request, "embeddings", key_hash, caller)
+    return await forwarding.forward(request, "embeddings", key_hash, caller)
 
 
 async def healthz(request: Request) -> Response:
