@@ -1,11 +1,17 @@
 """A fake OpenAI-compatible provider served on loopback by the tests: it records what the gateway sends
-(headers, body) and fails in known ways chosen by the model name."""
+(headers, body) and fails in known ways chosen by the model name.
+
+Models: fake-ok (and any other name) answers; fake-500, fake-429 (Retry-After: 7), fake-bad-json (a 400),
+fake-timeout (5 s before answering), fake-cut (a stream that breaks after 3 chunks), fake-slow-stream,
+fake-reset (the TCP connection is reset before any answer byte), fake-malformed-200 (HTTP 200 whose body
+is not JSON)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 UPSTREAM_KEY = "upstream-provider-secret"
@@ -46,6 +52,9 @@ class FakeUpstream:
                 return JSONResponse({"choices": "not what you expect"}, status_code=400)
             if model == "fake-timeout":
                 await asyncio.sleep(5)
+            if model == "fake-malformed-200":
+                return Response(b'{"id": "chatcmpl-fake", "choices": [ this is not json', status_code=200,
+                                media_type="application/json")
             usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(REPLY),
                      "total_tokens": PROMPT_TOKENS + len(REPLY)}
             if not body.get("stream"):
@@ -83,11 +92,53 @@ class FakeUpstream:
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                                  Route("/v1/embeddings", embeddings, methods=["POST"])])
 
+    def asgi(self):
+        """The app, behind a layer that resets the TCP connection of a `fake-reset` request before answering.
+
+        Starlette cannot reach the socket; uvicorn's own `send` (a bound method of its request cycle) holds
+        the transport, so this layer sits outside Starlette and aborts it with SO_LINGER 0: an RST."""
+        app = self.app()
+
+        async def asgi(scope, receive, send):
+            if scope["type"] != "http" or scope["method"] != "POST":
+                return await app(scope, receive, send)
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False) and message["type"] == "http.request"
+            raw = b"".join(chunks)
+            try:
+                model = json.loads(raw).get("model")
+            except (ValueError, AttributeError):
+                model = None
+            if model == "fake-reset":
+                self.requests.append({"headers": {k.decode("latin-1"): v.decode("latin-1")
+                                                  for k, v in scope["headers"]},
+                                      "body": json.loads(raw), "at": time.monotonic()})
+                transport = send.__self__.transport  # uvicorn's RequestResponseCycle
+                sock = transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+                return None
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": raw, "more_body": False}
+                return await receive()
+
+            return await app(scope, replay, send)
+
+        return asgi
+
     def start(self) -> FakeUpstream:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app(), log_level="critical", lifespan="off"))
+        self.server = uvicorn.Server(uvicorn.Config(self.asgi(), log_level="critical", lifespan="off"))
         threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True).start()
         while not self.server.started:
             time.sleep(0.02)

@@ -1,0 +1,193 @@
+"""Helpers for the evidence suites (concurrency, limits, faults, fuzz): a gateway whose `openai` provider is
+the fake upstream, the tables read straight from the gateway's moto server (boto3, the endpoint in
+dev.env), the ledger invariants, OpenAI's error envelope, and the UTC-minute window guard."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+
+import boto3
+import httpx
+from boto3.dynamodb.conditions import Key
+from botocore.config import Config
+
+from onysoft import money
+from tests.integration.conftest import DevGateway
+from tests.integration.fake_upstream import UPSTREAM_KEY, FakeUpstream
+
+INPUT, OUTPUT, FX = Decimal("2.5"), Decimal("10"), Decimal("41.5")
+FAKE_MODELS = ("fake-ok", "fake-500", "fake-429", "fake-timeout", "fake-cut", "fake-slow-stream", "fake-bad-json",
+               "fake-embed", "fake-reset", "fake-malformed-200")
+ENVELOPE_FIELDS = {"message", "type", "code", "param"}
+FULL_KEY = re.compile(r"sk-ony-[0-9a-f]{48}")
+
+
+def start_gateway(state_dir: Path, upstream: FakeUpstream, *, read_timeout: str = "10") -> DevGateway:
+    """`onysoft dev` with the fake upstream as the `openai` provider, its models priced, USD→TRY set. Its
+    moto server is onysoft_tools.serial_moto, which keeps transactions atomic under concurrency."""
+    dev = DevGateway(state_dir, extra_env={
+        "ONYSOFT_PROVIDER_OPENAI_BASE_URL": upstream.base_url, "ONYSOFT_PROVIDER_OPENAI_API_KEY": UPSTREAM_KEY,
+        "ONYSOFT_UPSTREAM_READ_TIMEOUT": read_timeout,
+    }).start()
+    for model in FAKE_MODELS:
+        dev.cli_json("catalog", "set", f"openai/{model}", "--input-usd-per-mtok", str(INPUT),
+                     "--output-usd-per-mtok", str(OUTPUT))
+    dev.cli_json("fx", "set", "USDTRY", str(FX))
+    return dev
+
+
+def new_account(dev: DevGateway, kind: str, amount: str | None = "50", **account_options: str) -> dict:
+    args = ["accounts", "create", "--kind", kind]
+    for option, value in account_options.items():
+        args += [f"--{option.replace('_', '-')}", value]
+    if kind != "user" and "owner" not in account_options:
+        args += ["--owner", "evidence-owner"]
+    account = dev.cli_json(*args)
+    if amount is not None:
+        account = dev.cli_json("accounts", "topup", account["account_id"], amount)
+    return account
+
+
+def new_key(dev: DevGateway, account_id: str, *options: str) -> dict:
+    key = dev.cli_json("keys", "create", "--account", account_id, *options)
+    dev.known_keys.add(key["key"])
+    return key
+
+
+def expected_charge(currency: str, markup_bp: int, prompt: int, completion: int) -> int:
+    cost = money.usd_cost(prompt, INPUT) + money.usd_cost(completion, OUTPUT)
+    return money.charge_micros(cost, markup_bp, FX if currency == "TRY" else Decimal(1))
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# ---------------------------------------------------------------------------------------------- envelope
+
+
+def check_envelope(response: httpx.Response, status: int | None = None, code: str | None = None) -> dict:
+    """The body is exactly OpenAI's error envelope; returns its `error` object."""
+    if status is not None:
+        assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == ENVELOPE_FIELDS, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert isinstance(error["type"], str) and error["type"], error
+    assert error["code"] is None or isinstance(error["code"], str), error
+    assert error["param"] is None or isinstance(error["param"], str), error
+    if code is not None:
+        assert error["code"] == code, error
+    assert "Traceback" not in error["message"] and not FULL_KEY.search(response.text), error  # never a key
+    return error
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+class Tables:
+    """The gateway's tables, read directly (strongly consistent) from its moto server."""
+
+    def __init__(self, dev: DevGateway):
+        env = dev.env
+        self.resource = boto3.resource(
+            "dynamodb", endpoint_url=env["AWS_ENDPOINT_URL_DYNAMODB"], region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}))
+        self.accounts = self.resource.Table(env["ONYSOFT_TABLE_ACCOUNTS"])
+        self.usage_table = self.resource.Table(env["ONYSOFT_TABLE_USAGE"])
+        self.keys = self.resource.Table(env["ONYSOFT_TABLE_API_KEYS"])
+        self.rate_limits = self.resource.Table(env["ONYSOFT_TABLE_RATE_LIMITS"])
+
+    def account(self, account_id: str) -> dict:
+        return self.accounts.get_item(Key={"account_id": account_id}, ConsistentRead=True)["Item"]
+
+    def balance(self, account_id: str) -> int:
+        return int(self.account(account_id)["balance_micros"])
+
+    def usage(self, account_id: str) -> list[dict]:
+        items, start = [], None
+        for _ in range(1000):  # bounded pagination
+            extra = {"ExclusiveStartKey": start} if start else {}
+            page = self.usage_table.query(KeyConditionExpression=Key("account_id").eq(account_id),
+                                          ConsistentRead=True, **extra)
+            items += page["Items"]
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                break
+        return items
+
+    def key(self, key_id: str) -> dict:
+        items = self.keys.query(IndexName="by_key_id", KeyConditionExpression=Key("key_id").eq(key_id))["Items"]
+        assert len(items) == 1, items
+        return items[0]
+
+    def counter(self, counter_id: str) -> dict:
+        return self.rate_limits.get_item(Key={"counter_id": counter_id}, ConsistentRead=True).get("Item") or {}
+
+    def state(self, account_id: str) -> tuple[int, int]:
+        """(balance, number of usage records): what a refused request must leave unchanged."""
+        return self.balance(account_id), len(self.usage(account_id))
+
+
+def settled_total(records: Iterable[dict]) -> int:
+    return sum(int(r.get("charge_micros", 0)) for r in records if r["status"] == "settled")
+
+
+def check_ledger(tables: Tables, account_id: str) -> list[dict]:
+    """The invariants of docs/BILLING.md once every request has ended: balance ≥ 0, no hold left open, and
+    sum of settled charges == top-ups − balance, to the micro-unit. Returns the account's usage records."""
+    account = tables.account(account_id)
+    records = tables.usage(account_id)
+    balance, topped_up = int(account["balance_micros"]), int(account.get("topped_up_micros", 0))
+    assert balance >= 0, (account_id, balance)
+    open_holds = [r for r in records if r["status"] == "pending" or "hold_state" in r]
+    assert not open_holds, f"holds left open on {account_id}: {open_holds}"
+    assert {r["status"] for r in records} <= {"settled", "failed"}
+    assert all(int(r.get("charge_micros", 0)) == 0 for r in records if r["status"] == "failed")
+    assert settled_total(records) == topped_up - balance, (account_id, settled_total(records), topped_up, balance)
+    for record in records:  # every charge can be recomputed from the factors the record stores
+        charge = int(record.get("charge_micros", 0))
+        assert 0 <= charge <= int(record["hold_micros"]), record
+        if record["status"] == "settled" and not int(record.get("uncharged_micros", 0)):
+            cost = (money.usd_cost(int(record["prompt_tokens"]), Decimal(record["input_usd_per_mtok"]))
+                    + money.usd_cost(int(record["completion_tokens"]), Decimal(record["output_usd_per_mtok"])))
+            assert charge == money.charge_micros(cost, int(record["markup_bp"]), Decimal(record["fx_rate"])), record
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- time
+
+
+def seconds_left_in_minute(now: float | None = None) -> float:
+    now = time.time() if now is None else now
+    return 60 - now % 60
+
+
+def wait_for_window_room(seconds: float = 15.0) -> None:
+    """Rate-limit windows are aligned to the UTC minute: start a window-sensitive burst only when at least
+    `seconds` remain in the current minute (waits at most `seconds`)."""
+    left = seconds_left_in_minute()
+    if left < seconds:
+        time.sleep(left + 0.2)
+
+
+def window_of(at: float) -> int:
+    return int(at // 60 * 60)
+
+
+def tag_of(body: dict) -> str | None:
+    """The per-request tag the suites put in the content, as the fake upstream saw it."""
+    if "messages" in body:
+        content = body["messages"][-1].get("content") if body["messages"] else None
+        return content if isinstance(content, str) else None
+    value = body.get("input")
+    return value if isinstance(value, str) else json.dumps(value)
