@@ -323,6 +323,7 @@ def test_function_policies_are_least_privilege(cfn):
     # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
     assert granted["DashboardFunctionRole"] == {
         "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable"},
+        "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable"},  # the items behind a keys-only index
         "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},
         "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},
         "dynamodb:Scan": {"AccountsTable"},

@@ -24,9 +24,12 @@ def test_every_table_has_a_model_with_the_same_keys_and_indexes():
         assert _keys(definition["KeySchema"]) == {
             k["KeyType"]: k["AttributeName"] for k in schema["key_schema"]
         }, logical
-        template_indexes = {g["IndexName"]: _keys(g["KeySchema"]) for g in definition.get("GlobalSecondaryIndexes", [])}
+        # A model that believed an index projected ALL would read partial items from a KEYS_ONLY one.
+        template_indexes = {g["IndexName"]: (_keys(g["KeySchema"]), g["Projection"]["ProjectionType"])
+                            for g in definition.get("GlobalSecondaryIndexes", [])}
         model_indexes = {
-            g["index_name"]: {k["KeyType"]: k["AttributeName"] for k in g["key_schema"]}
+            g["index_name"]: ({k["KeyType"]: k["AttributeName"] for k in g["key_schema"]},
+                              g["projection"]["ProjectionType"])
             for g in schema["global_secondary_indexes"]
         }
         assert template_indexes == model_indexes, logical

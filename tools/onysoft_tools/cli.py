@@ -326,8 +326,9 @@ def cmd_accounts_update(args: argparse.Namespace) -> int:
 
 def cmd_accounts_list(args: argparse.Namespace) -> int:
     from onysoft.models import Account
+    from onysoft.principals import accounts_of_owner
 
-    accounts = Account.by_owner.query(args.owner) if args.owner else Account.scan()
+    accounts = accounts_of_owner(args.owner) if args.owner else Account.scan()
     views = sorted((account_view(a) for a in accounts if not args.kind or a.kind == args.kind),
                    key=lambda v: (v["created_at"], v["account_id"]))
     return _output(args, {"accounts": views}, lambda: _table(

@@ -55,13 +55,15 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
 
 
 def list_keys(account_id: str, *, include_deleted: bool = False) -> list[ApiKey]:
-    records = list(ApiKey.by_account.query(account_id))
+    # The index holds keys only (models.py says why): read the items, oldest first as the index orders them.
+    hashes = [entry.key_hash for entry in ApiKey.by_account.query(account_id)]
+    records = sorted(ApiKey.batch_get(hashes, consistent_read=True), key=lambda r: (r.created_at, r.key_id))
     return [r for r in records if include_deleted or r.status == ACTIVE]
 
 
 def find_by_key_id(key_id: str) -> ApiKey:
     for record in ApiKey.by_key_id.query(key_id):
-        # The index is eventually consistent: read the item itself for its current state.
+        # The index holds keys only and is eventually consistent: read the item itself.
         return ApiKey.get(record.key_hash, consistent_read=True)
     raise KeyNotFound(f"no key {key_id!r}")
 

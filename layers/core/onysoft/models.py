@@ -7,7 +7,7 @@ load settings after import (the CLI reading dev.env) point the models at the rig
 import os
 
 from pynamodb.attributes import ListAttribute, NumberAttribute, UnicodeAttribute
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection
 from pynamodb.models import Model
 
 from onysoft import config
@@ -41,10 +41,13 @@ class GatewayModel(Model):
         return table_connection
 
 
+# The ApiKeys and Accounts indexes project keys only: every request's hold and settle update the key and
+# account items, and an ALL projection would rewrite each index entry too (+1 WRU per index per write).
+# Readers of these indexes (dashboard, CLI) fetch the items themselves, which are also consistent reads.
 class _ByAccount(GlobalSecondaryIndex):
     class Meta:
         index_name = "by_account"
-        projection = AllProjection()
+        projection = KeysOnlyProjection()
 
     account_id = UnicodeAttribute(hash_key=True)
     created_at = UnicodeAttribute(range_key=True)
@@ -53,7 +56,7 @@ class _ByAccount(GlobalSecondaryIndex):
 class _ByKeyId(GlobalSecondaryIndex):
     class Meta:
         index_name = "by_key_id"
-        projection = AllProjection()
+        projection = KeysOnlyProjection()
 
     key_id = UnicodeAttribute(hash_key=True)
 
@@ -90,7 +93,7 @@ class ApiKey(GatewayModel):
 class _ByOwner(GlobalSecondaryIndex):
     class Meta:
         index_name = "by_owner"
-        projection = AllProjection()
+        projection = KeysOnlyProjection()
 
     owner = UnicodeAttribute(hash_key=True)
     account_id = UnicodeAttribute(range_key=True)
