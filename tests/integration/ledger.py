@@ -126,9 +126,10 @@ class Tables:
         return items
 
     def key(self, key_id: str) -> dict:
+        # The index projects keys only: find the key's hash there, then read the item itself.
         items = self.keys.query(IndexName="by_key_id", KeyConditionExpression=Key("key_id").eq(key_id))["Items"]
         assert len(items) == 1, items
-        return items[0]
+        return self.keys.get_item(Key={"key_hash": items[0]["key_hash"]}, ConsistentRead=True)["Item"]
 
     def counter(self, counter_id: str) -> dict:
         return self.rate_limits.get_item(Key={"counter_id": counter_id}, ConsistentRead=True).get("Item") or {}
