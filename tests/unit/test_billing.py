@@ -198,6 +198,30 @@ def test_sweeper_releases_a_stale_hold_exactly_once(gateway):
     assert usage_record.status == "failed" and usage_record.error_code == "stale_hold"
 
 
+def test_open_holds_are_spread_over_shards_and_the_sweeper_finds_every_one(gateway):
+    from datetime import timedelta
+
+    from onysoft import billing, clock, hold_sizing
+    from onysoft.sweeper import release_stale_holds
+
+    account, record, _ = new_key("partner_project")
+    factors = hold_sizing.ChargeFactors(catalog.get_model("mock/echo"), 3000, 1, "")
+    caller = CallerContext(key_id=record.key_id, key_type="partner_project", account_id=account.account_id,
+                           currency="USD", markup_bp=3000)
+    plan = hold_sizing.plan_hold("chat.completions", {"max_tokens": 10}, 100, factors)
+    for n in range(40):
+        billing.place_hold(request_id=f"req_crashed_{n}", key_hash=record.key_hash, caller=caller, plan=plan,
+                           factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
+    shards = {r.hold_state for r in records(account.account_id)}
+    assert shards <= set(billing.open_shards()) and len(shards) > 8  # one hot index partition no more
+    assert get_account(account.account_id).balance_micros == 100_000_000 - 40 * plan.micros
+    later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+    assert release_stale_holds(now_iso=later, limit=25) == {"released": 25, "already_closed": 0}
+    assert release_stale_holds(now_iso=later) == {"released": 15, "already_closed": 0}  # the rest, next run
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    assert {r.status for r in records(account.account_id)} == {"failed"}
+
+
 def test_malformed_200_from_the_provider_is_a_502_and_costs_nothing(gateway, monkeypatch):
     import httpx
 

@@ -2,7 +2,7 @@
 
 hold    — one TransactWriteItems before any upstream byte: the account's balance goes down by the hold
           only if it covers it; the key must still be active, unexpired and the caller's; a pending
-          usage record is written (with an "open" marker the stale-hold sweeper finds).
+          usage record is written (with an "open#<shard>" marker the stale-hold sweeper finds).
 settle  — one TransactWriteItems after the response: the balance gets back hold − charge; the usage
           record becomes settled with every factor; the key's last_used_at, request count and spend move.
 release — the same shape for a failed call: the whole hold comes back, the record says why.
@@ -14,6 +14,7 @@ Invariant: sum of settled charges == top-ups − balance − open holds, to the 
 
 import random
 import time
+import zlib
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -28,6 +29,18 @@ from onysoft.models import Account, ApiKey, UsageRecord
 
 PENDING, SETTLED, FAILED = "pending", "settled", "failed"
 OPEN = "open"
+# The sparse open_holds index is keyed by hold_state: with one value, every request in the region would write
+# one index partition (~1000 writes/s before DynamoDB throttles the index, and with it the Usage table).
+# Holds are spread over OPEN_SHARDS values, "open#0" … "open#15", chosen by request id; the sweeper reads each.
+OPEN_SHARDS = 16
+
+
+def open_shard(request_id: str) -> str:
+    return f"{OPEN}#{zlib.crc32(request_id.encode()) % OPEN_SHARDS}"
+
+
+def open_shards() -> list[str]:
+    return [f"{OPEN}#{n}" for n in range(OPEN_SHARDS)]
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,8 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
     period = spend_limits.period_start(caller.limit_reset) if caller.spend_limit_micros else ""
     record = UsageRecord(
         account_id=caller.account_id, sk=sk, request_id=request_id, key_id=caller.key_id, key_hash=key_hash,
-        created_at=now, status=PENDING, hold_state=OPEN, endpoint=endpoint, stream="true" if stream else "false",
+        created_at=now, status=PENDING, hold_state=open_shard(request_id), endpoint=endpoint,
+        stream="true" if stream else "false",
         model=model, provider=factors.price.provider, upstream_model=factors.price.upstream_model,
         currency=caller.currency, hold_micros=plan.micros, hold_prompt_tokens=plan.prompt_tokens,
         hold_output_tokens=plan.output_tokens, markup_bp=factors.markup_bp,
@@ -196,7 +210,7 @@ def refusal_error(caller: CallerContext, needed_micros: int, refused: HoldRefuse
 
 
 def _still_pending():
-    return (UsageRecord.status == PENDING) & (UsageRecord.hold_state == OPEN)
+    return (UsageRecord.status == PENDING) & UsageRecord.hold_state.exists()
 
 
 class AlreadyClosed(Exception):

@@ -146,7 +146,7 @@ class UsageRecord(GatewayModel):
     key_id = UnicodeAttribute()
     created_at = UnicodeAttribute()
     status = UnicodeAttribute()  # pending | settled | failed
-    hold_state = UnicodeAttribute(null=True)  # "open" only while the hold is open (sparse index)
+    hold_state = UnicodeAttribute(null=True)  # "open#<shard>" only while the hold is open (sparse index)
     key_hash = UnicodeAttribute(null=True)  # to update the key's counters at settle; a hash, never the key
     endpoint = UnicodeAttribute(null=True)  # chat.completions | embeddings
     stream = UnicodeAttribute(null=True)  # "true" | "false"
