@@ -495,6 +495,49 @@ def test_audit_records_who_did_what_and_owners_list_theirs(world):
     assert len(list(audit.iter_all(principals.parse(user)))) == 2
 
 
+@pytest.mark.parametrize("action", ["topup", "create_key", "delete_key", "create_account", "update_account"])
+def test_an_action_whose_audit_record_cannot_be_written_does_not_happen(world, monkeypatch, action):
+    """The action and its audit record are one transaction: if the record is refused, so is the action."""
+    ids = world["ids"]
+    user_account = ids["user"]
+    key = api_keys.create_key(user_account, name="victim")
+    real_entries = audit.entries
+
+    def colliding(*args, **kwargs):
+        items = real_entries(*args, **kwargs)
+        items[0].save()  # already there: its put in the transaction fails its condition
+        return items
+
+    monkeypatch.setattr(audit, "entries", colliding)
+    before = {
+        "balance": accounts.get_account(user_account).balance_micros,
+        "keys": sorted(k.key_id for k in api_keys.list_keys(user_account)),
+        "accounts": len(list(principals.parse("partner:p1").accounts())),
+    }
+    if action == "topup":
+        request = ("POST", "/dashboard/accounts/{account_id}/topup", "operator",
+                   {"path_params": {"account_id": user_account}, "body": {"amount": "5"}})
+    elif action == "create_key":
+        request = ("POST", "/dashboard/accounts/{account_id}/keys", f"user:{user_account}",
+                   {"path_params": {"account_id": user_account}, "body": {"name": "never"}})
+    elif action == "delete_key":
+        request = ("DELETE", "/dashboard/keys/{key_id}", f"user:{user_account}",
+                   {"path_params": {"key_id": key.record.key_id}})
+    elif action == "create_account":
+        request = ("POST", "/dashboard/accounts", "partner:p1", {"body": {"kind": "partner_customer"}})
+    else:
+        request = ("PATCH", "/dashboard/accounts/{account_id}", "operator",
+                   {"path_params": {"account_id": user_account}, "body": {"name": "renamed"}})
+    method, resource, principal, kwargs = request
+    status, body = call(method, resource, principal, **kwargs)
+    assert_error(status, body, 500)  # the envelope, no trace; nothing happened, so a retry is safe
+    assert accounts.get_account(user_account).balance_micros == before["balance"]
+    assert sorted(k.key_id for k in api_keys.list_keys(user_account)) == before["keys"]
+    assert api_keys.find_by_key_id(key.record.key_id).status == "active"
+    assert len(list(principals.parse("partner:p1").accounts())) == before["accounts"]
+    assert accounts.get_account(user_account).name == "Ayşe"
+
+
 # ------------------------------------------------------------------------------------------ errors, docs
 
 

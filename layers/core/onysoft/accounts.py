@@ -2,9 +2,7 @@
 
 import secrets
 
-from pynamodb.exceptions import UpdateError
-
-from onysoft import clock
+from onysoft import clock, writes
 from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
 from onysoft.models import Account
 
@@ -18,7 +16,7 @@ def new_account_id() -> str:
 
 
 def create_account(kind: str, *, name: str = "", owner: str | None = None,
-                   markup_bp: int | None = None) -> Account:
+                   markup_bp: int | None = None, companions: writes.Companions = None) -> Account:
     if kind not in ACCOUNT_KINDS:
         raise AccountError(f"unknown account kind {kind!r}; one of: {', '.join(ACCOUNT_KINDS)}")
     key_type = key_type_for_account_kind(kind)
@@ -30,7 +28,7 @@ def create_account(kind: str, *, name: str = "", owner: str | None = None,
         owner=owner or None, balance_micros=0, topped_up_micros=0, markup_bp=markup_bp,
         created_at=clock.now_iso(),
     )
-    account.save(Account.account_id.does_not_exist())
+    writes.save(account, Account.account_id.does_not_exist(), companions)
     return account
 
 
@@ -50,24 +48,23 @@ def get_account(account_id: str) -> Account:
         raise AccountError(f"no account {account_id!r}") from None
 
 
-def top_up(account_id: str, amount_micros: int) -> Account:
+def top_up(account_id: str, amount_micros: int, companions: writes.Companions = None) -> Account:
     """Add to the balance and to the top-up total in one atomic update."""
     if amount_micros <= 0:
         raise AccountError("a top-up must be a positive amount")
-    account = Account(account_id=account_id)
+    account = get_account(account_id) if companions else Account(account_id=account_id)
     try:
-        account.update(
-            actions=[Account.balance_micros.add(amount_micros), Account.topped_up_micros.add(amount_micros)],
-            condition=Account.account_id.exists(),
+        writes.update(
+            account, [Account.balance_micros.add(amount_micros), Account.topped_up_micros.add(amount_micros)],
+            Account.account_id.exists(), companions,
         )
-    except UpdateError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
-            raise AccountError(f"no account {account_id!r}") from None
-        raise
+    except writes.ConditionFailed:
+        raise AccountError(f"no account {account_id!r}") from None
     return get_account(account_id)
 
 
-def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None) -> Account:
+def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None,
+                   companions: writes.Companions = None) -> Account:
     """Set an account's markup (within its kind's bounds) and/or name. Keys see a new markup once the
     authorizer's cached answer for them expires (ReauthorizeEvery)."""
     account = get_account(account_id)
@@ -79,9 +76,7 @@ def update_account(account_id: str, *, markup_bp: int | None = None, name: str |
         actions.append(Account.name.set(name))
     if actions:
         try:
-            account.update(actions=actions, condition=Account.account_id.exists())
-        except UpdateError as exc:
-            if exc.cause_response_code == "ConditionalCheckFailedException":
-                raise AccountError(f"no account {account_id!r}") from None
-            raise
+            writes.update(account, actions, Account.account_id.exists(), companions)
+        except writes.ConditionFailed:
+            raise AccountError(f"no account {account_id!r}") from None
     return account

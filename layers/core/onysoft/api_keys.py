@@ -2,9 +2,7 @@
 
 from dataclasses import dataclass
 
-from pynamodb.exceptions import UpdateError
-
-from onysoft import clock, keys, spend_limits
+from onysoft import clock, keys, spend_limits, writes
 from onysoft.accounts import AccountError, get_account
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import ApiKey
@@ -38,7 +36,8 @@ def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | No
 
 def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
                models: list[str] | None = None, expires_at: str | None = None,
-               spend_limit_micros: int | None = None, limit_reset: str | None = None) -> CreatedKey:
+               spend_limit_micros: int | None = None, limit_reset: str | None = None,
+               companions: writes.Companions = None) -> CreatedKey:
     account = get_account(account_id)
     key_type = key_type_for_account_kind(account.kind)
     _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at)
@@ -50,7 +49,7 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
         rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
         spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
     )
-    record.save(ApiKey.key_hash.does_not_exist())
+    writes.save(record, ApiKey.key_hash.does_not_exist(), companions)
     return CreatedKey(plaintext, record)
 
 
@@ -75,18 +74,14 @@ def find_by_hash(key_hash: str) -> ApiKey | None:
         return None
 
 
-def delete_key(key_id: str) -> ApiKey:
+def delete_key(key_id: str, companions: writes.Companions = None) -> ApiKey:
     """Mark the key deleted. The record stays (usage history names it); it can never authenticate again."""
     record = find_by_key_id(key_id)
     try:
-        record.update(
-            actions=[ApiKey.status.set(DELETED), ApiKey.deleted_at.set(clock.now_iso())],
-            condition=ApiKey.status == ACTIVE,
-        )
-    except UpdateError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
-            raise KeyNotFound(f"key {key_id!r} is already deleted") from None
-        raise
+        writes.update(record, [ApiKey.status.set(DELETED), ApiKey.deleted_at.set(clock.now_iso())],
+                      ApiKey.status == ACTIVE, companions)
+    except writes.ConditionFailed:
+        raise KeyNotFound(f"key {key_id!r} is already deleted") from None
     return record
 
 

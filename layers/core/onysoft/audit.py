@@ -1,7 +1,8 @@
 """The audit log: who did what to which account or key, and when.
 
 Every key creation and deletion, account creation, markup change and top-up made from the dashboard
-leaves one record, written twice in one transaction to the Usage table (no table of its own):
+leaves one record, written twice to the Usage table (no table of its own), in the same transaction as the
+action itself (onysoft.writes):
 
 - under `audit#<owner principal>` (`audit#user:acct_…`, `audit#org:<id>`, `audit#partner:<id>`): what
   the owner of the account lists, including what the operator did to its accounts;
@@ -16,8 +17,6 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-from pynamodb.transactions import TransactWrite
 
 from onysoft import clock
 from onysoft.models import Account, AuditRecord
@@ -47,16 +46,17 @@ def partition_of(principal: Principal) -> str:
     return PREFIX + (ALL if principal.is_operator else str(principal))
 
 
-def record(actor: Actor, action: str, account: Account, *, key_id: str | None = None,
-           details: dict | None = None) -> AuditRecord:
-    """Write one audit record (to the account owner's log and the operator's, atomically)."""
+def entries(actor: Actor, action: str, account: Account, *, key_id: str | None = None,
+            details: dict | None = None) -> list[AuditRecord]:
+    """The audit record of one action, for the owner's log and the operator's. Not written here: the action
+    puts them in its own transaction (onysoft.writes), so both land or neither does."""
     at = clock.now_iso()
     audit_id = "aud_" + secrets.token_hex(8)
     partitions = [PREFIX + ALL]
     scope = scope_of(account)
     if scope:
         partitions.append(PREFIX + scope)
-    items = [
+    return [
         AuditRecord(
             account_id=partition, sk=f"{at}#{audit_id}", audit_id=audit_id, at=at, actor=str(actor.principal),
             actor_sub=actor.sub or None, action=action, target_account_id=account.account_id,
@@ -65,10 +65,6 @@ def record(actor: Actor, action: str, account: Account, *, key_id: str | None = 
         )
         for partition in partitions
     ]
-    with TransactWrite(connection=AuditRecord._get_connection().connection) as tx:
-        for item in items:
-            tx.save(item, condition=AuditRecord.account_id.does_not_exist())
-    return items[-1]
 
 
 def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None = None,
