@@ -452,3 +452,26 @@ def test_commands_read_the_state_dirs_dev_env(aws_tables, capsys, tmp_path):
 
 def _table(client, fragment: str) -> str:
     return next(name for name in client.list_tables()["TableNames"] if fragment in name)
+
+
+def test_cli_actions_leave_audit_records_as_the_platform(cli_json, cli):
+    from onysoft import audit, principals
+
+    account = new_account(cli_json, "partner_customer", "--owner", "p9")
+    cli_json("accounts", "topup", account["account_id"], "12.5")
+    cli_json("accounts", "update", account["account_id"], "--markup", "40")
+    cli_json("accounts", "update", account["account_id"], "--markup", "40")  # no change: nothing to record
+    key = cli_json("keys", "create", "--account", account["account_id"], "--name", "ci")
+    cli_json("keys", "delete", key["key_id"])
+    assert cli("keys", "delete", key["key_id"])[0] == 2  # already deleted: refused, and not recorded
+
+    owner_log = list(audit.iter_all(principals.parse("partner:p9")))
+    assert [r.action for r in owner_log] == ["key.delete", "key.create", "account.update", "account.topup",
+                                             "account.create"]
+    assert {r.actor for r in owner_log} == {"operator"}
+    assert all(r.actor_sub.startswith("cli:") for r in owner_log)
+    assert {r.target_account_id for r in owner_log} == {account["account_id"]}
+    assert json.loads(owner_log[3].details) == {"amount": "12.500000", "amount_micros": 12_500_000, "currency": "TRY"}
+    assert json.loads(owner_log[2].details) == {"markup_pct": {"from": 30, "to": 40}}
+    assert key["key"] not in json.dumps([r.details for r in owner_log])
+    assert len(list(audit.iter_all(principals.parse("operator")))) == 5

@@ -283,10 +283,12 @@ def _model_list(text: str | None) -> list[str] | None:
 
 
 def cmd_accounts_create(args: argparse.Namespace) -> int:
+    from onysoft import audit
     from onysoft.accounts import create_account
 
     markup_bp = parse_markup(args.markup) if args.markup is not None else None
-    account = create_account(args.kind, name=args.name or "", owner=args.owner, markup_bp=markup_bp)
+    account = create_account(args.kind, name=args.name or "", owner=args.owner, markup_bp=markup_bp,
+                             companions=audit.on_account_create(audit.cli_actor()))
     view = account_view(account)
     return _output(args, view, lambda: _account_human(view, "Created account:"))
 
@@ -299,14 +301,14 @@ def cmd_accounts_show(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_topup(args: argparse.Namespace) -> int:
-    from onysoft import money
+    from onysoft import audit, money
     from onysoft.accounts import top_up
 
     try:
         micros = money.parse_amount(args.amount)
     except money.MoneyError as exc:
         raise UsageError(str(exc)) from None
-    view = account_view(top_up(args.account_id, micros))
+    view = account_view(top_up(args.account_id, micros, companions=audit.on_topup(audit.cli_actor(), micros)))
     view["topup"] = money.format_micros(micros)
     view["topup_micros"] = micros
     return _output(args, view, lambda: _account_human(
@@ -314,12 +316,15 @@ def cmd_accounts_topup(args: argparse.Namespace) -> int:
 
 
 def cmd_accounts_update(args: argparse.Namespace) -> int:
+    from onysoft import audit
     from onysoft.accounts import get_account, update_account
 
     if args.markup is None and args.name is None:
         raise UsageError("nothing to change: give --markup and/or --name")
     markup_bp = parse_markup(args.markup) if args.markup is not None else None
-    update_account(args.account_id, markup_bp=markup_bp, name=args.name)
+    audited = audit.on_account_update(audit.cli_actor(), get_account(args.account_id), markup_bp=markup_bp,
+                                      name=args.name)
+    update_account(args.account_id, markup_bp=markup_bp, name=args.name, companions=audited)
     view = account_view(get_account(args.account_id))
     return _output(args, view, lambda: _account_human(view, "Updated account:"))
 
@@ -343,7 +348,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from onysoft import catalog, money
+    from onysoft import audit, catalog, money
     from onysoft.accounts import get_account
     from onysoft.api_keys import create_key
 
@@ -361,7 +366,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             print(f"{PROG}: warning: {model} is not in the catalog (yet): requests for it fail until it is",
                   file=sys.stderr)
     created = create_key(account.account_id, name=args.name or "", rpm=args.rpm, tpm=args.tpm, models=models,
-                         expires_at=expires_at, spend_limit_micros=spend_limit, limit_reset=args.limit_reset)
+                         expires_at=expires_at, spend_limit_micros=spend_limit, limit_reset=args.limit_reset,
+                         companions=audit.on_key_create(audit.cli_actor(), account))
     view = {"key": created.plaintext, **key_view(created.record)}
 
     def human() -> str:
@@ -410,9 +416,12 @@ def _with_usage(view: dict, record) -> dict:
 
 
 def cmd_keys_delete(args: argparse.Namespace) -> int:
-    from onysoft.api_keys import delete_key
+    from onysoft import audit
+    from onysoft.accounts import get_account
+    from onysoft.api_keys import delete_key, find_by_key_id
 
-    record = delete_key(args.key_id)
+    account = get_account(find_by_key_id(args.key_id).account_id)
+    record = delete_key(args.key_id, companions=audit.on_key_delete(audit.cli_actor(), account))
     view = {"key_id": record.key_id, "status": record.status, "deleted_at": record.deleted_at,
             "account_id": record.account_id, "display": record.display}
     return _output(args, view, lambda: f"Deleted key {view['key_id']} ({view['display']}) at {view['deleted_at']}: "

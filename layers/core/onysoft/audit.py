@@ -1,8 +1,8 @@
 """The audit log: who did what to which account or key, and when.
 
-Every key creation and deletion, account creation, markup change and top-up made from the dashboard
-leaves one record, written twice to the Usage table (no table of its own), in the same transaction as the
-action itself (onysoft.writes):
+Every key creation and deletion, account creation, markup change and top-up made from the dashboard or
+the onysoft CLI (which acts as `operator`, its user@host as `actor_sub`) leaves one record, written twice
+to the Usage table (no table of its own), in the same transaction as the action itself (onysoft.writes):
 
 - under `audit#<owner principal>` (`audit#user:acct_…`, `audit#org:<id>`, `audit#partner:<id>`): what
   the owner of the account lists, including what the operator did to its accounts;
@@ -18,9 +18,9 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from onysoft import clock
-from onysoft.models import Account, AuditRecord
-from onysoft.principals import Principal, scope_of
+from onysoft import clock, money
+from onysoft.models import Account, ApiKey, AuditRecord
+from onysoft.principals import OPERATOR, Principal, scope_of
 
 PREFIX = "audit#"
 ALL = "all"
@@ -65,6 +65,60 @@ def entries(actor: Actor, action: str, account: Account, *, key_id: str | None =
         )
         for partition in partitions
     ]
+
+
+# What each action records, as companions for onysoft.writes (the dashboard's and the CLI's actions alike).
+
+def on_account_create(actor: Actor):
+    return lambda account: entries(actor, ACCOUNT_CREATE, account, details={
+        "kind": account.kind, "name": account.name or "", "owner": account.owner,
+        "markup_pct": money.markup_pct(int(account.markup_bp)),
+    })
+
+
+def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None):
+    """Only what changes is recorded; a change to nothing records nothing."""
+    changes = {}
+    if markup_bp is not None and markup_bp != int(account.markup_bp):
+        changes["markup_pct"] = {"from": money.markup_pct(int(account.markup_bp)), "to": money.markup_pct(markup_bp)}
+    if name is not None and name != (account.name or ""):
+        changes["name"] = {"from": account.name or "", "to": name}
+    return lambda item: entries(actor, ACCOUNT_UPDATE, item, details=changes) if changes else ()
+
+
+def on_topup(actor: Actor, amount_micros: int):
+    return lambda account: entries(actor, ACCOUNT_TOPUP, account, details={
+        "amount": money.format_micros(amount_micros), "amount_micros": amount_micros, "currency": account.currency,
+    })
+
+
+def _on_key(actor: Actor, action: str, account: Account):
+    def companions(record: ApiKey) -> list[AuditRecord]:
+        return entries(actor, action, account, key_id=record.key_id, details={
+            "name": record.name, "type": record.key_type, "display": record.display,
+        })
+
+    return companions
+
+
+def on_key_create(actor: Actor, account: Account):
+    return _on_key(actor, KEY_CREATE, account)
+
+
+def on_key_delete(actor: Actor, account: Account):
+    return _on_key(actor, KEY_DELETE, account)
+
+
+def cli_actor() -> Actor:
+    """The onysoft CLI acts as the platform; who ran it (user@host) goes where a person's Cognito sub would."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = "unknown"
+    return Actor(Principal(OPERATOR), sub=f"cli:{user}@{socket.gethostname()}")
 
 
 def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None = None,

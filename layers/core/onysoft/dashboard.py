@@ -172,13 +172,9 @@ def create_account(actor: audit.Actor, *, kind: str, name: str = "", markup_bp: 
         raise bad_request("user accounts have no owner", "owner")
     elif kind != "user" and not owner:
         raise bad_request(f"{kind} accounts need an owner (the org or partner id)", "owner")
-    def audited(account):
-        return audit.entries(actor, audit.ACCOUNT_CREATE, account, details={
-            "kind": kind, "name": name, "owner": owner, "markup_pct": money.markup_pct(int(account.markup_bp)),
-        })
-
     try:
-        account = accounts.create_account(kind, name=name, owner=owner, markup_bp=markup_bp, companions=audited)
+        account = accounts.create_account(kind, name=name, owner=owner, markup_bp=markup_bp,
+                                          companions=audit.on_account_create(actor))
     except accounts.AccountError as exc:
         raise bad_request(str(exc), "markup_pct") from None
     return account_view(account)
@@ -193,15 +189,7 @@ def update_account(actor: audit.Actor, account_id: str, *, markup_bp: int | None
     if markup_bp is not None and not (principal.kind == OPERATOR or principal.kind == PARTNER):
         raise forbidden("Only the platform sets this account's markup." if principal.kind == ORG
                         else "A user account's markup is the platform's standard markup.")
-    before = account_view(account)
-    wanted = {"markup_pct": money.markup_pct(markup_bp) if markup_bp is not None else before["markup_pct"],
-              "name": name if name is not None else before["name"]}
-    changes = {field: {"from": before[field], "to": wanted[field]}
-               for field in ("markup_pct", "name") if before[field] != wanted[field]}
-
-    def audited(account):
-        return audit.entries(actor, audit.ACCOUNT_UPDATE, account, details=changes) if changes else ()
-
+    audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name)
     try:
         updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited)
     except accounts.AccountError as exc:
@@ -213,14 +201,8 @@ def top_up(actor: audit.Actor, account_id: str, amount_micros: int) -> dict:
     account = _visible(actor, account_id)
     if not actor.principal.is_operator:
         raise forbidden("Only the platform tops up balances.")
-    def audited(account):
-        return audit.entries(actor, audit.ACCOUNT_TOPUP, account, details={
-            "amount": money.format_micros(amount_micros), "amount_micros": amount_micros,
-            "currency": account.currency,
-        })
-
     try:
-        updated = accounts.top_up(account.account_id, amount_micros, companions=audited)
+        updated = accounts.top_up(account.account_id, amount_micros, companions=audit.on_topup(actor, amount_micros))
     except accounts.AccountError as exc:
         raise bad_request(str(exc), "amount") from None
     return account_view(updated)
@@ -247,14 +229,9 @@ def create_key(actor: audit.Actor, account_id: str, *, name: str = "", rpm: int 
         if moment <= clock.utc_now():
             raise bad_request("expires_at must be in the future", "expires_at")
         expires_at = clock.to_iso(moment)
-    def audited(record):
-        return audit.entries(actor, audit.KEY_CREATE, account, key_id=record.key_id, details={
-            "name": record.name, "type": record.key_type, "display": record.display,
-        })
-
     try:
         created = api_keys.create_key(account.account_id, name=name, rpm=rpm, tpm=tpm, models=models,
-                                      expires_at=expires_at, companions=audited)
+                                      expires_at=expires_at, companions=audit.on_key_create(actor, account))
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
     record = created.record
@@ -272,13 +249,8 @@ def delete_key(actor: audit.Actor, key_id: str) -> dict:
     account = visible_account(actor.principal, record.account_id)
     if account is None or record.status != api_keys.ACTIVE:
         raise key_not_found(key_id)
-    def audited(record):
-        return audit.entries(actor, audit.KEY_DELETE, account, key_id=key_id, details={
-            "name": record.name, "type": record.key_type, "display": record.display,
-        })
-
     try:
-        deleted = api_keys.delete_key(key_id, companions=audited)
+        deleted = api_keys.delete_key(key_id, companions=audit.on_key_delete(actor, account))
     except api_keys.KeyNotFound:
         raise key_not_found(key_id) from None
     return key_view(deleted)
