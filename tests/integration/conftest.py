@@ -215,3 +215,28 @@ def new_gateway(tmp_path):
     yield make
     for dev in started:
         dev.stop(check=False)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A fake OpenAI-compatible provider on loopback, one per test module (tests/integration/fake_upstream.py)."""
+    from tests.integration.fake_upstream import FakeUpstream
+
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def dev(request, tmp_path_factory, upstream):
+    """`onysoft dev` with the fake provider as `openai`, its models priced and USD→TRY set (ledger.start_gateway),
+    one per test module; a module's GATEWAY_OPTIONS (e.g. {"read_timeout": "1.5"}) tune it."""
+    from tests.integration.ledger import start_gateway
+
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    gateway = start_gateway(tmp_path_factory.mktemp(name) / "state", upstream,
+                            **getattr(request.module, "GATEWAY_OPTIONS", {}))
+    try:
+        yield gateway
+    finally:
+        gateway.stop()

@@ -2,7 +2,7 @@
 
 Each key type's balance moves by exactly cost × (1 + markup) × fx in its own currency; the provider sees
 its own key and model name, never the client's; failures cost nothing; a too-small balance gets 402 and
-no upstream call; streams reach the client chunk by chunk and are always billed."""
+no upstream call; streams reach the client chunk by chunk and are always dev."""
 
 from __future__ import annotations
 
@@ -15,35 +15,10 @@ import pytest
 
 from onysoft import money
 from tests.integration.conftest import DevGateway
-from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY, UPSTREAM_KEY, FakeUpstream
+from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY, UPSTREAM_KEY
+from tests.integration.ledger import FX, INPUT, OUTPUT  # the prices and rate `dev` is given
 
-INPUT, OUTPUT, FX = Decimal("2.5"), Decimal("10"), Decimal("41.5")
-MODELS = ("fake-ok", "fake-500", "fake-429", "fake-timeout", "fake-cut", "fake-slow-stream", "fake-bad-json",
-          "fake-embed")
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def billed(tmp_path_factory, upstream):
-    """A gateway whose `openai` provider is the fake one, with prices and a rate set by the CLI."""
-    dev = DevGateway(tmp_path_factory.mktemp("billing") / "state", extra_env={
-        "ONYSOFT_PROVIDER_OPENAI_BASE_URL": upstream.base_url, "ONYSOFT_PROVIDER_OPENAI_API_KEY": UPSTREAM_KEY,
-        "ONYSOFT_UPSTREAM_READ_TIMEOUT": "1.5",
-    }).start()
-    for model in MODELS:
-        dev.cli_json("catalog", "set", f"openai/{model}", "--input-usd-per-mtok", str(INPUT),
-                     "--output-usd-per-mtok", str(OUTPUT))
-    dev.cli_json("fx", "set", "USDTRY", str(FX))
-    try:
-        yield dev
-    finally:
-        dev.stop()
+GATEWAY_OPTIONS = {"read_timeout": "1.5"}  # conftest's `dev`: the gateway whose `openai` is the fake provider
 
 
 def account_with_key(dev: DevGateway, kind: str, amount: str = "50", markup: str | None = None):
@@ -71,15 +46,15 @@ def expected(account: dict, prompt: int, completion: int) -> int:
 
 @pytest.mark.parametrize(("kind", "markup"), [("user", None), ("project", "12.5"), ("partner_project", None),
                                               ("partner_customer", None)])
-def test_each_key_type_pays_exactly_cost_times_markup_times_fx(billed, upstream, kind, markup):
-    account, key = account_with_key(billed, kind, markup=markup)
-    before = balance(billed, account["account_id"])
+def test_each_key_type_pays_exactly_cost_times_markup_times_fx(dev, upstream, kind, markup):
+    account, key = account_with_key(dev, kind, markup=markup)
+    before = balance(dev, account["account_id"])
     seen = len(upstream.requests)
-    reply = sdk(billed, key).chat.completions.create(
+    reply = sdk(dev, key).chat.completions.create(
         model="openai/fake-ok", messages=[{"role": "user", "content": "hi"}], temperature=0.2,
         response_format={"type": "text"}, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
     assert reply.choices[0].message.content == " ".join(REPLY)
-    charge = before - balance(billed, account["account_id"])
+    charge = before - balance(dev, account["account_id"])
     assert charge == expected(account, PROMPT_TOKENS, len(REPLY)) > 0
     # The provider saw its own key and model name, the client's other fields untouched, never the sk-ony key.
     [sent] = upstream.requests[seen:]
@@ -87,16 +62,16 @@ def test_each_key_type_pays_exactly_cost_times_markup_times_fx(billed, upstream,
     assert key not in str(sent)
     assert sent["body"]["model"] == "fake-ok"
     assert sent["body"]["temperature"] == 0.2 and sent["body"]["tools"][0]["function"]["name"] == "f"
-    [record] = billed.cli_json("usage", "--account", account["account_id"])["records"]
+    [record] = dev.cli_json("usage", "--account", account["account_id"])["records"]
     assert record["status"] == "settled" and record["charge_micros"] == charge
     assert (record["prompt_tokens"], record["completion_tokens"]) == (PROMPT_TOKENS, len(REPLY))
 
 
-def test_stream_arrives_chunk_by_chunk_and_is_billed_without_the_usage_chunk(billed, upstream):
-    account, key = account_with_key(billed, "user")
-    before = balance(billed, account["account_id"])
+def test_stream_arrives_chunk_by_chunk_and_is_billed_without_the_usage_chunk(dev, upstream):
+    account, key = account_with_key(dev, "user")
+    before = balance(dev, account["account_id"])
     started = time.monotonic()
-    stream = sdk(billed, key).chat.completions.create(
+    stream = sdk(dev, key).chat.completions.create(
         model="openai/fake-slow-stream", messages=[{"role": "user", "content": "hi"}], stream=True)
     arrivals, chunks = [], []
     for chunk in stream:
@@ -107,89 +82,89 @@ def test_stream_arrives_chunk_by_chunk_and_is_billed_without_the_usage_chunk(bil
     assert all(c.choices for c in chunks)  # the client did not ask for usage: no usage-only chunk
     assert "".join(c.choices[0].delta.content or "" for c in chunks).split() == REPLY
     assert upstream.requests[-1]["body"]["stream_options"] == {"include_usage": True}
-    charge = before - balance(billed, account["account_id"])
+    charge = before - balance(dev, account["account_id"])
     assert charge == expected(account, PROMPT_TOKENS, len(REPLY))
 
 
-def test_stream_with_include_usage_keeps_the_usage_chunk(billed):
-    account, key = account_with_key(billed, "partner_project")
-    chunks = list(sdk(billed, key).chat.completions.create(
+def test_stream_with_include_usage_keeps_the_usage_chunk(dev):
+    account, key = account_with_key(dev, "partner_project")
+    chunks = list(sdk(dev, key).chat.completions.create(
         model="openai/fake-ok", messages=[{"role": "user", "content": "hi"}], stream=True,
         stream_options={"include_usage": True}))
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(REPLY)
-    assert 50_000_000 - balance(billed, account["account_id"]) == expected(account, PROMPT_TOKENS, len(REPLY))
+    assert 50_000_000 - balance(dev, account["account_id"]) == expected(account, PROMPT_TOKENS, len(REPLY))
 
 
-def test_embeddings_are_billed_on_their_input(billed, upstream):
-    account, key = account_with_key(billed, "partner_customer")
-    result = sdk(billed, key).embeddings.create(model="openai/fake-embed", input=["a", "b"])
+def test_embeddings_are_billed_on_their_input(dev, upstream):
+    account, key = account_with_key(dev, "partner_customer")
+    result = sdk(dev, key).embeddings.create(model="openai/fake-embed", input=["a", "b"])
     assert len(result.data) == 2 and upstream.requests[-1]["body"]["model"] == "fake-embed"
-    assert 50_000_000 - balance(billed, account["account_id"]) == expected(account, 10, 0)
+    assert 50_000_000 - balance(dev, account["account_id"]) == expected(account, 10, 0)
 
 
 @pytest.mark.parametrize(("model", "status", "error"), [
     ("fake-500", 502, openai.InternalServerError), ("fake-429", 429, openai.RateLimitError),
     ("fake-timeout", 504, openai.InternalServerError), ("fake-bad-json", 400, openai.BadRequestError),
 ])
-def test_failed_upstream_calls_cost_nothing_and_keep_their_meaning(billed, model, status, error):
-    account, key = account_with_key(billed, "user")
+def test_failed_upstream_calls_cost_nothing_and_keep_their_meaning(dev, model, status, error):
+    account, key = account_with_key(dev, "user")
     with pytest.raises(error) as raised:
-        sdk(billed, key).chat.completions.create(model=f"openai/{model}", messages=[{"role": "user", "content": "x"}])
+        sdk(dev, key).chat.completions.create(model=f"openai/{model}", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == status
     assert set(raised.value.body) == {"message", "type", "code", "param"}
-    assert balance(billed, account["account_id"]) == 50_000_000
-    [record] = billed.cli_json("usage", "--account", account["account_id"])["records"]
+    assert balance(dev, account["account_id"]) == 50_000_000
+    [record] = dev.cli_json("usage", "--account", account["account_id"])["records"]
     assert record["status"] == "failed" and record["charge_micros"] == 0
 
 
-def test_cut_stream_is_billed_for_what_was_delivered_and_marked_estimated(billed):
-    account, key = account_with_key(billed, "user")
+def test_cut_stream_is_billed_for_what_was_delivered_and_marked_estimated(dev):
+    account, key = account_with_key(dev, "user")
     received = []
     with pytest.raises((openai.APIError, httpx.HTTPError)):
-        for chunk in sdk(billed, key).chat.completions.create(
+        for chunk in sdk(dev, key).chat.completions.create(
                 model="openai/fake-cut", messages=[{"role": "user", "content": "hi"}], stream=True):
             received.append(chunk)
         raise openai.APIError("the stream ended without [DONE]", request=None, body=None)  # type: ignore[arg-type]
     assert len(received) == 3
-    [record] = billed.cli_json("usage", "--account", account["account_id"])["records"]
+    [record] = dev.cli_json("usage", "--account", account["account_id"])["records"]
     assert record["status"] == "settled" and record["usage_estimated"] is True
-    charged = 50_000_000 - balance(billed, account["account_id"])
+    charged = 50_000_000 - balance(dev, account["account_id"])
     assert charged == record["charge_micros"] > 0
     assert record["completion_tokens"] < len(REPLY)
 
 
-def test_client_that_disconnects_midway_is_billed_for_the_chunks_it_got(billed, upstream):
-    account, key = account_with_key(billed, "partner_project")
+def test_client_that_disconnects_midway_is_billed_for_the_chunks_it_got(dev, upstream):
+    account, key = account_with_key(dev, "partner_project")
     body = {"model": "openai/fake-slow-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.stream("POST", billed.base_url + "/v1/chat/completions", json=body, timeout=20,
+    with httpx.stream("POST", dev.base_url + "/v1/chat/completions", json=body, timeout=20,
                       headers={"Authorization": f"Bearer {key}"}) as response:
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data: "))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        [record] = billed.cli_json("usage", "--account", account["account_id"])["records"]
+        [record] = dev.cli_json("usage", "--account", account["account_id"])["records"]
         if record["status"] != "pending":
             break
         time.sleep(0.3)
     assert record["status"] == "settled" and record["usage_estimated"] is True
     assert 0 < record["completion_tokens"] < len(REPLY)
-    assert 50_000_000 - balance(billed, account["account_id"]) == record["charge_micros"]
+    assert 50_000_000 - balance(dev, account["account_id"]) == record["charge_micros"]
 
 
-def test_too_small_balance_gets_402_and_no_upstream_call(billed, upstream):
-    account, key = account_with_key(billed, "user", amount="0.000001")
+def test_too_small_balance_gets_402_and_no_upstream_call(dev, upstream):
+    account, key = account_with_key(dev, "user", amount="0.000001")
     seen = len(upstream.requests)
     with pytest.raises(openai.APIStatusError) as raised:
-        sdk(billed, key).chat.completions.create(model="openai/fake-ok", messages=[{"role": "user", "content": "x"}])
+        sdk(dev, key).chat.completions.create(model="openai/fake-ok", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == 402
     assert account["account_id"] in raised.value.message and "TRY" in raised.value.message
     assert len(upstream.requests) == seen
-    assert balance(billed, account["account_id"]) == 1
+    assert balance(dev, account["account_id"]) == 1
 
 
-def test_get_key_shows_spend_request_count_and_last_used(billed):
-    account, key = account_with_key(billed, "user")
-    sdk(billed, key).chat.completions.create(model="openai/fake-ok", messages=[{"role": "user", "content": "x"}])
-    view = httpx.get(billed.base_url + "/v1/key", headers={"Authorization": f"Bearer {key}"}).json()
+def test_get_key_shows_spend_request_count_and_last_used(dev):
+    account, key = account_with_key(dev, "user")
+    sdk(dev, key).chat.completions.create(model="openai/fake-ok", messages=[{"role": "user", "content": "x"}])
+    view = httpx.get(dev.base_url + "/v1/key", headers={"Authorization": f"Bearer {key}"}).json()
     assert view["request_count"] == 1 and view["last_used_at"]
     assert view["spend_micros"] == 50_000_000 - view["balance_micros"] > 0

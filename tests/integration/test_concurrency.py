@@ -29,17 +29,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
-import pytest
 
 from tests.integration.conftest import ROOT, clean_env, onysoft_command
-from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY, FakeUpstream
+from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY
 from tests.integration.ledger import (
     Tables,
     auth,
     check_envelope,
     check_ledger,
     settled_total,
-    start_gateway,
     tag_of,
     wait_for_window_room,
     window_of,
@@ -52,20 +50,7 @@ LIMITED_RPM = 5
 DOOMED_MAX_PER_CLIENT = 200  # bounded: each client of the deleted key stops after this many (paced)
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
 
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory, upstream):
-    gateway = start_gateway(tmp_path_factory.mktemp("concurrency") / "state", upstream)
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
 
 
 @dataclass

@@ -23,26 +23,13 @@ from tests.integration.ledger import (
     expected_charge,
     new_account,
     new_key,
-    start_gateway,
 )
 
 READ_TIMEOUT = 1.5
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
 
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory, upstream):
-    gateway = start_gateway(tmp_path_factory.mktemp("faults") / "state", upstream, read_timeout=str(READ_TIMEOUT))
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
+GATEWAY_OPTIONS = {"read_timeout": str(READ_TIMEOUT)}  # for conftest's `dev` fixture
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from tests.integration.ledger import (
     new_key,
     seconds_left_in_minute,
     settled_total,
-    start_gateway,
     tag_of,
     wait_for_window_room,
     window_of,
@@ -44,20 +43,7 @@ RESET_FORMAT = re.compile(r"^(?:(\d+)m)?(\d+)s$|^(\d+)ms$")
 USER_DEFAULT_RPM, USER_DEFAULT_TPM = 60, 200_000
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    fake = FakeUpstream().start()
-    yield fake
-    fake.stop()
 
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory, upstream):
-    gateway = start_gateway(tmp_path_factory.mktemp("limits") / "state", upstream)
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
 
 
 @pytest.fixture(scope="module")
