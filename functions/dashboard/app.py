@@ -16,7 +16,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from onysoft import dashboard, errors, money, principals
@@ -119,6 +119,7 @@ class ErrorEnvelope(BaseModel):
 _ERROR_MEANING = {
     400: "Bad request (validation)", 401: "No valid sign-in token", 403: "Not allowed for your principal",
     404: "No such account or key (or not yours: the same answer)",
+    409: "The idempotency key was used for a different request",
 }
 
 
@@ -180,9 +181,14 @@ def update_account(account_id: str, body: AccountUpdate) -> dict:
 
 
 @app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",
-          responses=_responses(200, "The account", 403, 404))
-def top_up(account_id: str, body: TopUp) -> dict:
-    return dashboard.top_up(_actor(), account_id, int(body.amount * money.MICROS_PER_UNIT))
+          responses=_responses(200, "The account (a replay: header `Idempotent-Replayed: true`)", 403, 404, 409))
+def top_up(account_id: str, body: TopUp, idempotency_key: Annotated[str | None, Header(
+        description="Optional. A retry with the same key and amount is not added twice; the same key with "
+                    "another amount is a 409.")] = None):
+    view, replayed = dashboard.top_up(_actor(), account_id, int(body.amount * money.MICROS_PER_UNIT),
+                                      idempotency_key)
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(status_code=200, content_type="application/json", body=json.dumps(view), headers=headers)
 
 
 @app.get("/dashboard/accounts/<account_id>/keys", summary="List an account's API keys",

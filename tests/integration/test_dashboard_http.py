@@ -156,6 +156,21 @@ def test_partner_customer_key_charges_the_customers_try_balance_at_its_markup(ga
     assert_error(call(gateway, "PATCH", f"/dashboard/accounts/{account}", partner, json={"markup_pct": 500}), 400)
 
 
+def test_a_retried_top_up_with_its_idempotency_key_is_added_once(gateway):
+    operator = token(gateway, "operator")
+    account = call(gateway, "POST", "/dashboard/accounts", operator, json={"kind": "user"}).json()["account_id"]
+    path = f"/dashboard/accounts/{account}/topup"
+    key = {"Idempotency-Key": f"invoice-{account}"}
+    first = call(gateway, "POST", path, operator, json={"amount": "20"}, headers=dict(key))
+    again = call(gateway, "POST", path, operator, json={"amount": "20"}, headers=dict(key))
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    assert again.json()["balance_micros"] == 20_000_000
+    assert_error(call(gateway, "POST", path, operator, json={"amount": "21"}, headers=dict(key)), 409,
+                 "idempotency_key_reused")
+    assert gateway.cli_json("accounts", "show", account)["balance_micros"] == 20_000_000
+
+
 def _routes() -> list[template.Route]:
     return [r for r in template.routes(template.load_template()) if r.path.startswith("/dashboard/")]
 

@@ -322,7 +322,7 @@ def test_function_policies_are_least_privilege(cfn):
     # The dashboard: keys and accounts by id, create / update; every account (operator); usage and audit
     # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
     assert granted["DashboardFunctionRole"] == {
-        "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable"},
+        "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},  # UsageTable: idempotency markers
         "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable"},  # the items behind a keys-only index
         "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},
         "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},

@@ -582,3 +582,35 @@ def test_routes_equal_the_templates_dashboard_routes():
     for route in dashboard_routes:
         assert route.function == "DashboardFunction" and not route.streaming
         assert route.authorizer == (None if (route.method, route.path) == DOCS else "DashboardCognito"), route
+
+
+def test_a_top_up_retried_with_its_idempotency_key_is_added_once(world):
+    account_id = world["ids"]["customer"]
+
+    def top_up(amount: str, key: str | None):
+        event = make_event("POST", "/dashboard/accounts/{account_id}/topup", path_params={"account_id": account_id},
+                           body={"amount": amount}, principal="operator")
+        if key is not None:
+            event["headers"]["Idempotency-Key"] = key
+            event["multiValueHeaders"]["Idempotency-Key"] = [key]
+        response = dashboard_app.handler(event, None)
+        headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+        headers.update({k.lower(): v[-1] for k, v in (response.get("multiValueHeaders") or {}).items()})
+        return response["statusCode"], json.loads(response["body"]), headers
+
+    status, first, headers = top_up("7.5", "payment-4711")
+    assert status == 200 and first["balance_micros"] == 7_500_000 and "idempotent-replayed" not in headers
+    status, again, headers = top_up("7.5", "payment-4711")  # the client's retry after a lost answer
+    assert status == 200 and again["balance_micros"] == 7_500_000 and headers["idempotent-replayed"] == "true"
+    status, body, _ = top_up("8", "payment-4711")
+    assert_error(status, body, 409, "idempotency_key_reused")
+    status, other, _ = top_up("1", "payment-4712")
+    assert status == 200 and other["balance_micros"] == 8_500_000
+    status, plain, _ = top_up("1", None)  # no key: every request is a new top-up
+    status, plain, _ = top_up("1", None)
+    assert plain["balance_micros"] == 10_500_000
+    assert accounts.get_account(account_id).topped_up_micros == 10_500_000
+    topups = [r for r in audit.iter_all(principals.parse("operator")) if r.action == "account.topup"]
+    assert len(topups) == 4  # one record per top-up carried out, none for the replay or the refusal
+    status, body, _ = top_up("1", "x" * 256)
+    assert_error(status, body, 400)

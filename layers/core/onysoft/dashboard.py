@@ -17,7 +17,9 @@ import json
 import re
 from datetime import timedelta
 
-from onysoft import accounts, api_keys, audit, clock, money
+from pynamodb.exceptions import TransactWriteError
+
+from onysoft import accounts, api_keys, audit, clock, idempotency, money, writes
 from onysoft.errors import GatewayError, bad_request, not_found
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -197,15 +199,36 @@ def update_account(actor: audit.Actor, account_id: str, *, markup_bp: int | None
     return account_view(updated)
 
 
-def top_up(actor: audit.Actor, account_id: str, amount_micros: int) -> dict:
+def top_up(actor: audit.Actor, account_id: str, amount_micros: int,
+           idempotency_key: str | None = None) -> tuple[dict, bool]:
+    """(the account, whether this was a replay of an earlier top-up with the same idempotency key)."""
     account = _visible(actor, account_id)
     if not actor.principal.is_operator:
         raise forbidden("Only the platform tops up balances.")
+    request = {"amount_micros": amount_micros}
+    companions = audit.on_topup(actor, amount_micros)
+    if idempotency_key is not None:
+        try:
+            idempotency.check_key(idempotency_key)
+        except ValueError as exc:
+            raise bad_request(str(exc), "Idempotency-Key") from None
+        companions = writes.together(
+            companions, idempotency.marker(account.account_id, "topup", idempotency_key, request))
     try:
-        updated = accounts.top_up(account.account_id, amount_micros, companions=audit.on_topup(actor, amount_micros))
+        updated = accounts.top_up(account.account_id, amount_micros, companions=companions)
     except accounts.AccountError as exc:
         raise bad_request(str(exc), "amount") from None
-    return account_view(updated)
+    except TransactWriteError:
+        try:
+            replay = idempotency_key is not None and idempotency.is_replay(
+                account.account_id, "topup", idempotency_key, request)
+        except idempotency.KeyReused as exc:
+            raise GatewayError(409, str(exc), "invalid_request_error", "idempotency_key_reused",
+                               "Idempotency-Key") from None
+        if not replay:
+            raise
+        return account_view(accounts.get_account(account.account_id)), True
+    return account_view(updated), False
 
 
 # ---------------------------------------------------------------------------------------------- keys

@@ -232,6 +232,20 @@ class AuditRecord(GatewayModel):
     request_id = UnicodeAttribute(null=True)
 
 
+class IdempotencyRecord(GatewayModel):
+    """A money-moving request carried out under an idempotency key (onysoft.idempotency). In the Usage table
+    under `idem#<account_id>` partitions, never an account id; no `key_id` or `hold_state`, so in no index."""
+
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_USAGE")
+        region = config.region()
+
+    account_id = UnicodeAttribute(hash_key=True)  # idem#<account_id>
+    sk = UnicodeAttribute(range_key=True)  # <operation>#<the client's idempotency key>
+    request = UnicodeAttribute()  # JSON of what was asked, to refuse the same key with another request
+    at = UnicodeAttribute()  # not `created_at`: no attribute of an index key here
+
+
 _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
@@ -239,6 +253,7 @@ _MODEL_TABLE_ENV = {
     RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",
     AuditRecord: "ONYSOFT_TABLE_USAGE",  # shares the Usage table (its own partition keys)
+    IdempotencyRecord: "ONYSOFT_TABLE_USAGE",  # likewise
 }
 ALL_MODELS = tuple(_MODEL_TABLE_ENV)
 

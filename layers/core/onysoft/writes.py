@@ -14,6 +14,12 @@ from pynamodb.transactions import TransactWrite
 Companions = Callable[[Model], Sequence[Model]] | None  # given the item written, the new items to put with it
 
 
+def together(*companions: Companions) -> Companions:
+    """Several companions as one (None entries skipped)."""
+    given = [c for c in companions if c]
+    return (lambda item: [extra for c in given for extra in c(item)]) if given else None
+
+
 class ConditionFailed(Exception):
     """The item's own condition refused the write (a companion's refusal is not this: it raises as it is)."""
 
