@@ -299,3 +299,41 @@ def test_models_list_comes_from_the_catalog_cache(gateway, monkeypatch):
     monkeypatch.setattr(CatalogEntry, "scan", no_catalog_read)
     monkeypatch.setattr(CatalogEntry, "query", no_catalog_read)
     assert gateway.get("/v1/models", headers=headers).json()["data"] == first
+
+
+def test_a_failure_between_hold_and_send_releases_the_hold(gateway, monkeypatch):
+    from onysoft import forwarding
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug after the hold")
+
+    from starlette.testclient import TestClient
+
+    from onysoft import proxy_app
+
+    monkeypatch.setattr(forwarding, "_upstream_body", broken)
+    account, _, headers = new_key("user")
+    with TestClient(proxy_app.app, raise_server_exceptions=False) as client:  # what a client sees: the 500
+        response = client.post("/v1/chat/completions", headers=headers,
+                               json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 500 and set(response.json()["error"]) == {"message", "type", "code", "param"}
+    assert "Traceback" not in response.text
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    [usage_record] = records(account.account_id)
+    assert (usage_record.status, usage_record.error_code, usage_record.hold_state) == ("failed", "internal_error", None)
+
+
+def test_an_unreadable_rate_counter_costs_the_headers_not_the_answer(gateway, monkeypatch):
+    from onysoft import rate_limits
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("DynamoDB had a bad moment")
+
+    monkeypatch.setattr(rate_limits, "read_usage", unreadable)
+    account, _, headers = new_key("partner_customer")
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200, response.text
+    assert "x-onysoft-request-id" in response.headers and "x-ratelimit-remaining-requests" not in response.headers
+    [usage_record] = records(account.account_id)
+    assert usage_record.status == "settled"
