@@ -52,6 +52,7 @@ def top_up(account_id: str, amount_micros: int, companions: writes.Companions = 
     """Add to the balance and to the top-up total in one atomic update."""
     if amount_micros <= 0:
         raise AccountError("a top-up must be a positive amount")
+    # Companions (the audit record) describe the account, so read it first; alone, the update needs no read.
     account = get_account(account_id) if companions else Account(account_id=account_id)
     try:
         writes.update(
@@ -60,7 +61,7 @@ def top_up(account_id: str, amount_micros: int, companions: writes.Companions = 
         )
     except writes.ConditionFailed:
         raise AccountError(f"no account {account_id!r}") from None
-    return get_account(account_id)
+    return account  # as written: the update's new values, or re-read after a transaction (writes.update)
 
 
 def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None,
