@@ -468,3 +468,47 @@ def test_the_sweeper_handler_counts_close_failures_in_a_metric(gateway, monkeypa
     [metrics] = [e for e in emitted if "SweeperCloseFailures" in e]
     assert metrics["SweeperCloseFailures"] in (2, 2.0, [2.0])  # EMF: a value or a list of values
     assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Onysoft"
+
+
+def test_the_sweepers_role_may_write_every_table_its_closes_write(gateway):
+    """Conformance: the tables a sweeper run's transactions touch (a key with a spend limit: its counter in
+    RateLimits moves too) are all in the SweeperFunction's UpdateItem statement in template.yaml."""
+    from onysoft import config
+    from onysoft.models import Account
+    from onysoft.sweeper import close_stale_holds
+    from onysoft_tools import template
+
+    account, key, _ = new_key("user", spend_limit_micros=50_000_000, limit_reset="daily")
+    key_hash = key.key_hash
+    from onysoft.caller import CallerContext
+
+    factors = hold_sizing.ChargeFactors(catalog.get_model("mock/echo"), 5000, FX, "")
+    caller = CallerContext(key_id=key.key_id, key_type="user", account_id=account.account_id, currency="TRY",
+                           markup_bp=5000, spend_limit_micros=50_000_000, limit_reset="daily")
+    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(100, 10))
+    for request_id, sent in (("req_a", True), ("req_b", False)):
+        hold = billing.place_hold(request_id=request_id, key_hash=key_hash, caller=caller, plan=plan,
+                                  factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
+        if sent:
+            billing.mark_sent(hold)
+    written: set[str] = set()
+
+    def record_tables(params, **kwargs):
+        for item in params["TransactItems"]:
+            for operation in item.values():
+                written.add(operation["TableName"])
+
+    client = Account._get_connection().connection.client
+    client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", record_tables)
+    try:
+        later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+        assert close_stale_holds(now_iso=later)["close_failures"] == 0
+    finally:
+        client.meta.events.unregister("before-parameter-build.dynamodb.TransactWriteItems", record_tables)
+    tpl = template.load_template()
+    table_of = {config.table_name(env): logical for logical, env in template.table_env(tpl).items()}
+    allowed = {resource["Fn::GetAtt"][0]
+               for statement in tpl["Resources"]["SweeperFunction"]["Properties"]["Policies"][0]["Statement"]
+               if "dynamodb:UpdateItem" in statement["Action"] for resource in statement["Resource"]}
+    assert {table_of[name] for name in written} == {"UsageTable", "AccountsTable", "ApiKeysTable", "RateLimitsTable"}
+    assert {table_of[name] for name in written} <= allowed
