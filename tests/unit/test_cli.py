@@ -502,5 +502,7 @@ def test_sweep_closes_stale_holds_now(cli, cli_json):
     assert (swept["settled"], swept["released"], swept["close_failures"]) == (1, 1, 0)
     view = cli_json("accounts", "show", account["account_id"])
     assert view["balance_micros"] == 10_000_000 - factors.charge_micros(100, 0)
+    code, out, _ = cli("sweep")  # without --json: a summary for people
+    assert code == 0 and "released" in out and "1200 s" in out
     code, _, err = cli("sweep", "--older-than", "soon")
     assert code == 2 and "--older-than" in err
