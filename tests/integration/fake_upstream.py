@@ -4,7 +4,9 @@
 Models: fake-ok (and any other name) answers; fake-500, fake-429 (Retry-After: 7), fake-bad-json (a 400),
 fake-timeout (5 s before answering), fake-cut (a stream that breaks after 3 chunks), fake-slow-stream,
 fake-reset (the TCP connection is reset before any answer byte), fake-malformed-200 (HTTP 200 whose body
-is not JSON)."""
+is not JSON), fake-overrun (reports OVERRUN_COMPLETION output tokens, far above any small hold),
+fake-bill (bills what it was sent, as a provider would: see `bill`), fake-embed-greedy (embeddings that report
+GREEDY_EMBED_TOKENS tokens per input)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,42 @@ UPSTREAM_KEY = "upstream-provider-secret"
 REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
 PROMPT_TOKENS = 17
 CHUNK_DELAY = 0.3  # slow-stream: seconds between chunks
+OVERRUN_COMPLETION = 5_000
+GREEDY_EMBED_TOKENS = 1_000
+IMAGE_TOKENS = 1_000  # fake-bill: what one image, audio or file part costs (the catalog says --tokens-per-image)
+UNLIMITED_OUTPUT = 40_000  # fake-bill: a reasoning model asked for no limit writes this much per answer
+MEDIA = {"image_url", "input_audio", "file"}
+
+
+def _text_bytes(value) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, list):
+        return sum(_text_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_text_bytes(v) for v in value.values())
+    return 0
+
+
+def _media(value) -> int:
+    if isinstance(value, list):
+        return sum(_media(v) for v in value)
+    if isinstance(value, dict):
+        return (value.get("type") in MEDIA) + sum(_media(v) for v in value.values())
+    return 0
+
+
+def bill(body: dict) -> dict:
+    """fake-bill's usage, from what it was sent: a token per byte of message text plus 3 per message,
+    IMAGE_TOKENS per media part (a third of the prompt read from cache), and every answer as long as its
+    output limit allows (UNLIMITED_OUTPUT without one; half of it reasoning)."""
+    messages = body.get("messages") or []
+    prompt = sum(_text_bytes(m) + 3 for m in messages) + IMAGE_TOKENS * _media(messages)
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or UNLIMITED_OUTPUT
+    completion = limit * (body.get("n") or 1)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": prompt // 3},
+            "completion_tokens_details": {"reasoning_tokens": completion // 2}}
 
 
 @dataclass
@@ -57,6 +95,12 @@ class FakeUpstream:
                                 media_type="application/json")
             usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(REPLY),
                      "total_tokens": PROMPT_TOKENS + len(REPLY)}
+            if model == "fake-overrun":
+                usage = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": OVERRUN_COMPLETION,
+                         "total_tokens": PROMPT_TOKENS + OVERRUN_COMPLETION}
+            elif model == "fake-bill":
+                usage = bill(body)
+            self.requests[-1]["usage"] = usage
             if not body.get("stream"):
                 return JSONResponse({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
                                      "choices": [{"index": 0, "finish_reason": "stop",
@@ -84,10 +128,12 @@ class FakeUpstream:
             body = json.loads(await request.body())
             self.requests.append({"headers": dict(request.headers), "body": body, "at": time.monotonic()})
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            per_input = GREEDY_EMBED_TOKENS if body["model"] == "fake-embed-greedy" else 5
             return JSONResponse({"object": "list", "model": body["model"],
                                  "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                                           for i, _ in enumerate(inputs)],
-                                 "usage": {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}})
+                                 "usage": {"prompt_tokens": per_input * len(inputs),
+                                           "total_tokens": per_input * len(inputs)}})
 
         return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                                  Route("/v1/embeddings", embeddings, methods=["POST"])])

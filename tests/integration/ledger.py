@@ -18,25 +18,29 @@ from botocore.config import Config
 
 from onysoft import money
 from tests.integration.conftest import DevGateway
-from tests.integration.fake_upstream import UPSTREAM_KEY, FakeUpstream
+from tests.integration.fake_upstream import IMAGE_TOKENS, UPSTREAM_KEY, FakeUpstream
 
 INPUT, OUTPUT, FX = Decimal("2.5"), Decimal("10"), Decimal("41.5")
 FAKE_MODELS = ("fake-ok", "fake-500", "fake-429", "fake-timeout", "fake-cut", "fake-slow-stream", "fake-bad-json",
-               "fake-embed", "fake-reset", "fake-malformed-200")
+               "fake-embed", "fake-reset", "fake-malformed-200", "fake-overrun", "fake-bill", "fake-embed-greedy")
+CACHED_INPUT = Decimal("0.25")  # fake-bill's cached input price; its tokens per image: IMAGE_TOKENS
 ENVELOPE_FIELDS = {"message", "type", "code", "param"}
 FULL_KEY = re.compile(r"sk-ony-[0-9a-f]{48}")
 
 
-def start_gateway(state_dir: Path, upstream: FakeUpstream, *, read_timeout: str = "10") -> DevGateway:
+def start_gateway(state_dir: Path, upstream: FakeUpstream, *, read_timeout: str = "10",
+                  **extra_env: str) -> DevGateway:
     """`onysoft dev` with the fake upstream as the `openai` provider, its models priced, USD→TRY set. Its
     moto server is onysoft_tools.serial_moto, which keeps transactions atomic under concurrency."""
     dev = DevGateway(state_dir, extra_env={
         "ONYSOFT_PROVIDER_OPENAI_BASE_URL": upstream.base_url, "ONYSOFT_PROVIDER_OPENAI_API_KEY": UPSTREAM_KEY,
-        "ONYSOFT_UPSTREAM_READ_TIMEOUT": read_timeout,
+        "ONYSOFT_UPSTREAM_READ_TIMEOUT": read_timeout, **extra_env,
     }).start()
     for model in FAKE_MODELS:
+        extra = (["--cached-input-usd-per-mtok", str(CACHED_INPUT), "--tokens-per-image", str(IMAGE_TOKENS)]
+                 if model == "fake-bill" else [])
         dev.cli_json("catalog", "set", f"openai/{model}", "--input-usd-per-mtok", str(INPUT),
-                     "--output-usd-per-mtok", str(OUTPUT))
+                     "--output-usd-per-mtok", str(OUTPUT), *extra)
     dev.cli_json("fx", "set", "USDTRY", str(FX))
     return dev
 
@@ -143,25 +147,42 @@ def settled_total(records: Iterable[dict]) -> int:
     return sum(int(r.get("charge_micros", 0)) for r in records if r["status"] == "settled")
 
 
+def recomputed_charge(record: dict) -> int:
+    """A settled record's charge from the factors it stores (docs/BILLING.md): uncached input, cached reads and
+    cache writes at their prices, output (reasoning included) at the output price."""
+    prompt, cached = int(record["prompt_tokens"]), int(record.get("cached_tokens", 0))
+    writes = int(record.get("cache_write_tokens", 0))
+    input_price = Decimal(record["input_usd_per_mtok"])
+    cost = (money.usd_cost(prompt - cached - writes, input_price)
+            + money.usd_cost(cached, Decimal(record.get("cached_input_usd_per_mtok") or input_price))
+            + money.usd_cost(writes, Decimal(record.get("cache_write_usd_per_mtok") or input_price))
+            + money.usd_cost(int(record["completion_tokens"]), Decimal(record["output_usd_per_mtok"])))
+    return money.charge_micros(cost, int(record["markup_bp"]), Decimal(record["fx_rate"]))
+
+
 def check_ledger(tables: Tables, account_id: str) -> list[dict]:
-    """The invariants of docs/BILLING.md once every request has ended: balance ≥ 0, no hold left open, and
-    sum of settled charges == top-ups − balance, to the micro-unit. Returns the account's usage records."""
+    """The invariants of docs/BILLING.md once every request has ended: no hold left open; sum of settled
+    charges == top-ups − balance, to the micro-unit, a negative balance included; a balance below zero only
+    by the debts that overruns made; every charge within its hold unless marked overrun (then by exactly the
+    overrun), and recomputable from its record. Returns the account's usage records."""
     account = tables.account(account_id)
     records = tables.usage(account_id)
     balance, topped_up = int(account["balance_micros"]), int(account.get("topped_up_micros", 0))
-    assert balance >= 0, (account_id, balance)
     open_holds = [r for r in records if r["status"] == "pending" or "hold_state" in r]
     assert not open_holds, f"holds left open on {account_id}: {open_holds}"
     assert {r["status"] for r in records} <= {"settled", "failed"}
     assert all(int(r.get("charge_micros", 0)) == 0 for r in records if r["status"] == "failed")
     assert settled_total(records) == topped_up - balance, (account_id, settled_total(records), topped_up, balance)
-    for record in records:  # every charge can be recomputed from the factors the record stores
-        charge = int(record.get("charge_micros", 0))
-        assert 0 <= charge <= int(record["hold_micros"]), record
-        if record["status"] == "settled" and not int(record.get("uncharged_micros", 0)):
-            cost = (money.usd_cost(int(record["prompt_tokens"]), Decimal(record["input_usd_per_mtok"]))
-                    + money.usd_cost(int(record["completion_tokens"]), Decimal(record["output_usd_per_mtok"])))
-            assert charge == money.charge_micros(cost, int(record["markup_bp"]), Decimal(record["fx_rate"])), record
+    debts = sum(int(r.get("overrun_micros", 0)) for r in records)
+    assert balance >= -debts, (account_id, balance, debts)
+    for record in records:
+        charge, hold = int(record.get("charge_micros", 0)), int(record["hold_micros"])
+        if record.get("overrun") == "true":
+            assert record["status"] == "settled" and charge - hold == int(record["overrun_micros"]) > 0, record
+        else:
+            assert 0 <= charge <= hold and "overrun_micros" not in record, record
+        if record["status"] == "settled":
+            assert charge == recomputed_charge(record), record
     return records
 
 

@@ -168,3 +168,71 @@ def test_get_key_shows_spend_request_count_and_last_used(dev):
     view = httpx.get(dev.base_url + "/v1/key", headers={"Authorization": f"Bearer {key}"}).json()
     assert view["request_count"] == 1 and view["last_used_at"]
     assert view["spend_micros"] == 50_000_000 - view["balance_micros"] > 0
+
+
+# ---------------------------------------------------------------------------- issue 10: money integrity
+
+
+def test_two_different_output_limits_are_a_400_and_never_reach_the_provider(dev, upstream):
+    account, key = account_with_key(dev, "user")
+    seen = len(upstream.requests)
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk(dev, key).chat.completions.create(model="openai/fake-bill", messages=[{"role": "user", "content": "x"}],
+                                              max_completion_tokens=1, max_tokens=32000)
+    assert raised.value.body["code"] == "conflicting_output_limits"
+    assert len(upstream.requests) == seen and balance(dev, account["account_id"]) == 50_000_000
+
+
+def test_without_a_client_limit_the_held_output_is_sent_and_bounds_the_bill(dev, upstream):
+    """A reasoning model asked for no limit would write 40k tokens: the gateway sends the 16,384 it held."""
+    account, key = account_with_key(dev, "partner_project")
+    sdk(dev, key).chat.completions.create(model="openai/fake-bill", messages=[{"role": "user", "content": "think"}])
+    sent = upstream.requests[-1]
+    assert sent["body"]["max_completion_tokens"] == 16_384 and "max_tokens" not in sent["body"]
+    [record] = dev.cli_json("usage", "--account", account["account_id"])["records"]
+    assert record["completion_tokens"] == sent["usage"]["completion_tokens"] == 16_384
+    assert record["reasoning_tokens"] == 8_192 and record["cached_tokens"] == sent["usage"]["prompt_tokens"] // 3
+    assert not record["overrun"] and record["charge_micros"] <= record["hold_micros"]
+    assert 50_000_000 - balance(dev, account["account_id"]) == record["charge_micros"]
+
+
+def test_embeddings_are_charged_every_token_the_provider_reports(dev):
+    account, key = account_with_key(dev, "partner_customer")
+    sdk(dev, key).embeddings.create(model="openai/fake-embed-greedy", input="hello")
+    [record] = dev.cli_json("usage", "--account", account["account_id"])["records"]
+    assert record["prompt_tokens"] == 1_000 and record["overrun"]
+    assert record["charge_micros"] == expected(account, 1_000, 0) > record["hold_micros"]
+    assert 50_000_000 - balance(dev, account["account_id"]) == record["charge_micros"]
+
+
+def test_an_overrun_is_a_debt_that_refuses_the_account_until_a_top_up(dev, upstream):
+    from tests.integration.fake_upstream import OVERRUN_COMPLETION
+    from tests.integration.ledger import Tables, check_ledger
+
+    account, key = account_with_key(dev, "user", amount="1")
+    client = sdk(dev, key)
+    client.chat.completions.create(model="openai/fake-overrun", messages=[{"role": "user", "content": "x"}],
+                                   max_tokens=8)
+    debt = balance(dev, account["account_id"])
+    assert debt == 1_000_000 - expected(account, PROMPT_TOKENS, OVERRUN_COMPLETION) < 0
+    seen = len(upstream.requests)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="openai/fake-ok", messages=[{"role": "user", "content": "x"}],
+                                       max_tokens=8)
+    assert raised.value.status_code == 402 and "debt" in raised.value.message
+    assert len(upstream.requests) == seen
+    dev.cli_json("accounts", "topup", account["account_id"], money.format_micros(-debt + 1_000_000))
+    client.chat.completions.create(model="openai/fake-ok", messages=[{"role": "user", "content": "x"}], max_tokens=8)
+    records = check_ledger(Tables(dev), account["account_id"])
+    assert [r.get("overrun") for r in sorted(records, key=lambda r: r["created_at"])] == ["true", None]
+
+
+def test_image_parts_the_balance_cannot_cover_get_402_and_never_reach_the_provider(dev, upstream):
+    account, key = account_with_key(dev, "partner_project", amount="0.05")
+    seen = len(upstream.requests)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    with pytest.raises(openai.APIStatusError) as raised:
+        sdk(dev, key).chat.completions.create(model="openai/fake-bill", max_tokens=16, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what are these"}] + [image] * 20}])
+    assert raised.value.status_code == 402 and len(upstream.requests) == seen
+    assert balance(dev, account["account_id"]) == 50_000

@@ -5,7 +5,9 @@ failures (fake-500) and cut streams (fake-cut), embeddings, a key with rpm 5 tha
 that run out of money midway (sequential clients alongside the burst), and a key deleted midway through the
 CLI while two clients keep using it. Afterwards, read straight from the tables (boto3 on the moto endpoint
 in dev.env), for every account:
-- balance ≥ 0; sum of settled charges == top-ups − balance to the micro-unit; no hold left open;
+- sum of settled charges == top-ups − balance to the micro-unit, with debts in it: some calls (fake-overrun)
+  report far more than their hold and are charged in full, so the poor accounts go below zero and are then
+  refused (402); a balance is below zero only by those overruns; no hold left open;
 - exactly one usage record per request that passed the hold (matched on x-onysoft-request-id), none for the
   others, each with the right status; the key's request count and spend agree;
 - every upstream call accounted for: each request carries a unique content tag, and the fake provider saw
@@ -31,7 +33,7 @@ from datetime import datetime
 import httpx
 
 from tests.integration.conftest import ROOT, clean_env, onysoft_command
-from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY
+from tests.integration.fake_upstream import OVERRUN_COMPLETION, PROMPT_TOKENS, REPLY
 from tests.integration.ledger import (
     Tables,
     auth,
@@ -136,7 +138,8 @@ def rich_calls(account: dict, key: dict) -> list[Call]:
     return ([call("fake-ok") for _ in range(8)] + [call("fake-ok", stream=True) for _ in range(6)]
             + [call("fake-500") for _ in range(3)] + [call("fake-cut", stream=True) for _ in range(3)]
             + [call("fake-embed", endpoint="embeddings") for _ in range(2)]
-            + [call("fake-ok", max_tokens=None) for _ in range(2)])  # full-size hold, no output limit
+            + [call("fake-ok", max_tokens=None) for _ in range(2)]  # full-size hold, no output limit
+            + [call("fake-overrun"), call("fake-overrun", stream=True)])  # charged beyond the hold: a debt
 
 
 def test_200_concurrent_requests_leave_exact_books(dev, upstream):
@@ -175,7 +178,9 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
                     options = {"stream": True} if i % 3 == 1 else {}
                     if index == 1 and i == 2:
                         options["max_tokens"] = None  # a hold that shrinks to the balance
-                    call = Call("poor", account["account_id"], key["key_id"], "openai/fake-ok", **options)
+                    # The fourth answer reports far more than its hold: charged in full, the balance goes below 0.
+                    model = "openai/fake-overrun" if i == 3 else "openai/fake-ok"
+                    call = Call("poor", account["account_id"], key["key_id"], model, **options)
                     poor_calls.append(await send(client, key["key"], call))
 
             async def doomed_client() -> None:
@@ -277,6 +282,10 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
             assert record["status"] == "failed" and record["error_code"] == "upstream_error"
         elif call.model == "openai/fake-cut":
             assert record["status"] == "settled" and record.get("usage_estimated") == "true"
+        elif call.model == "openai/fake-overrun":
+            assert record["status"] == "settled" and record["overrun"] == "true"
+            assert (int(record["prompt_tokens"]), int(record["completion_tokens"])) == (PROMPT_TOKENS,
+                                                                                        OVERRUN_COMPLETION)
         else:
             assert record["status"] == "settled" and "usage_estimated" not in record
             tokens = (PROMPT_TOKENS, len(REPLY)) if call.endpoint == "chat" else (5, 0)
@@ -290,10 +299,14 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
         assert int(key_record.get("request_count", 0)) == len(mine), key_id
         assert int(key_record.get("spend_micros", 0)) == settled_total(mine), key_id
     assert tables.key(doomed["key_id"])["status"] == "deleted"
-    # Poor accounts really ran out: what is left cannot pay for one more hold of the same size.
+    # Poor accounts really ran out: each owes its overrun (a balance below zero) and was refused after it.
     for account, _ in poor:
         records = [r for r in all_records if r["account_id"] == account["account_id"]]
-        assert tables.balance(account["account_id"]) < min(int(r["hold_micros"]) for r in records)
+        assert tables.balance(account["account_id"]) < 0
+        assert sum(r.get("overrun") == "true" for r in records) == 1
+        mine = [c for c in poor_calls if c.account_id == account["account_id"]]
+        assert [c.status for c in mine[:4]] == [200] * 4 and all(c.status == 402 for c in mine[4:]), mine
+    assert sum(r.get("overrun") == "true" for r in all_records) == 2 * 8 + 4  # rich keys' two each, poor ones' one
 
     # ---------------------------------------------------------------- every upstream call accounted for
     tags = {c.tag: c for c in calls}

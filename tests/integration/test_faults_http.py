@@ -29,7 +29,9 @@ READ_TIMEOUT = 1.5
 
 
 
-GATEWAY_OPTIONS = {"read_timeout": str(READ_TIMEOUT)}  # for conftest's `dev` fixture
+DEADLINE = 2.0  # the proxy's deadline here: fake-slow-stream (8 chunks, 0.3 s apart) outlasts it
+GATEWAY_OPTIONS = {"read_timeout": str(READ_TIMEOUT),  # for conftest's `dev` fixture
+                   "ONYSOFT_PROXY_DEADLINE_SECONDS": str(DEADLINE)}
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +148,29 @@ def test_sse_stream_cut_midway_is_billed_for_what_was_delivered(dev, upstream, t
     assert before - tables.balance(account["account_id"]) == charge
     assert int(tables.key(key["key_id"])["spend_micros"]) == charge
 
+
+
+def test_a_stream_that_outlasts_the_proxys_deadline_is_ended_and_billed_for_what_was_delivered(dev, tables):
+    """Before issue 10, Lambda killed such a stream at its timeout before it settled, and the sweeper refunded
+    the whole hold: the platform paid the provider for nothing."""
+    account = new_account(dev, "partner_project", "5")
+    key = new_key(dev, account["account_id"])
+    body = {"model": "openai/fake-slow-stream", "stream": True,
+            "messages": [{"role": "user", "content": f"deadline {time.time_ns()}"}]}
+    deltas, events, started = [], [], time.monotonic()
+    with httpx.stream("POST", dev.base_url + "/v1/chat/completions", json=body, headers=auth(key["key"]),
+                      timeout=30) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+    elapsed = time.monotonic() - started
+    assert DEADLINE - 0.2 < elapsed < DEADLINE + 1.5, elapsed
+    assert "[DONE]" not in events and json.loads(events[-1])["error"]["code"] == "gateway_deadline"
+    for event in events[:-1]:
+        deltas += [c["delta"].get("content") or "" for c in json.loads(event)["choices"]]
+    assert 0 < len("".join(deltas).split()) < len(REPLY)
+    [record] = check_ledger(tables, account["account_id"])
+    assert record["status"] == "settled" and record["usage_estimated"] == "true"
+    assert int(record["completion_tokens"]) == max(len(deltas), (len("".join(deltas)) + 3) // 4)
+    assert 5_000_000 - tables.balance(account["account_id"]) == int(record["charge_micros"]) > 0

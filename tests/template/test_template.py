@@ -316,8 +316,11 @@ def test_function_policies_are_least_privilege(cfn):
     proxy = granted["ProxyFunctionRole"]
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
+    # The sweeper settles or releases in the same transaction as the proxy: the key's rate-limit and spend
+    # counters (RateLimits) move with the balance.
     assert granted["SweeperFunctionRole"] == {
-        "dynamodb:Query": {"UsageTable"}, "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable"},
+        "dynamodb:Query": {"UsageTable"},
+        "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable", "RateLimitsTable"},
     }
     # The dashboard: keys and accounts by id, create / update; every account (operator); usage and audit
     # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
@@ -503,3 +506,12 @@ def test_proxy_events_carry_the_authorizer_context(name, path, tpl):
         key_id="key_0123456789abcdef", key_type="user", account_id="acct_0123456789abcdef",
         currency="TRY", markup_bp=5000,
     )
+
+
+def test_the_proxys_deadline_comes_before_its_function_timeout(cfn):
+    """The proxy ends a long stream and settles it before Lambda would kill it (onysoft.forwarding)."""
+    from onysoft import forwarding
+
+    timeout = cfn["Resources"]["ProxyFunction"]["Properties"]["Timeout"]
+    assert timeout == forwarding.FUNCTION_TIMEOUT_SECONDS
+    assert 0 < forwarding.deadline_seconds() <= timeout - 10

@@ -18,6 +18,11 @@ def expected_charge(kind_markup_bp: int, currency: str, prompt: int, completion:
     return money.charge_micros(cost, kind_markup_bp, FX if currency == "TRY" else Decimal(1))
 
 
+def swept(released: int) -> dict[str, int]:
+    """What a sweeper run returns when it only released holds (none of these requests was sent upstream)."""
+    return {"settled": 0, "released": released, "already_closed": 0, "close_failures": 0}
+
+
 def records(account_id: str) -> list[UsageRecord]:
     return list(UsageRecord.query(account_id))
 
@@ -152,14 +157,18 @@ def test_json_python_can_not_send_on_is_a_400(gateway, raw):
 
 
 @pytest.mark.parametrize("n", ["x", [2], None, 0, -3])
-def test_shrunk_hold_with_a_nonsense_n_is_served_and_never_left_open(gateway, n):
+def test_shrunk_hold_with_a_nonsense_n_is_refused_before_the_hold_and_never_left_open(gateway, n):
     account, _, headers = new_key("partner_project", amount="0.01")  # the hold shrinks to the balance
     response = gateway.post("/v1/chat/completions", headers=headers,
                             json={"model": "mock/echo", "n": n, "messages": [{"role": "user", "content": "hi"}]})
-    assert response.status_code == 200, response.text
-    [usage_record] = records(account.account_id)
-    assert usage_record.status == "settled" and usage_record.hold_state is None
-    assert get_account(account.account_id).balance_micros == 10_000 - usage_record.charge_micros
+    if n is None:  # JSON null: as if absent
+        assert response.status_code == 200, response.text
+        [usage_record] = records(account.account_id)
+        assert usage_record.status == "settled" and usage_record.hold_state is None
+        assert get_account(account.account_id).balance_micros == 10_000 - usage_record.charge_micros
+    else:
+        assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+        assert records(account.account_id) == [] and get_account(account.account_id).balance_micros == 10_000
 
 
 def test_embeddings_are_billed_on_input_tokens(gateway):
@@ -171,11 +180,12 @@ def test_embeddings_are_billed_on_input_tokens(gateway):
     assert 100_000_000 - get_account(account.account_id).balance_micros == expected
 
 
-def test_sweeper_releases_a_stale_hold_exactly_once(gateway):
+def test_sweeper_releases_a_never_sent_stale_hold_exactly_once(gateway):
     from datetime import timedelta
 
     from onysoft import billing, clock, hold_sizing
-    from onysoft.sweeper import release_stale_holds
+    from onysoft.provider_usage import Usage
+    from onysoft.sweeper import close_stale_holds
 
     account, record, headers = new_key("user")
     price = catalog.get_model("mock/echo")
@@ -186,13 +196,13 @@ def test_sweeper_releases_a_stale_hold_exactly_once(gateway):
     hold = billing.place_hold(request_id="req_crashed", key_hash=record.key_hash, caller=caller, plan=plan,
                               factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
     assert get_account(account.account_id).balance_micros == 100_000_000 - plan.micros
-    assert release_stale_holds() == {"released": 0, "already_closed": 0}  # not stale yet
+    assert close_stale_holds() == swept(0)  # not stale yet
     later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
-    assert release_stale_holds(now_iso=later) == {"released": 1, "already_closed": 0}
+    assert close_stale_holds(now_iso=later) == swept(1)
     assert get_account(account.account_id).balance_micros == 100_000_000
-    assert release_stale_holds(now_iso=later) == {"released": 0, "already_closed": 0}
+    assert close_stale_holds(now_iso=later) == swept(0)
     with pytest.raises(billing.AlreadyClosed):  # a late settle cannot charge a released hold
-        billing.settle(hold, prompt_tokens=10, completion_tokens=10)
+        billing.settle(hold, Usage(10, 10))
     assert get_account(account.account_id).balance_micros == 100_000_000
     [usage_record] = records(account.account_id)
     assert usage_record.status == "failed" and usage_record.error_code == "stale_hold"
@@ -202,7 +212,7 @@ def test_open_holds_are_spread_over_shards_and_the_sweeper_finds_every_one(gatew
     from datetime import timedelta
 
     from onysoft import billing, clock, hold_sizing
-    from onysoft.sweeper import release_stale_holds
+    from onysoft.sweeper import close_stale_holds
 
     account, record, _ = new_key("partner_project")
     factors = hold_sizing.ChargeFactors(catalog.get_model("mock/echo"), 3000, 1, "")
@@ -216,8 +226,8 @@ def test_open_holds_are_spread_over_shards_and_the_sweeper_finds_every_one(gatew
     assert shards <= set(billing.open_shards()) and len(shards) > 8  # one hot index partition no more
     assert get_account(account.account_id).balance_micros == 100_000_000 - 40 * plan.micros
     later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
-    assert release_stale_holds(now_iso=later, limit=25) == {"released": 25, "already_closed": 0}
-    assert release_stale_holds(now_iso=later) == {"released": 15, "already_closed": 0}  # the rest, next run
+    assert close_stale_holds(now_iso=later, limit=25) == swept(25)
+    assert close_stale_holds(now_iso=later) == swept(15)  # the rest, next run
     assert get_account(account.account_id).balance_micros == 100_000_000
     assert {r.status for r in records(account.account_id)} == {"failed"}
 

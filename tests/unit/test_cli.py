@@ -475,3 +475,34 @@ def test_cli_actions_leave_audit_records_as_the_platform(cli_json, cli):
     assert json.loads(owner_log[2].details) == {"markup_pct": {"from": 30, "to": 40}}
     assert key["key"] not in json.dumps([r.details for r in owner_log])
     assert len(list(audit.iter_all(principals.parse("operator")))) == 5
+
+
+def test_sweep_closes_stale_holds_now(cli, cli_json):
+    from onysoft import billing, catalog, hold_sizing
+    from onysoft.api_keys import find_by_key_id
+    from onysoft.caller import CallerContext
+
+    account = cli_json("accounts", "create", "--kind", "partner_project")
+    cli_json("accounts", "topup", account["account_id"], "10")
+    key = find_by_key_id(cli_json("keys", "create", "--account", account["account_id"])["key_id"])
+    price = catalog.set_model("mock/echo", input_usd_per_mtok="1", output_usd_per_mtok="2")
+    factors = hold_sizing.ChargeFactors(price, 5000, Decimal(1), "")
+    caller = CallerContext(key_id=key.key_id, key_type=key.key_type, account_id=account["account_id"],
+                           currency="USD", markup_bp=5000)
+    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(100, 10))
+    for request_id in ("req_sent", "req_unsent"):
+        hold = billing.place_hold(request_id=request_id, key_hash=key.key_hash, caller=caller, plan=plan,
+                                  factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
+        if request_id == "req_sent":
+            billing.mark_sent(hold)
+    assert cli_json("sweep") == {"settled": 0, "released": 0, "already_closed": 0, "close_failures": 0,
+                                 "older_than_seconds": 1200}
+    assert cli_json("sweep", "--older-than", "15m")["older_than_seconds"] == 900
+    swept = cli_json("sweep", "--older-than", "0s")
+    assert (swept["settled"], swept["released"], swept["close_failures"]) == (1, 1, 0)
+    view = cli_json("accounts", "show", account["account_id"])
+    assert view["balance_micros"] == 10_000_000 - factors.charge_micros(100, 0)
+    code, out, _ = cli("sweep")  # without --json: a summary for people
+    assert code == 0 and "released" in out and "1200 s" in out
+    code, _, err = cli("sweep", "--older-than", "soon")
+    assert code == 2 and "--older-than" in err

@@ -6,6 +6,7 @@
     onysoft usage --account ID                        usage records, newest first
     onysoft catalog set|list                          models and their USD prices per million tokens
     onysoft fx set|show                               the USD→TRY rate
+    onysoft sweep [--older-than 15m]                  close stale holds now (what the scheduled sweeper does)
 
 Every command takes --state-dir (a local gateway's dev.env), or --endpoint-url/--region and the
 ONYSOFT_TABLE_* variables for AWS. With --json a command prints exactly one JSON object on stdout.
@@ -187,8 +188,16 @@ def usage_view(record) -> dict:
         "markup_pct": money.markup_pct(int(record.markup_bp)) if record.markup_bp is not None else None,
         "fx_rate": record.fx_rate,
         "fx_rate_at": record.fx_rate_at,
-        "usage_estimated": record.usage_estimated == "true",  # tokens estimated (a cut or abandoned stream)
-        "uncharged_micros": int(record.uncharged_micros or 0),
+        "usage_estimated": record.usage_estimated == "true",  # tokens estimated (cut stream, nonsense usage…)
+        "cached_tokens": int(record.cached_tokens or 0),
+        "cache_write_tokens": int(record.cache_write_tokens or 0),
+        "reasoning_tokens": int(record.reasoning_tokens or 0),
+        "cached_input_usd_per_mtok": record.cached_input_usd_per_mtok,
+        "cache_write_usd_per_mtok": record.cache_write_usd_per_mtok,
+        "overrun": record.overrun == "true",  # the provider reported more than the hold: charged in full
+        "overrun_micros": int(record.overrun_micros or 0),
+        "uncharged_micros": int(record.uncharged_micros or 0),  # records from before overruns were charged
+        "sent_at": record.sent_at,
         "error_code": record.error_code,
         "error_message": record.error_message,
         "created_at": record.created_at,
@@ -205,8 +214,15 @@ def model_view(price) -> dict:
         "output_usd_per_mtok": str(price.output_usd_per_mtok),
         "enabled": price.enabled,
         "max_output_tokens": price.max_output_tokens,
+        "cached_input_usd_per_mtok": _optional_str(price.cached_input_usd_per_mtok),
+        "cache_write_usd_per_mtok": _optional_str(price.cache_write_usd_per_mtok),
+        "tokens_per_image": price.tokens_per_image,
         "updated_at": price.created_at or None,
     }
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 # ---------------------------------------------------------------------------------------------- parsing values
@@ -506,19 +522,24 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_catalog_set(args: argparse.Namespace) -> int:
     from onysoft import catalog
 
-    if args.max_output_tokens is not None and args.max_output_tokens < 1:
-        raise UsageError("--max-output-tokens must be a positive number")
+    for flag, value in (("--max-output-tokens", args.max_output_tokens), ("--tokens-per-image", args.tokens_per_image)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive number")
     price = catalog.set_model(
         args.model, input_usd_per_mtok=args.input_usd_per_mtok, output_usd_per_mtok=args.output_usd_per_mtok,
         provider=args.provider, upstream_model=args.upstream_model, enabled=not args.disable,
-        max_output_tokens=args.max_output_tokens,
+        max_output_tokens=args.max_output_tokens, cached_input_usd_per_mtok=args.cached_input_usd_per_mtok,
+        cache_write_usd_per_mtok=args.cache_write_usd_per_mtok, tokens_per_image=args.tokens_per_image,
     )
     view = model_view(price)
     return _output(args, view, lambda: _fields([
         ("model", view["model"]), ("provider", view["provider"]), ("upstream_model", view["upstream_model"]),
         ("input", f"{view['input_usd_per_mtok']} USD / 1M tokens"),
         ("output", f"{view['output_usd_per_mtok']} USD / 1M tokens"),
+        ("cached input", f"{view['cached_input_usd_per_mtok'] or view['input_usd_per_mtok']} USD / 1M tokens"),
+        ("cache write", f"{view['cache_write_usd_per_mtok'] or view['input_usd_per_mtok']} USD / 1M tokens"),
         ("enabled", view["enabled"]), ("max_output_tokens", view["max_output_tokens"] or "default"),
+        ("tokens_per_image", view["tokens_per_image"] or "default"),
         ("updated_at", view["updated_at"]),
     ]))
 
@@ -556,6 +577,31 @@ def cmd_fx_show(args: argparse.Namespace) -> int:
     found = catalog.get_fx(pair)
     view = {"pair": pair, "rate": str(found[0]) if found else None, "updated_at": (found[1] or None) if found else None}
     return _output(args, view, lambda: _fx_human(view))
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+def parse_duration(text: str, flag: str) -> int:
+    """'90s', '15m', '2h', '1d' → seconds (bad input → UsageError)."""
+    match = _EXPIRES_IN.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"{flag} must be a duration like 90s, 15m, 2h or 1d; got {text!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from onysoft import sweeper
+
+    older_than = (sweeper.DEFAULT_OLDER_THAN_SECONDS if args.older_than is None
+                  else parse_duration(args.older_than, "--older-than"))
+    result = {**sweeper.close_stale_holds(older_than_seconds=older_than), "older_than_seconds": older_than}
+    return _output(args, result, lambda: _fields([
+        ("settled (sent upstream, billed on the prompt bound)", result["settled"]),
+        ("released (never sent upstream)", result["released"]), ("already closed", result["already_closed"]),
+        ("could not close (left for the next run)", result["close_failures"]),
+        ("older than", f"{older_than} s"),
+    ]))
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -677,9 +723,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-usd-per-mtok", required=True, metavar="Y")
     p.add_argument("--provider", metavar="P", help="default: MODEL's part before the /")
     p.add_argument("--upstream-model", metavar="M", help="default: MODEL's part after the /")
-    p.add_argument("--max-output-tokens", type=int, metavar="N", help="the output cap holds are sized for")
+    p.add_argument("--max-output-tokens", type=int, metavar="N",
+                   help="the most output a request holds and is sent upstream (default 16384)")
+    p.add_argument("--cached-input-usd-per-mtok", metavar="X", help="price of cached input (default: input price)")
+    p.add_argument("--cache-write-usd-per-mtok", metavar="X", help="price of cache writes (default: input price)")
+    p.add_argument("--tokens-per-image", type=int, metavar="N",
+                   help="prompt tokens one image, audio or file part may cost (default 4096)")
     p.add_argument("--disable", action="store_true", help="keep the entry but refuse requests for it")
     leaf(cat_sub, "list", cmd_catalog_list, "list the catalog's models (disabled ones too)")
+
+    # sweep
+    p = leaf(commands, "sweep", cmd_sweep, "close stale holds now, as the scheduled sweeper does: settle those "
+                                           "whose request was sent upstream, release the others")
+    p.add_argument("--older-than", metavar="DURATION", help="holds older than this, like 15m (default 20m)")
 
     # token (local gateway only)
     p = leaf(commands, "token", cmd_token, "print a dashboard token for a principal, signed by the local "

@@ -1,15 +1,19 @@
 """Hold and settle: the two DynamoDB transactions around every billed request.
 
 hold    — one TransactWriteItems before any upstream byte: the account's balance goes down by the hold
-          only if it covers it; the key must still be active, unexpired and the caller's; a pending
-          usage record is written (with an "open#<shard>" marker the stale-hold sweeper finds).
-settle  — one TransactWriteItems after the response: the balance gets back hold − charge; the usage
-          record becomes settled with every factor; the key's last_used_at, request count and spend move.
-release — the same shape for a failed call: the whole hold comes back, the record says why.
+          only if it covers it (and is above zero: an account in debt is refused); the key must still be
+          active, unexpired and the caller's; a pending usage record is written (with an "open#<shard>"
+          marker the stale-hold sweeper finds).
+sent    — when the request leaves for the upstream, the record says so (`sent_at`): the sweeper releases
+          only a hold whose request never left the gateway, and settles every other one.
+settle  — one TransactWriteItems after the response: the balance gets back hold − charge (negative when the
+          provider reported more than the hold: the overrun is a debt, charged in full); the usage record
+          becomes settled with every factor; the key's last_used_at, request count and spend move.
+release — the same shape for a call that cost nothing: the whole hold comes back, the record says why.
 
 settle and release are conditioned on the record still being pending, so each happens at most once:
 a retried settle, or a sweeper racing a late settle, can never charge or refund twice.
-Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit.
+Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit (balance may be < 0).
 """
 
 import random
@@ -19,13 +23,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from pynamodb.connection import Connection
-from pynamodb.exceptions import TransactWriteError
+from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from onysoft import clock, errors, money, rate_limits, spend_limits
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, ApiKey, UsageRecord
+from onysoft.provider_usage import Usage
 
 PENDING, SETTLED, FAILED = "pending", "settled", "failed"
 OPEN = "open"
@@ -130,6 +135,9 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         hold_output_tokens=plan.output_tokens, markup_bp=factors.markup_bp,
         input_usd_per_mtok=str(factors.price.input_usd_per_mtok),
         output_usd_per_mtok=str(factors.price.output_usd_per_mtok),
+        cached_input_usd_per_mtok=str(factors.price.cached_input_price),
+        cache_write_usd_per_mtok=str(factors.price.cache_write_price),
+        media_parts=plan.media_parts or None, tokens_per_image=plan.tokens_per_image or None,
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
         spend_period=period or None,
     )
@@ -137,7 +145,8 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         tx.update(
             Account(account_id=caller.account_id),
             actions=[Account.balance_micros.add(-plan.micros)],
-            condition=Account.balance_micros >= plan.micros,
+            # ≥ 1 µ even for a free hold: an account in debt (balance ≤ 0) is refused until a top-up.
+            condition=Account.balance_micros >= max(plan.micros, 1),
             return_values="ALL_OLD",
         )
         rate_limits.count_request(tx, caller, window)
@@ -201,6 +210,13 @@ def refusal_error(caller: CallerContext, needed_micros: int, refused: HoldRefuse
             "insufficient_quota", "key_spend_limit_reached",
         )
     have = f" (balance {money.format_micros(refused.balance_micros or 0)} {cur})"
+    if refused.balance_micros is not None and refused.balance_micros < 0:
+        return errors.GatewayError(
+            402,
+            f"Account {caller.account_id} is in debt{have}: an earlier request cost more than its hold. "
+            "Top up the account to above zero to continue.",
+            "insufficient_quota", "insufficient_balance",
+        )
     return errors.GatewayError(
         402,
         f"Insufficient balance on account {caller.account_id}{have}: {need}. "
@@ -217,33 +233,50 @@ class AlreadyClosed(Exception):
     """The hold was settled or released already (a retry, or the sweeper got there first)."""
 
 
-def settle(hold: Hold, *, prompt_tokens: int, completion_tokens: int, estimated: bool = False,
-           upstream_status: int | None = None) -> int:
-    """Charge exactly; give back the rest of the hold. Returns the charge in micro-units.
+def mark_sent(hold: Hold) -> None:
+    """Record that the request is leaving for the upstream: from now on the call is never free. Only while
+    the hold is pending (a settle or release that got there first is not undone)."""
+    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    try:
+        record.update(actions=[UsageRecord.sent_at.set(clock.now_iso())], condition=_still_pending())
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
 
-    A charge above the hold (only possible when the client set no output limit and the answer outran the
-    model's output cap) is capped at the hold, the rest recorded as uncharged: balances never go negative.
+
+def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> int:
+    """Charge exactly what the usage costs; give back the rest of the hold. Returns the charge in micro-units.
+
+    A charge above the hold (the provider reported more than the gateway held for) is charged in full: the
+    balance goes down by the overrun too, below zero if need be, and the record says `overrun`.
     """
-    exact = hold.factors.charge_micros(prompt_tokens, completion_tokens)
-    charge = min(exact, hold.micros)
-    cost = hold.factors.provider_cost_usd(prompt_tokens, completion_tokens)
+    factors = hold.factors
+    charge = factors.charge_micros(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                   usage.cache_write_tokens)
+    cost = factors.provider_cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                     usage.cache_write_tokens)
     now = clock.now_iso()
     record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
     record_actions = [
         UsageRecord.status.set(SETTLED), UsageRecord.hold_state.remove(),
-        UsageRecord.charge_micros.set(charge), UsageRecord.prompt_tokens.set(prompt_tokens),
-        UsageRecord.completion_tokens.set(completion_tokens), UsageRecord.provider_cost_usd.set(str(cost)),
+        UsageRecord.charge_micros.set(charge), UsageRecord.prompt_tokens.set(usage.prompt_tokens),
+        UsageRecord.completion_tokens.set(usage.completion_tokens), UsageRecord.provider_cost_usd.set(str(cost)),
         UsageRecord.settled_at.set(now),
     ]
-    if estimated:
+    for attribute, count in ((UsageRecord.cached_tokens, usage.cached_tokens),
+                             (UsageRecord.cache_write_tokens, usage.cache_write_tokens),
+                             (UsageRecord.reasoning_tokens, usage.reasoning_tokens)):
+        if count:
+            record_actions.append(attribute.set(count))
+    if usage.estimated:
         record_actions.append(UsageRecord.usage_estimated.set("true"))
-    if exact > charge:
-        record_actions.append(UsageRecord.uncharged_micros.set(exact - charge))
+    if charge > hold.micros:
+        record_actions += [UsageRecord.overrun.set("true"), UsageRecord.overrun_micros.set(charge - hold.micros)]
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
            key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)],
-           tokens=prompt_tokens + completion_tokens)
+           tokens=usage.prompt_tokens + usage.completion_tokens)
     return charge
 
 
@@ -287,9 +320,13 @@ def hold_from_record(record: UsageRecord) -> Hold:
     """Rebuild a Hold from its pending record (the sweeper's view)."""
     from onysoft.catalog import ModelPrice
 
+    def price_or_none(text: str | None) -> Decimal | None:
+        return Decimal(text) if text else None
+
     price = ModelPrice(record.model or "", record.provider or "", record.upstream_model or "",
                        Decimal(record.input_usd_per_mtok or "0"), Decimal(record.output_usd_per_mtok or "0"),
-                       True, "")
+                       True, "", cached_input_usd_per_mtok=price_or_none(record.cached_input_usd_per_mtok),
+                       cache_write_usd_per_mtok=price_or_none(record.cache_write_usd_per_mtok))
     factors = ChargeFactors(price, int(record.markup_bp or 0), Decimal(record.fx_rate or "1"), record.fx_rate_at or "")
     plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
                     int(record.hold_micros or 0))

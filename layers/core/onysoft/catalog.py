@@ -23,7 +23,18 @@ class ModelPrice:
     output_usd_per_mtok: Decimal
     enabled: bool
     created_at: str
-    max_output_tokens: int | None = None
+    max_output_tokens: int | None = None  # the most output a hold covers and the gateway sends upstream
+    cached_input_usd_per_mtok: Decimal | None = None  # None: cached input is priced as input
+    cache_write_usd_per_mtok: Decimal | None = None  # None: cache writes are priced as input
+    tokens_per_image: int | None = None  # the prompt bound of one image, audio or file part
+
+    @property
+    def cached_input_price(self) -> Decimal:
+        return self.input_usd_per_mtok if self.cached_input_usd_per_mtok is None else self.cached_input_usd_per_mtok
+
+    @property
+    def cache_write_price(self) -> Decimal:
+        return self.input_usd_per_mtok if self.cache_write_usd_per_mtok is None else self.cache_write_usd_per_mtok
 
 
 def _decimal(text: str, what: str) -> Decimal:
@@ -45,7 +56,11 @@ def split_model_name(model: str) -> tuple[str, str]:
 
 def set_model(model: str, *, input_usd_per_mtok: str, output_usd_per_mtok: str,
               provider: str | None = None, upstream_model: str | None = None, enabled: bool = True,
-              max_output_tokens: int | None = None) -> ModelPrice:
+              max_output_tokens: int | None = None, cached_input_usd_per_mtok: str | None = None,
+              cache_write_usd_per_mtok: str | None = None, tokens_per_image: int | None = None) -> ModelPrice:
+    for what, count in (("max output tokens", max_output_tokens), ("tokens per image", tokens_per_image)):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise CatalogError(f"{what} must be a positive whole number, got {count!r}")
     default_provider, default_upstream = split_model_name(model)
     entry = CatalogEntry(
         kind=MODEL, id=model, provider=provider or default_provider,
@@ -53,7 +68,11 @@ def set_model(model: str, *, input_usd_per_mtok: str, output_usd_per_mtok: str,
         input_usd_per_mtok=str(_decimal(input_usd_per_mtok, "input price")),
         output_usd_per_mtok=str(_decimal(output_usd_per_mtok, "output price")),
         enabled="true" if enabled else "false", updated_at=clock.now_iso(),
-        max_output_tokens=max_output_tokens,
+        max_output_tokens=max_output_tokens, tokens_per_image=tokens_per_image,
+        cached_input_usd_per_mtok=None if cached_input_usd_per_mtok is None
+        else str(_decimal(cached_input_usd_per_mtok, "cached input price")),
+        cache_write_usd_per_mtok=None if cache_write_usd_per_mtok is None
+        else str(_decimal(cache_write_usd_per_mtok, "cache write price")),
     )
     entry.save()
     return _to_price(entry)
@@ -65,7 +84,14 @@ def _to_price(entry: CatalogEntry) -> ModelPrice:
         input_usd_per_mtok=Decimal(entry.input_usd_per_mtok), output_usd_per_mtok=Decimal(entry.output_usd_per_mtok),
         enabled=entry.enabled == "true", created_at=entry.updated_at or "",
         max_output_tokens=int(entry.max_output_tokens) if entry.max_output_tokens else None,
+        cached_input_usd_per_mtok=_optional_decimal(entry.cached_input_usd_per_mtok),
+        cache_write_usd_per_mtok=_optional_decimal(entry.cache_write_usd_per_mtok),
+        tokens_per_image=int(entry.tokens_per_image) if entry.tokens_per_image else None,
     )
+
+
+def _optional_decimal(text: str | None) -> Decimal | None:
+    return Decimal(text) if text else None
 
 
 def list_models(*, enabled_only: bool = True) -> list[ModelPrice]:

@@ -1,14 +1,21 @@
 """POST /v1/chat/completions and /v1/embeddings: validate, hold, forward, settle.
 
 The body goes upstream as the client sent it, but for the model name (the provider's), the stream usage
-option (always asked for, so a stream is always billed) and, when the hold had to shrink to the balance,
-an output cap. The client's key never goes upstream.
+option (always asked for, so a stream is always billed) and the output limit, which belongs to the gateway:
+exactly one, in the provider's field, equal to the held output per answer (hold_sizing). The client's key
+never goes upstream.
+
+A call that reached the upstream is never free: a deadline before the function's timeout ends a long stream
+and settles what was delivered; a settle that fails is retried and, failing still, left pending for the
+sweeper to settle (never released).
 """
 
 import asyncio
 import json
 import logging
 import math
+import os
+import time
 import uuid
 from decimal import Decimal
 
@@ -18,16 +25,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from onysoft import billing, errors, rate_limits, sse, upstream
+from onysoft import billing, errors, hold_sizing, provider_usage, rate_limits, sse, upstream
 from onysoft.caller import CallerContext
 from onysoft.catalog import CatalogCache, ModelPrice
-from onysoft.hold_sizing import ChargeFactors, HoldPlan, choices, plan_hold, shrink_to_balance
+from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
+from onysoft.provider_usage import Usage
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
 
 logger = logging.getLogger("onysoft.forwarding")
 REQUEST_ID_HEADER = "x-onysoft-request-id"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
 catalog_cache = CatalogCache()
+FUNCTION_TIMEOUT_SECONDS = 900  # template.yaml's ProxyFunction Timeout (a template test keeps them equal)
+DEADLINE_MARGIN_SECONDS = 30  # time to settle and answer before Lambda would end the invocation
+SETTLE_ATTEMPTS = 5
+
+
+def deadline_seconds() -> float:
+    """How long one request may last in the proxy: ONYSOFT_PROXY_DEADLINE_SECONDS, or the function's timeout
+    minus a margin."""
+    configured = os.environ.get("ONYSOFT_PROXY_DEADLINE_SECONDS")
+    return float(configured) if configured else float(FUNCTION_TIMEOUT_SECONDS - DEADLINE_MARGIN_SECONDS)
 
 
 def _finite_float(text: str) -> float:
@@ -106,7 +124,7 @@ def _hold(request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan,
         return billing.place_hold(plan=plan, **common)
     except billing.HoldRefused as refused:
         affordable = refused.affordable_micros
-        smaller = shrink_to_balance(plan, affordable, body, factors) if affordable is not None else None
+        smaller = shrink_to_balance(plan, affordable, factors) if affordable is not None else None
         if smaller is None:
             raise billing.refusal_error(caller, plan.micros, refused) from None
         try:
@@ -121,8 +139,10 @@ def _upstream_body(body: dict, endpoint: str, price: ModelPrice, provider: Provi
     if endpoint == "chat.completions":
         if outgoing.get("stream"):
             outgoing["stream_options"] = {**(outgoing.get("stream_options") or {}), "include_usage": True}
-        if hold.plan.shrunk:  # the balance only covers this many output tokens
-            outgoing[provider.output_limit_field] = hold.plan.output_tokens // choices(body)
+        # One output limit, the provider's field, what was held: the provider cannot produce more than that.
+        for field in hold_sizing.OUTPUT_LIMIT_FIELDS:
+            outgoing.pop(field, None)
+        outgoing[provider.output_limit_field] = hold.plan.output_limit
     return json.dumps(outgoing).encode()
 
 
@@ -139,8 +159,10 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
 
 
 async def _forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
+    started = time.monotonic()
     raw = await request.body()
     body = _parse_body(raw, endpoint)
+    hold_sizing.validate(endpoint, body)
     factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
     provider, provider_key = await run_in_threadpool(_provider_and_key, factors.price)
     plan = plan_hold(endpoint, body, len(raw), factors)
@@ -160,14 +182,19 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
         await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
         raise
+    # Recorded while the request goes out (not one more round trip before it): from now on, never free.
+    sent = asyncio.ensure_future(run_in_threadpool(_mark_sent, hold))
+    await asyncio.sleep(0)
     try:
         response = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
         error = upstream.error_from_exception(provider, exc)
+        await sent
         await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
                                 message=str(exc) or error.message)
         error.headers.update(_headers(hold, caller, window, await counted))
         raise error from None
+    await sent
     headers = _headers(hold, caller, window, await counted)
     if response.status_code != 200:
         content = await response.aread()
@@ -184,9 +211,45 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             await response.aclose()
             raise await _malformed(provider, hold, headers)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_relay_stream(response, hold, wants_usage, len(raw)), media_type="text/event-stream",
+        deadline_at = started + deadline_seconds()
+        return StreamingResponse(_relay_stream(response, hold, wants_usage, len(raw), deadline_at),
+                                 media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
-    return await _relay_whole(response, provider, hold, headers, len(raw))
+    return await _relay_whole(response, provider, hold, headers, len(raw), started + deadline_seconds())
+
+
+def _mark_sent(hold: billing.Hold) -> None:
+    try:
+        billing.mark_sent(hold)
+    except Exception:  # the answer still goes out and is settled; only the sweeper's view of a crash is lost
+        logger.exception("could not record that the request was sent", extra={"request_id": hold.request_id})
+
+
+def settle(hold: billing.Hold, usage: Usage, upstream_status: int | None = 200) -> None:
+    """Settle, retrying any failure with backoff. Never turned into a release: if every attempt fails, the
+    hold stays pending (its request marked sent) and the sweeper settles it on its prompt bound."""
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            billing.settle(hold, usage, upstream_status=upstream_status)
+            return
+        except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
+            logger.warning("hold already closed", extra={"request_id": hold.request_id})
+            return
+        except Exception:
+            logger.exception("settle failed", extra={"request_id": hold.request_id, "attempt": attempt + 1})
+            if attempt + 1 < SETTLE_ATTEMPTS:
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
+    logger.error("settle failed on every attempt: left for the sweeper", extra={"request_id": hold.request_id})
+
+
+def _media_tokens(hold: billing.Hold) -> int:
+    return hold.plan.media_parts * hold.plan.tokens_per_image
+
+
+def deadline_error(provider: Provider) -> errors.GatewayError:
+    return errors.GatewayError(
+        504, f"The request reached the gateway's time limit ({deadline_seconds():g} s) before the {provider.name} "
+             "provider finished; what was delivered is billed.", "server_error", "gateway_deadline")
 
 
 async def _window_usage(caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage | None:
@@ -205,9 +268,16 @@ def _headers(hold: billing.Hold, caller: CallerContext, window: rate_limits.Wind
 
 
 async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, headers: dict,
-                       body_size: int) -> Response:
+                       body_size: int, deadline_at: float) -> Response:
     try:
-        content = await response.aread()
+        content = await asyncio.wait_for(response.aread(), max(deadline_at - time.monotonic(), 0.001))
+    except TimeoutError:
+        await response.aclose()
+        usage = provider_usage.estimate(body_size, _media_tokens(hold), 0)
+        await run_in_threadpool(settle, hold, usage, None)
+        error = deadline_error(provider)
+        error.headers.update(headers)
+        raise error from None
     except httpx.HTTPError as exc:
         error = upstream.error_from_exception(provider, exc)
         await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=error.message)
@@ -222,13 +292,9 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     if not isinstance(payload, dict):
         # A 200 that is not a JSON object is no answer: the client gets 502 and pays nothing.
         raise await _malformed(provider, hold, headers)
-    prompt, completion, estimated = _usage_of(payload, body_size)
+    usage = _usage_of(payload, body_size, hold)
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
-    try:
-        await run_in_threadpool(billing.settle, hold, prompt_tokens=prompt, completion_tokens=completion,
-                                estimated=estimated, upstream_status=response.status_code)
-    except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
-        logger.warning("hold already closed", extra={"request_id": hold.request_id})
+    await run_in_threadpool(settle, hold, usage, response.status_code)
     return Response(content, status_code=200, media_type="application/json", headers=headers)
 
 
@@ -241,28 +307,41 @@ async def _malformed(provider: Provider, hold: billing.Hold, headers: dict) -> e
     return error
 
 
-def _usage_of(payload: dict, body_size: int) -> tuple[int, int, bool]:
-    """(prompt, completion, estimated): the provider's usage, or an estimate (~4 characters a token) when it
-    sent none, so an answer is never free and never charged beyond what it holds."""
-    usage = payload.get("usage")
-    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-        completion = usage.get("completion_tokens")
-        return usage["prompt_tokens"], completion if isinstance(completion, int) else 0, False
+def _usage_of(payload: dict, body_size: int, hold: billing.Hold) -> Usage:
+    """The provider's usage, or an estimate (~4 characters a token) when it sent none or nonsense: an answer
+    is never free, and never billed on numbers that cannot be trusted."""
+    reported = provider_usage.read(payload.get("usage"), output_expected=hold.plan.output_tokens > 0,
+                                   request_id=hold.request_id)
+    if reported is not None:
+        return reported
     chars = 0
     for choice in payload.get("choices") or []:
         message = choice.get("message") if isinstance(choice, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         chars += len(content) if isinstance(content, str) else 0
-    return (body_size + 3) // 4, (chars + 3) // 4, True
+    return provider_usage.estimate(body_size, _media_tokens(hold), (chars + 3) // 4)
 
 
-async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usage: bool, body_size: int):
+async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usage: bool, body_size: int,
+                        deadline_at: float):
     tally = sse.StreamTally()
     buffer = b""
     held_back: list[bytes] = []  # the final [DONE]: sent only after the settle
-    complete = False
+    complete = timed_out = False
+    chunks = response.aiter_raw()
     try:
-        async for raw in response.aiter_raw():
+        while True:
+            remaining = deadline_at - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                raw = await asyncio.wait_for(chunks.__anext__(), remaining)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                timed_out = True
+                logger.warning("stream reached the proxy's deadline", extra={"request_id": hold.request_id})
+                break
             events, buffer = sse.split_events(buffer + raw)
             out = []
             for event in events:
@@ -274,25 +353,24 @@ async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usag
                 out.append(event)
             if out:
                 yield b"".join(out)
-        complete = tally.done or tally.usage is not None
+        complete = not timed_out and (tally.done or tally.usage is not None)
     except httpx.HTTPError:
         logger.warning("upstream stream cut", extra={"request_id": hold.request_id})
     finally:
         with anyio.CancelScope(shield=True):  # a client that went away must not stop the billing
             await response.aclose()
             await run_in_threadpool(_settle_stream, hold, tally, complete, body_size)
-    if held_back:
+    if timed_out:
+        error = {"error": {"message": f"The stream reached the gateway's time limit ({deadline_seconds():g} s) "
+                                      "and was ended; what was delivered is billed.",
+                           "type": "server_error", "code": "gateway_deadline", "param": None}}
+        yield f"data: {json.dumps(error)}\n\n".encode()
+    elif held_back:
         yield b"".join(held_back)
 
 
 def _settle_stream(hold: billing.Hold, tally: sse.StreamTally, complete: bool, body_size: int) -> None:
-    try:
-        if complete and tally.usage is not None:
-            billing.settle(hold, prompt_tokens=int(tally.usage.get("prompt_tokens", 0)),
-                           completion_tokens=int(tally.usage.get("completion_tokens", 0)), upstream_status=200)
-        else:
-            # Cut or abandoned: the prompt and what was delivered so far, estimated and marked so.
-            billing.settle(hold, prompt_tokens=(body_size + 3) // 4,
-                           completion_tokens=tally.estimated_completion_tokens(), estimated=True, upstream_status=200)
-    except billing.AlreadyClosed:
-        logger.warning("hold already closed", extra={"request_id": hold.request_id})
+    reported = provider_usage.read(tally.usage, request_id=hold.request_id) if complete else None
+    # Cut, abandoned, past the deadline, or nonsense usage: the prompt and what was delivered, estimated.
+    usage = reported or provider_usage.estimate(body_size, _media_tokens(hold), tally.estimated_completion_tokens())
+    settle(hold, usage, 200)

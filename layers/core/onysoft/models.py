@@ -160,7 +160,17 @@ class UsageRecord(GatewayModel):
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
     spend_period = UnicodeAttribute(null=True)  # the key's spend-limit period the hold counts against
     charge_micros = NumberAttribute(default=0)
-    uncharged_micros = NumberAttribute(null=True)  # usage beyond the hold, absorbed by the platform
+    uncharged_micros = NumberAttribute(null=True)  # records from before overruns became debts (issue 10)
+    overrun = UnicodeAttribute(null=True)  # "true": the provider reported more than the hold; charged in full
+    overrun_micros = NumberAttribute(null=True)  # charge − hold, a debt the balance carries
+    sent_at = UnicodeAttribute(null=True)  # when the request left for the upstream (absent: it never did)
+    cached_tokens = NumberAttribute(null=True)  # input tokens read from the provider's cache (in prompt_tokens)
+    cache_write_tokens = NumberAttribute(null=True)  # input tokens written to the cache (in prompt_tokens)
+    reasoning_tokens = NumberAttribute(null=True)  # output tokens spent reasoning (in completion_tokens)
+    cached_input_usd_per_mtok = UnicodeAttribute(null=True)
+    cache_write_usd_per_mtok = UnicodeAttribute(null=True)
+    tokens_per_image = NumberAttribute(null=True)  # the prompt bound of one media part, as held
+    media_parts = NumberAttribute(null=True)  # image, audio and file parts the prompt bound counted
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     # Every factor of the charge, so it can be recomputed (decimal strings, never floats).
@@ -206,7 +216,10 @@ class CatalogEntry(GatewayModel):
     output_usd_per_mtok = UnicodeAttribute(null=True)
     rate = UnicodeAttribute(null=True)
     enabled = UnicodeAttribute(null=True)  # "true" | "false"
-    max_output_tokens = NumberAttribute(null=True)  # the output cap a hold is sized for (default in billing)
+    max_output_tokens = NumberAttribute(null=True)  # the output cap a hold is sized for (default in hold_sizing)
+    cached_input_usd_per_mtok = UnicodeAttribute(null=True)  # absent: cached input at the input price
+    cache_write_usd_per_mtok = UnicodeAttribute(null=True)  # absent: cache writes at the input price
+    tokens_per_image = NumberAttribute(null=True)  # prompt bound per image/audio/file part (default in hold_sizing)
     updated_at = UnicodeAttribute(null=True)
 
 

@@ -1,33 +1,53 @@
-"""Release holds left open by invocations that died before settling.
+"""Close holds left open by invocations that died before settling (the scheduled sweeper, `onysoft sweep`).
 
 A hold older than the longest possible request (the proxy's 15-minute timeout plus a margin) cannot be
-settled any more by its own invocation. Release is conditioned on the record still being pending, so a
-hold is released at most once, and never after a late settle. Open holds are spread over the index's
-`open#<n>` shards (billing.OPEN_SHARDS); each run reads them all.
+settled any more by its own invocation. A request that left for the upstream (`sent_at` on its record) was
+paid for by the platform: it is settled on its prompt bound, marked estimated — never released. Only a hold
+whose request never left the gateway is released. Each close is conditioned on the record still being
+pending, so it happens at most once, and never after a late settle. Open holds are spread over the index's
+`open#<n>` shards (billing.OPEN_SHARDS); each run reads them all. A record that cannot be closed is logged,
+counted (`close_failures`: the handler's SweeperCloseFailures metric) and left for the next run; the run goes on.
 """
 
 import itertools
+import logging
 from datetime import timedelta
 
 from onysoft import billing, clock
 from onysoft.models import UsageRecord
+from onysoft.provider_usage import Usage
 
+logger = logging.getLogger("onysoft.sweeper")
 MAX_REQUEST_SECONDS = 15 * 60
 MARGIN_SECONDS = 5 * 60
+DEFAULT_OLDER_THAN_SECONDS = MAX_REQUEST_SECONDS + MARGIN_SECONDS
 
 
-def release_stale_holds(now_iso: str | None = None, older_than_seconds: int = MAX_REQUEST_SECONDS + MARGIN_SECONDS,
-                        limit: int = 1000) -> dict[str, int]:
+def close_stale_holds(now_iso: str | None = None, older_than_seconds: int = DEFAULT_OLDER_THAN_SECONDS,
+                      limit: int = 1000) -> dict[str, int]:
     now = clock.parse_iso(now_iso) if now_iso else clock.utc_now()
     cutoff = clock.to_iso(now - timedelta(seconds=older_than_seconds))
-    released = already_closed = 0
+    counts = {"settled": 0, "released": 0, "already_closed": 0, "close_failures": 0}
     stale = (record for shard in billing.open_shards()
              for record in UsageRecord.open_holds.query(shard, UsageRecord.created_at < cutoff))
     for record in itertools.islice(stale, limit):  # the rest waits for the next run, 5 minutes later
         try:
-            billing.release(billing.hold_from_record(record), code="stale_hold",
-                            message="the invocation ended without settling; the hold was released")
-            released += 1
+            counts[_close(record)] += 1
         except billing.AlreadyClosed:
-            already_closed += 1
-    return {"released": released, "already_closed": already_closed}
+            counts["already_closed"] += 1
+        except Exception:  # one record must not stop the run (nor every later run)
+            counts["close_failures"] += 1
+            logger.exception("could not close the stale hold %s of %s; left for the next run", record.request_id,
+                             record.account_id, extra={"request_id": record.request_id,
+                                                       "account_id": record.account_id, "sk": record.sk})
+    return counts
+
+
+def _close(record: UsageRecord) -> str:
+    hold = billing.hold_from_record(record)
+    if record.sent_at:
+        # The provider was called and bills the platform: the prompt bound, no output (none was seen).
+        billing.settle(hold, Usage(hold.plan.prompt_tokens, 0, estimated=True))
+        return "settled"
+    billing.release(hold, code="stale_hold", message="the request never left the gateway; the hold was released")
+    return "released"

@@ -1,0 +1,514 @@
+"""Issue 10, money integrity: the hold bounds what the provider may produce, and every call is charged what it
+cost. In-process (moto mock_aws, single-threaded), the proxy app driven by Starlette's TestClient; the provider
+is a recording httpx transport (what the gateway sent; the usage it is told to report)."""
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from onysoft import billing, catalog, clock, forwarding, hold_sizing, money, upstream
+from onysoft.accounts import get_account, top_up
+from onysoft.models import UsageRecord
+from tests.unit.conftest import FX, new_key
+
+PRICE_IN, PRICE_OUT = Decimal("2"), Decimal("8")
+CACHED_IN, CACHE_WRITE = Decimal("0.5"), Decimal("2.5")
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """An OpenAI-compatible provider that records each body it gets and reports the usage it is given
+    (a dict, or a function of the body it received)."""
+
+    def __init__(self, usage=None, stream: bool = False, content: str = "fine"):
+        self.sent: list[dict] = []
+        self.usage = usage if usage is not None else {"prompt_tokens": 5, "completion_tokens": 3,
+                                                      "total_tokens": 8}
+        self.stream, self.content = stream, content
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(await request.aread())
+        self.sent.append(body)
+        usage = self.usage(body) if callable(self.usage) else self.usage
+        if request.url.path.endswith("/embeddings"):
+            return httpx.Response(200, json={"object": "list", "data": [{"object": "embedding", "index": 0,
+                                                                          "embedding": [0.1]}], "usage": usage})
+        if not self.stream:
+            return httpx.Response(200, json={"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": self.content}}],
+                "usage": usage})
+        chunks = [{"id": "x", "choices": [{"index": 0, "delta": {"content": self.content}}]},
+                  {"id": "x", "choices": [], "usage": usage}]
+        raw = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+        return httpx.Response(200, stream=_Chunks([raw]), headers={"content-type": "text/event-stream"})
+
+
+class _Chunks(httpx.AsyncByteStream):
+    def __init__(self, chunks: list[bytes]):
+        self.chunks = chunks
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+@pytest.fixture
+def provider(gateway, monkeypatch):
+    """`openai/gpt-test` (provider openai: output limit field max_completion_tokens) and `mock/test-max`
+    (field max_tokens), both answered by one Recorder."""
+    recorder = Recorder()
+    monkeypatch.setenv("ONYSOFT_PROVIDER_OPENAI_API_KEY", "sk-upstream")
+    monkeypatch.setattr(upstream, "client_for", lambda p: httpx.AsyncClient(transport=recorder))
+    catalog.set_model("openai/gpt-test", input_usd_per_mtok=str(PRICE_IN), output_usd_per_mtok=str(PRICE_OUT),
+                      max_output_tokens=1000, cached_input_usd_per_mtok=str(CACHED_IN),
+                      cache_write_usd_per_mtok=str(CACHE_WRITE), tokens_per_image=700)
+    catalog.set_model("mock/test-max", input_usd_per_mtok=str(PRICE_IN), output_usd_per_mtok=str(PRICE_OUT))
+    catalog.set_model("openai/embed-test", input_usd_per_mtok="0.02", output_usd_per_mtok="0")
+    forwarding.catalog_cache.invalidate()
+    return recorder
+
+
+def records(account_id: str) -> list[UsageRecord]:
+    return list(UsageRecord.query(account_id))
+
+
+def charge_of(prompt: int, completion: int, markup_bp: int = 5000, fx: Decimal = FX) -> int:
+    cost = money.usd_cost(prompt, PRICE_IN) + money.usd_cost(completion, PRICE_OUT)
+    return money.charge_micros(cost, markup_bp, fx)
+
+
+def chat(gateway, headers, **body):
+    return gateway.post("/v1/chat/completions", headers=headers, json={"messages": MESSAGES, **body})
+
+
+# ---------------------------------------------------------------------------------------------- 1. output limit
+
+
+def test_both_limits_with_different_values_are_a_400_before_any_hold(gateway, provider):
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model="openai/gpt-test", max_completion_tokens=1, max_tokens=32000)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "conflicting_output_limits"
+    assert provider.sent == [] and records(account.account_id) == []
+
+
+@pytest.mark.parametrize(("model", "field", "other"), [("openai/gpt-test", "max_completion_tokens", "max_tokens"),
+                                                        ("mock/test-max", "max_tokens", "max_completion_tokens")])
+@pytest.mark.parametrize("client_field", ["max_tokens", "max_completion_tokens"])
+def test_exactly_one_output_limit_goes_upstream_in_the_providers_field(gateway, provider, model, field, other,
+                                                                      client_field):
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model=model, **{client_field: 40})
+    assert response.status_code == 200, response.text
+    [sent] = provider.sent
+    assert sent[field] == 40 and other not in sent
+    [record] = records(account.account_id)
+    assert record.hold_output_tokens == 40
+
+
+def test_same_value_in_both_fields_is_one_limit(gateway, provider):
+    _, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=7, max_completion_tokens=7).status_code == 200
+    assert provider.sent[0]["max_completion_tokens"] == 7 and "max_tokens" not in provider.sent[0]
+
+
+def test_no_client_limit_holds_and_sends_the_models_cap(gateway, provider):
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test").status_code == 200
+    assert provider.sent[0]["max_completion_tokens"] == 1000
+    assert records(account.account_id)[0].hold_output_tokens == 1000
+
+
+def test_no_client_limit_and_no_catalog_cap_sends_the_default(gateway, provider):
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="mock/test-max").status_code == 200
+    assert provider.sent[0]["max_tokens"] == hold_sizing.DEFAULT_MAX_OUTPUT_TOKENS == 16_384
+    assert records(account.account_id)[0].hold_output_tokens == 16_384
+
+
+def test_a_client_limit_above_the_cap_is_lowered_to_the_cap(gateway, provider):
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=50_000).status_code == 200
+    assert provider.sent[0]["max_completion_tokens"] == 1000
+    assert records(account.account_id)[0].hold_output_tokens == 1000
+
+
+def test_n_answers_hold_n_times_the_limit_sent(gateway, provider):
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=30, n=3).status_code == 200
+    assert provider.sent[0]["max_completion_tokens"] == 30 and provider.sent[0]["n"] == 3
+    assert records(account.account_id)[0].hold_output_tokens == 90
+
+
+# ---------------------------------------------------------------------------------------------- 2. validation
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_tokens", 1.5), ("max_tokens", "9"), ("max_tokens", -3), ("max_tokens", 0), ("max_tokens", True),
+    ("max_tokens", 10 ** 40), ("max_completion_tokens", [5]), ("max_completion_tokens", 2.0),
+    ("n", 0), ("n", 2.5), ("n", "2"), ("n", -1), ("n", 129), ("n", False), ("n", {"x": 1}),
+])
+def test_billing_numbers_that_are_not_whole_numbers_in_range_are_a_400_before_any_hold(gateway, provider, field,
+                                                                                      value):
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model="openai/gpt-test", **{field: value})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and error["code"] == "invalid_value"
+    assert provider.sent == [] and records(account.account_id) == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("service_tier", "priority"), ("service_tier", "flex"), ("service_tier", "scale"), ("service_tier", 3),
+    ("web_search_options", {}), ("prediction", {"type": "content", "content": "x"}),
+    ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
+    ("plugins", [{"id": "web"}]), ("models", ["openai/gpt-4o", "openai/o1"]),
+])
+def test_fields_that_change_the_providers_price_are_refused(gateway, provider, field, value):
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model="openai/gpt-test", **{field: value})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == field
+    assert response.json()["error"]["code"] == "unpriced_option"
+    assert provider.sent == [] and records(account.account_id) == []
+
+
+@pytest.mark.parametrize("tier", ["auto", "default", None])
+def test_standard_service_tiers_pass(gateway, provider, tier):
+    _, _, headers = new_key("user")
+    response = chat(gateway, headers, model="openai/gpt-test", service_tier=tier, modalities=["text"])
+    assert response.status_code == 200, response.text
+
+
+# ---------------------------------------------------------------------------------------------- 3. parts
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+FILE = {"type": "file", "file": {"file_id": "file-abc"}}
+
+
+def test_each_image_audio_and_file_part_adds_the_models_catalog_bound(gateway, provider):
+    account, _, headers = new_key("user")
+    body = {"model": "openai/gpt-test", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "what is this"}, IMAGE, AUDIO, FILE]}]}
+    raw = json.dumps(body).encode()
+    response = gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"},
+                            content=raw)
+    assert response.status_code == 200, response.text
+    [record] = records(account.account_id)
+    assert record.hold_prompt_tokens == len(raw) + 3 * 700
+
+
+def test_a_model_without_a_bound_uses_the_default_per_part(gateway, provider):
+    account, _, headers = new_key("user")
+    body = {"model": "mock/test-max", "max_tokens": 10, "messages": [{"role": "user", "content": [IMAGE, IMAGE]}]}
+    raw = json.dumps(body).encode()
+    gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"}, content=raw)
+    [record] = records(account.account_id)
+    assert record.hold_prompt_tokens == len(raw) + 2 * hold_sizing.DEFAULT_TOKENS_PER_IMAGE
+
+
+def test_parts_the_balance_cannot_cover_get_402_and_never_reach_the_upstream(gateway, provider):
+    # Text alone: ~200 tokens + 10 output ≈ 0.04 TRY. Forty images at 700 tokens: ≈ 3.5 TRY. The balance: 1 TRY.
+    account, _, headers = new_key("user", amount="1")
+    response = chat(gateway, headers, model="openai/gpt-test", max_tokens=10,
+                    messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}] + [IMAGE] * 40}])
+    assert response.status_code == 402, response.text
+    assert provider.sent == [] and records(account.account_id) == []
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200  # text alone fits
+
+
+# ---------------------------------------------------------------------------------------------- 4. exact pricing
+
+
+def test_cached_input_cache_writes_and_reasoning_are_priced_as_the_catalog_says(gateway, provider):
+    provider.usage = {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300,
+                      "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 100},
+                      "completion_tokens_details": {"reasoning_tokens": 200}}
+    account, _, headers = new_key("partner_project")  # USD, markup 50%
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=500).status_code == 200
+    [record] = records(account.account_id)
+    cost = (money.usd_cost(300, PRICE_IN) + money.usd_cost(600, CACHED_IN) + money.usd_cost(100, CACHE_WRITE)
+            + money.usd_cost(300, PRICE_OUT))
+    assert record.charge_micros == money.charge_micros(cost, 5000, Decimal(1))
+    assert (record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens) == (600, 100, 200)
+    assert (record.cached_input_usd_per_mtok, record.cache_write_usd_per_mtok) == (str(CACHED_IN), str(CACHE_WRITE))
+    assert record.provider_cost_usd == str(cost) and record.usage_estimated is None
+
+
+def test_anthropic_cache_reads_and_writes_are_added_to_the_input(gateway, provider):
+    # Anthropic's native usage: input_tokens excludes the cache reads and writes, reported beside it.
+    provider.usage = {"prompt_tokens": 50, "completion_tokens": 10, "cache_read_input_tokens": 400,
+                      "cache_creation_input_tokens": 80}
+    account, _, headers = new_key("partner_project")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=20).status_code == 200
+    [record] = records(account.account_id)
+    cost = (money.usd_cost(50, PRICE_IN) + money.usd_cost(400, CACHED_IN) + money.usd_cost(80, CACHE_WRITE)
+            + money.usd_cost(10, PRICE_OUT))
+    assert record.charge_micros == money.charge_micros(cost, 5000, Decimal(1))
+    assert (record.prompt_tokens, record.cached_tokens, record.cache_write_tokens) == (530, 400, 80)
+
+
+def test_reasoning_reported_beside_the_completion_is_billed_as_output(gateway, provider):
+    # Some providers leave reasoning out of completion_tokens; total_tokens then counts it.
+    provider.usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 415,
+                      "completion_tokens_details": {"reasoning_tokens": 400}}
+    account, _, headers = new_key("partner_project")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=500).status_code == 200
+    [record] = records(account.account_id)
+    assert record.completion_tokens == 405
+    assert record.charge_micros == charge_of(10, 405, fx=Decimal(1))
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": -1000, "completion_tokens": 3},
+    {"prompt_tokens": 5, "completion_tokens": -3},
+    {"prompt_tokens": 5.5, "completion_tokens": 3},
+    {"prompt_tokens": "5", "completion_tokens": 3},
+    {"prompt_tokens": 5, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 9}},
+    {"prompt_tokens": 10 ** 30, "completion_tokens": 3},
+], ids=["negative-prompt", "negative-completion", "float", "text", "cached-above-prompt", "absurd"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_that_makes_no_sense_is_billed_on_the_estimate_and_marked(gateway, provider, usage, stream):
+    provider.usage, provider.stream = usage, stream
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model="openai/gpt-test", max_tokens=20, stream=stream)
+    assert response.status_code == 200, response.text
+    [record] = records(account.account_id)
+    assert record.status == "settled" and record.usage_estimated == "true"
+    assert 0 < record.charge_micros <= record.hold_micros
+    assert get_account(account.account_id).balance_micros == 100_000_000 - record.charge_micros
+
+
+# ---------------------------------------------------------------------------------------------- 5. overrun = debt
+
+
+def test_usage_above_the_hold_is_charged_in_full_as_a_debt_and_refuses_until_a_top_up(gateway, provider):
+    provider.usage = {"prompt_tokens": 10, "completion_tokens": 4_000_000, "total_tokens": 4_000_010}
+    account, key, headers = new_key("user", amount="10", tpm=10**9)  # 4M tokens: not a rate-limit test
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    [record] = records(account.account_id)
+    charge = charge_of(10, 4_000_000)
+    assert record.charge_micros == charge > record.hold_micros
+    assert record.overrun == "true" and record.overrun_micros == charge - record.hold_micros
+    balance = get_account(account.account_id).balance_micros
+    assert balance == 10_000_000 - charge < 0
+    provider.usage = {"prompt_tokens": 5, "completion_tokens": 3}
+    refused = chat(gateway, headers, model="openai/gpt-test", max_tokens=10)
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "insufficient_balance"
+    assert money.format_micros(balance) in refused.json()["error"]["message"]
+    top_up(account.account_id, -balance)  # back to exactly zero: still refused
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 402
+    top_up(account.account_id, 1_000_000)
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    from onysoft.api_keys import find_by_key_id
+
+    assert find_by_key_id(key.key_id).spend_micros == sum(r.charge_micros for r in records(account.account_id))
+
+
+def test_embeddings_are_charged_what_the_provider_reports_even_above_the_hold(gateway, provider):
+    provider.usage = {"prompt_tokens": 1000, "total_tokens": 1000}
+    account, _, headers = new_key("partner_project")
+    response = gateway.post("/v1/embeddings", headers=headers, json={"model": "openai/embed-test", "input": "hello"})
+    assert response.status_code == 200, response.text
+    [record] = records(account.account_id)
+    expected = money.charge_micros(money.usd_cost(1000, Decimal("0.02")), 5000, Decimal(1))
+    assert record.charge_micros == expected > record.hold_micros and record.overrun == "true"
+    assert 100_000_000 - get_account(account.account_id).balance_micros == expected
+
+
+# ---------------------------------------------------------------------------------------------- 6. never free
+
+
+def test_a_stream_past_the_proxys_deadline_is_ended_and_billed_for_what_was_delivered(gateway, monkeypatch):
+    monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "0.35")
+    account, _, headers = new_key("user")
+    catalog.set_model("mock/slow-stream", input_usd_per_mtok="1", output_usd_per_mtok="2")
+    forwarding.catalog_cache.invalidate()
+    response = chat(gateway, headers, model="mock/slow-stream", stream=True,
+                    messages=[{"role": "user", "content": "one two three four five six seven eight nine ten"}])
+    assert response.status_code == 200
+    assert "[DONE]" not in response.text and "gateway_deadline" in response.text
+    [record] = records(account.account_id)
+    assert record.status == "settled" and record.usage_estimated == "true"
+    assert 0 < record.completion_tokens < 15
+    assert get_account(account.account_id).balance_micros == 100_000_000 - record.charge_micros
+
+
+def test_the_default_deadline_is_the_function_timeout_minus_a_margin(monkeypatch):
+    monkeypatch.delenv("ONYSOFT_PROXY_DEADLINE_SECONDS", raising=False)
+    assert forwarding.deadline_seconds() == forwarding.FUNCTION_TIMEOUT_SECONDS - forwarding.DEADLINE_MARGIN_SECONDS
+    monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "12.5")
+    assert forwarding.deadline_seconds() == 12.5
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_settle_that_fails_is_retried_and_never_released(gateway, provider, monkeypatch, stream):
+    provider.stream = stream
+    real = billing._transact
+    failures = {"left": 2}
+
+    def flaky(token, write):
+        if token.startswith("c") and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("DynamoDB had a bad moment")
+        return real(token, write)
+
+    monkeypatch.setattr(billing, "_transact", flaky)
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10, stream=stream).status_code == 200
+    [record] = records(account.account_id)
+    assert failures["left"] == 0
+    assert record.status == "settled" and record.charge_micros == charge_of(5, 3)
+
+
+def test_a_settle_that_keeps_failing_leaves_the_hold_for_the_sweeper_to_settle(gateway, provider, monkeypatch):
+    real = billing._transact
+
+    def broken(token, write):
+        if token.startswith("c"):
+            raise RuntimeError("DynamoDB is down")
+        return real(token, write)
+
+    monkeypatch.setattr(billing, "_transact", broken)
+    monkeypatch.setattr(forwarding, "SETTLE_ATTEMPTS", 2)
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    [record] = records(account.account_id)
+    assert record.status == "pending" and record.sent_at
+    monkeypatch.setattr(billing, "_transact", real)
+    from onysoft.sweeper import close_stale_holds
+
+    later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+    assert close_stale_holds(now_iso=later)["settled"] == 1
+    [record] = records(account.account_id)
+    assert record.status == "settled" and record.usage_estimated == "true"
+    assert record.charge_micros == charge_of(record.hold_prompt_tokens, 0) > 0
+
+
+def _stale_hold(account, key, request_id: str, sent: bool) -> billing.Hold:
+    from onysoft.caller import CallerContext
+
+    factors = hold_sizing.ChargeFactors(catalog.get_model("mock/echo"), 5000, FX, "")
+    caller = CallerContext(key_id=key.key_id, key_type="user", account_id=account.account_id, currency="TRY",
+                           markup_bp=5000)
+    plan = hold_sizing.HoldPlan(prompt_tokens=300, output_tokens=100, client_set_output_limit=True,
+                                micros=factors.charge_micros(300, 100))
+    hold = billing.place_hold(request_id=request_id, key_hash=key.key_hash, caller=caller, plan=plan,
+                              factors=factors, endpoint="chat.completions", stream=True, model="mock/echo")
+    if sent:
+        billing.mark_sent(hold)
+    return hold
+
+
+def test_the_sweeper_settles_a_sent_hold_on_its_prompt_bound_and_releases_only_an_unsent_one(gateway):
+    from onysoft.sweeper import close_stale_holds
+
+    account, key, _ = new_key("user")
+    _stale_hold(account, key, "req_sent", sent=True)
+    _stale_hold(account, key, "req_never_sent", sent=False)
+    later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+    result = close_stale_holds(now_iso=later)
+    assert (result["settled"], result["released"], result["close_failures"]) == (1, 1, 0)
+    by_id = {r.request_id: r for r in records(account.account_id)}
+    sent, unsent = by_id["req_sent"], by_id["req_never_sent"]
+    assert sent.status == "settled" and sent.usage_estimated == "true" and sent.error_code is None
+    assert (sent.prompt_tokens, sent.completion_tokens) == (300, 0)
+    expected = money.charge_micros(money.usd_cost(300, Decimal("1.25")), 5000, FX)
+    assert sent.charge_micros == expected
+    assert unsent.status == "failed" and unsent.error_code == "stale_hold" and unsent.charge_micros == 0
+    assert get_account(account.account_id).balance_micros == 100_000_000 - expected
+
+
+def test_the_sweeper_goes_on_past_a_record_it_cannot_close_and_counts_it(gateway, monkeypatch, caplog):
+    from onysoft import sweeper
+
+    account, key, _ = new_key("user")
+    for n in range(3):
+        _stale_hold(account, key, f"req_stuck_{n}", sent=True)
+    real = billing.settle
+
+    def settle(hold, *args, **kwargs):
+        if hold.request_id == "req_stuck_1":
+            raise RuntimeError("cannot write this one")
+        return real(hold, *args, **kwargs)
+
+    monkeypatch.setattr(billing, "settle", settle)
+    later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+    result = sweeper.close_stale_holds(now_iso=later)
+    assert (result["settled"], result["close_failures"]) == (2, 1)
+    assert "req_stuck_1" in caplog.text
+    assert {r.request_id: r.status for r in records(account.account_id)}["req_stuck_1"] == "pending"
+
+
+def test_the_sweeper_handler_counts_close_failures_in_a_metric(gateway, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from onysoft import sweeper
+
+    monkeypatch.setattr(sweeper, "close_stale_holds", lambda **kw: {
+        "settled": 1, "released": 0, "already_closed": 0, "close_failures": 2})
+    path = Path(__file__).resolve().parents[2] / "functions" / "sweeper" / "app.py"
+    spec = importlib.util.spec_from_file_location("sweeper_app", path)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+
+    class Context:
+        function_name, memory_limit_in_mb, aws_request_id = "sweeper", 128, "r-1"
+        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:sweeper"
+
+    capsys.readouterr()
+    assert app.handler({}, Context())["close_failures"] == 2
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [metrics] = [e for e in emitted if "SweeperCloseFailures" in e]
+    assert metrics["SweeperCloseFailures"] in (2, 2.0, [2.0])  # EMF: a value or a list of values
+    assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Onysoft"
+
+
+def test_the_sweepers_role_may_write_every_table_its_closes_write(gateway):
+    """Conformance: the tables a sweeper run's transactions touch (a key with a spend limit: its counter in
+    RateLimits moves too) are all in the SweeperFunction's UpdateItem statement in template.yaml."""
+    from onysoft import config
+    from onysoft.models import Account
+    from onysoft.sweeper import close_stale_holds
+    from onysoft_tools import template
+
+    account, key, _ = new_key("user", spend_limit_micros=50_000_000, limit_reset="daily")
+    key_hash = key.key_hash
+    from onysoft.caller import CallerContext
+
+    factors = hold_sizing.ChargeFactors(catalog.get_model("mock/echo"), 5000, FX, "")
+    caller = CallerContext(key_id=key.key_id, key_type="user", account_id=account.account_id, currency="TRY",
+                           markup_bp=5000, spend_limit_micros=50_000_000, limit_reset="daily")
+    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(100, 10))
+    for request_id, sent in (("req_a", True), ("req_b", False)):
+        hold = billing.place_hold(request_id=request_id, key_hash=key_hash, caller=caller, plan=plan,
+                                  factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
+        if sent:
+            billing.mark_sent(hold)
+    written: set[str] = set()
+
+    def record_tables(params, **kwargs):
+        for item in params["TransactItems"]:
+            for operation in item.values():
+                written.add(operation["TableName"])
+
+    client = Account._get_connection().connection.client
+    client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", record_tables)
+    try:
+        later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
+        assert close_stale_holds(now_iso=later)["close_failures"] == 0
+    finally:
+        client.meta.events.unregister("before-parameter-build.dynamodb.TransactWriteItems", record_tables)
+    tpl = template.load_template()
+    table_of = {config.table_name(env): logical for logical, env in template.table_env(tpl).items()}
+    allowed = {resource["Fn::GetAtt"][0]
+               for statement in tpl["Resources"]["SweeperFunction"]["Properties"]["Policies"][0]["Statement"]
+               if "dynamodb:UpdateItem" in statement["Action"] for resource in statement["Resource"]}
+    assert {table_of[name] for name in written} == {"UsageTable", "AccountsTable", "ApiKeysTable", "RateLimitsTable"}
+    assert {table_of[name] for name in written} <= allowed
