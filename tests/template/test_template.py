@@ -316,8 +316,10 @@ def test_function_policies_are_least_privilege(cfn):
     proxy = granted["ProxyFunctionRole"]
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
+    assert proxy["dynamodb:GetItem"] == {"RateLimitsTable"}  # the x-ratelimit headers' counter read
     assert granted["SweeperFunctionRole"] == {
-        "dynamodb:Query": {"UsageTable"}, "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable"},
+        "dynamodb:Query": {"UsageTable"},
+        "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable", "RateLimitsTable"},
     }
     # The dashboard: keys and accounts by id, create / update; every account (operator); usage and audit
     # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
