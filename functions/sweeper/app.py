@@ -1,13 +1,11 @@
 """Scheduled: release holds that crashed invocations left open (onysoft.sweeper)."""
 
-from aws_lambda_powertools import Logger
-
+from onysoft import open_holds, telemetry
 from onysoft.sweeper import release_stale_holds
-
-logger = Logger()
 
 
 def handler(event: dict, context) -> dict:
     result = release_stale_holds()
-    logger.info("stale holds swept", extra=result)
+    # Then what is still open too long (the StaleHoldsAlarm), with the run's counts, as metrics and a log line.
+    telemetry.record_sweep(result, open_holds.count_older_than())
     return result

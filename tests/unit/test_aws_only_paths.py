@@ -2,6 +2,7 @@
 against the template's roles (tests/test_iam_conformance.py): the provider key read from Secrets Manager,
 and the scheduled sweeper."""
 
+import json
 from datetime import timedelta
 
 import httpx
@@ -47,7 +48,7 @@ class _InvocationKilled(BaseException):  # noqa: N818 - what a timeout or an out
     """Lambda ends the invocation: no except/finally in the proxy gets to settle or release."""
 
 
-def test_the_scheduled_sweeper_closes_a_hold_its_invocation_left_open(gateway, monkeypatch):
+def test_the_scheduled_sweeper_closes_a_hold_its_invocation_left_open(gateway, monkeypatch, capsys):
     from starlette.testclient import TestClient
 
     from onysoft import clock, proxy_app, upstream
@@ -67,10 +68,18 @@ def test_the_scheduled_sweeper_closes_a_hold_its_invocation_left_open(gateway, m
     [record] = UsageRecord.query(account.account_id)
     assert record.hold_state is not None and record.spend_period  # left open, counted against the limit
 
+    from onysoft import open_holds
+
     sweeper = load_function_module("sweeper")
+    assert open_holds.count_older_than() == 0  # just placed
     real_now = clock.utc_now
     monkeypatch.setattr(clock, "utc_now", lambda: real_now() + timedelta(hours=2))
+    assert open_holds.count_older_than() == 1  # what the stale-holds alarm would see without a sweep
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-sweeper")  # metrics are printed in Lambda only
+    capsys.readouterr()
     result = sweeper.handler({"source": "aws.scheduler"}, None)
     assert isinstance(result, dict)
     [record] = UsageRecord.query(account.account_id)
     assert record.hold_state is None and record.status != "pending"
+    [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert emf["StaleHoldsFound"] == [1] and emf["StaleHoldsSettled"] == [1] and emf["OpenHoldsOlderThan30Min"] == [0]

@@ -61,7 +61,7 @@ DEMO_OWNER = "demo"  # the org and partner id that own the demo project and part
 MOTO_LOG_FILE = "moto.log"
 STATE_FORMAT = "onysoft-dev-tables/1"
 SAVE_INTERVAL_SECONDS = 2.0
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+MAX_BODY_BYTES = 6 * 1024 * 1024  # what reaches a Lambda: its 6 MB request payload limit, not API Gateway's 10
 REQUEST_CONTEXT_HEADER = b"x-amzn-request-context"
 LAMBDA_CONTEXT_HEADER = b"x-amzn-lambda-context"
 REQUEST_ID_RESPONSE_HEADER = b"x-amzn-requestid"
@@ -620,7 +620,7 @@ class LocalApiGateway:
         return None, {}
 
     async def _read_body(self, request: _Request, receive) -> bytes | None:
-        """The whole request body (API Gateway buffers requests), or None when over 10 MB."""
+        """The whole request body (API Gateway buffers requests), or None when over MAX_BODY_BYTES."""
         length = request.header("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return None

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 import uuid
 from decimal import Decimal
 
@@ -18,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from onysoft import billing, errors, rate_limits, sse, upstream
+from onysoft import billing, errors, rate_limits, sse, telemetry, upstream
 from onysoft.caller import CallerContext
 from onysoft.catalog import CatalogCache, ModelPrice
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, choices, plan_hold, shrink_to_balance
@@ -26,7 +27,7 @@ from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provid
 
 logger = logging.getLogger("onysoft.forwarding")
 REQUEST_ID_HEADER = "x-onysoft-request-id"
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
+MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's request payload limit (API Gateway's own 10 MB never applies)
 catalog_cache = CatalogCache()
 
 
@@ -43,8 +44,8 @@ def _not_json_constant(name: str):
 
 def _parse_body(raw: bytes, endpoint: str) -> dict:
     if len(raw) > MAX_BODY_BYTES:
-        raise errors.GatewayError(413, "Request body is larger than 10 MB.", "invalid_request_error",
-                                  "request_too_large")
+        raise errors.GatewayError(413, "Request body is larger than 6 MB (Lambda's request payload limit).",
+                                  "invalid_request_error", "request_too_large")
     try:
         body = json.loads(raw, parse_float=_finite_float, parse_constant=_not_json_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is bad input too
@@ -141,6 +142,7 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
 async def _forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
     raw = await request.body()
     body = _parse_body(raw, endpoint)
+    telemetry.note(model=body.get("model"))
     factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
     provider, provider_key = await run_in_threadpool(_provider_and_key, factors.price)
     plan = plan_hold(endpoint, body, len(raw), factors)
@@ -160,6 +162,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
         await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
         raise
+    sent_at = time.monotonic()
     try:
         response = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
@@ -168,6 +171,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
                                 message=str(exc) or error.message)
         error.headers.update(_headers(hold, caller, window, await counted))
         raise error from None
+    telemetry.note(upstream_ms=int((time.monotonic() - sent_at) * 1000))
     headers = _headers(hold, caller, window, await counted)
     if response.status_code != 200:
         content = await response.aread()
