@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv dev test lint unit integration template-tests bench sam build deploy-dev clean
+.PHONY: venv dev test lint unit integration template-tests bench bench-memory sam build deploy-dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ template-tests: venv
 bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench.memory
+
+# Only the right-sizing section of docs/BENCHMARKS.md (memory and CPU per request, cost per MemorySize).
+bench-memory: venv
+	$(BIN)/python -m tools.bench.memory
 
 # `make build` on a fresh machine: the SAM CLI in its own venv (.tools/sam-venv, never .venv: its pins
 # clash with the project's), Python 3.13 found or installed (tools/build/find_python313.sh), every function
