@@ -301,8 +301,9 @@ def model(cpu_ms: float, init_cpu_ms: float, provider_s: float, memory_mb: int) 
 
 
 CHOICE = {  # function -> (MemorySize, why); template.yaml carries these
-    "proxy": (512, "the knee: half of 1024's cost for ~{added_512:.0f} ms more per request; 256 would "
-                   "add ~{added_256:.0f} ms and a ~{init_256:.1f} s cold start for {save_256:.0%} less"),
+    "proxy": (512, "the knee: about half of 1024's cost per provider-second for ~{more_512:.0f} ms more CPU time "
+                   "per request; 256 would add ~{more_256:.0f} ms more again and double the cold start "
+                   "(~{init_256:.1f} s) for {save_256:.0%} less"),
     "authorizer": (256, "two GetItems per call: its time is DynamoDB I/O, and it runs only on a cache miss; "
                         "256 keeps the cold start ~{auth_init_256:.1f} s (128: ~{auth_init_128:.1f} s); "
                         "peak RSS {auth_rss:.0f} MB"),
@@ -317,7 +318,8 @@ def choose(imports: dict, proxy: dict) -> dict:
     init = imports["proxy"]["cpu_ms"]
     cost = {mb: model(cpu, init, 1.0, mb)["usd_per_million"] for mb in SIZES_MB}
     facts = {
-        "added_512": cpu * stretch(512), "added_256": cpu * stretch(256), "init_256": init * stretch(256) / 1000,
+        "more_512": cpu * (stretch(512) - stretch(1024)), "more_256": cpu * (stretch(256) - stretch(512)),
+        "init_256": init * stretch(256) / 1000,
         "save_256": 1 - cost[256] / cost[512],
         "auth_init_256": imports["authorizer"]["cpu_ms"] * stretch(256) / 1000,
         "auth_init_128": imports["authorizer"]["cpu_ms"] * stretch(128) / 1000,
@@ -369,7 +371,8 @@ def render(m: dict) -> str:
         f"that; waiting does not. Billed duration = provider time + {DYNAMO_ROUND_TRIPS} DynamoDB round trips "
         f"× {DYNAMO_ROUND_TRIP_MS:.0f} ms (assumed in-region) + stretched CPU. Cost = GB-s × "
         f"${ARM64_GB_SECOND} (arm64) + $0.20 per million requests (Lambda only: API Gateway and DynamoDB cost "
-        "the same at any size, see the cost section). Cold start = the import's CPU, stretched.",
+        "the same at any size, see the cost section). Cold start = the import's CPU, stretched: an upper bound, "
+        "if INIT ran at the function's CPU share.",
         "",
         "| MemorySize | CPU share | proxy CPU per request | added latency | cold-start import | "
         + " | ".join(f"billed ({p:.0f} s provider) | $ per million ({p:.0f} s)" for p in PROVIDER_SECONDS) + " |",
@@ -433,9 +436,18 @@ def run(progress=print) -> dict:
     return measurements
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="right-size the Lambdas (docs/BENCHMARKS.md section)")
+    parser.add_argument("--from-json", metavar="FILE", help="re-render the section from an earlier run's raw figures")
+    args = parser.parse_args(argv)
     started = time.monotonic()
-    measurements = run()
+    if args.from_json:
+        measurements = json.loads(Path(args.from_json).read_text())
+        measurements["choice"] = choose(measurements["imports"], measurements["proxy"])
+    else:
+        measurements = run()
     out = ROOT / "docs" / "BENCHMARKS.md"
     write_section(render(measurements), out)
     raw = Path(tempfile.gettempdir()) / "onysoft-bench-memory.json"
