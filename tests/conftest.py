@@ -16,9 +16,12 @@ os.environ.pop("AWS_PROFILE", None)
 # or in an `onysoft dev` it starts is recorded here. Set ONYSOFT_IAM_RECORD yourself to keep the records
 # (then check them with `python -m onysoft_tools.iam_policy <dir>`); they are added to, never cleared.
 if not os.environ.get("ONYSOFT_IAM_RECORD"):
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["ONYSOFT_IAM_RECORD"] = tempfile.mkdtemp(prefix="onysoft-iam-")
+    atexit.register(shutil.rmtree, os.environ["ONYSOFT_IAM_RECORD"], ignore_errors=True)
 from onysoft_tools import iam_record  # noqa: E402
 
 iam_record.install()

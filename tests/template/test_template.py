@@ -322,6 +322,8 @@ def test_function_policies_are_least_privilege(cfn):
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
     assert proxy["dynamodb:GetItem"] == {"RateLimitsTable"}  # the x-ratelimit headers' counter read
+    assert proxy["dynamodb:BatchGetItem"] == {"ApiKeysTable", "AccountsTable", "RateLimitsTable"}
+    assert proxy["dynamodb:PutItem"] == {"UsageTable"} and proxy["dynamodb:ConditionCheckItem"] == {"ApiKeysTable"}
     assert granted["SweeperFunctionRole"] == {
         "dynamodb:Query": {"UsageTable"},
         "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable", "RateLimitsTable"},

@@ -266,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("record_dir")
     parser.add_argument("--template", default=None)
     args = parser.parse_args(argv)
-    report = check(sam_transform(args.template), iam_record.read_records(args.record_dir))
+    records = iam_record.read_records(args.record_dir)
+    if not records:
+        print(f"no calls recorded in {args.record_dir}: run the suites with ONYSOFT_IAM_RECORD set to it")
+        return 2
+    report = check(sam_transform(args.template), records)
     print(report.explain() or "every recorded call is allowed and every permission was used")
     return 0 if report.ok else 1
 
