@@ -45,7 +45,7 @@ bench-memory: venv
 	$(BIN)/python -m tools.bench.memory
 
 # `make build` on a fresh machine: the SAM CLI in its own venv (.tools/sam-venv, never .venv: its pins
-# clash with the project's), Python 3.13 found or installed (tools/build/find_python313.sh), every function
+# clash with the project's), Python 3.13 found or installed (tools/find_python313.sh), every function
 # and the layer built for arm64, then a check that every compiled file is aarch64 / CPython 3.13.
 SAM_VENV := .tools/sam-venv
 SAM := $(SAM_VENV)/bin/sam
@@ -61,7 +61,7 @@ $(SAM_STAMP):
 sam: $(SAM_STAMP)
 
 build: $(SAM_STAMP)
-	PY313="$$(tools/build/find_python313.sh)" && export PATH="$$PY313:$$PATH" SAM_CLI_TELEMETRY=0 && \
+	PY313="$$(tools/find_python313.sh)" && export PATH="$$PY313:$$PATH" SAM_CLI_TELEMETRY=0 && \
 	  python3.13 --version && \
 	  $(SAM) validate --lint && \
 	  $(SAM) build
