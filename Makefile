@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv dev test lint unit integration template-tests bench build deploy-dev clean
+.PHONY: venv dev test lint unit integration template-tests bench bench-memory sam build deploy-dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +38,37 @@ template-tests: venv
 bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench.memory
 
-# Needs the SAM CLI (install it apart from this venv: `pipx install aws-sam-cli`) and python3.13 on PATH.
-build:
-	sam validate --lint
-	sam build
+# Only the right-sizing section of docs/BENCHMARKS.md (memory and CPU per request, cost per MemorySize).
+bench-memory: venv
+	$(BIN)/python -m tools.bench.memory
+
+# `make build` on a fresh machine: the SAM CLI in its own venv (.tools/sam-venv, never .venv: its pins
+# clash with the project's), Python 3.13 found or installed (tools/find_python313.sh), every function
+# and the layer built for arm64, then a check that every compiled file is aarch64 / CPython 3.13.
+SAM_VENV := .tools/sam-venv
+SAM := $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.installed-stamp
+SAM_CLI ?= aws-sam-cli>=1.140
+
+$(SAM_STAMP):
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/pip install --quiet '$(SAM_CLI)'
+	touch $(SAM_STAMP)
+
+sam: $(SAM_STAMP)
+
+build: $(SAM_STAMP)
+	PY313="$$(tools/find_python313.sh)" && export PATH="$$PY313:$$PATH" SAM_CLI_TELEMETRY=0 && \
+	  python3.13 --version && \
+	  $(SAM) validate --lint && \
+	  $(SAM) build
+	$(PYTHON) tools/onysoft_tools/arm64_check.py .aws-sam/build --require pydantic_core
 
 deploy-dev: build
-	sam deploy --config-env dev
+	$(SAM) deploy --config-env dev
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .aws-sam .pytest_cache .ruff_cache

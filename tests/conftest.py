@@ -12,6 +12,36 @@ os.environ.update(
 os.environ.pop("AWS_ENDPOINT_URL_DYNAMODB", None)
 os.environ.pop("AWS_PROFILE", None)
 
+# IAM conformance (tests/test_iam_conformance.py): every AWS call a function's handler makes in this process
+# or in an `onysoft dev` it starts is recorded here. Set ONYSOFT_IAM_RECORD yourself to keep the records
+# (then check them with `python -m onysoft_tools.iam_policy <dir>`); they are added to, never cleared.
+if not os.environ.get("ONYSOFT_IAM_RECORD"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["ONYSOFT_IAM_RECORD"] = tempfile.mkdtemp(prefix="onysoft-iam-")
+    atexit.register(shutil.rmtree, os.environ["ONYSOFT_IAM_RECORD"], ignore_errors=True)
+from onysoft_tools import iam_record  # noqa: E402
+
+iam_record.install()
+
+IAM_CHECK = "tests/test_iam_conformance.py"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The IAM check runs last (it reads what every other test recorded). A permission no test used is an
+    error only when the whole suite was selected: a subset cannot say what the code never needs."""
+    from pathlib import Path
+
+    tests_dir = Path(__file__).resolve().parent
+    every_file = {p.resolve() for p in tests_dir.rglob("test_*.py")}
+    collected = {Path(str(item.fspath)).resolve() for item in items}
+    narrowed = (config.option.keyword or config.option.markexpr or config.getoption("deselect", None)
+                or any("::" in str(arg) for arg in config.args) or config.getoption("lf", False))
+    config.onysoft_whole_suite = collected == every_file and not narrowed
+    items.sort(key=lambda item: item.nodeid.startswith(IAM_CHECK))
+
 
 @pytest.fixture
 def aws_tables(monkeypatch):

@@ -10,6 +10,10 @@ def load_function_module(function: str):
     spec = importlib.util.spec_from_file_location(f"onysoft_function_{function}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if hasattr(module, "handler"):  # its AWS calls are recorded as the function's (tests/test_iam_conformance.py)
+        from onysoft_tools import iam_record
+
+        module.handler = iam_record.attributed(module.handler, iam_record.function_of_code(f"functions/{function}"))
     return module
 
 

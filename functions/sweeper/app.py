@@ -1,20 +1,12 @@
-"""Scheduled: close holds that crashed invocations left open (onysoft.sweeper). Records it cannot close are
-counted in the SweeperCloseFailures metric (namespace Onysoft), to alarm on."""
+"""Scheduled: close holds that crashed invocations left open (onysoft.sweeper): settle those whose request
+left the gateway, release the rest. Records it cannot close are counted (SweeperCloseFailures) and skipped."""
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
-
-from onysoft import sweeper
-
-logger = Logger()
-metrics = Metrics(namespace="Onysoft")
+from onysoft import open_holds, telemetry
+from onysoft.sweeper import close_stale_holds
 
 
-@metrics.log_metrics
 def handler(event: dict, context) -> dict:
-    result = sweeper.close_stale_holds()
-    metrics.add_metric(name="SweeperCloseFailures", unit=MetricUnit.Count, value=result["close_failures"])
-    metrics.add_metric(name="SweeperSettledHolds", unit=MetricUnit.Count, value=result["settled"])
-    metrics.add_metric(name="SweeperReleasedHolds", unit=MetricUnit.Count, value=result["released"])
-    logger.info("stale holds swept", extra=result)
+    result = close_stale_holds()
+    # Then what is still open too long (the StaleHoldsAlarm), with the run's counts, as metrics and a log line.
+    telemetry.record_sweep(result, open_holds.count_older_than())
     return result

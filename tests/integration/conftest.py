@@ -50,6 +50,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: nothing that could reach AWS or another gateway."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "ONYSOFT_")) and k not in ("PYTEST_CURRENT_TEST",)}
+    if os.environ.get("ONYSOFT_IAM_RECORD"):  # the gateway records its functions' AWS calls too
+        env["ONYSOFT_IAM_RECORD"] = os.environ["ONYSOFT_IAM_RECORD"]
     env.update(PYTHONUNBUFFERED="1", **extra)
     return env
 

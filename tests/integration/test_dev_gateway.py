@@ -280,14 +280,15 @@ def test_local_routes_are_exactly_the_templates(gateway):
         assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
 
 
-def test_request_body_over_10_mb_is_413(gateway):
+def test_request_body_over_6_mb_is_413(gateway):  # Lambda's payload limit, under API Gateway's 10 MB
     tpl = template.load_template()
     post = next((r for r in template.routes(tpl) if r.method == "POST"), None)
     method, path = (post.method, post.path) if post else ("GET", "/v1/models")
-    response = httpx.request(method, gateway.base_url + path, content=b"x" * (10 * 1024 * 1024 + 1),
+    response = httpx.request(method, gateway.base_url + path, content=b"x" * (6 * 1024 * 1024 + 1),
                              headers={"Authorization": f"Bearer {gateway.keys['user']}"}, timeout=30)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    assert "6 MB" in response.json()["error"]["message"]
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -289,6 +289,11 @@ def test_function_policies_are_least_privilege(cfn):
     # The schedule's own role only lets EventBridge Scheduler invoke the sweeper.
     schedule_role = all_roles.pop("SweeperFunctionEveryFiveMinutesRole")
     assert {a for st in _statements(schedule_role) for a in _as_list(st["Action"])} == {"lambda:InvokeFunction"}
+    # API Gateway's account-wide CloudWatch role (access logs): AWS's managed push-to-logs policy only.
+    logging_role = all_roles.pop("ApiGatewayLoggingRole")
+    assert "Policies" not in logging_role["Properties"]
+    assert logging_role["Properties"]["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"}]
     roles = all_roles
     assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole", "DashboardFunctionRole"}
     granted: dict[str, dict[str, set[str]]] = {}
@@ -316,6 +321,9 @@ def test_function_policies_are_least_privilege(cfn):
     proxy = granted["ProxyFunctionRole"]
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
+    assert proxy["dynamodb:GetItem"] == {"RateLimitsTable"}  # the x-ratelimit headers' counter read
+    assert proxy["dynamodb:BatchGetItem"] == {"ApiKeysTable", "AccountsTable", "RateLimitsTable"}
+    assert proxy["dynamodb:PutItem"] == {"UsageTable"} and proxy["dynamodb:ConditionCheckItem"] == {"ApiKeysTable"}
     # The sweeper settles or releases in the same transaction as the proxy: the key's rate-limit and spend
     # counters (RateLimits) move with the balance.
     assert granted["SweeperFunctionRole"] == {

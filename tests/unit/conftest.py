@@ -26,7 +26,9 @@ def gateway(aws_tables):
     catalog.set_model("mock/cut-stream", input_usd_per_mtok="1", output_usd_per_mtok="1")
     catalog.set_model("mock/embed", input_usd_per_mtok="0.02", output_usd_per_mtok="0")
     catalog.set_fx("USDTRY", str(FX))
-    with TestClient(proxy_app.app) as client:
+    from onysoft_tools.iam_record import attributed
+
+    with TestClient(attributed(proxy_app.app, "ProxyFunction")) as client:
         yield client
 
 

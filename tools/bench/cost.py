@@ -29,8 +29,19 @@ PRICE_NOTES = [
     "request prices are higher than N. Virginia's (typically ~20% for DynamoDB, ~6% for API Gateway); "
     "Lambda's arm64 rate is the same there.",
 ]
-PROXY_MEMORY_GB = 1.0  # template.yaml ProxyFunction MemorySize 1024
-AUTHORIZER_MEMORY_GB = 0.5  # Globals MemorySize 512
+
+
+def _memory_gb(logical_id: str) -> float:
+    """The function's MemorySize in template.yaml (its own, else the Globals'), in GB."""
+    from onysoft_tools import template
+
+    tpl = template.load_template()
+    own = (tpl["Resources"][logical_id].get("Properties") or {}).get("MemorySize")
+    return int(own or tpl["Globals"]["Function"]["MemorySize"]) / 1024
+
+
+PROXY_MEMORY_GB = _memory_gb("ProxyFunction")
+AUTHORIZER_MEMORY_GB = _memory_gb("AuthorizerFunction")
 
 
 def ddb_usd(rru: float, wru: float) -> float:

@@ -227,11 +227,12 @@ def render(m: dict) -> str:
     lines += [f"- {note}" for note in cost.PRICE_NOTES]
     lines += [
         "",
-        f"Proxy Lambda: 1024 MB arm64, billed for the gateway's own time ({money['proxy_ms']:.1f} ms: the "
+        f"Proxy Lambda: {cost.PROXY_MEMORY_GB * 1024:.0f} MB arm64, billed for the gateway's own time "
+        f"({money['proxy_ms']:.1f} ms: the "
         "in-process chat p50 of section 1, with moto as the database, so an overestimate) plus the time it "
         "waits for the provider, "
         "which the gateway does not control; shown with the fake upstream's time and with 1 s and 5 s of "
-        "provider time (a short and a longer completion). Authorizer: 512 MB, "
+        f"provider time (a short and a longer completion). Authorizer: {cost.AUTHORIZER_MEMORY_GB * 1024:.0f} MB, "
         f"{am['ms']:.1f} ms, only on a cache miss. API Gateway REST: every request. DynamoDB: the units of "
         "section 3. USD per million requests:",
         "",
@@ -249,8 +250,10 @@ def render(m: dict) -> str:
         f"An authorizer cache miss adds ${money['table']['authorizer_miss_usd_per_million']:.2f} per million "
         "misses (its Lambda invocation and 2 RRU). Cold starts (INIT is billed like invocation time) and "
         "CloudWatch Logs are not included. The proxy's GB-seconds while it waits on the provider dominate any "
-        "real completion: at 1024 MB every second of provider time is $13.33 per million requests, more than "
-        "all of a request's DynamoDB units.",
+        f"real completion: at {cost.PROXY_MEMORY_GB * 1024:.0f} MB every second of provider time is "
+        f"${cost.PROXY_MEMORY_GB * 1000 * cost.PRICES['lambda_arm64_gb_second'] * 1e6 / 1000:.2f} per million "
+        "requests, more than all of a request's DynamoDB units (MemorySize per function: the right-sizing "
+        "section below).",
         "",
         "## 5. Make it fast",
         "",

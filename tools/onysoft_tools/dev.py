@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from onysoft_tools import settings, template
+from onysoft_tools import iam_record, settings, template
 
 logger = logging.getLogger("onysoft.dev")
 
@@ -61,7 +61,7 @@ DEMO_OWNER = "demo"  # the org and partner id that own the demo project and part
 MOTO_LOG_FILE = "moto.log"
 STATE_FORMAT = "onysoft-dev-tables/1"
 SAVE_INTERVAL_SECONDS = 2.0
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+MAX_BODY_BYTES = 6 * 1024 * 1024  # what reaches a Lambda: its 6 MB request payload limit, not API Gateway's 10
 REQUEST_CONTEXT_HEADER = b"x-amzn-request-context"
 LAMBDA_CONTEXT_HEADER = b"x-amzn-lambda-context"
 REQUEST_ID_RESPONSE_HEADER = b"x-amzn-requestid"
@@ -434,7 +434,8 @@ def load_function(tpl: dict, logical_id: str) -> tuple[str, Any]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return kind, getattr(module, attribute)
+    # Under the tests (ONYSOFT_IAM_RECORD set), the AWS calls it makes are recorded as this function's.
+    return kind, iam_record.attributed(getattr(module, attribute), logical_id)
 
 
 # ---------------------------------------------------------------------------------------------- API Gateway
@@ -619,7 +620,7 @@ class LocalApiGateway:
         return None, {}
 
     async def _read_body(self, request: _Request, receive) -> bytes | None:
-        """The whole request body (API Gateway buffers requests), or None when over 10 MB."""
+        """The whole request body (API Gateway buffers requests), or None when over MAX_BODY_BYTES."""
         length = request.header("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return None
@@ -1005,6 +1006,7 @@ def run(args: argparse.Namespace) -> int:
     host, port = getattr(args, "host", "127.0.0.1"), int(getattr(args, "port", 3000))
     external = getattr(args, "dynamodb_endpoint", None)
     _configure_logging()
+    iam_record.install()  # only when ONYSOFT_IAM_RECORD is set (the IAM conformance check)
     state.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         os.chmod(state, 0o700)

@@ -26,7 +26,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import clock, errors, money, rate_limits, spend_limits
+from onysoft import clock, errors, money, rate_limits, spend_limits, telemetry
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -277,6 +277,7 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
     _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
            key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)],
            tokens=usage.prompt_tokens + usage.completion_tokens)
+    telemetry.note(charge_micros=charge)
     return charge
 
 
@@ -313,6 +314,10 @@ def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list
         reasons = _reason_codes(exc)  # updates in the order added: the usage record's comes first
         if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
             raise AlreadyClosed(hold.request_id) from None
+        telemetry.settle_failed()
+        raise
+    except Exception:
+        telemetry.settle_failed()
         raise
 
 

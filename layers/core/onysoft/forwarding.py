@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from onysoft import billing, errors, hold_sizing, provider_usage, rate_limits, sse, upstream
+from onysoft import billing, errors, hold_sizing, provider_usage, rate_limits, sse, telemetry, upstream
 from onysoft.caller import CallerContext
 from onysoft.catalog import CatalogCache, ModelPrice
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
@@ -34,7 +34,7 @@ from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provid
 
 logger = logging.getLogger("onysoft.forwarding")
 REQUEST_ID_HEADER = "x-onysoft-request-id"
-MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's own payload limit
+MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's request payload limit (API Gateway's own 10 MB never applies)
 catalog_cache = CatalogCache()
 FUNCTION_TIMEOUT_SECONDS = 900  # template.yaml's ProxyFunction Timeout (a template test keeps them equal)
 DEADLINE_MARGIN_SECONDS = 30  # time to settle and answer before Lambda would end the invocation
@@ -61,8 +61,8 @@ def _not_json_constant(name: str):
 
 def _parse_body(raw: bytes, endpoint: str) -> dict:
     if len(raw) > MAX_BODY_BYTES:
-        raise errors.GatewayError(413, "Request body is larger than 10 MB.", "invalid_request_error",
-                                  "request_too_large")
+        raise errors.GatewayError(413, "Request body is larger than 6 MB (Lambda's request payload limit).",
+                                  "invalid_request_error", "request_too_large")
     try:
         body = json.loads(raw, parse_float=_finite_float, parse_constant=_not_json_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is bad input too
@@ -162,6 +162,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     started = time.monotonic()
     raw = await request.body()
     body = _parse_body(raw, endpoint)
+    telemetry.note(model=body.get("model"))
     hold_sizing.validate(endpoint, body)
     factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
     provider, provider_key = await run_in_threadpool(_provider_and_key, factors.price)
@@ -185,6 +186,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     # Recorded while the request goes out (not one more round trip before it): from now on, never free.
     sent = asyncio.ensure_future(run_in_threadpool(_mark_sent, hold))
     await asyncio.sleep(0)
+    upstream_started = time.monotonic()
     try:
         response = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
@@ -194,6 +196,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
                                 message=str(exc) or error.message)
         error.headers.update(_headers(hold, caller, window, await counted))
         raise error from None
+    telemetry.note(upstream_ms=int((time.monotonic() - upstream_started) * 1000))
     await sent
     headers = _headers(hold, caller, window, await counted)
     if response.status_code != 200:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits
+from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits, telemetry
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.clock import parse_iso
@@ -21,6 +21,7 @@ from onysoft.dynamo import get_key_and_account
 from onysoft.models import Account, ApiKey
 
 logger = logging.getLogger("onysoft.proxy")
+telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
 REQUEST_ID_HEADER = "x-onysoft-request-id"
 
 
@@ -152,6 +153,7 @@ async def healthz(request: Request) -> Response:
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.GatewayError)
+    telemetry.note(error_code=exc.code)
     return _error_response(exc, _request_id(request))
 
 
@@ -188,4 +190,4 @@ def create_app() -> Starlette:
     )
 
 
-app = create_app()
+app = telemetry.RequestTelemetry(create_app())  # one structured log line and the metrics per request

@@ -1,0 +1,123 @@
+"""What the template compiles to (the SAM transform, offline) for running it in AWS: limits before the
+authorizer, data retention, log groups with retention, JSON access logs, and alarms that read the metrics
+the code really emits (onysoft.telemetry)."""
+
+import json
+import re
+
+import pytest
+
+from onysoft_tools import iam_policy
+
+pytestmark = pytest.mark.timeout(60)
+
+TABLES = ("ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable", "CatalogTable")
+FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction")
+
+
+@pytest.fixture(scope="module")
+def cfn() -> dict:
+    return iam_policy.sam_transform()
+
+
+def _of_type(cfn: dict, kind: str) -> dict:
+    return {k: v for k, v in cfn["Resources"].items() if v["Type"] == kind}
+
+
+def _stage(cfn: dict) -> dict:
+    (stage,) = _of_type(cfn, "AWS::ApiGateway::Stage").values()
+    return stage
+
+
+def test_stage_throttling_comes_from_parameters_and_covers_every_method(cfn):
+    [settings] = _stage(cfn)["Properties"]["MethodSettings"]
+    assert settings["ResourcePath"] == "/*" and settings["HttpMethod"] == "*"
+    assert settings["ThrottlingRateLimit"] == {"Ref": "ThrottlingRateLimit"}
+    assert settings["ThrottlingBurstLimit"] == {"Ref": "ThrottlingBurstLimit"}
+    assert settings["LoggingLevel"] == "OFF" and settings["DataTraceEnabled"] is False  # no headers in logs
+    for name in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
+        assert cfn["Parameters"][name]["Type"] == "Number" and cfn["Parameters"][name]["Default"] > 0
+
+
+def test_access_log_is_json_with_the_callers_ids_and_never_a_key(cfn):
+    setting = _stage(cfn)["Properties"]["AccessLogSetting"]
+    assert setting["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    line = json.loads(re.sub(r"\$context\.[\w.]+", "x", setting["Format"]))  # as API Gateway fills it in
+    fields = dict(re.findall(r'"(\w+)":"(\$context\.[\w.]+)"', setting["Format"]))
+    assert set(line) == set(fields)
+    assert fields["requestId"] == "$context.requestId" and fields["status"] == "$context.status"
+    assert fields["keyId"] == "$context.authorizer.key_id"
+    assert fields["accountId"] == "$context.authorizer.account_id"
+    assert fields["responseLatencyMs"] == "$context.responseLatency"
+    assert not any(re.search(r"apiKey|header|authorization", v, re.I) for v in fields.values())
+    # The stage waits for the account's CloudWatch role (access logs need it) when the stack sets it.
+    role = cfn["Resources"]["ApiGatewayAccount"]
+    assert role["Condition"] == "CreateApiGatewayLoggingRole"
+    assert _stage(cfn)["Properties"]["Tags"][0]["Value"]["Fn::If"][1] == {"Ref": "ApiGatewayAccount"}
+
+
+def test_only_the_authorizer_is_capped_so_a_key_flood_cannot_take_the_proxys_concurrency(cfn):
+    functions = cfn["Resources"]
+    assert functions["AuthorizerFunction"]["Properties"]["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["CapAuthorizer", {"Ref": "AuthorizerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    for name in ("ProxyFunction", "DashboardFunction", "SweeperFunction"):  # reserving would also cap them
+        assert "ReservedConcurrentExecutions" not in functions[name]["Properties"], name
+
+
+def test_every_data_table_is_retained_and_the_money_tables_have_pitr(cfn):
+    for name in TABLES:
+        table = cfn["Resources"][name]
+        assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain", name
+    for name in ("ApiKeysTable", "AccountsTable", "UsageTable"):
+        assert cfn["Resources"][name]["Properties"]["PointInTimeRecoverySpecification"] == {
+            "PointInTimeRecoveryEnabled": True}, name
+
+
+def test_every_function_logs_to_its_own_group_with_a_retention(cfn):
+    groups = _of_type(cfn, "AWS::Logs::LogGroup")
+    used = set()
+    for name in FUNCTIONS:
+        ref = cfn["Resources"][name]["Properties"]["LoggingConfig"]["LogGroup"]
+        used.add(ref["Ref"])
+        assert groups[ref["Ref"]]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert len(used) == len(FUNCTIONS)
+    assert groups["ApiAccessLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert set(_of_type(cfn, "AWS::Lambda::Function")) == set(FUNCTIONS)  # no function without a group
+
+
+def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
+    from onysoft import telemetry
+
+    alarms = _of_type(cfn, "AWS::CloudWatch::Alarm")
+    assert set(alarms) == {"ServerErrorRateAlarm", "SettleFailuresAlarm", "StaleHoldsAlarm", "DynamoDbThrottlingAlarm"}
+    for alarm in alarms.values():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    service = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    namespace = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"][
+        "POWERTOOLS_METRICS_NAMESPACE"]
+    assert namespace == telemetry.NAMESPACE
+    source = open(telemetry.__file__).read()
+    for name, metric in (("SettleFailuresAlarm", "SettleFailures"), ("StaleHoldsAlarm", "OpenHoldsOlderThan30Min")):
+        props = alarms[name]["Properties"]
+        assert props["Namespace"] == namespace and props["MetricName"] == metric
+        assert props["Dimensions"] == [{"Name": "service", "Value": service}]
+        assert f'"{metric}"' in source  # emitted by onysoft.telemetry under exactly this name
+    errors = alarms["ServerErrorRateAlarm"]["Properties"]
+    assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == ("AWS/ApiGateway", "5XXError", "Average")
+    throttled = alarms["DynamoDbThrottlingAlarm"]["Properties"]["Metrics"]
+    tables = {m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for m in throttled if "MetricStat" in m}
+    assert tables == set(TABLES)
+    subscription = cfn["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+
+
+def test_the_413_says_6_mb_and_both_gateways_enforce_it(cfn):
+    from onysoft import forwarding
+    from onysoft_tools import dev
+
+    assert forwarding.MAX_BODY_BYTES == dev.MAX_BODY_BYTES == 6 * 1024 * 1024
+    (api,) = _of_type(cfn, "AWS::ApiGateway::RestApi").values()
+    responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
+    template = responses["REQUEST_TOO_LARGE"]["responseTemplates"]["application/json"]
+    assert "the limit is 6 MB" in template and "10 MB" not in template

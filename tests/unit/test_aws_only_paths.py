@@ -1,0 +1,85 @@
+"""Code paths that only run in AWS, driven through the functions' handlers so their AWS calls are checked
+against the template's roles (tests/test_iam_conformance.py): the provider key read from Secrets Manager,
+and the scheduled sweeper."""
+
+import json
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from onysoft import catalog
+from onysoft.models import UsageRecord
+from tests.helpers import load_function_module
+from tests.unit.conftest import new_key
+
+SECRET_VALUE = "sk-provider-from-secrets-manager"
+
+
+@pytest.fixture
+def upstream():
+    from tests.integration.fake_upstream import FakeUpstream
+
+    fake = FakeUpstream().start()
+    yield fake
+    fake.stop()
+
+
+def test_in_lambda_the_provider_key_comes_from_its_secret(gateway, upstream, monkeypatch):
+    import boto3
+
+    from onysoft import forwarding
+
+    boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+        Name="onysoft/providers/openai", SecretString=SECRET_VALUE)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-proxy")  # what Lambda sets: keys from secrets
+    monkeypatch.delenv("ONYSOFT_PROVIDER_OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("ONYSOFT_PROVIDER_OPENAI_BASE_URL", upstream.base_url)
+    catalog.set_model("openai/fake-ok", input_usd_per_mtok="1", output_usd_per_mtok="2")
+    forwarding.catalog_cache.invalidate()
+    _, _, headers = new_key("user")
+    response = gateway.post("/v1/chat/completions", headers=headers,
+                            json={"model": "openai/fake-ok", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200, response.text
+    assert upstream.requests[-1]["headers"]["authorization"] == f"Bearer {SECRET_VALUE}"
+
+
+class _InvocationKilled(BaseException):  # noqa: N818 - what a timeout or an out-of-memory kill looks like
+    """Lambda ends the invocation: no except/finally in the proxy gets to settle or release."""
+
+
+def test_the_scheduled_sweeper_closes_a_hold_its_invocation_left_open(gateway, monkeypatch, capsys):
+    from starlette.testclient import TestClient
+
+    from onysoft import clock, proxy_app, upstream
+    from onysoft_tools.iam_record import attributed
+
+    class Dies(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request):
+            raise _InvocationKilled
+
+    monkeypatch.setattr(upstream, "client_for", lambda provider: httpx.AsyncClient(transport=Dies()))
+    # A key with a spend limit: closing its hold also gives the held amount back to its spend counter.
+    account, _, headers = new_key("user", spend_limit_micros=50_000_000, limit_reset="daily")
+    dying = TestClient(attributed(proxy_app.app, "ProxyFunction"))  # its own portal: this one does not survive
+    with pytest.raises(_InvocationKilled):
+        dying.post("/v1/chat/completions", headers=headers,
+                     json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
+    [record] = UsageRecord.query(account.account_id)
+    assert record.hold_state is not None and record.spend_period  # left open, counted against the limit
+
+    from onysoft import open_holds
+
+    sweeper = load_function_module("sweeper")
+    assert open_holds.count_older_than() == 0  # just placed
+    real_now = clock.utc_now
+    monkeypatch.setattr(clock, "utc_now", lambda: real_now() + timedelta(hours=2))
+    assert open_holds.count_older_than() == 1  # what the stale-holds alarm would see without a sweep
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-sweeper")  # metrics are printed in Lambda only
+    capsys.readouterr()
+    result = sweeper.handler({"source": "aws.scheduler"}, None)
+    assert isinstance(result, dict)
+    [record] = UsageRecord.query(account.account_id)
+    assert record.hold_state is None and record.status != "pending"
+    [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert emf["StaleHoldsFound"] == [1] and emf["StaleHoldsSettled"] == [1] and emf["OpenHoldsOlderThan30Min"] == [0]

@@ -1,0 +1,109 @@
+"""The proxy's structured request log and its CloudWatch metrics (EMF), as Lambda would print them."""
+
+import io
+import json
+import logging
+
+import pytest
+
+from onysoft.accounts import get_account
+from tests.unit.conftest import new_key
+
+CHAT = {"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def lambda_output(monkeypatch, capsys):
+    """Everything the proxy prints in Lambda: the onysoft loggers' JSON lines and the EMF documents."""
+    from onysoft import telemetry
+
+    telemetry.logger()
+    stream = io.StringIO()
+    for handler in logging.getLogger("onysoft").handlers:
+        monkeypatch.setattr(handler, "stream", stream)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-proxy")  # metrics are written in Lambda only
+
+    def read() -> list[dict]:
+        lines = stream.getvalue().splitlines() + capsys.readouterr().out.splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    return read
+
+
+def _metrics(documents: list[dict]) -> list[dict]:
+    return [d for d in documents if "_aws" in d]
+
+
+def _metric(documents: list[dict], name: str) -> list[dict]:
+    return [d for d in _metrics(documents) if name in d]
+
+
+def test_a_request_is_one_structured_line_and_its_metrics_by_currency(gateway, lambda_output):
+    account, record, headers = new_key("user")
+    response = gateway.post("/v1/chat/completions", headers=headers, json=CHAT)
+    assert response.status_code == 200
+    charge = 100_000_000 - get_account(account.account_id).balance_micros
+    out = lambda_output()
+    [line] = [d for d in out if d.get("message") == "request"]
+    assert line["key_id"] == record.key_id and line["account_id"] == account.account_id
+    assert line["model"] == "mock/echo" and line["status"] == 200 and line["currency"] == "TRY"
+    assert line["charge_micros"] == charge > 0
+    assert isinstance(line["upstream_latency_ms"], int) and line["level"] == "INFO"
+    [requests] = _metric(out, "Requests")
+    assert requests["currency"] == "TRY" and requests["ChargeMicros"] == [charge]
+    assert requests["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Onysoft"
+    assert requests["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["currency", "service"]]
+    [plain] = _metric(out, "UpstreamLatency")
+    assert plain["ServerErrors"] == [0] and "HoldRefusals" not in plain
+    key = headers["authorization"].split()[1]
+    assert key not in json.dumps(out)  # never the key, only its id
+
+
+def test_a_refused_hold_is_counted(gateway, lambda_output):
+    _, _, headers = new_key("partner_project", amount="0.000001")
+    response = gateway.post("/v1/chat/completions", headers=headers, json=CHAT)
+    assert response.status_code == 402
+    out = lambda_output()
+    [line] = [d for d in out if d.get("message") == "request"]
+    assert line["status"] == 402 and line["error_code"] == "insufficient_balance" and "charge_micros" not in line
+    [plain] = _metric(out, "HoldRefusals")
+    assert plain["HoldRefusals"] == [1] and plain["service"] == "onysoft-gateway"
+    [requests] = _metric(out, "Requests")
+    assert requests["currency"] == "USD" and "ChargeMicros" not in requests
+
+
+def test_a_failed_settle_is_counted_for_the_alarm(gateway, lambda_output, monkeypatch):
+    from onysoft import billing
+
+    def broken(token, write):
+        raise RuntimeError("DynamoDB unavailable")
+
+    monkeypatch.setattr(billing, "_transact", broken)
+    hold = billing.Hold("req_x", "acct", "sk", "", "key", 10, None, None, 0, "")
+    with pytest.raises(RuntimeError):
+        billing.release(hold, code="x", message="y")
+    [failure] = _metric(lambda_output(), "SettleFailures")
+    assert failure["SettleFailures"] == [1] and failure["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
+
+
+def test_extra_fields_of_the_onysoft_loggers_reach_the_log(lambda_output):
+    logging.getLogger("onysoft.forwarding").warning("hold already closed", extra={"request_id": "req_1"})
+    [line] = lambda_output()
+    assert line["message"] == "hold already closed" and line["request_id"] == "req_1"
+
+
+def test_nothing_is_printed_as_metrics_outside_lambda(gateway, lambda_output, monkeypatch):
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+    _, _, headers = new_key("user")
+    assert gateway.post("/v1/chat/completions", headers=headers, json=CHAT).status_code == 200
+    out = lambda_output()
+    assert not _metrics(out) and [d for d in out if d.get("message") == "request"]
+
+
+def test_the_proxy_refuses_a_body_over_lambdas_6_mb(gateway):
+    _, _, headers = new_key("user")
+    big = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * (6 * 1024 * 1024)}]})
+    response = gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"},
+                            content=big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large" and "6 MB" in response.json()["error"]["message"]
