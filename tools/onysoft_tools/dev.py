@@ -613,12 +613,15 @@ class LocalApiGateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     def _match(self, method: str, path: str) -> tuple[LocalRoute | None, dict[str, str]]:
-        for route in self.routes:
-            if route.method not in (method, "ANY"):
-                continue
-            match = route.regex.fullmatch(path)
-            if match:
-                return route, match.groupdict()
+        # A REST API routes /dashboard/ to the /dashboard resource: one trailing slash is not part of the path.
+        candidates = (path, path[:-1]) if len(path) > 1 and path.endswith("/") else (path,)
+        for candidate in candidates:
+            for route in self.routes:
+                if route.method not in (method, "ANY"):
+                    continue
+                match = route.regex.fullmatch(candidate)
+                if match:
+                    return route, match.groupdict()
         return None, {}
 
     async def _read_body(self, request: _Request, receive) -> bytes | None:
