@@ -537,8 +537,13 @@ function renderChart(byDay, currency) {
     return svg("rect", { class: "bar", x: left + i * step + step * 0.15, y: height - bottom - barHeight,
       width: Math.max(1, step * 0.7), height: barHeight }, svg("title", {}, label));
   });
-  const labels = [0, Math.floor(days.length / 2), days.length - 1].filter((v, i, all) => all.indexOf(v) === i)
-    .map((i) => svg("text", { x: left + i * step + step / 2, y: height - 6, "text-anchor": "middle" }, days[i].slice(5)));
+  const anchors = ["start", "middle", "end"];
+  const labels = [0, Math.floor(days.length / 2), days.length - 1].map((i, n) => ({ i, anchor: anchors[n] }))
+    .filter(({ i }, n, all) => all.findIndex((l) => l.i === i) === n)
+    .map(({ i, anchor }) => svg("text", {
+      x: anchor === "start" ? left + i * step : anchor === "end" ? left + (i + 1) * step : left + i * step + step / 2,
+      y: height - 6, "text-anchor": anchor,
+    }, days[i].slice(5)));
   const graphic = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-labelledby": "usage-chart-title" },
     svg("title", { id: "usage-chart-title" }, `Requests per day, ${days[0]} to ${days[days.length - 1]}: ${state.usage.totals.total.requests} in all`),
     svg("line", { class: "axis", x1: left, y1: height - bottom, x2: width, y2: height - bottom }),
@@ -579,10 +584,19 @@ async function exportCsv(event) {
 
 // ------------------------------------------------------------------------------------------- audit
 
+function detailValue(value) {
+  if (value && typeof value === "object" && "from" in value && "to" in value) return `${detailValue(value.from)} → ${detailValue(value.to)}`;
+  if (value && typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
 function auditDetails(record) {
   const parts = [];
-  if (record.key_id) parts.push(record.key_id);
-  for (const [name, value] of Object.entries(record.details || {})) parts.push(`${name.replace(/_/g, " ")}: ${typeof value === "object" ? JSON.stringify(value) : value}`);
+  for (const [name, value] of Object.entries(record.details || {})) {
+    if (value === null || value === undefined || name.endsWith("_micros")) continue; // the decimal twin says it
+    parts.push(`${name.replace(/_pct$/, " %").replace(/_/g, " ")}: ${detailValue(value)}`);
+  }
+  if (record.key_id && !parts.some((p) => p.startsWith("display"))) parts.unshift(record.key_id);
   return parts.join(" · ");
 }
 

@@ -101,14 +101,11 @@ def _properties(tpl: dict[str, Any], logical_id: str) -> dict[str, Any]:
 
 def pool_definition(tpl: dict[str, Any]) -> dict[str, Any]:
     """CreateUserPool's arguments from template.yaml's user pool (CloudFormation and the API share names)."""
-    from onysoft_tools import template
-
     props = _properties(tpl, USER_POOL_RESOURCE)
-    name = str(props.pop("UserPoolName", "dashboard"))
-    if isinstance(template.resolve(name, tpl), str):
-        name = str(template.resolve(name, tpl))
-    name = name.replace("${AWS::StackName}", LOCAL_STACK_NAME)
-    definition: dict[str, Any] = {"PoolName": name}
+    name = props.get("UserPoolName", "dashboard")
+    if isinstance(name, dict) and isinstance(name.get("Fn::Sub"), str):  # !Sub ${AWS::StackName}-dashboard
+        name = name["Fn::Sub"]
+    definition: dict[str, Any] = {"PoolName": str(name).replace("${AWS::StackName}", LOCAL_STACK_NAME)}
     for key in ("UsernameAttributes", "AutoVerifiedAttributes", "AdminCreateUserConfig", "AccountRecoverySetting",
                 "Policies", "MfaConfiguration", "Schema"):
         if key in props:
@@ -132,7 +129,7 @@ def create_pool(endpoint: str, region: str, tpl: dict[str, Any]) -> Pool:
     """The template's user pool and app client on the cognito-idp server at `endpoint` (moto)."""
     import boto3
 
-    client = boto3.client("cognito-idp", region_name=region, endpoint_url=endpoint)
+    client = boto3.client("cognito-idp", region_name=region, endpoint_url=endpoint or None)
     definition = pool_definition(tpl)
     existing = [p for p in client.list_user_pools(MaxResults=60)["UserPools"] if p["Name"] == definition["PoolName"]]
     pool_id = existing[0]["Id"] if existing else client.create_user_pool(**definition)["UserPool"]["Id"]
