@@ -320,6 +320,23 @@ def test_a_partner_creates_a_customer_and_a_key_for_it(gateway, open_page, tmp_p
     screenshot(watched, tmp_path, "partner-phone")
 
 
+def test_an_org_admin_creates_a_project(gateway, open_page):
+    org = f"org:o-{secrets.token_hex(3)}"
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, org))
+    expect(page.get_by_text("No projects yet.")).to_be_visible()
+    new_project = page.get_by_role("form", name="New project")
+    expect(new_project.get_by_label("Markup %")).to_be_hidden()  # a project's markup is the platform's
+    new_project.get_by_label("Name").fill("Search")
+    new_project.get_by_role("button", name="Create project").click()
+    expect(page.get_by_role("heading", name="Search")).to_be_visible()
+    expect(page.get_by_role("form", name="Account markup")).to_be_hidden()
+    settled(page)
+    (project,) = [a for a in gateway.cli_json("accounts", "list")["accounts"] if a.get("owner") == org.split(":")[1]]
+    assert project["kind"] == "project" and project["name"] == "Search"
+
+
 def test_the_operator_tops_up_once_per_click_even_when_the_request_is_delivered_twice(gateway, open_page, tmp_path):
     account = new_account(gateway, name=f"Top-up {uuid.uuid4().hex[:6]}", topup=None)
     email = sign_in_as(gateway, "operator")

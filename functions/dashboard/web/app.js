@@ -43,10 +43,11 @@ function fieldError(id, message) {
   node.hidden = !message;
 }
 
-function money(amount, currency) {
+function money(amount, currency, { precise = false } = {}) {
   // `amount` is the API's exact decimal string; Intl formats strings without going through a float.
+  // `precise`: every micro-unit (a request's charge is often a fraction of a kuruş or cent).
   const format = new Intl.NumberFormat("en-US", {
-    style: "currency", currency, currencyDisplay: "narrowSymbol", minimumFractionDigits: 2, maximumFractionDigits: 2,
+    style: "currency", currency, currencyDisplay: "narrowSymbol", minimumFractionDigits: 2, maximumFractionDigits: precise ? 6 : 2,
   });
   return format.format(String(amount));
 }
@@ -503,7 +504,7 @@ function renderUsage() {
       h("td", { class: "num" }, row.requests.toLocaleString("en-US")),
       h("td", { class: "num" }, row.prompt_tokens.toLocaleString("en-US")),
       h("td", { class: "num" }, row.completion_tokens.toLocaleString("en-US")),
-      h("td", { class: "num" }, money(row.charge, currency)),
+      h("td", { class: "num" }, money(row.charge, currency, { precise: true })),
     )));
   }
   renderChart(totals.by_day, currency);
