@@ -342,8 +342,9 @@ def _answer(status: int, body: bytes, content_type: str, cache_control: str, **e
 
 
 def _not_found() -> dict:
-    body = json.dumps({"error": {"message": "No such file.", "type": "invalid_request_error",
-                                 "code": "unknown_url", "param": None}}).encode()
+    # The route exists (unlike an unknown_url): only the file does not.
+    body = json.dumps({"error": {"message": "No such file in the dashboard app.", "type": "invalid_request_error",
+                                 "code": "file_not_found", "param": "file"}}).encode()
     return _answer(404, body, "application/json", "no-cache")
 
 

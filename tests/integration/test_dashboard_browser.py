@@ -140,6 +140,19 @@ def test_sign_in_errors_in_words_then_sign_in_and_out(gateway, open_page, tmp_pa
 
     page.reload()  # still signed in: the session is kept for this tab
     expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+
+    # A token about to expire is refreshed with the refresh token (REFRESH_TOKEN_AUTH), not a new sign-in.
+    flows = []
+    page.on("request", lambda r: flows.append(json.loads(r.post_data).get("AuthFlow"))
+            if r.method == "POST" and "InitiateAuth" in (r.headers.get("x-amz-target") or "") else None)
+    page.evaluate("""() => { const s = JSON.parse(sessionStorage.getItem('onysoft.dashboard.session'));
+        s.expiresAt = Date.now() + 30000; sessionStorage.setItem('onysoft.dashboard.session', JSON.stringify(s)); }""")
+    page.reload()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    settled(page)
+    assert flows == ["REFRESH_TOKEN_AUTH"]
+    refreshed = json.loads(page.evaluate("sessionStorage.getItem('onysoft.dashboard.session')"))
+    assert refreshed["idToken"] != session["idToken"] and refreshed["expiresAt"] > session["expiresAt"] - 60_000
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     assert page.evaluate("sessionStorage.length") == 0
@@ -298,6 +311,10 @@ def test_a_partner_creates_a_customer_and_a_key_for_it(gateway, open_page, tmp_p
     expect(accounts).to_contain_text("₺0.00")
 
     markup = page.get_by_role("form", name="Account markup")
+    watched.expect_console_error(r"status of 400")  # the API refuses a markup out of range, in words
+    markup.get_by_label("Markup %").fill("250")
+    markup.get_by_role("button", name="Save markup").click()
+    expect(page.get_by_role("alert").filter(has_text="between 0% and 200%")).to_be_visible()
     markup.get_by_label("Markup %").fill("60")
     markup.get_by_role("button", name="Save markup").click()
     expect(accounts.get_by_role("row").filter(has_text="Kahve Dükkanı")).to_contain_text("60%")

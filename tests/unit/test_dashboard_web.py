@@ -54,7 +54,7 @@ def test_assets_are_immutable_only_under_their_current_hash():
 def test_only_the_apps_assets_are_files(name):
     answer = get("/dashboard/static/{file}", path_params={"file": name})
     assert answer["statusCode"] == 404
-    assert json.loads(answer["body"])["error"]["code"] == "unknown_url"
+    assert json.loads(answer["body"])["error"]["code"] == "file_not_found"
 
 
 def test_config_holds_the_public_sign_in_settings_only(monkeypatch):

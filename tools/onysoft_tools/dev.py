@@ -536,7 +536,7 @@ class LocalApiGateway:
     def __init__(self, tpl: dict, functions: dict[str, tuple[str, Any]] | None = None,
                  state_dir: Path | None = None):
         self.tpl = tpl
-        self.state_dir = state_dir  # where the local Cognito stand-in keeps its signing key
+        self.state_dir = state_dir  # the local gateway's state dir (the user pool itself is read from the environment)
         self.stage = template.stage_name(tpl)
         self.responses = template.gateway_responses(tpl)
         self.routes = [
