@@ -203,6 +203,8 @@ def test_create_a_key_use_it_see_last_used_then_delete_it(gateway, open_page, tm
     page.keyboard.type("laptop")
     dialog.get_by_label("Requests per minute").fill("30")
     dialog.get_by_label("Spend limit").fill("5")
+    dialog.get_by_label("Models").fill("mock/echo, mock/slow-stream")
+    dialog.get_by_label("Expires").fill("2030-01-15T12:00")
     dialog.get_by_label("Name", exact=True).press("Enter")
     key_field = dialog.get_by_label("API key")
     expect(key_field).to_have_value(re.compile(r"^sk-ony-[0-9a-f]{48}$"))
@@ -222,6 +224,8 @@ def test_create_a_key_use_it_see_last_used_then_delete_it(gateway, open_page, tm
     expect(row.get_by_role("cell", name="Never")).to_be_visible()
     expect(row).to_contain_text("30 req/min")
     expect(row).to_contain_text("spend ≤ ₺5.00")
+    expect(row).to_contain_text("models: mock/echo, mock/slow-stream")
+    expect(row).to_contain_text("expires 15 Jan 2030")
     expect(row).to_contain_text(key[:11])  # the display form
     assert key not in row.inner_text()
 
