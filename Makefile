@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv dev test lint unit integration template-tests bench bench-memory sam build deploy-dev clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: venv dev test lint unit integration template-tests bench bench-memory sam build deploy-dev clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +23,18 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/cfn-lint template.yaml
 
-test: lint
+test: lint chromium
 	$(BIN)/pytest -q
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (never `playwright install`: its
+# download host is not reachable on CI). Installed when missing; CI runs as root. Without it the tests fail.
+chromium:
+	@test -x $(CHROMIUM) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-integration: venv
+integration: venv chromium
 	$(BIN)/pytest -q tests/integration
 
 template-tests: venv

@@ -26,3 +26,32 @@ def load_event(name: str) -> dict:
 
 # The key that events/authorizer-valid-key.json carries (tests seed it; it is no real key).
 EVENT_KEY = "sk-ony-" + "0123456789abcdef" * 3
+
+
+def moto_cognito_jwks():
+    """moto's user pool JWKS (public) as PyJWT reads it: what `<endpoint>/<pool>/.well-known/jwks.json` serves."""
+    import jwt
+    from moto.utilities.utils import load_resource
+
+    return jwt.PyJWKSet.from_dict(load_resource("cognitoidp/resources/jwks-public.json"))
+
+
+def sign_like_moto_cognito(claims: dict) -> str:
+    """A token signed with moto's user pool key, as moto's InitiateAuth signs: for the cases a real pool will
+    not hand out on demand (an expired token, another audience or issuer, an access token)."""
+    import jwt
+    from moto.utilities.utils import load_resource
+
+    key = jwt.algorithms.RSAAlgorithm.from_jwk(load_resource("cognitoidp/resources/jwks-private.json"))
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "dummy"})
+
+
+def expired_copy(token: str, *, seconds_ago: int = 60, **changes) -> str:
+    """The claims of a real pool token, re-signed by moto's key, expired `seconds_ago` (plus `changes`)."""
+    import time
+
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims.update(exp=int(time.time()) - seconds_ago, **changes)
+    return sign_like_moto_cognito(claims)

@@ -7,9 +7,14 @@ who the caller acts as (onysoft.principals). Every decision is in onysoft.dashbo
 maps HTTP to it. Errors are OpenAI's envelope, like every other answer of the gateway.
 """
 
+import hashlib
 import json
+import os
 from decimal import Decimal
+from functools import cache
+from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -101,6 +106,9 @@ class KeyCreate(BaseModel):
     tpm: int | None = Field(None, ge=1, le=1_000_000_000, description="tokens per minute (default: the key type's)")
     models: list[ModelName] | None = Field(None, max_length=100, description="allow-list; default: every model")
     expires_at: str | None = Field(None, max_length=40, description="ISO 8601 time; default: never")
+    spend_limit: Decimal | None = Field(None, gt=0, le=1_000_000_000, decimal_places=6,
+                                        description="most this key may spend, in the account's currency; default: "
+                                                    "no limit but the balance")
 
 
 class ErrorDetail(BaseModel):
@@ -202,7 +210,9 @@ def list_keys(account_id: str, include_deleted: Annotated[bool, Query()] = False
           responses=_responses(201, "The key (`key`) and its record", 404))
 def create_key(account_id: str, body: KeyCreate):
     created = dashboard.create_key(_actor(), account_id, name=body.name, rpm=body.rpm, tpm=body.tpm,
-                                   models=body.models, expires_at=body.expires_at)
+                                   models=body.models, expires_at=body.expires_at,
+                                   spend_limit_micros=None if body.spend_limit is None
+                                   else int(body.spend_limit * money.MICROS_PER_UNIT))
     return created, 201
 
 
@@ -269,6 +279,96 @@ def unexpected(exc: Exception) -> Response:
     return _error(errors.internal_error())
 
 
+# ---------------------------------------------------------------------------------------------- the web app
+
+# The browser dashboard's files, served by this function on the API's own stage (no second host, no CDN).
+#
+# GET /dashboard (and /dashboard/) answers index.html, GET /dashboard/static/<file> the app's script and
+# style sheet, GET /dashboard/config.json what the page needs to sign in (region, user pool endpoint and app
+# client id: public values, never a secret). These routes have no authorizer: a browser fetches them before
+# anyone signs in, and they hold no data. Every JSON API route stays behind the Cognito authorizer.
+#
+# Caching: index.html and config.json are revalidated on every load (no-cache); index.html names each asset
+# with its content hash (`static/app.js?v=<hash>`), so an asset asked for with its current hash is
+# immutable for a year and a deploy is picked up at the next page load.
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+INDEX_PATH = "/dashboard"
+ASSET_PATH = "/dashboard/static/{file}"
+CONFIG_PATH = "/dashboard/config.json"
+PUBLIC_RESOURCES = (INDEX_PATH, ASSET_PATH, CONFIG_PATH)
+
+
+def cognito_endpoint() -> str:
+    """Where the browser calls InitiateAuth: the local pool's endpoint, or the region's Cognito endpoint."""
+    local = os.environ.get("AWS_ENDPOINT_URL_COGNITO_IDP")
+    if local:
+        return local.rstrip("/") + "/"
+    return f"https://cognito-idp.{os.environ.get('AWS_REGION', 'us-east-1')}.amazonaws.com/"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def security_headers() -> dict[str, str]:
+    # Only this stage's own files run; the page talks to this API and to the user pool, nothing else.
+    csp = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+           f"connect-src 'self' {_origin(cognito_endpoint())}; base-uri 'none'; form-action 'none'; "
+           "frame-ancestors 'none'")
+    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY"}
+
+
+@cache
+def _asset(name: str) -> tuple[bytes, str]:
+    body = (WEB_DIR / name).read_bytes()
+    return body, hashlib.sha256(body).hexdigest()[:16]
+
+
+@cache
+def _index() -> bytes:
+    html = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    for name in ASSETS:
+        html = html.replace(f"static/{name}", f"static/{name}?v={_asset(name)[1]}")
+    return html.encode("utf-8")
+
+
+def _answer(status: int, body: bytes, content_type: str, cache_control: str, **extra: str) -> dict:
+    headers = {"Content-Type": content_type, "Cache-Control": cache_control, **security_headers(), **extra}
+    return {"statusCode": status, "headers": headers, "body": body.decode("utf-8"), "isBase64Encoded": False}
+
+
+def _not_found() -> dict:
+    # The route exists (unlike an unknown_url): only the file does not.
+    body = json.dumps({"error": {"message": "No such file in the dashboard app.", "type": "invalid_request_error",
+                                 "code": "file_not_found", "param": "file"}}).encode()
+    return _answer(404, body, "application/json", "no-cache")
+
+
+def handle_web(event: dict) -> dict:
+    """The answer to a request for one of PUBLIC_RESOURCES."""
+    resource = event.get("resource")
+    if resource == INDEX_PATH:
+        if not str(event.get("path") or "").endswith("/"):
+            # Relative URLs in the page (static/…, config.json, accounts) need the trailing slash.
+            return _answer(301, b"", "text/plain", "no-cache", Location="dashboard/")
+        return _answer(200, _index(), "text/html; charset=utf-8", "no-cache")
+    if resource == CONFIG_PATH:
+        config = {"region": os.environ.get("AWS_REGION", "us-east-1"), "cognitoEndpoint": cognito_endpoint(),
+                  "clientId": os.environ.get("ONYSOFT_USER_POOL_CLIENT_ID", "")}
+        return _answer(200, json.dumps(config).encode(), "application/json", "no-cache")
+    name = ((event.get("pathParameters") or {}).get("file")) or ""
+    if name not in ASSETS:
+        return _not_found()
+    body, digest = _asset(name)
+    version = (event.get("queryStringParameters") or {}).get("v")
+    cache_control = "public, max-age=31536000, immutable" if version == digest else "no-cache"
+    return _answer(200, body, ASSETS[name], cache_control, ETag=f'"{digest}"')
+
+
 # ---------------------------------------------------------------------------------------------- entry
 
 
@@ -282,6 +382,8 @@ def _unauthorized() -> dict:
 def handler(event: dict, context) -> dict:
     # API Gateway's Cognito authorizer turns away a missing or bad token before this runs; a token whose
     # principal claim is missing or malformed is turned away here, before any route or validation runs.
+    if event.get("resource") in PUBLIC_RESOURCES and event.get("httpMethod") == "GET":
+        return handle_web(event)
     if event.get("resource") != DOCS_PATH:
         try:
             principals.from_claims(_claims(event))

@@ -1,5 +1,6 @@
-"""The dashboard API over HTTP through `onysoft dev`, as a new user would try it: a token from
-`onysoft token`, curl-like requests, keys that work (and stop working) at /v1 at once, the OpenAI SDK.
+"""The dashboard API over HTTP through `onysoft dev`, as a new user would try it: a token from the local
+user pool's InitiateAuth (`onysoft token`), curl-like requests, keys that work (and stop working) at /v1 at
+once, the OpenAI SDK.
 
 Every route: each principal's allowed actions, the foreign-tenant case (404, exactly as for an id that was
 never issued) and the no-token case (401); the OpenAPI document is valid and names the template's routes.
@@ -16,7 +17,9 @@ import httpx
 import openai
 import pytest
 
-from onysoft_tools import local_cognito, template
+from onysoft_tools import template
+from onysoft_tools.local import cognito
+from tests.helpers import expired_copy
 from tests.integration.conftest import DevGateway
 
 ENVELOPE_FIELDS = {"message", "type", "code", "param"}
@@ -191,10 +194,9 @@ def test_every_route_needs_a_token_and_hides_other_tenants(gateway, user):
     gateway.known_keys.add(victim_key["key"])
     stranger = token(gateway, f"user:{demo_account(gateway, 'user')}")
     partner = token(gateway, "partner:someone-else")
-    expired = local_cognito.issue_token(gateway.state_dir, f"user:{account}", expires_in=1)
-    time.sleep(1.1)
+    expired = expired_copy(user[1])  # the user's own token, one minute past its expiry
     routes = _routes()
-    assert len(routes) == 10
+    assert len(routes) == 12  # 9 API routes behind the authorizer; docs, the app's files and config.json
     for route in routes:
         if route.authorizer is None:
             continue
@@ -236,8 +238,66 @@ def test_docs_and_openapi_document(gateway):
 def test_token_command_validates_its_input(gateway):
     result = gateway.cli("token", "--principal", "root", check=False)
     assert result.returncode == 2 and "principal" in result.stderr
-    result = gateway.cli("token", "--principal", "operator", "--expires-in", "2d", check=False)
-    assert result.returncode == 2
-    document = gateway.cli_json("token", "--principal", "org:acme", "--expires-in", "30m")
-    claims = local_cognito.verify(gateway.state_dir, document["token"])
-    assert claims["custom:principal"] == "org:acme" and claims["exp"] - claims["iat"] == 1800
+    result = gateway.cli("token", check=False)
+    assert result.returncode == 2 and "--email" in result.stderr
+    result = gateway.cli("token", "--email", "nobody@example.com", "--password", "Wrong-password-1", check=False)
+    assert result.returncode == 2 and "Incorrect email or password" in result.stderr
+    document = gateway.cli_json("token", "--principal", "org:acme")
+    claims = cognito.verify(cognito.Pool.from_env(gateway.env), document["token"])
+    assert claims["custom:principal"] == "org:acme" and claims["token_use"] == "id"
+    assert claims["exp"] - claims["iat"] == 3600  # template.yaml's IdTokenValidity: 60 minutes
+
+
+def test_users_create_makes_a_sign_in_that_lists_exactly_its_own_accounts(gateway):
+    """Issue 13's test: a pool user signed in with InitiateAuth against dev.env's endpoint (boto3, as any
+    client would) lists exactly their own accounts at /dashboard/accounts."""
+    import boto3
+
+    mine = gateway.cli_json("accounts", "create", "--kind", "user", "--name", "Deniz")["account_id"]
+    other = gateway.cli_json("accounts", "create", "--kind", "user", "--name", "Someone else")["account_id"]
+    email = f"deniz-{mine}@example.com"
+    created = gateway.cli_json("users", "create", "--principal", f"user:{mine}", "--email", email,
+                               "--password", "Deniz-password-1")
+    assert created["principal"] == f"user:{mine}" and created["user_pool_id"] == gateway.env["ONYSOFT_USER_POOL_ID"]
+    idp = boto3.client("cognito-idp", endpoint_url=gateway.env["AWS_ENDPOINT_URL_COGNITO_IDP"],
+                       region_name=gateway.env["AWS_REGION"], aws_access_key_id="x", aws_secret_access_key="x")
+    result = idp.initiate_auth(ClientId=gateway.env["ONYSOFT_USER_POOL_CLIENT_ID"], AuthFlow="USER_PASSWORD_AUTH",
+                               AuthParameters={"USERNAME": email, "PASSWORD": "Deniz-password-1"})
+    id_token = result["AuthenticationResult"]["IdToken"]
+    listed = call(gateway, "GET", "/dashboard/accounts", id_token)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["principal"] == f"user:{mine}"
+    assert [a["account_id"] for a in listed.json()["accounts"]] == [mine]
+    assert other not in listed.text
+    # API Gateway's Cognito authorizer takes ID tokens only, of this pool's app client, unexpired.
+    access = result["AuthenticationResult"]["AccessToken"]
+    for bad in (access, expired_copy(id_token), expired_copy(id_token, seconds_ago=-600, aud="another-client"),
+                expired_copy(id_token, seconds_ago=-600, iss="https://cognito-idp.us-east-1.amazonaws.com/other")):
+        assert_error(call(gateway, "GET", "/dashboard/accounts", bad), 401)
+    assert call(gateway, "GET", "/dashboard/accounts", expired_copy(id_token, seconds_ago=-600)).status_code == 200
+    # The same email twice, or a password the pool's policy refuses: exit 2, in words.
+    again = gateway.cli("users", "create", "--principal", f"user:{mine}", "--email", email, "--password",
+                        "Deniz-password-2", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    weak = gateway.cli("users", "create", "--principal", "operator", "--email", "w@example.com", "--password", "short",
+                       check=False)
+    assert weak.returncode == 2 and weak.stderr.startswith("onysoft: error:")
+
+
+def test_sign_ins_survive_a_restart(new_gateway, tmp_path):
+    """moto keeps users in memory: the pool and client ids are the same after a restart, the demo sign-ins
+    and those made with `onysoft users create` work again, and a token from before the restart still does."""
+    first = new_gateway(tmp_path / "state").start()
+    account = first.demo[0]["account_id"]
+    first.cli_json("users", "create", "--principal", f"user:{account}", "--email", "kept@example.com",
+                   "--password", "Kept-password-1")
+    before = first.cli_json("token", "--email", "kept@example.com", "--password", "Kept-password-1")["token"]
+    ids = {k: first.env[k] for k in (cognito.POOL_ENV, cognito.CLIENT_ENV)}
+    first.stop()
+    second = new_gateway(tmp_path / "state").start()
+    assert {k: second.env[k] for k in ids} == ids
+    for email, password in (("kept@example.com", "Kept-password-1"),
+                            (cognito.demo_email("operator"), cognito.DEMO_PASSWORD)):
+        document = second.cli_json("token", "--email", email, "--password", password)
+        assert call(second, "GET", "/dashboard/accounts", document["token"]).status_code == 200
+    assert call(second, "GET", "/dashboard/accounts", before).json()["principal"] == f"user:{account}"

@@ -530,16 +530,18 @@ def test_gateway_streams_and_sets_the_request_context_in_process():
         thread.join(10)
 
 
-def test_cognito_routes_and_lambda_integrations_in_process(tmp_path):
-    """A route behind a Cognito user pool authorizer (the dashboard's kind): the local user pool's ID token
-    is checked as API Gateway would, and a plain Lambda handler gets a REST proxy event with the claims."""
+def test_cognito_routes_and_lambda_integrations_in_process(tmp_path, monkeypatch):
+    """A route behind a Cognito user pool authorizer (the dashboard's kind): an ID token of the local user pool
+    (signed by moto's pool key, checked against its JWKS) is checked as API Gateway would, and a plain Lambda
+    handler gets a REST proxy event with the claims."""
     import copy
     import threading
 
     import uvicorn
 
-    from onysoft_tools import local_cognito
     from onysoft_tools.dev import LocalApiGateway
+    from onysoft_tools.local import cognito
+    from tests.helpers import moto_cognito_jwks, sign_like_moto_cognito
 
     tpl = copy.deepcopy(template.load_template())
     api_id = next(k for k, v in tpl["Resources"].items() if v.get("Type") == template.API_TYPE)
@@ -556,6 +558,13 @@ def test_cognito_routes_and_lambda_integrations_in_process(tmp_path):
         return {"statusCode": 201, "headers": {"Content-Type": "application/json"},
                 "body": json.dumps({"thing": event["pathParameters"]["thing_id"]})}
 
+    pool = cognito.Pool("http://127.0.0.1:9", "us-east-1", "us-east-1_localtest", "local-client")
+    cognito._jwks_cache[pool.jwks_url] = (time.monotonic() + 600, moto_cognito_jwks())  # no server to ask
+    now = int(time.time())
+    claims = {"sub": "s-1", "aud": pool.client_id, "iss": pool.issuer, "token_use": "id", "iat": now, "exp": now + 600,
+              "auth_time": now, "custom:principal": "operator", "email": "op@example.com"}
+    for name, value in pool.env().items():
+        monkeypatch.setenv(name, value)
     gateway_app = LocalApiGateway(tpl, functions={"LocalDashboardFunction": ("lambda", handler)}, state_dir=tmp_path)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -570,7 +579,11 @@ def test_cognito_routes_and_lambda_integrations_in_process(tmp_path):
         assert httpx.get(url, timeout=10).status_code == 401
         assert httpx.get(url, headers={"Authorization": "Bearer a.b.c"}, timeout=10).status_code == 401
         assert "event" not in seen
-        token = local_cognito.issue_token(tmp_path, "operator")
+        for bad in ({"aud": "other"}, {"iss": pool.issuer + "x"}, {"token_use": "access"}, {"exp": now - 1}):
+            forged = sign_like_moto_cognito({**claims, **bad})
+            assert httpx.get(url, headers={"Authorization": f"Bearer {forged}"}, timeout=10).status_code == 401, bad
+        assert "event" not in seen
+        token = sign_like_moto_cognito(claims)
         response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert response.status_code == 201 and response.json() == {"thing": "t1"}
         event = seen["event"]

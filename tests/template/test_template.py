@@ -181,13 +181,17 @@ def test_every_method_streams_through_the_proxy_and_uses_the_authorizer(cfn):
 def test_dashboard_routes_use_cognito_and_do_not_stream(cfn):
     body = _rest_api_body(cfn)
     methods = [(path, method, operation) for path, method, operation in _methods(body)
-               if path.startswith("/dashboard/")]
-    assert len(methods) == 10
+               if path.startswith("/dashboard")]
+    assert len(methods) == 13
+    # Opened by a browser before anyone signs in, and holding no data: Swagger UI, the web app's files and the
+    # public sign-in settings (the app client id). Everything else needs the user pool's ID token.
+    public = {("GET", "/dashboard/docs"), ("GET", "/dashboard"), ("GET", "/dashboard/static/{file}"),
+              ("GET", "/dashboard/config.json")}
     for path, method, operation in methods:
         integration = operation["x-amazon-apigateway-integration"]
         assert integration["type"] == "aws_proxy" and "responseTransferMode" not in integration, (method, path)
         assert BUFFERED_URI.match(integration["uri"]["Fn::Sub"]).group(1) == "DashboardFunction"
-        if (method, path) == ("GET", "/dashboard/docs"):  # Swagger UI opens in a browser, without a token
+        if (method, path) in public:
             assert operation["security"] == [{"NONE": []}]
         else:
             assert operation["security"] == [{"DashboardCognito": []}], (method, path)
@@ -214,6 +218,7 @@ def test_dashboard_cognito_authorizer_user_pool_and_client(cfn, tpl):
     outputs = cfn["Outputs"]
     assert outputs["UserPoolId"]["Value"] == {"Ref": "DashboardUserPool"}
     assert outputs["UserPoolClientId"]["Value"] == {"Ref": "DashboardUserPoolClient"}
+    assert outputs["DashboardUrl"]["Value"]["Fn::Sub"].endswith("/${StageName}/dashboard/")  # the app's URL
 
 
 def test_dashboard_function(cfn):
@@ -221,6 +226,7 @@ def test_dashboard_function(cfn):
     assert function["Handler"] == "app.handler" and function["Runtime"] == "python3.13"
     assert function["Architectures"] == ["arm64"]
     assert set(TABLES.values()) <= set(function["Environment"]["Variables"])
+    assert function["Environment"]["Variables"]["ONYSOFT_USER_POOL_CLIENT_ID"] == {"Ref": "DashboardUserPoolClient"}
     assert "pydantic" in (ROOT / "functions" / "dashboard" / "requirements.txt").read_text()
 
 

@@ -577,11 +577,12 @@ def test_openapi_document_is_valid_and_names_exactly_the_routes(world):
 
 def test_routes_equal_the_templates_dashboard_routes():
     tpl = reader.load_template()
-    dashboard_routes = [r for r in reader.routes(tpl) if r.path.startswith("/dashboard/")]
-    assert {(r.method, r.path) for r in dashboard_routes} == set(ROUTES) | {DOCS}
+    dashboard_routes = [r for r in reader.routes(tpl) if r.path.startswith("/dashboard")]
+    public = {DOCS, *(("GET", path) for path in dashboard_app.PUBLIC_RESOURCES)}  # Swagger UI, the web app
+    assert {(r.method, r.path) for r in dashboard_routes} == set(ROUTES) | public
     for route in dashboard_routes:
         assert route.function == "DashboardFunction" and not route.streaming
-        assert route.authorizer == (None if (route.method, route.path) == DOCS else "DashboardCognito"), route
+        assert route.authorizer == (None if (route.method, route.path) in public else "DashboardCognito"), route
 
 
 def test_a_top_up_retried_with_its_idempotency_key_is_added_once(world):
@@ -614,3 +615,15 @@ def test_a_top_up_retried_with_its_idempotency_key_is_added_once(world):
     assert len(topups) == 4  # one record per top-up carried out, none for the replay or the refusal
     status, body, _ = top_up("1", "x" * 256)
     assert_error(status, body, 400)
+
+
+def test_a_key_can_be_created_with_a_spend_limit(world):
+    account_id = world["ids"]["user"]
+    status, body = call("POST", "/dashboard/accounts/{account_id}/keys", f"user:{account_id}",
+                        path_params={"account_id": account_id}, body={"name": "capped", "spend_limit": "12.5"})
+    assert status == 201 and body["spend_limit_micros"] == 12_500_000 and body["spend_limit"] == "12.500000", body
+    for bad in ("0", "-1", "1.0000001", "lots"):
+        status, body = call("POST", "/dashboard/accounts/{account_id}/keys", f"user:{account_id}",
+                            path_params={"account_id": account_id}, body={"name": "x", "spend_limit": bad})
+        assert_error(status, body, 400)
+        assert body["error"]["param"] == "spend_limit"

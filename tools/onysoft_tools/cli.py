@@ -7,6 +7,7 @@
     onysoft catalog set|list                          models and their USD prices per million tokens
     onysoft fx set|show                               the USD→TRY rate
     onysoft sweep [--older-than 15m]                  close stale holds now (what the scheduled sweeper does)
+    onysoft users create | token                      dashboard sign-ins (the Cognito user pool)
 
 Every command takes --state-dir (a local gateway's dev.env), or --endpoint-url/--region and the
 ONYSOFT_TABLE_* variables for AWS. With --json a command prints exactly one JSON object on stdout.
@@ -478,22 +479,82 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
     return _output(args, view, lambda: f"Updated key {view['key_id']} ({view['display']}).")
 
 
+def _user_pool():
+    from onysoft_tools.local import cognito
+
+    try:
+        return cognito.Pool.from_env()
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_token(args: argparse.Namespace) -> int:
+    """An ID token from the user pool's InitiateAuth, as the dashboard gets one. `--principal` (local pools
+    only) first makes (or resets) a sign-in for that principal with a fresh random password."""
+    import secrets
     from datetime import timedelta
 
     from onysoft import clock, principals
-    from onysoft_tools import local_cognito, settings
+    from onysoft_tools.local import cognito
 
+    pool = _user_pool()
+    if args.principal:
+        if not pool.endpoint:
+            raise UsageError("--principal works with a local gateway's user pool only; in AWS give --email and "
+                             "--password")
+        try:
+            principals.parse(args.principal)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        email = f"{args.principal.replace(':', '.')}@principals.onysoft.local"
+        password = secrets.token_urlsafe(18) + "aA1"
+        try:
+            cognito.create_user(pool, principal=args.principal, email=email, password=password)
+        except pool.client().exceptions.UsernameExistsException:
+            pool.client().admin_set_user_password(UserPoolId=pool.pool_id, Username=email, Password=password,
+                                                  Permanent=True)
+    elif args.email and args.password:
+        email, password = args.email, args.password
+    else:
+        raise UsageError("give --email and --password (or, with a local gateway, --principal)")
+    try:
+        result = cognito.initiate_auth(pool, email, password)
+    except cognito.SignInError as exc:
+        raise UsageError(str(exc)) from None
+    claims = cognito.verify(pool, result["IdToken"]) if pool.endpoint else {}
+    expires_at = clock.to_iso(clock.utc_now() + timedelta(seconds=int(result["ExpiresIn"])))
+    view = {"token": result["IdToken"], "principal": claims.get(cognito.PRINCIPAL_CLAIM, args.principal),
+            "email": email, "expires_at": expires_at}
+    return _output(args, view, lambda: result["IdToken"])
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    """A dashboard sign-in: AdminCreateUser plus a permanent password, in the local pool or AWS's."""
+    from botocore.exceptions import ClientError
+
+    from onysoft import principals
+    from onysoft_tools import settings
+    from onysoft_tools.local import cognito
+
+    pool = _user_pool()
     try:
         principals.parse(args.principal)
-        expires_in = local_cognito.parse_duration(args.expires_in)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    state = settings.state_dir(args.state_dir)
-    token = local_cognito.issue_token(state, args.principal, expires_in=expires_in)
-    expires_at = clock.to_iso(clock.utc_now() + timedelta(seconds=expires_in))
-    view = {"token": token, "principal": args.principal, "expires_at": expires_at}
-    return _output(args, view, lambda: token)
+    try:
+        view = cognito.create_user(pool, principal=args.principal, email=args.email, password=args.password)
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if error.get("Code") == "UsernameExistsException":
+            raise UsageError(f"a sign-in with the email {args.email} already exists") from None
+        if error.get("Code") in ("InvalidPasswordException", "InvalidParameterException"):
+            raise UsageError(error.get("Message") or error.get("Code")) from None
+        raise
+    if pool.endpoint:  # the local pool lives in memory: kept for the next `onysoft dev`
+        cognito.save_user(settings.state_dir(args.state_dir), principal=args.principal, email=args.email,
+                          password=args.password)
+    view["user_pool_id"] = pool.pool_id
+    return _output(args, view, lambda: f"Created sign-in {args.email} acting as {args.principal}.")
 
 
 # ---------------------------------------------------------------------------------------------- usage
@@ -737,12 +798,19 @@ def build_parser() -> argparse.ArgumentParser:
                                            "whose request was sent upstream, release the others")
     p.add_argument("--older-than", metavar="DURATION", help="holds older than this, like 15m (default 20m)")
 
-    # token (local gateway only)
-    p = leaf(commands, "token", cmd_token, "print a dashboard token for a principal, signed by the local "
-                                           "gateway's key (as Cognito would issue it)")
-    p.add_argument("--principal", required=True, metavar="P",
+    # token, users (the dashboard's user pool: the local gateway's, or AWS's from the environment)
+    p = leaf(commands, "token", cmd_token, "print a dashboard ID token from the user pool (InitiateAuth)")
+    p.add_argument("--email", metavar="EMAIL")
+    p.add_argument("--password", metavar="PASSWORD")
+    p.add_argument("--principal", metavar="P", help="local gateway only: a sign-in acting as user:<account_id>, "
+                   "org:<org_id>, partner:<partner_id> or operator, made for the occasion")
+    users = commands.add_parser("users", help="dashboard sign-ins (the Cognito user pool)")
+    users_sub = users.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = leaf(users_sub, "create", cmd_users_create, "create a dashboard sign-in acting as a principal")
+    p.add_argument("--principal", required=True, metavar="PRINCIPAL",
                    help="user:<account_id>, org:<org_id>, partner:<partner_id> or operator")
-    p.add_argument("--expires-in", default="1h", metavar="DURATION", help="like 15m, 12h (default 1h)")
+    p.add_argument("--email", required=True, metavar="EMAIL")
+    p.add_argument("--password", required=True, metavar="PASSWORD", help="permanent; the pool's password policy")
 
     # fx
     fx = commands.add_parser("fx", help="the USD→TRY rate")

@@ -5,7 +5,8 @@ What it runs, in this order:
 1. a DynamoDB-compatible server: moto server in its own process (or `--dynamodb-endpoint`);
 2. the template's tables (template.yaml is the only schema), restored from `<state dir>/tables.json`;
 3. on the first run only, a seed: catalog, a USD→TRY rate, one demo account and key per key type;
-4. `<state dir>/dev.env`, the connection settings the CLI reads;
+4. the dashboard's user pool and app client from template.yaml on moto's cognito-idp, with demo sign-ins
+   (onysoft_tools.local.cognito), and `<state dir>/dev.env`, the connection settings the CLI reads;
 5. an HTTP server (uvicorn) with an ASGI app that behaves like the deployed API Gateway stage: the
    template's routes, its Lambda REQUEST authorizer (the real `functions/authorizer` handler on a real
    REQUEST event, its answer cached for ReauthorizeEvery seconds), its gateway responses, and the real
@@ -47,6 +48,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from onysoft_tools import iam_record, settings, template
+from onysoft_tools.local import cognito as local_cognito
 
 logger = logging.getLogger("onysoft.dev")
 
@@ -85,8 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-seed", action="store_true",
                         help="do not seed the catalog, FX rate and demo accounts/keys on a first run")
     parser.add_argument("--dynamodb-endpoint", metavar="URL", default=None,
-                        help="use this DynamoDB-compatible server instead of starting moto server "
-                             "(its data is then its own: nothing is saved to the state dir)")
+                        help="use this DynamoDB-compatible server instead of moto server "
+                             "(its data is then its own: nothing is saved to the state dir; "
+                             "moto server still runs the local user pool)")
 
 
 # ---------------------------------------------------------------------------------------------- moto server
@@ -534,7 +537,7 @@ class LocalApiGateway:
     def __init__(self, tpl: dict, functions: dict[str, tuple[str, Any]] | None = None,
                  state_dir: Path | None = None):
         self.tpl = tpl
-        self.state_dir = state_dir  # where the local Cognito stand-in keeps its signing key
+        self.state_dir = state_dir  # the local gateway's state dir (the user pool itself is read from the environment)
         self.stage = template.stage_name(tpl)
         self.responses = template.gateway_responses(tpl)
         self.routes = [
@@ -611,12 +614,15 @@ class LocalApiGateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     def _match(self, method: str, path: str) -> tuple[LocalRoute | None, dict[str, str]]:
-        for route in self.routes:
-            if route.method not in (method, "ANY"):
-                continue
-            match = route.regex.fullmatch(path)
-            if match:
-                return route, match.groupdict()
+        # A REST API routes /dashboard/ to the /dashboard resource: one trailing slash is not part of the path.
+        candidates = (path, path[:-1]) if len(path) > 1 and path.endswith("/") else (path,)
+        for candidate in candidates:
+            for route in self.routes:
+                if route.method not in (method, "ANY"):
+                    continue
+                match = route.regex.fullmatch(candidate)
+                if match:
+                    return route, match.groupdict()
         return None, {}
 
     async def _read_body(self, request: _Request, receive) -> bytes | None:
@@ -762,17 +768,15 @@ class LocalApiGateway:
         return context
 
     async def _authorize_cognito(self, request: _Request, settings_: Any) -> dict | tuple[str, str]:
-        """API Gateway's Cognito user pool authorizer, with the local user pool stand-in's key."""
+        """API Gateway's Cognito user pool authorizer, against the local user pool's JWKS (moto's cognito-idp)."""
         from starlette.concurrency import run_in_threadpool
-
-        from onysoft_tools import local_cognito
 
         token = request.header(settings_.identity_header)
         if not token:
             return ("UNAUTHORIZED", "Unauthorized")
         try:
-            claims = await run_in_threadpool(local_cognito.verify, self.state_dir or settings.state_dir(), token)
-        except local_cognito.InvalidToken:
+            claims = await run_in_threadpool(local_cognito.verify, local_cognito.Pool.from_env(), token)
+        except (local_cognito.InvalidToken, LookupError):
             return ("UNAUTHORIZED", "Unauthorized")
         return {"claims": local_cognito.authorizer_claims(claims)}
 
@@ -950,24 +954,18 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
-DEMO_TOKEN_SECONDS = 12 * 3600  # a working day: new tokens are printed at every start
-
-
 def demo_principals(demo: list[DemoKey]) -> list[str]:
     """The demo seed's principals: its user, the org and partner that own the demo accounts, the operator."""
     user = next((d.account_id for d in demo if d.type == "user"), None)
     return ([f"user:{user}"] if user else []) + [f"org:{DEMO_OWNER}", f"partner:{DEMO_OWNER}", "operator"]
 
 
-def _dashboard_banner(base_url: str, state: Path, demo: list[DemoKey]) -> str:
-    from onysoft_tools import local_cognito
-
-    lines = [f"Dashboard API: {base_url}/dashboard/…   (OpenAPI and Swagger UI: {base_url}/dashboard/docs)",
-             "Demo dashboard tokens, one per principal (valid 12 h; more: onysoft token --principal …):"]
-    for principal in demo_principals(demo):
-        token = local_cognito.issue_token(state, principal, expires_in=DEMO_TOKEN_SECONDS)
-        lines.append(f"  {principal:<28} {token}")
-    lines.append(f'  e.g. TOKEN=<a token above>; curl -H "Authorization: Bearer $TOKEN" {base_url}/dashboard/accounts')
+def _dashboard_banner(base_url: str, sign_ins: list[dict[str, str]]) -> str:
+    lines = [f"Dashboard:   {base_url}/dashboard/   (its API: {base_url}/dashboard/…, Swagger UI: …/dashboard/docs)",
+             "Demo sign-ins (the local user pool; more: onysoft users create --principal … --email … --password …):"]
+    for entry in sign_ins:
+        lines.append(f"  {entry['principal']:<28} {entry['email']:<28} {entry['password']}")
+    lines.append("  a token for curl: onysoft token --email EMAIL --password PASSWORD")
     return "\n".join(lines)
 
 
@@ -1022,7 +1020,9 @@ def run(args: argparse.Namespace) -> int:
     atexit.register(moto.stop)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        endpoint = external or moto.start()
+        os.environ.update(local_cognito.MOTO_ENV)  # the same user pool ids after every restart
+        moto_endpoint = moto.start()  # the user pool lives there even when DynamoDB is elsewhere
+        endpoint = external or moto_endpoint
         env = _connection_env(endpoint, host, port)
         os.environ.update(env)
         os.environ.pop("AWS_PROFILE", None)
@@ -1050,6 +1050,9 @@ def run(args: argparse.Namespace) -> int:
                 count = table_state.restore()
                 logger.info("restored %d items from %s", count, table_state.path)
         loaded = True
+        pool = local_cognito.create_pool(moto_endpoint, REGION, tpl)  # template.yaml's pool, moto's cognito-idp
+        env.update(pool.env())
+        os.environ.update(pool.env())
         settings.write_env_file(state / settings.ENV_FILE_NAME, env)
 
         seeded = False
@@ -1065,6 +1068,7 @@ def run(args: argparse.Namespace) -> int:
         if table_state is not None:
             table_state.save()
             table_state.start_autosave()
+        sign_ins = local_cognito.seed_users(pool, state, demo_principals(demo))
 
         gateway = LocalApiGateway(tpl, state_dir=state)
         import uvicorn
@@ -1074,7 +1078,7 @@ def run(args: argparse.Namespace) -> int:
         server = uvicorn.Server(config)
         base_url = env["ONYSOFT_GATEWAY_URL"]
         print(_banner(base_url, state, endpoint, demo, seeded, table_state is not None,
-                      dashboard=_dashboard_banner(base_url, state, demo)), flush=True)
+                      dashboard=_dashboard_banner(base_url, sign_ins)), flush=True)
         try:
             server.run(sockets=[sock])
         except (KeyboardInterrupt, _Stop):

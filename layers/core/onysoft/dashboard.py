@@ -242,7 +242,8 @@ def list_keys(actor: audit.Actor, account_id: str, *, include_deleted: bool = Fa
 
 
 def create_key(actor: audit.Actor, account_id: str, *, name: str = "", rpm: int | None = None,
-               tpm: int | None = None, models: list[str] | None = None, expires_at: str | None = None) -> dict:
+               tpm: int | None = None, models: list[str] | None = None, expires_at: str | None = None,
+               spend_limit_micros: int | None = None) -> dict:
     account = _visible(actor, account_id)
     if expires_at is not None:
         try:
@@ -254,7 +255,8 @@ def create_key(actor: audit.Actor, account_id: str, *, name: str = "", rpm: int 
         expires_at = clock.to_iso(moment)
     try:
         created = api_keys.create_key(account.account_id, name=name, rpm=rpm, tpm=tpm, models=models,
-                                      expires_at=expires_at, companions=audit.on_key_create(actor, account))
+                                      expires_at=expires_at, spend_limit_micros=spend_limit_micros,
+                                      companions=audit.on_key_create(actor, account))
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
     record = created.record

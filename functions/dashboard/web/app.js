@@ -1,0 +1,750 @@
+// The Onysoft dashboard: a buildless ES module on the dashboard API (same stage, relative URLs).
+// Sign-in is Cognito's InitiateAuth (USER_PASSWORD_AUTH) called from the browser; the ID token goes to the API
+// as `Authorization: Bearer`. Tokens live in sessionStorage (this tab only) so a reload stays signed in; a new
+// API key lives only in the create dialog's fields and is wiped when the dialog closes.
+
+const SESSION_KEY = "onysoft.dashboard.session";
+const REFRESH_MARGIN_MS = 5 * 60 * 1000; // refresh the ID token five minutes before it expires
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  config: null, session: null, refreshTimer: null, principal: null, kind: null,
+  accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
+};
+
+// ------------------------------------------------------------------------------------------- helpers
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function announce(text) { $("status").textContent = text; }
+
+function showAlert(message) {
+  const alert = $("alert");
+  alert.textContent = message || "";
+  alert.hidden = !message;
+}
+
+function fieldError(id, message) {
+  const node = $(id);
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+function money(amount, currency, { precise = false } = {}) {
+  // `amount` is the API's exact decimal string; Intl formats strings without going through a float.
+  // `precise`: every micro-unit (a request's charge is often a fraction of a kuruş or cent).
+  const format = new Intl.NumberFormat("en-US", {
+    style: "currency", currency, currencyDisplay: "narrowSymbol", minimumFractionDigits: 2, maximumFractionDigits: precise ? 6 : 2,
+  });
+  return format.format(String(amount));
+}
+
+function balanceNode(amount, currency) {
+  const negative = String(amount).trim().startsWith("-");
+  if (!negative) return h("span", { class: "balance" }, money(amount, currency));
+  const owed = String(amount).trim().slice(1);
+  return h("span", { class: "balance debt" }, `Debt: ${money(owed, currency)}`);
+}
+
+const relative = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+const exact = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeStyle: "medium", timeZone: "UTC" });
+
+function exactTime(iso) { return `${exact.format(new Date(iso))} UTC`; }
+
+function relativeTime(iso) {
+  const seconds = (new Date(iso).getTime() - Date.now()) / 1000;
+  const units = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600],
+    ["minute", 60], ["second", 1]];
+  for (const [unit, size] of units) {
+    if (Math.abs(seconds) >= size || unit === "second") {
+      if (unit === "second" && Math.abs(seconds) < 45) return "just now";
+      return relative.format(Math.round(seconds / size), unit);
+    }
+  }
+  return "";
+}
+
+function timeNode(iso, { relativeForm = false, never = "—" } = {}) {
+  if (!iso) return h("span", { class: "muted" }, never);
+  return h("time", { datetime: iso, title: exactTime(iso) }, relativeForm ? relativeTime(iso) : exactTime(iso));
+}
+
+function emptyRow(tbody, columns, text) {
+  tbody.replaceChildren(h("tr", {}, h("td", { class: "empty", colspan: columns }, text)));
+}
+
+function loading(tbody, columns) {
+  tbody.closest("table").setAttribute("aria-busy", "true");
+  emptyRow(tbody, columns, "Loading…");
+}
+
+function loaded(tbody) { tbody.closest("table").removeAttribute("aria-busy"); }
+
+async function busy(button, work) {
+  button.disabled = true;
+  try { return await work(); } finally { button.disabled = false; }
+}
+
+// ------------------------------------------------------------------------------------------- Cognito
+
+class CognitoError extends Error {
+  constructor(type, message) { super(message); this.type = type; }
+}
+
+async function cognito(action, body) {
+  let response;
+  try {
+    response = await fetch(state.config.cognitoEndpoint, {
+      method: "POST",
+      headers: { "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": `AWSCognitoIdentityProviderService.${action}` },
+      body: JSON.stringify(body),
+    });
+  } catch {
+    throw new CognitoError("Network", "The sign-in service cannot be reached. Check your connection and try again.");
+  }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const type = String(data.__type || "").split("#").pop();
+    throw new CognitoError(type, data.message || "Sign-in failed.");
+  }
+  return data;
+}
+
+function signInMessage(error) {
+  switch (error.type) {
+    case "NotAuthorizedException":
+    case "UserNotFoundException":
+      return "Incorrect email or password.";
+    case "PasswordResetRequiredException": return "Your password must be reset. Ask your administrator.";
+    case "UserNotConfirmedException": return "This account is not confirmed yet.";
+    case "TooManyRequestsException":
+    case "LimitExceededException": return "Too many attempts. Wait a minute and try again.";
+    case "InvalidPasswordException": return `That password is not allowed: ${error.message}`;
+    default: return error.message;
+  }
+}
+
+function claimsOf(idToken) {
+  const payload = idToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+  const json = decodeURIComponent(Array.from(atob(payload), (c) => `%${c.charCodeAt(0).toString(16).padStart(2, "0")}`).join(""));
+  return JSON.parse(json);
+}
+
+function keepSession(result, email, refreshToken) {
+  const claims = claimsOf(result.IdToken);
+  state.session = {
+    idToken: result.IdToken, accessToken: result.AccessToken, refreshToken: refreshToken || result.RefreshToken,
+    expiresAt: claims.exp * 1000, email: email || claims.email || "",
+  };
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  const wait = Math.max(0, state.session.expiresAt - Date.now() - REFRESH_MARGIN_MS);
+  state.refreshTimer = setTimeout(() => refreshSession().catch(() => signOut("Your session ended. Sign in again.")), wait);
+}
+
+async function refreshSession() {
+  const data = await cognito("InitiateAuth", {
+    ClientId: state.config.clientId, AuthFlow: "REFRESH_TOKEN_AUTH",
+    AuthParameters: { REFRESH_TOKEN: state.session.refreshToken },
+  });
+  keepSession(data.AuthenticationResult, state.session.email, state.session.refreshToken);
+}
+
+async function signIn(email, password) {
+  const data = await cognito("InitiateAuth", {
+    ClientId: state.config.clientId, AuthFlow: "USER_PASSWORD_AUTH",
+    AuthParameters: { USERNAME: email, PASSWORD: password },
+  });
+  if (data.ChallengeName === "NEW_PASSWORD_REQUIRED") {
+    state.challenge = { email, session: data.Session };
+    showView("new-password");
+    $("new-password-input").focus();
+    return;
+  }
+  if (!data.AuthenticationResult) throw new CognitoError("Challenge", `This sign-in needs ${data.ChallengeName}, which the dashboard does not support yet.`);
+  keepSession(data.AuthenticationResult, email);
+  await enterApp();
+}
+
+async function setNewPassword(password) {
+  const data = await cognito("RespondToAuthChallenge", {
+    ClientId: state.config.clientId, ChallengeName: "NEW_PASSWORD_REQUIRED", Session: state.challenge.session,
+    ChallengeResponses: { USERNAME: state.challenge.email, NEW_PASSWORD: password },
+  });
+  keepSession(data.AuthenticationResult, state.challenge.email);
+  state.challenge = null;
+  await enterApp();
+}
+
+function signOut(message) {
+  const accessToken = state.session && state.session.accessToken;
+  clearTimeout(state.refreshTimer);
+  state.session = null;
+  sessionStorage.removeItem(SESSION_KEY);
+  if (accessToken) cognito("GlobalSignOut", { AccessToken: accessToken }).catch(() => {});
+  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null });
+  $("who").hidden = true;
+  $("sign-out").hidden = true;
+  $("password").value = "";
+  showAlert("");
+  showView("sign-in");
+  if (message) fieldError("sign-in-error", message);
+  announce("Signed out.");
+  $("email").focus();
+}
+
+// ------------------------------------------------------------------------------------------- the API
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(method, path, { body, headers = {} } = {}) {
+  if (state.session.expiresAt - Date.now() < 60_000) await refreshSession();
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${state.session.idToken}`, ...(body ? { "Content-Type": "application/json" } : {}), ...headers },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  } catch {
+    throw new ApiError(0, "The dashboard API cannot be reached. Check your connection and try again.");
+  }
+  const data = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    signOut("Your session has ended. Sign in again.");
+    throw new ApiError(401, "Your session has ended. Sign in again.");
+  }
+  if (!response.ok) throw new ApiError(response.status, (data.error && data.error.message) || `The request failed (${response.status}).`);
+  return data;
+}
+
+// ------------------------------------------------------------------------------------------- views
+
+function showView(name) {
+  $("booting").hidden = true;
+  for (const id of ["sign-in", "new-password", "app"]) $(id).hidden = id !== name;
+}
+
+async function enterApp() {
+  showView("app");
+  $("sign-out").hidden = false;
+  showAlert("");
+  loading($("accounts-table").tBodies[0], 6);
+  await loadAccounts();
+  $("main").focus();
+}
+
+async function loadAccounts(keepSelection = true) {
+  const data = await api("GET", "accounts");
+  state.principal = data.principal;
+  state.kind = data.principal.split(":")[0];
+  state.accounts = data.accounts;
+  const who = $("who");
+  who.textContent = `${state.session.email} · ${describePrincipal(data.principal)}`;
+  who.hidden = false;
+  renderAccounts();
+  renderNewAccountForm();
+  const still = keepSelection && state.accounts.some((a) => a.account_id === state.accountId);
+  if (!still) state.accountId = state.accounts.length ? state.accounts[0].account_id : null;
+  await selectAccount(state.accountId);
+}
+
+function describePrincipal(principal) {
+  const [kind, id] = principal.split(":");
+  return { user: "personal account", org: `organization ${id}`, partner: `partner ${id}`, operator: "operator" }[kind] || principal;
+}
+
+function renderAccounts() {
+  const tbody = $("accounts-table").tBodies[0];
+  loaded(tbody);
+  if (!state.accounts.length) {
+    emptyRow(tbody, 6, state.kind === "partner" ? "No customers yet. Create your first one below."
+      : state.kind === "org" ? "No projects yet. Create your first one below." : "No accounts yet.");
+    return;
+  }
+  tbody.replaceChildren(...state.accounts.map((account) => h("tr", { class: account.account_id === state.accountId ? "selected" : null },
+    h("td", {}, account.name || h("span", { class: "muted" }, "(no name)")),
+    h("td", {}, account.kind.replace("_", " ")),
+    h("td", {}, balanceNode(account.balance, account.currency)),
+    h("td", { class: "num" }, `${account.markup_pct}%`),
+    h("td", { class: "mono" }, account.account_id),
+    h("td", {}, h("button", {
+      type: "button", class: "secondary small", "aria-label": `Open ${account.name || account.account_id}`,
+      "aria-pressed": account.account_id === state.accountId ? "true" : "false",
+      onclick: () => selectAccount(account.account_id).catch(report),
+    }, "Open")),
+  )));
+}
+
+function renderNewAccountForm() {
+  const form = $("new-account-form");
+  const kind = { partner: "partner_customer", org: "project" }[state.kind];
+  form.hidden = !kind;
+  if (!kind) return;
+  form.dataset.kind = kind;
+  $("new-account-title").textContent = kind === "project" ? "New project" : "New customer";
+  $("new-account-submit").textContent = kind === "project" ? "Create project" : "Create customer";
+  $("new-account-markup-field").hidden = kind === "project"; // a project's markup is the platform's
+}
+
+function currentAccount() { return state.accounts.find((a) => a.account_id === state.accountId) || null; }
+
+async function selectAccount(accountId) {
+  state.accountId = accountId;
+  renderAccounts();
+  const account = currentAccount();
+  $("account").hidden = !account;
+  if (!account) return;
+  $("account-title").textContent = account.name || account.account_id;
+  const summary = $("account-summary");
+  const item = (term, value) => [h("div", {}, h("dt", {}, term), h("dd", {}, value))];
+  summary.replaceChildren(
+    ...item("Balance", balanceNode(account.balance, account.currency)),
+    ...item("Currency", account.currency),
+    ...item("Kind", account.kind.replace("_", " ")),
+    ...item("Markup", `${account.markup_pct}%`),
+    ...item("Account ID", h("span", { class: "mono" }, account.account_id)),
+    ...(account.owner ? item("Owner", account.owner) : []),
+  );
+  const mayMarkup = state.kind === "operator" || (state.kind === "partner" && account.kind.startsWith("partner_"));
+  $("markup-form").hidden = !mayMarkup;
+  $("markup-input").value = account.markup_pct;
+  $("topup-form").hidden = state.kind !== "operator";
+  $("topup-hint").textContent = `in ${account.currency}`;
+  await Promise.all([loadKeys(), loadUsage(), loadAudit()]);
+}
+
+// ------------------------------------------------------------------------------------------- keys
+
+async function loadKeys() {
+  const tbody = $("keys-table").tBodies[0];
+  loading(tbody, 8);
+  const data = await api("GET", `accounts/${encodeURIComponent(state.accountId)}/keys`);
+  state.keys = data.keys;
+  renderKeys();
+}
+
+function limitsText(key) {
+  const account = currentAccount();
+  const parts = [];
+  if (key.rpm) parts.push(`${key.rpm} req/min`);
+  if (key.tpm) parts.push(`${key.tpm.toLocaleString("en-US")} tokens/min`);
+  if (key.models && key.models.length) parts.push(`models: ${key.models.join(", ")}`);
+  if (key.spend_limit) parts.push(`spend ≤ ${money(key.spend_limit, account ? account.currency : key.currency)}`);
+  if (key.expires_at) parts.push(`expires ${exactTime(key.expires_at)}`);
+  return parts.length ? parts.join(" · ") : "Type defaults";
+}
+
+function renderKeys() {
+  const tbody = $("keys-table").tBodies[0];
+  loaded(tbody);
+  if (!state.keys.length) {
+    emptyRow(tbody, 8, "No keys yet. Create one with “Create key”.");
+    return;
+  }
+  tbody.replaceChildren(...state.keys.map((key) => {
+    const nameId = `key-name-${key.key_id}`;
+    return h("tr", { "data-key-id": key.key_id },
+      h("td", { id: nameId }, key.name || h("span", { class: "muted" }, "(no name)")),
+      h("td", { class: "mono" }, key.display),
+      h("td", {}, key.type.replace("_", " ")),
+      h("td", {}, timeNode(key.created_at, { relativeForm: true })),
+      h("td", { class: "last-used" }, timeNode(key.last_used_at, { relativeForm: true, never: "Never" })),
+      h("td", {}, h("span", { class: `badge ${key.status}` }, key.status)),
+      h("td", {}, limitsText(key)),
+      h("td", {}, h("button", {
+        type: "button", class: "secondary small", "aria-describedby": nameId,
+        onclick: () => openDelete(key),
+      }, "Delete")),
+    );
+  }));
+}
+
+function openCreate() {
+  $("create-form").reset();
+  $("create-form").hidden = false;
+  $("created").hidden = true;
+  fieldError("create-error", "");
+  $("create-dialog").showModal();
+  $("key-name").focus();
+}
+
+function wipeCreated() {
+  // The key is never kept: not in the page, not in storage, once the dialog closes.
+  $("new-key").value = "";
+  $("export-line").value = "";
+  $("copy-status").textContent = "";
+}
+
+async function createKey(event) {
+  event.preventDefault();
+  const name = $("key-name").value.trim();
+  if (!name) { fieldError("create-error", "Give the key a name."); $("key-name").focus(); return; }
+  const body = { name };
+  const rpm = $("key-rpm").value.trim();
+  const tpm = $("key-tpm").value.trim();
+  const models = $("key-models").value.split(",").map((m) => m.trim()).filter(Boolean);
+  const expires = $("key-expires").value;
+  const spend = $("key-spend").value.trim();
+  if (rpm) body.rpm = Number.parseInt(rpm, 10);
+  if (tpm) body.tpm = Number.parseInt(tpm, 10);
+  if (models.length) body.models = models;
+  if (expires) body.expires_at = new Date(expires).toISOString();
+  if (spend) {
+    if (!/^[0-9]+(\.[0-9]{1,6})?$/.test(spend)) { fieldError("create-error", "The spend limit is an amount like 25 or 12.50."); return; }
+    body.spend_limit = spend;
+  }
+  const button = event.submitter || $("create-form").querySelector("button[type=submit]");
+  try {
+    const created = await busy(button, () => api("POST", `accounts/${encodeURIComponent(state.accountId)}/keys`, { body }));
+    $("create-form").hidden = true;
+    $("created").hidden = false;
+    $("new-key").value = created.key;
+    $("export-line").value = `export ONYSOFT_API_KEY=${created.key}`;
+    $("new-key").focus();
+    $("new-key").select();
+    announce("Key created. Copy it now: it is shown only once.");
+    await loadKeys();
+    loadAudit().catch(report);
+  } catch (error) {
+    fieldError("create-error", error.message);
+  }
+}
+
+async function copyFrom(inputId) {
+  const text = $(inputId).value;
+  try {
+    await navigator.clipboard.writeText(text);
+    $("copy-status").textContent = "Copied to the clipboard.";
+  } catch {
+    $(inputId).select();
+    $("copy-status").textContent = "Copying is blocked here: the text is selected, press Ctrl+C (⌘C).";
+  }
+}
+
+function openDelete(key) {
+  state.deleting = key;
+  $("delete-text").textContent = `“${key.name || key.display}” (${key.display}) stops working at once. This cannot be undone.`;
+  fieldError("delete-error", "");
+  $("delete-dialog").showModal();
+  $("delete-dialog").querySelector("[data-close]").focus();
+}
+
+async function confirmDelete() {
+  const key = state.deleting;
+  try {
+    await busy($("confirm-delete"), () => api("DELETE", `keys/${encodeURIComponent(key.key_id)}`));
+    $("delete-dialog").close();
+    announce(`Key ${key.name || key.display} deleted.`);
+    await loadKeys();
+    loadAudit().catch(report);
+  } catch (error) {
+    fieldError("delete-error", error.message);
+  }
+}
+
+// ------------------------------------------------------------------------------------------- usage
+
+function isoDay(date) { return date.toISOString().slice(0, 10); }
+
+function usageRange() {
+  const from = $("usage-from").value;
+  const to = $("usage-to").value;
+  const end = new Date(`${to}T00:00:00Z`);
+  end.setUTCDate(end.getUTCDate() + 1); // the whole "to" day
+  return { from: `${from}T00:00:00Z`, to: end.toISOString().replace(".000Z", "Z") };
+}
+
+async function loadUsage() {
+  if (!$("usage-from").value) {
+    const today = new Date();
+    const start = new Date(today.getTime() - 29 * 86400000);
+    $("usage-from").value = isoDay(start);
+    $("usage-to").value = isoDay(today);
+  }
+  const tbody = $("usage-table").tBodies[0];
+  loading(tbody, 5);
+  $("usage-chart").replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  const { from, to } = usageRange();
+  const query = new URLSearchParams({ from, to, limit: "1" });
+  const data = await api("GET", `accounts/${encodeURIComponent(state.accountId)}/usage?${query}`);
+  state.usage = data;
+  renderUsage();
+}
+
+function renderUsage() {
+  const totals = state.usage.totals;
+  const currency = state.usage.currency;
+  const tbody = $("usage-table").tBodies[0];
+  loaded(tbody);
+  if (!totals.by_model.length) {
+    emptyRow(tbody, 5, "No requests in this range.");
+  } else {
+    tbody.replaceChildren(...totals.by_model.map((row) => h("tr", {},
+      h("td", { class: "mono" }, row.model || "(unknown)"),
+      h("td", { class: "num" }, row.requests.toLocaleString("en-US")),
+      h("td", { class: "num" }, row.prompt_tokens.toLocaleString("en-US")),
+      h("td", { class: "num" }, row.completion_tokens.toLocaleString("en-US")),
+      h("td", { class: "num" }, money(row.charge, currency, { precise: true })),
+    )));
+  }
+  renderChart(totals.by_day, currency);
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, String(value));
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function renderChart(byDay, currency) {
+  const chart = $("usage-chart");
+  if (!byDay.length) { chart.replaceChildren(h("p", { class: "muted" }, "No usage to chart in this range.")); return; }
+  // One bar per day of the range (days without requests included), height = requests that day.
+  const { from, to } = usageRange();
+  const days = [];
+  for (let day = new Date(from); day < new Date(to); day.setUTCDate(day.getUTCDate() + 1)) days.push(isoDay(day));
+  const byName = Object.fromEntries(byDay.map((d) => [d.day, d]));
+  const width = 720; const height = 180; const left = 36; const bottom = 22; const top = 10;
+  const max = Math.max(1, ...byDay.map((d) => d.requests));
+  const step = (width - left) / days.length;
+  const bars = days.map((day, i) => {
+    const entry = byName[day];
+    const requests = entry ? entry.requests : 0;
+    const barHeight = ((height - top - bottom) * requests) / max;
+    const label = `${day}: ${requests} request${requests === 1 ? "" : "s"}${entry ? `, ${money(entry.charge, currency)}` : ""}`;
+    return svg("rect", { class: "bar", x: left + i * step + step * 0.15, y: height - bottom - barHeight,
+      width: Math.max(1, step * 0.7), height: barHeight }, svg("title", {}, label));
+  });
+  const anchors = ["start", "middle", "end"];
+  const labels = [0, Math.floor(days.length / 2), days.length - 1].map((i, n) => ({ i, anchor: anchors[n] }))
+    .filter(({ i }, n, all) => all.findIndex((l) => l.i === i) === n)
+    .map(({ i, anchor }) => svg("text", {
+      x: anchor === "start" ? left + i * step : anchor === "end" ? left + (i + 1) * step : left + i * step + step / 2,
+      y: height - 6, "text-anchor": anchor,
+    }, days[i].slice(5)));
+  const graphic = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-labelledby": "usage-chart-title" },
+    svg("title", { id: "usage-chart-title" }, `Requests per day, ${days[0]} to ${days[days.length - 1]}: ${state.usage.totals.total.requests} in all`),
+    svg("line", { class: "axis", x1: left, y1: height - bottom, x2: width, y2: height - bottom }),
+    svg("text", { x: left - 6, y: top + 8, "text-anchor": "end" }, max),
+    svg("text", { x: left - 6, y: height - bottom, "text-anchor": "end" }, 0),
+    ...bars, ...labels);
+  chart.replaceChildren(graphic);
+}
+
+function csvCell(value) {
+  const text = value === null || value === undefined ? "" : String(value);
+  // Quote everything; a leading = + - @ would make a spreadsheet run it as a formula.
+  return `"${(/^[=+\-@]/.test(text) ? `'${text}` : text).replace(/"/g, '""')}"`;
+}
+
+async function exportCsv(event) {
+  const { from, to } = usageRange();
+  const columns = ["created_at", "request_id", "key_id", "model", "status", "prompt_tokens", "completion_tokens", "charge", "currency"];
+  const rows = [columns.join(",")];
+  await busy(event.currentTarget, async () => {
+    let cursor = null;
+    for (let page = 0; page < 50; page += 1) {
+      const query = new URLSearchParams({ from, to, limit: "1000", ...(cursor ? { cursor } : {}) });
+      const data = await api("GET", `accounts/${encodeURIComponent(state.accountId)}/usage?${query}`);
+      for (const record of data.records) rows.push(columns.map((c) => csvCell(record[c])).join(","));
+      cursor = data.next;
+      if (!cursor) break;
+    }
+  });
+  const url = URL.createObjectURL(new Blob([`${rows.join("\r\n")}\r\n`], { type: "text/csv" }));
+  const link = h("a", { href: url, download: `onysoft-usage-${state.accountId}-${from.slice(0, 10)}-${$("usage-to").value}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  announce(`Exported ${rows.length - 1} usage records.`);
+}
+
+// ------------------------------------------------------------------------------------------- audit
+
+function detailValue(value) {
+  if (value && typeof value === "object" && "from" in value && "to" in value) return `${detailValue(value.from)} → ${detailValue(value.to)}`;
+  if (value && typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+function auditDetails(record) {
+  const parts = [];
+  for (const [name, value] of Object.entries(record.details || {})) {
+    if (value === null || value === undefined || name.endsWith("_micros")) continue; // the decimal twin says it
+    parts.push(`${name.replace(/_pct$/, " %").replace(/_/g, " ")}: ${detailValue(value)}`);
+  }
+  if (record.key_id && !parts.some((p) => p.startsWith("display"))) parts.unshift(record.key_id);
+  return parts.join(" · ");
+}
+
+async function loadAudit(more = false) {
+  const tbody = $("audit-table").tBodies[0];
+  if (!more) loading(tbody, 4);
+  const query = new URLSearchParams({ account_id: state.accountId, limit: "25" });
+  if (more && state.auditNext) query.set("cursor", state.auditNext);
+  const data = await api("GET", `audit?${query}`);
+  state.auditNext = data.next;
+  loaded(tbody);
+  const rows = data.records.map((record) => h("tr", {},
+    h("td", {}, timeNode(record.at)),
+    h("td", {}, record.action.replace(/[._]/g, " ")),
+    h("td", {}, record.actor),
+    h("td", {}, auditDetails(record)),
+  ));
+  if (more) tbody.append(...rows);
+  else if (rows.length) tbody.replaceChildren(...rows);
+  else emptyRow(tbody, 4, "Nothing recorded yet.");
+  $("audit-more").hidden = !state.auditNext;
+}
+
+// ------------------------------------------------------------------------------------------- accounts
+
+async function createAccount(event) {
+  event.preventDefault();
+  const form = $("new-account-form");
+  const name = $("new-account-name").value.trim();
+  if (!name) { showAlert("Give the new account a name."); $("new-account-name").focus(); return; }
+  const body = { kind: form.dataset.kind, name };
+  const markup = $("new-account-markup").value.trim();
+  if (markup && form.dataset.kind !== "project") body.markup_pct = markup;
+  try {
+    const created = await busy($("new-account-submit"), () => api("POST", "accounts", { body }));
+    form.reset();
+    showAlert("");
+    state.accountId = created.account_id;
+    announce(`Created ${created.name}.`);
+    await loadAccounts();
+  } catch (error) { report(error); }
+}
+
+async function saveMarkup(event) {
+  event.preventDefault();
+  const value = $("markup-input").value.trim();
+  if (!value) return;
+  try {
+    await busy(event.submitter, () => api("PATCH", `accounts/${encodeURIComponent(state.accountId)}`, { body: { markup_pct: value } }));
+    showAlert("");
+    announce(`Markup set to ${value}%.`);
+    await loadAccounts();
+  } catch (error) { report(error); }
+}
+
+async function topUp(event) {
+  event.preventDefault();
+  const amount = $("topup-amount").value.trim();
+  if (!/^[0-9]+(\.[0-9]{1,6})?$/.test(amount) || /^0+(\.0+)?$/.test(amount)) {
+    showAlert("The amount is a positive number like 100 or 12.50.");
+    $("topup-amount").focus();
+    return;
+  }
+  // One key per click: a retried request (the network, a proxy) is not added twice; another click is a new top-up.
+  const idempotencyKey = crypto.randomUUID();
+  try {
+    const account = await busy(event.submitter, () => api("POST", `accounts/${encodeURIComponent(state.accountId)}/topup`,
+      { body: { amount }, headers: { "Idempotency-Key": idempotencyKey } }));
+    $("topup-amount").value = "";
+    showAlert("");
+    announce(`Added ${money(amount, account.currency)}. The balance is ${money(account.balance, account.currency)}.`);
+    await loadAccounts();
+  } catch (error) { report(error); }
+}
+
+function report(error) {
+  if (error instanceof ApiError && error.status === 401) return;
+  showAlert(error.message || String(error));
+}
+
+// ------------------------------------------------------------------------------------------- start
+
+function wire() {
+  $("sign-in-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const email = $("email").value.trim();
+    const password = $("password").value;
+    if (!email || !password) { fieldError("sign-in-error", "Enter your email and password."); return; }
+    fieldError("sign-in-error", "");
+    try {
+      await busy(event.submitter, () => signIn(email, password));
+      $("password").value = "";
+    } catch (error) {
+      fieldError("sign-in-error", error instanceof CognitoError ? signInMessage(error) : error.message);
+    }
+  });
+  $("new-password-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    fieldError("new-password-error", "");
+    try {
+      await busy(event.submitter, () => setNewPassword($("new-password-input").value));
+      $("new-password-input").value = "";
+    } catch (error) {
+      fieldError("new-password-error", error instanceof CognitoError ? signInMessage(error) : error.message);
+    }
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  $("create-key").addEventListener("click", openCreate);
+  $("create-form").addEventListener("submit", createKey);
+  $("create-dialog").addEventListener("close", wipeCreated);
+  $("copy-key").addEventListener("click", () => copyFrom("new-key"));
+  $("copy-export").addEventListener("click", () => copyFrom("export-line"));
+  $("confirm-delete").addEventListener("click", confirmDelete);
+  for (const button of document.querySelectorAll("dialog [data-close]")) {
+    button.addEventListener("click", () => button.closest("dialog").close());
+  }
+  $("usage-form").addEventListener("submit", (event) => { event.preventDefault(); loadUsage().catch(report); });
+  $("usage-csv").addEventListener("click", (event) => exportCsv(event).catch(report));
+  $("audit-more").addEventListener("click", () => loadAudit(true).catch(report));
+  $("new-account-form").addEventListener("submit", createAccount);
+  $("markup-form").addEventListener("submit", saveMarkup);
+  $("topup-form").addEventListener("submit", topUp);
+}
+
+async function start() {
+  wire();
+  try {
+    const response = await fetch("config.json");
+    state.config = await response.json();
+  } catch {
+    $("booting").textContent = "The dashboard could not load its settings. Reload the page to try again.";
+    return;
+  }
+  const saved = sessionStorage.getItem(SESSION_KEY);
+  if (saved) {
+    try {
+      state.session = JSON.parse(saved);
+      if (state.session.expiresAt - Date.now() < REFRESH_MARGIN_MS) await refreshSession();
+      else scheduleRefresh();
+      await enterApp();
+      return;
+    } catch {
+      state.session = null;
+      sessionStorage.removeItem(SESSION_KEY);
+    }
+  }
+  showView("sign-in");
+}
+
+start();

@@ -1,0 +1,394 @@
+"""The web dashboard in a real Chromium (Debian's, driven by Playwright), on `onysoft dev`: people sign in with
+the local user pool (moto's cognito-idp, InitiateAuth from the browser), manage keys, see usage, and never see
+another tenant. Every page fails its test on a console error or a request off the stack (tests/integration/browser.py).
+
+Accessible names are DESIGN.md's contract ("Web dashboard"): the tests find everything by role and label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.integration.browser import SCREENSHOT_DIR_ENV, WatchedPage, launch
+from tests.integration.conftest import DevGateway
+
+PASSWORD = "Browser-test-2026"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def open_page(browser, gateway, tmp_path):
+    """open_page(width=1200) -> a WatchedPage on a fresh browser context (no shared storage); each is checked
+    for console errors and foreign requests when the test ends."""
+    opened: list[tuple[object, WatchedPage]] = []
+    origins = {gateway.base_url, gateway.env["AWS_ENDPOINT_URL_COGNITO_IDP"].rstrip("/")}
+
+    def make(width: int = 1200, height: int = 900) -> WatchedPage:
+        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+        context.set_default_timeout(15_000)
+        watched = WatchedPage(context.new_page(), origins)
+        opened.append((context, watched))
+        return watched
+
+    yield make
+    try:
+        for _, watched in opened:
+            watched.assert_clean()
+    finally:
+        for context, _ in opened:
+            context.close()
+
+
+def sign_in_as(gateway: DevGateway, principal: str) -> str:
+    """A fresh sign-in (email) acting as `principal`, made the way an operator would: `onysoft users create`."""
+    email = f"{principal.split(':')[0]}-{secrets.token_hex(4)}@example.com"
+    gateway.cli_json("users", "create", "--principal", principal, "--email", email, "--password", PASSWORD)
+    return email
+
+
+def new_account(gateway: DevGateway, kind: str = "user", name: str = "", owner: str | None = None,
+                topup: str | None = "100") -> str:
+    args = ["accounts", "create", "--kind", kind, "--name", name or f"{kind} {secrets.token_hex(2)}"]
+    if owner:
+        args += ["--owner", owner]
+    account = gateway.cli_json(*args)["account_id"]
+    if topup:
+        gateway.cli_json("accounts", "topup", account, topup)
+    return account
+
+
+def screenshot(watched: WatchedPage, tmp_path: Path, name: str, *, full_page: bool = True) -> None:
+    watched.page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=full_page)
+    target = os.environ.get(SCREENSHOT_DIR_ENV)
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        watched.page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=full_page)
+
+
+def sign_in(watched: WatchedPage, gateway: DevGateway, email: str, password: str = PASSWORD) -> None:
+    page = watched.page
+    page.goto(gateway.base_url + "/dashboard/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    settled(page)
+
+
+def settled(page) -> None:
+    """Every table has finished loading (the page marks a loading table aria-busy)."""
+    expect(page.locator("table[aria-busy]")).to_have_count(0)
+
+
+def key_row(page, name: str):
+    return page.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
+
+
+def chat(gateway: DevGateway, key: str) -> str:
+    client = openai.OpenAI(api_key=key, base_url=gateway.base_url + "/v1", max_retries=0, timeout=15)
+    completion = client.chat.completions.create(model="mock/echo", messages=[{"role": "user", "content": "hi"}])
+    return completion.choices[0].message.content
+
+
+# ---------------------------------------------------------------------------------------------- journeys
+
+
+def test_sign_in_errors_in_words_then_sign_in_and_out(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Sign-in test")
+    email = sign_in_as(gateway, f"user:{account}")
+    watched = open_page()
+    page = watched.page
+    response = page.goto(gateway.base_url + "/dashboard")  # no slash: redirected to the app's URL
+    assert page.url == gateway.base_url + "/dashboard/" and response.ok
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["cache-control"] == "no-cache"
+    screenshot(watched, tmp_path, "sign-in")
+
+    watched.expect_console_error(r"status of 400")  # the user pool's answer to a wrong password
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill("Not-the-password-1")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Incorrect email or password.")).to_be_visible()
+
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    expect(page.get_by_text(email)).to_be_visible()
+    expect(page.get_by_role("table").first.get_by_text("₺100.00")).to_be_visible()  # balances in their currency
+    session = json.loads(page.evaluate("sessionStorage.getItem('onysoft.dashboard.session')"))
+    assert session["idToken"].count(".") == 2 and session["refreshToken"]
+
+    page.reload()  # still signed in: the session is kept for this tab
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+
+    # A token about to expire is refreshed with the refresh token (REFRESH_TOKEN_AUTH), not a new sign-in.
+    flows = []
+    page.on("request", lambda r: flows.append(json.loads(r.post_data).get("AuthFlow"))
+            if r.method == "POST" and "InitiateAuth" in (r.headers.get("x-amz-target") or "") else None)
+    page.evaluate("""() => { const s = JSON.parse(sessionStorage.getItem('onysoft.dashboard.session'));
+        s.expiresAt = Date.now() + 30000; sessionStorage.setItem('onysoft.dashboard.session', JSON.stringify(s)); }""")
+    page.reload()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    settled(page)
+    assert flows == ["REFRESH_TOKEN_AUTH"]
+    refreshed = json.loads(page.evaluate("sessionStorage.getItem('onysoft.dashboard.session')"))
+    assert refreshed["idToken"] != session["idToken"] and refreshed["expiresAt"] > session["expiresAt"] - 60_000
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    page.reload()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+def test_a_temporary_password_must_be_changed_at_first_sign_in(gateway, open_page, monkeypatch):
+    from onysoft_tools.local import cognito
+
+    account = new_account(gateway, name="First sign-in")
+    pool = cognito.Pool.from_env(gateway.env)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, gateway.env[name])
+    email = f"new-{secrets.token_hex(4)}@example.com"
+    cognito.create_user(pool, principal=f"user:{account}", email=email, temporary_password="Temporary-pass-1")
+    watched = open_page()
+    page = watched.page
+    page.goto(gateway.base_url + "/dashboard/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill("Temporary-pass-1")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Choose a new password")).to_be_visible()
+    watched.expect_console_error(r"status of 400")  # the pool refuses a password against its policy
+    page.get_by_label("New password", exact=True).fill("short")
+    page.get_by_role("button", name="Set password").click()
+    expect(page.get_by_role("alert").filter(has_text="password")).to_be_visible()
+    page.get_by_label("New password", exact=True).fill("My-own-password-1")
+    page.get_by_role("button", name="Set password").click()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    document = gateway.cli_json("token", "--email", email, "--password", "My-own-password-1")
+    assert document["principal"] == f"user:{account}"
+
+
+def test_create_a_key_use_it_see_last_used_then_delete_it(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Keys journey")
+    email = sign_in_as(gateway, f"user:{account}")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, email)
+    expect(page.get_by_text("No keys yet.")).to_be_visible()  # the empty state
+
+    # Create, by keyboard: the button, the dialog's Name field (focused on open), Enter submits.
+    page.get_by_role("button", name="Create key").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_label("Name", exact=True)).to_be_focused()
+    page.keyboard.type("laptop")
+    dialog.get_by_label("Requests per minute").fill("30")
+    dialog.get_by_label("Spend limit").fill("5")
+    dialog.get_by_label("Models").fill("mock/echo, mock/slow-stream")
+    dialog.get_by_label("Expires").fill("2030-01-15T12:00")
+    dialog.get_by_label("Name", exact=True).press("Enter")
+    key_field = dialog.get_by_label("API key")
+    expect(key_field).to_have_value(re.compile(r"^sk-ony-[0-9a-f]{48}$"))
+    key = key_field.input_value()
+    gateway.known_keys.add(key)
+    expect(dialog.get_by_label("In a shell")).to_have_value(f"export ONYSOFT_API_KEY={key}")
+    expect(dialog.get_by_role("button", name="Copy", exact=True)).to_be_visible()
+    screenshot(watched, tmp_path, "create-key", full_page=False)
+    page.keyboard.press("Escape")  # closing the dialog forgets the key
+    expect(dialog).to_be_hidden()
+    assert key not in page.content()
+    assert key not in page.evaluate("JSON.stringify([Object.entries(sessionStorage), Object.entries(localStorage)])")
+    assert key not in page.evaluate("[...document.querySelectorAll('input')].map((i) => i.value).join(' ')")
+
+    row = key_row(page, "laptop")
+    expect(row).to_have_count(1)
+    expect(row.get_by_role("cell", name="Never")).to_be_visible()
+    expect(row).to_contain_text("30 req/min")
+    expect(row).to_contain_text("spend ≤ ₺5.00")
+    expect(row).to_contain_text("models: mock/echo, mock/slow-stream")
+    expect(row).to_contain_text("expires 15 Jan 2030")
+    expect(row).to_contain_text(key[:11])  # the display form
+    assert key not in row.inner_text()
+
+    assert chat(gateway, key)  # the OpenAI SDK, with the key the page showed
+    page.reload()
+    row = key_row(page, "laptop")
+    last_used = row.locator("td.last-used time")
+    expect(last_used).to_have_text("just now")
+    assert re.fullmatch(r"\d{1,2} \w{3} \d{4}, \d{2}:\d{2}:\d{2} UTC", last_used.get_attribute("title"))
+    expect(page.get_by_role("table", name="By model").get_by_role("cell", name="mock/echo")).to_be_visible()
+    screenshot(watched, tmp_path, "keys")
+
+    row.get_by_role("button", name="Delete").click()
+    confirm = page.get_by_role("dialog", name="Delete key?")
+    expect(confirm).to_contain_text("laptop")
+    confirm.get_by_role("button", name="Delete").click()
+    expect(confirm).to_be_hidden()
+    expect(key_row(page, "laptop")).to_have_count(0)
+    expect(page.get_by_text("No keys yet.")).to_be_visible()
+    with pytest.raises(openai.AuthenticationError) as caught:
+        chat(gateway, key)
+    assert caught.value.status_code == 401
+    expect(page.get_by_role("table").filter(has_text="key delete").first).to_be_visible()  # the audit log
+
+
+def test_usage_chart_table_and_csv_export(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Usage journey")
+    key = gateway.cli_json("keys", "create", "--account", account, "--name", "batch")["key"]
+    gateway.known_keys.add(key)
+    for _ in range(3):
+        chat(gateway, key)
+    email = sign_in_as(gateway, f"user:{account}")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, email)
+    chart = page.get_by_role("img", name=re.compile("Requests per day"))
+    expect(chart).to_be_visible()
+    expect(chart).to_have_accessible_name(re.compile(r"3 in all$"))
+    model_row = page.get_by_role("table", name="By model").get_by_role("row").filter(has_text="mock/echo")
+    expect(model_row.get_by_role("cell").nth(1)).to_have_text("3")
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Export CSV").click()
+    csv = Path(download_info.value.path()).read_text()
+    lines = csv.strip().splitlines()
+    assert lines[0].startswith("created_at,request_id,key_id,model") and len(lines) == 4
+    assert all('"mock/echo"' in line for line in lines[1:])
+    screenshot(watched, tmp_path, "usage")
+
+
+def test_a_user_never_sees_another_tenants_account(gateway, open_page):
+    mine = new_account(gateway, name="Mine")
+    theirs = new_account(gateway, name="Theirs")
+    their_key = gateway.cli_json("keys", "create", "--account", theirs, "--name", "their secret key")
+    gateway.known_keys.add(their_key["key"])
+    email = sign_in_as(gateway, f"user:{mine}")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, email)
+    expect(page.get_by_role("heading", name="Mine")).to_be_visible()
+    settled(page)
+    page.wait_for_load_state("networkidle")
+    api_calls = [(url, status, body) for url, status, body in watched.responses if "/dashboard/" in url
+                 and not re.search(r"/dashboard/(static/|config\.json|$)", url)]
+    assert api_calls and all(status == 200 for _, status, _ in api_calls), api_calls
+    for url, _, body in watched.responses:
+        for secret in (theirs, their_key["key_id"], their_key["key"], "Theirs", "their secret key"):
+            assert secret not in url and secret.encode() not in body, (secret, url)
+    accounts = next(json.loads(body) for url, _, body in api_calls if url.endswith("/dashboard/accounts"))
+    assert [a["account_id"] for a in accounts["accounts"]] == [mine]
+    assert theirs not in page.content() and "Theirs" not in page.content()
+
+
+def test_a_partner_creates_a_customer_and_a_key_for_it(gateway, open_page, tmp_path):
+    partner = f"partner:p-{secrets.token_hex(3)}"
+    email = sign_in_as(gateway, partner)
+    watched = open_page(width=390, height=844)  # a phone
+    page = watched.page
+    sign_in(watched, gateway, email)
+    expect(page.get_by_text("No customers yet.")).to_be_visible()
+    new_customer = page.get_by_role("form", name="New customer")
+    new_customer.get_by_label("Name").fill("Kahve Dükkanı")
+    new_customer.get_by_label("Markup %").fill("45")
+    new_customer.get_by_role("button", name="Create customer").click()
+    expect(page.get_by_role("heading", name="Kahve Dükkanı")).to_be_visible()
+    accounts = page.get_by_role("table").first
+    expect(accounts.get_by_role("row").filter(has_text="Kahve Dükkanı")).to_contain_text("45%")
+    expect(accounts).to_contain_text("₺0.00")
+
+    markup = page.get_by_role("form", name="Account markup")
+    watched.expect_console_error(r"status of 400")  # the API refuses a markup out of range, in words
+    markup.get_by_label("Markup %").fill("250")
+    markup.get_by_role("button", name="Save markup").click()
+    expect(page.get_by_role("alert").filter(has_text="between 0% and 200%")).to_be_visible()
+    markup.get_by_label("Markup %").fill("60")
+    markup.get_by_role("button", name="Save markup").click()
+    expect(accounts.get_by_role("row").filter(has_text="Kahve Dükkanı")).to_contain_text("60%")
+
+    page.get_by_role("button", name="Create key").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Name", exact=True).fill("register")
+    dialog.get_by_role("button", name="Create", exact=True).click()
+    expect(dialog.get_by_label("API key")).to_have_value(re.compile(r"^sk-ony-"))
+    key = dialog.get_by_label("API key").input_value()
+    gateway.known_keys.add(key)
+    dialog.get_by_role("button", name="Done").click()
+    expect(key_row(page, "register")).to_contain_text("partner customer")
+    described = httpx.get(gateway.base_url + "/v1/key", headers={"Authorization": f"Bearer {key}"}, timeout=15)
+    assert described.status_code == 200 and described.json()["type"] == "partner_customer"
+    # Usable at 390 px: nothing wider than the screen but the tables, which scroll in their own region.
+    wide = page.evaluate("""[...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > 391
+        && !e.closest('.table-wrap *')).map((e) => e.tagName + '#' + e.id + '.' + e.className)""")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+    screenshot(watched, tmp_path, "partner-phone")
+
+
+def test_an_org_admin_creates_a_project(gateway, open_page):
+    org = f"org:o-{secrets.token_hex(3)}"
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, org))
+    expect(page.get_by_text("No projects yet.")).to_be_visible()
+    new_project = page.get_by_role("form", name="New project")
+    expect(new_project.get_by_label("Markup %")).to_be_hidden()  # a project's markup is the platform's
+    new_project.get_by_label("Name").fill("Search")
+    new_project.get_by_role("button", name="Create project").click()
+    expect(page.get_by_role("heading", name="Search")).to_be_visible()
+    expect(page.get_by_role("form", name="Account markup")).to_be_hidden()
+    settled(page)
+    (project,) = [a for a in gateway.cli_json("accounts", "list")["accounts"] if a.get("owner") == org.split(":")[1]]
+    assert project["kind"] == "project" and project["name"] == "Search"
+
+
+def test_the_operator_tops_up_once_per_click_even_when_the_request_is_delivered_twice(gateway, open_page, tmp_path):
+    account = new_account(gateway, name=f"Top-up {uuid.uuid4().hex[:6]}", topup=None)
+    email = sign_in_as(gateway, "operator")
+    watched = open_page()
+    page = watched.page
+    sent: list[dict] = []
+
+    def deliver_twice(route) -> None:
+        # What a retrying network or proxy does: the same request (same Idempotency-Key) reaches the API twice.
+        sent.append(route.request.headers)
+        route.fetch()
+        second = route.fetch()
+        sent.append({"replayed": second.headers.get("idempotent-replayed")})
+        route.fulfill(response=second)
+
+    page.route("**/topup", deliver_twice)
+    sign_in(watched, gateway, email)
+    row = page.get_by_role("row").filter(has_text=account)
+    row.get_by_role("button", name=re.compile("^Open")).click()
+    expect(page.get_by_role("heading", name=re.compile("^Top-up"))).to_be_visible()
+    page.get_by_label("Amount").fill("12.5")
+    page.get_by_role("button", name="Top up").click()
+    expect(row).to_contain_text("₺12.50")
+    assert gateway.cli_json("accounts", "show", account)["balance_micros"] == 12_500_000  # charged once
+    assert sent[1] == {"replayed": "true"}
+    first_key = sent[0]["idempotency-key"]
+    assert re.fullmatch(r"[0-9a-f-]{36}", first_key)
+
+    page.get_by_label("Amount").fill("1")  # another click: another top-up, with its own key
+    page.get_by_role("button", name="Top up").click()
+    expect(row).to_contain_text("₺13.50")
+    assert gateway.cli_json("accounts", "show", account)["balance_micros"] == 13_500_000
+    assert sent[2]["idempotency-key"] != first_key
+    screenshot(watched, tmp_path, "operator")
