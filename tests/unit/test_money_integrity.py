@@ -453,6 +453,7 @@ def test_the_sweeper_handler_counts_close_failures_in_a_metric(gateway, monkeypa
 
     monkeypatch.setattr(sweeper, "close_stale_holds", lambda **kw: {
         "settled": 1, "released": 0, "already_closed": 0, "close_failures": 2})
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "sweeper")  # metrics are written in Lambda only
     path = Path(__file__).resolve().parents[2] / "functions" / "sweeper" / "app.py"
     spec = importlib.util.spec_from_file_location("sweeper_app", path)
     app = importlib.util.module_from_spec(spec)
