@@ -83,8 +83,9 @@ def test_writes_survive_a_restart_and_reads_are_not_journaled(tmp_path, moto_app
     call(app, "Scan", {"TableName": TABLE})
     _id, entries, _good, dropped = journal.read_journal(tmp_path / journal.JOURNAL_FILE)
     assert entries == entries_before_reads and dropped == 0
-    assert [e.operation for e in entries] == ["CreateTable"] + ["UpdateItem"] * 5
-    assert {(e.region, e.access_key) for e in entries} == {("eu-west-1", "AKIDEXAMPLE")}
+    assert [e.operation for e in entries] == ["CreateTable"] + ["items"] * 5  # item writes: their after-images
+    assert entries[0].region == "eu-west-1" and entries[0].access_key == "AKIDEXAMPLE"
+    assert json.loads(entries[-1].body) == {"w": [[TABLE, {"id": {"S": "a"}}, {"id": {"S": "a"}, "n": {"N": "5"}}]]}
     state.close()  # no compaction: as after kill -9
 
     restart()
@@ -108,7 +109,7 @@ def test_refused_writes_are_not_journaled(tmp_path, moto_app):
                             "ExpressionAttributeValues": {":x": {"N": "100"}}}}]})
     assert status.startswith("400")
     entries = journal.read_journal(tmp_path / journal.JOURNAL_FILE)[1]
-    assert [e.operation for e in entries] == ["CreateTable", "UpdateItem", "UpdateItem"]
+    assert [e.operation for e in entries] == ["CreateTable", "items", "items"]
     state.close()
     restart()
     state, app = started(tmp_path, moto_app)
@@ -255,3 +256,52 @@ def test_serial_moto_refuses_an_untested_moto(monkeypatch, capsys):
     assert serial_moto.main(["-p", "1"]) == 3
     err = capsys.readouterr().err
     assert "moto 5.1.4 is installed" in err and "Traceback" not in err
+
+
+def test_every_kind_of_item_write_replays_to_the_same_state(tmp_path, moto_app):
+    state, app = started(tmp_path, moto_app)
+    create_table(app)
+    assert call(app, "CreateTable", {
+        "TableName": "j-usage", "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": "a", "AttributeType": "S"},
+                                 {"AttributeName": "t", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "a", "KeyType": "HASH"}, {"AttributeName": "t", "KeyType": "RANGE"}],
+    })[0].startswith("200")
+    usage = [{"a": {"S": f"acct{n % 3}"}, "t": {"S": f"{n:04}"}, "charge": {"N": str(n)}} for n in range(30)]
+    for start in range(0, 30, 10):
+        assert call(app, "BatchWriteItem", {"RequestItems": {"j-usage": [
+            {"PutRequest": {"Item": item}} for item in usage[start:start + 10]]}})[0].startswith("200")
+    assert call(app, "BatchWriteItem", {"RequestItems": {"j-usage": [
+        {"DeleteRequest": {"Key": {"a": {"S": "acct0"}, "t": {"S": "0000"}}}}]}})[0].startswith("200")
+    assert call(app, "DeleteItem", {"TableName": "j-usage", "Key": {"a": {"S": "acct1"}, "t": {"S": "0001"}}})[0] \
+        .startswith("200")
+    assert call(app, "PutItem", {"TableName": TABLE, "Item": {"id": {"S": "p"}, "n": {"N": "9"}}})[0].startswith("200")
+    assert call(app, "TransactWriteItems", {"TransactItems": [
+        {"Put": {"TableName": "j-usage", "Item": {"a": {"S": "acct9"}, "t": {"S": "x"}}}},
+        {"Update": {"TableName": TABLE, "Key": {"id": {"S": "p"}}, "UpdateExpression": "ADD n :d REMOVE gone",
+                    "ExpressionAttributeValues": {":d": {"N": "-4"}}}},
+        {"Delete": {"TableName": "j-usage", "Key": {"a": {"S": "acct2"}, "t": {"S": "0002"}}}},
+        {"ConditionCheck": {"TableName": "j-usage", "Key": {"a": {"S": "acct1"}, "t": {"S": "0004"}},
+                            "ConditionExpression": "charge > :z", "ExpressionAttributeValues": {":z": {"N": "0"}}}},
+    ]})[0].startswith("200")
+
+    def everything(app) -> dict:
+        scans = {table: call(app, "Scan", {"TableName": table})[1]["Items"] for table in (TABLE, "j-usage")}
+        return {table: sorted(json.dumps(i, sort_keys=True) for i in items) for table, items in scans.items()}
+
+    before = everything(app)
+    assert len(before["j-usage"]) == 28 and len(before[TABLE]) == 1
+    state.close()  # as after kill -9: everything comes from the journal
+    restart()
+    state, app = started(tmp_path, moto_app)
+    assert state.stats["replay_failures"] == 0
+    assert everything(app) == before
+    query = call(app, "Query", {"TableName": "j-usage", "KeyConditionExpression": "a = :a",
+                                "ExpressionAttributeValues": {":a": {"S": "acct0"}}})[1]
+    assert query["Count"] == 9
+    state.compact()
+    state.close()
+    restart()
+    state, app = started(tmp_path, moto_app)
+    assert everything(app) == before
+    state.close()

@@ -65,7 +65,7 @@ def serialized_app(state: journal_module.DurableState | None = None, moto_app=No
                 status, headers, out = journal_module.call_app(moto_app, environ)
             if journaled and not state.failed and status.startswith("2"):
                 try:
-                    state.record(journal_module.entry_from_environ(environ, body))
+                    state.record(journal_module.durable_entry(environ, body))
                 except OSError as exc:
                     # moto applied the write in memory but it is not on file: do not acknowledge it, and take
                     # no further write (memory and file would disagree from here on).
