@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv dev test lint unit integration template-tests bench build deploy-dev clean
+.PHONY: venv dev test lint unit integration template-tests bench bench-local build deploy-dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,14 @@ template-tests: venv
 	$(BIN)/pytest -q tests/template
 
 # Not part of `make test`: overhead, cold starts, DynamoDB work and cost per request -> docs/BENCHMARKS.md
-# (about 5 minutes on 2 cores; loopback only). The bench group holds its extra dependencies, if any.
+# (about 20 minutes on 2 cores; loopback only). The bench group holds its extra dependencies, if any.
 bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
+
+# Only the local gateway's curve and start times (part of `make bench`; ~15 minutes): its BENCHMARKS.md section.
+bench-local: venv
+	$(BIN)/python -m tools.bench.local_gateway
 
 # Needs the SAM CLI (install it apart from this venv: `pipx install aws-sam-cli`) and python3.13 on PATH.
 build:
