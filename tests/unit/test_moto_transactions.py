@@ -214,16 +214,17 @@ def test_rollback_after_many_transactions_keeps_other_items(monkeypatch):
         assert after["gsi k1"] == sorted([("a1", "001"), ("a1", "002")] + [("a1", f"1{n:02}") for n in range(20)])
 
 
-@pytest.mark.parametrize("version", ["4.2.14", "5.1.9", "5.3.0", "6.0.0", "garbage"])
+@pytest.mark.parametrize("version", ["4.2.14", "5.1.9", "5.2.4", "5.3.0", "6.0.0", "garbage"])
 def test_refuses_an_untested_moto_version(version):
     with pytest.raises(moto_transactions.UnsupportedMotoVersion) as raised:
         moto_transactions.check_version(version)
     message = str(raised.value)
-    assert f"moto {version}" in message and ">=5.2,<5.3" in message
+    assert f"moto {version}" in message and ">=5.2.5,<5.3" in message
 
 
 def test_accepts_the_installed_moto():
     import moto
 
     moto_transactions.check_version(moto.__version__)
-    moto_transactions.check_version("5.2.0rc1")
+    moto_transactions.check_version("5.2.9")
+    moto_transactions.check_version("5.2.6.dev3")

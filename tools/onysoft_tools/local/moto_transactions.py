@@ -19,7 +19,7 @@ import copy
 from typing import Any
 
 # The moto releases this patch was written for and tested with (pyproject.toml pins the same range).
-SUPPORTED_MOTO = ((5, 2), (5, 3))  # >= 5.2, < 5.3
+SUPPORTED_MOTO = ((5, 2, 5), (5, 3))  # >= 5.2.5, < 5.3
 
 _installed = False
 
