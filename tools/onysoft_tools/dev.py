@@ -1025,7 +1025,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(Exception):
             sock.close()
+        stopping = time.monotonic()
         moto.stop()  # SIGTERM: moto compacts its journal into the snapshot
+        logger.info("moto server stopped in %.1f s", time.monotonic() - stopping)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         print("onysoft dev stopped.", file=sys.stderr, flush=True)

@@ -148,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                                 state.snapshot_path, done["seconds"])
                 state.failed = "stopped"
                 state.close()
+                # The snapshot is on disk: skip tearing down moto's heap object by object (seconds with
+                # 100,000 items), which would only delay the stop.
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(0)
     return 0
 
 
