@@ -262,8 +262,9 @@ def render(result: dict) -> str:
     paused = ", ".join(f"{x['seconds']:.2f} s for {x['items']:,} items" for x in compactions)
     lines += [
         "",
-        f"- **Journal**: {c['journal_bytes_per_request']:,.0f} bytes per chat request (its two TransactWriteItems "
-        f"as sent, plus a 60-byte header each; reads are not journaled). Written with one `write()` to the OS "
+        f"- **Journal**: {c['journal_bytes_per_request']:,.0f} bytes per chat request (the after-images of the "
+        "items its two transactions wrote: the usage record twice, the account, the key, the rate counter; plus "
+        "a ~50-byte header per entry; reads are not journaled). Written with one `write()` to the OS "
         f"before moto's answer; not fsynced per write by default (`ONYSOFT_DEV_FSYNC=1` does): that survives "
         f"`kill -9` of every process, not a power cut. "
         + (f"{len(compactions)} compaction(s) into the snapshot during the run (journal past 16 MB), "
