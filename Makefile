@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test lint unit integration template-tests bench bench-memory sam build deploy-dev clean chromium
+.PHONY: venv dev test lint unit integration template-tests bench bench-local bench-memory sam build deploy-dev clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +41,15 @@ template-tests: venv
 	$(BIN)/pytest -q tests/template
 
 # Not part of `make test`: overhead, cold starts, DynamoDB work and cost per request -> docs/BENCHMARKS.md
-# (about 5 minutes on 2 cores; loopback only). The bench group holds its extra dependencies, if any.
+# (about 20 minutes on 2 cores; loopback only). The bench group holds its extra dependencies, if any.
 bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.bench.memory
+
+# Only the local gateway's curve and start times (part of `make bench`; ~15 minutes): its BENCHMARKS.md section.
+bench-local: venv
+	$(BIN)/python -m tools.bench.local_gateway
 
 # Only the right-sizing section of docs/BENCHMARKS.md (memory and CPU per request, cost per MemorySize).
 bench-memory: venv

@@ -102,6 +102,7 @@ class DevGateway:
     known_keys: set[str] = field(default_factory=set)  # every plaintext key the tests have seen
     children: list[int] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ONYSOFT_PROVIDER_OPENAI_BASE_URL
+    own_process_group: bool = False  # kill -9 tests: the gateway leads a process group of its own
 
     @property
     def base_url(self) -> str:
@@ -118,6 +119,7 @@ class DevGateway:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=clean_env(**self.extra_env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509
+                process_group=0 if self.own_process_group else None,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:

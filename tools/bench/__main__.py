@@ -8,13 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import coldstart, cost, dynamo, overhead, report
+from . import coldstart, cost, dynamo, local_gateway, overhead, report
 from .common import ROOT, machine
 
 
 def main() -> int:
     started = time.monotonic()
-    print("make bench: measuring (about 5 minutes on 2 cores); loopback only", flush=True)
+    print("make bench: measuring (about 20 minutes on 2 cores); loopback only", flush=True)
 
     def progress(message: str) -> None:
         print(message, flush=True)
@@ -34,9 +34,12 @@ def main() -> int:
         "table": cost.per_million(measurements["dynamo"]["kinds"], proxy_ms, [direct["seq_p50"], 1000.0, 5000.0],
                                   measurements["dynamo"]["authorizer_miss"]),
     }
+    progress("then: the local gateway as its tables grow (tools/bench/local_gateway.py, ~15 minutes)")
+    measurements["local_gateway"] = local_gateway.run(progress)
     measurements["elapsed_s"] = time.monotonic() - started
     out = ROOT / "docs" / "BENCHMARKS.md"
     out.write_text(report.render(measurements))
+    local_gateway.update_doc(out, measurements["local_gateway"])  # its own section, after the others
     raw = Path(tempfile.gettempdir()) / "onysoft-bench-results.json"
     raw.write_text(json.dumps(measurements, indent=2, default=str))
     print(f"wrote {out.relative_to(ROOT)} ({measurements['elapsed_s']:.0f} s); raw figures in {raw}")

@@ -96,9 +96,9 @@ def render(m: dict) -> str:
         "committed meanwhile (seen: 12 of 50 concurrent requests forwarded on a key limited to 10 a minute; "
         "241 of 400 requests failed at concurrency 8 in an early run of this benchmark). Real DynamoDB "
         "serializes transactions per item; the lock gives moto the same guarantee. It also means moto "
-        "serialises every DynamoDB call, which is what limits requests/s through the gateway here; and each "
-        "TransactWriteItems deep-copies moto's tables, so it slows as a run adds usage records — the likely "
-        "cause of the long p99s and of the gap to the in-process figure, which runs against a nearly empty moto.",
+        "serialises every DynamoDB call, which is what limits requests/s through the gateway here. Its "
+        "TransactWriteItems no longer deep-copies the tables it touches (a cost that grew with every usage "
+        "record): see *Local gateway: a request's cost as the tables grow* below.",
         f"- Failed requests this run: {t['seq_failed'] + t['conc_failed']} through the gateway; moto's log has "
         f"{ov['moto_concurrency_errors']} tracebacks.",
     ]

@@ -3,7 +3,7 @@
 What it runs, in this order:
 
 1. a DynamoDB-compatible server: moto server in its own process (or `--dynamodb-endpoint`);
-2. the template's tables (template.yaml is the only schema), restored from `<state dir>/tables.json`;
+2. the template's tables (template.yaml is the only schema), with the state moto server itself restored;
 3. on the first run only, a seed: catalog, a USD→TRY rate, one demo account and key per key type;
 4. the dashboard's user pool and app client from template.yaml on moto's cognito-idp, with demo sign-ins
    (onysoft_tools.local.cognito), and `<state dir>/dev.env`, the connection settings the CLI reads;
@@ -12,9 +12,10 @@ What it runs, in this order:
    REQUEST event, its answer cached for ReauthorizeEvery seconds), its gateway responses, and the real
    proxy ASGI app (`functions/proxy/app.py`) called the way the Lambda Web Adapter calls it.
 
-State across restarts: moto server keeps everything in memory, so every table's items are written to
-`<state dir>/tables.json` (atomically: a temp file, then rename) every few seconds when they changed and
-once more at shutdown, and loaded back at start. The demo keys' plaintext is kept in
+State across restarts: moto server keeps everything in memory; started with `--state-dir`, it journals
+every DynamoDB write to `<state dir>/journal.log` before answering it, and loads `<state dir>/snapshot.jsonl`
+plus the journal at start (onysoft_tools.local.journal): `kill -9` loses no acknowledged write, and no request
+pays for a scan of the tables. The demo keys' plaintext is kept in
 `<state dir>/demo-keys.json` (mode 0600) so a restart can print them again: a local development
 convenience only. Tables only ever hold a key's SHA-256, here as in AWS.
 
@@ -39,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -57,12 +57,10 @@ LOCAL_ACCOUNT_ID = "000000000000"  # the account id in local execute-api ARNs
 LOCAL_API_ID = "local"
 DUMMY_ACCESS_KEY = "onysoft-dev"  # noqa: S105 - moto accepts any credentials; these are not secrets
 DUMMY_SECRET_KEY = "onysoft-dev"  # noqa: S105
-TABLES_FILE = "tables.json"
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_OWNER = "demo"  # the org and partner id that own the demo project and partner accounts
 MOTO_LOG_FILE = "moto.log"
-STATE_FORMAT = "onysoft-dev-tables/1"
-SAVE_INTERVAL_SECONDS = 2.0
+REQUEST_LOG_FILE = "requests.log"  # per-request logs without --verbose
 MAX_BODY_BYTES = 6 * 1024 * 1024  # what reaches a Lambda: its 6 MB request payload limit, not API Gateway's 10
 REQUEST_CONTEXT_HEADER = b"x-amzn-request-context"
 LAMBDA_CONTEXT_HEADER = b"x-amzn-lambda-context"
@@ -90,6 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use this DynamoDB-compatible server instead of moto server "
                              "(its data is then its own: nothing is saved to the state dir; "
                              "moto server still runs the local user pool)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log every request on the terminal (default: to <state dir>/requests.log)")
 
 
 # ---------------------------------------------------------------------------------------------- moto server
@@ -124,19 +124,28 @@ class MotoServer:
     """moto server (serialized: onysoft_tools.serial_moto) in its own process and process group;
     stop() is idempotent and always reaps it."""
 
-    def __init__(self, log_path: Path):
+    STATE_ERROR = 3  # serial_moto's exit code for a state dir it cannot use (its message is in the log)
+
+    def __init__(self, log_path: Path, state_dir: Path | None = None, verbose: bool = False):
         self.log_path = log_path
+        self.state_dir = state_dir  # None: memory only
+        self.verbose = verbose
         self.process: subprocess.Popen | None = None
         self.endpoint = ""
 
-    def start(self, timeout: float = 30.0) -> str:
+    def start(self, timeout: float = 300.0) -> str:
+        """Start it and wait until it answers: loading a large state (snapshot + journal) takes a while."""
         last_error = "moto server did not start"
         for _attempt in range(3):  # a free port can be taken between the probe and moto's bind
             port = _free_port()
+            command = [sys.executable, "-m", "onysoft_tools.serial_moto", "-H", "127.0.0.1", "-p", str(port)]
+            command += ["--state-dir", str(self.state_dir)] if self.state_dir else []
+            command += ["--verbose"] if self.verbose else []
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
             try:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "onysoft_tools.serial_moto", "-H", "127.0.0.1", "-p", str(port)],
+                    command,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
                     process_group=0, preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
                 )
@@ -145,6 +154,15 @@ class MotoServer:
             self.endpoint = f"http://127.0.0.1:{port}"
             if self._wait_ready(timeout):
                 return self.endpoint
+            if self.process is not None and self.process.poll() == self.STATE_ERROR:
+                with open(self.log_path, "rb") as handle:
+                    handle.seek(log_start)
+                    said = handle.read().decode("utf-8", "replace").strip().splitlines()
+                self.stop()
+                from onysoft_tools.local.journal import StateError
+
+                raise StateError(said[-1].removeprefix("onysoft dev: ") if said
+                                 else f"moto server refused the state dir (see {self.log_path})")
             last_error = f"moto server did not answer on port {port} (see {self.log_path})"
             self.stop()
         raise RuntimeError(last_error)
@@ -166,7 +184,8 @@ class MotoServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = 60.0) -> None:
+        """SIGTERM (moto compacts its journal into the snapshot, seconds for a large state), then SIGKILL."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -186,33 +205,6 @@ class MotoServer:
 # ---------------------------------------------------------------------------------------------- state
 
 
-def _encode_value(value: dict) -> dict:
-    """A typed DynamoDB value as JSON: binary (bytes) as base64 text, everything else as is."""
-    (kind, inner), = value.items()
-    if kind == "B":
-        return {"B": base64.b64encode(inner).decode("ascii")}
-    if kind == "BS":
-        return {"BS": [base64.b64encode(b).decode("ascii") for b in inner]}
-    if kind == "L":
-        return {"L": [_encode_value(v) for v in inner]}
-    if kind == "M":
-        return {"M": {k: _encode_value(v) for k, v in inner.items()}}
-    return value
-
-
-def _decode_value(value: dict) -> dict:
-    (kind, inner), = value.items()
-    if kind == "B":
-        return {"B": base64.b64decode(inner)}
-    if kind == "BS":
-        return {"BS": [base64.b64decode(b) for b in inner]}
-    if kind == "L":
-        return {"L": [_decode_value(v) for v in inner]}
-    if kind == "M":
-        return {"M": {k: _decode_value(v) for k, v in inner.items()}}
-    return value
-
-
 def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -226,99 +218,6 @@ def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-class TableState:
-    """Every item of every table, saved to and restored from `<state dir>/tables.json` (by logical id)."""
-
-    def __init__(self, client: Any, names: dict[str, str], path: Path):
-        self.client = client
-        self.names = names  # logical id -> table name
-        self.path = path
-        self._lock = threading.Lock()
-        self._last_saved: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def exists(self) -> bool:
-        return self.path.is_file()
-
-    def restore(self) -> int:
-        """Put every saved item back. Returns how many items were restored."""
-        data = json.loads(self.path.read_text(encoding="utf-8"))
-        if data.get("format") != STATE_FORMAT:
-            raise RuntimeError(f"{self.path} is not a state file this version can read")
-        restored = 0
-        for logical_id, items in (data.get("tables") or {}).items():
-            table = self.names.get(logical_id)
-            if table is None:
-                logger.warning("state file has table %s, which template.yaml no longer defines: skipped", logical_id)
-                continue
-            for start in range(0, len(items), 25):
-                requests = [
-                    {"PutRequest": {"Item": {k: _decode_value(v) for k, v in item.items()}}}
-                    for item in items[start:start + 25]
-                ]
-                pending: dict = {table: requests}
-                for _ in range(20):
-                    response = self.client.batch_write_item(RequestItems=pending)
-                    pending = response.get("UnprocessedItems") or {}
-                    if not pending:
-                        break
-                    time.sleep(0.05)
-                else:
-                    raise RuntimeError(f"could not restore every item of {table}")
-            restored += len(items)
-        self._last_saved = self._serialize(self._snapshot())
-        return restored
-
-    def _snapshot(self) -> dict[str, list[dict]]:
-        tables: dict[str, list[dict]] = {}
-        for logical_id, table in sorted(self.names.items()):
-            items: list[dict] = []
-            kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-            while True:
-                page = self.client.scan(**kwargs)
-                items.extend({k: _encode_value(v) for k, v in item.items()} for item in page.get("Items", []))
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-            tables[logical_id] = items
-        return tables
-
-    @staticmethod
-    def _serialize(tables: dict[str, list[dict]]) -> str:
-        return json.dumps(tables, sort_keys=True, separators=(",", ":"))
-
-    def save(self, *, force: bool = False) -> bool:
-        """Write the file if the items changed since the last save (or `force`). A failed scan writes nothing."""
-        with self._lock:
-            tables = self._snapshot()  # raises before anything is written: never a partial file
-            serialized = self._serialize(tables)
-            if serialized == self._last_saved and not force and self.exists():
-                return False
-            document = {"format": STATE_FORMAT, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "tables": tables}
-            _write_atomically(self.path, json.dumps(document, indent=1).encode("utf-8"))
-            self._last_saved = serialized
-            return True
-
-    def start_autosave(self, interval: float = SAVE_INTERVAL_SECONDS) -> None:
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.save()
-                except Exception as exc:  # noqa: BLE001 - keep trying; the last good file stays
-                    logger.warning("could not save the tables (%s); will retry", type(exc).__name__)
-
-        self._thread = threading.Thread(target=loop, name="onysoft-dev-autosave", daemon=True)
-        self._thread.start()
-
-    def stop_autosave(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
 
 
 # ---------------------------------------------------------------------------------------------- seed
@@ -943,15 +842,54 @@ def _connection_env(endpoint: str, host: str, port: int) -> dict[str, str]:
     return values
 
 
-def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+def _configure_logging(state: Path, verbose: bool) -> logging.StreamHandler | None:
+    """The terminal gets warnings and errors; every per-request line (the gateway's, uvicorn's access log,
+    the functions' own loggers) goes to <state dir>/requests.log, or to the terminal with --verbose.
+    Returns the request file's handler (None with --verbose). It is a StreamHandler on a file we keep open:
+    uvicorn's logging setup closes every FileHandler that exists when it starts."""
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(formatter)
+    request_file = None
+    if not verbose:
+        terminal.setLevel(logging.WARNING)
+        stream = open(state / REQUEST_LOG_FILE, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - process-long
+        request_file = logging.StreamHandler(stream)
+        request_file.setFormatter(formatter)
     for name in ("onysoft",):
         log = logging.getLogger(name)
-        if not log.handlers:
-            log.addHandler(handler)
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+        log.addHandler(terminal)
+        if request_file is not None:
+            log.addHandler(request_file)
         log.setLevel(logging.INFO)
         log.propagate = False
+    return request_file
+
+
+def _uvicorn_log_config(request_file: logging.StreamHandler | None) -> dict | None:
+    """uvicorn's default logging (None), or the same with its access log in the request file."""
+    if request_file is None:
+        return None
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"] = {"()": lambda: logging.StreamHandler(request_file.stream), "formatter": "access"}
+    config["formatters"]["access"]["use_colors"] = False
+    return config
+
+
+def _functions_log_to(request_file: logging.StreamHandler | None) -> None:
+    """The functions' Powertools loggers print each invocation's lines to stdout: to the request file instead."""
+    if request_file is None:
+        return
+    service = os.environ.get("POWERTOOLS_SERVICE_NAME", "")
+    for handler in logging.getLogger(service).handlers if service else []:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setStream(request_file.stream)
 
 
 def demo_principals(demo: list[DemoKey]) -> list[str]:
@@ -1003,20 +941,22 @@ def run(args: argparse.Namespace) -> int:
     state = settings.state_dir(getattr(args, "state_dir", None)).resolve()
     host, port = getattr(args, "host", "127.0.0.1"), int(getattr(args, "port", 3000))
     external = getattr(args, "dynamodb_endpoint", None)
-    _configure_logging()
     iam_record.install()  # only when ONYSOFT_IAM_RECORD is set (the IAM conformance check)
     state.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         os.chmod(state, 0o700)
+    request_file = _configure_logging(state, bool(getattr(args, "verbose", False)))
     try:
         sock = _bind(host, port)
     except OSError as exc:
         print(f"onysoft dev: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
-    moto = MotoServer(state / MOTO_LOG_FILE)
-    table_state: TableState | None = None
-    loaded = False  # only a state that was fully loaded (or seeded) may be saved over the file
+    from onysoft_tools.local import journal, legacy_state
+
+    moto = MotoServer(state / MOTO_LOG_FILE, state_dir=None if external else state,
+                      verbose=bool(getattr(args, "verbose", False)))
+    had_state = journal.has_state(state)  # before moto starts (and writes its journal)
     atexit.register(moto.stop)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -1043,13 +983,13 @@ def run(args: argparse.Namespace) -> int:
         demo_path = state / DEMO_KEYS_FILE
         if external:  # the server keeps its own data: a first run is one that never seeded it
             first_run = not demo_path.exists()
-        else:  # moto starts empty: a first run is one with no saved tables
-            table_state = TableState(client, names, state / TABLES_FILE)
-            first_run = not table_state.exists()
-            if not first_run:
-                count = table_state.restore()
-                logger.info("restored %d items from %s", count, table_state.path)
-        loaded = True
+        else:  # moto loaded the journal and snapshot itself: a first run is one with neither (nor an old file)
+            legacy = legacy_state.pending(state)
+            first_run = not had_state and legacy is None
+            if legacy is not None:
+                count = legacy_state.migrate(client, names, legacy)
+                print(f"onysoft dev: migrated {count} items from {legacy} (an earlier version's state file; "
+                      f"kept as {legacy.name}{legacy_state.MIGRATED_SUFFIX}) into the journal", file=sys.stderr)
         pool = local_cognito.create_pool(moto_endpoint, REGION, tpl)  # template.yaml's pool, moto's cognito-idp
         env.update(pool.env())
         os.environ.update(pool.env())
@@ -1057,27 +997,23 @@ def run(args: argparse.Namespace) -> int:
 
         seeded = False
         if first_run and not getattr(args, "no_seed", False):
-            demo = seed()
+            demo = seed()  # every write journaled before it was acknowledged: on file before the keys file
             seeded = True
-            if table_state is not None:
-                table_state.save(force=True)  # before the keys file: a key on file is a key in the tables
             write_demo_keys(demo_path, demo)
         else:
             demo = read_demo_keys(demo_path)
             check_demo_keys(demo)
-        if table_state is not None:
-            table_state.save()
-            table_state.start_autosave()
         sign_ins = local_cognito.seed_users(pool, state, demo_principals(demo))
 
         gateway = LocalApiGateway(tpl, state_dir=state)
+        _functions_log_to(request_file)
         import uvicorn
 
         config = uvicorn.Config(gateway, log_level="info", access_log=True, lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, log_config=_uvicorn_log_config(request_file))
         server = uvicorn.Server(config)
         base_url = env["ONYSOFT_GATEWAY_URL"]
-        print(_banner(base_url, state, endpoint, demo, seeded, table_state is not None,
+        print(_banner(base_url, state, endpoint, demo, seeded, not external,
                       dashboard=_dashboard_banner(base_url, sign_ins)), flush=True)
         try:
             server.run(sockets=[sock])
@@ -1086,24 +1022,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (KeyboardInterrupt, _Stop):
         return 130
+    except (journal.StateError, legacy_state.LegacyStateError) as exc:
+        print(f"onysoft dev: {exc}", file=sys.stderr, flush=True)
+        return 1
     except Exception as exc:
         logger.error("onysoft dev failed: %s", exc)
         raise
     finally:
         with contextlib.suppress(Exception):
             sock.close()
-        try:
-            if table_state is not None:
-                table_state.stop_autosave()
-                if loaded and moto.alive() and table_state.save():
-                    logger.info("saved the tables to %s", table_state.path)
-        except Exception as exc:  # noqa: BLE001 - the last autosaved file stays
-            logger.warning("could not save the tables at shutdown (%s); the last save stays", exc)
-        finally:
-            moto.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            print("onysoft dev stopped.", file=sys.stderr, flush=True)
+        stopping = time.monotonic()
+        moto.stop()  # SIGTERM: moto compacts its journal into the snapshot
+        logger.info("moto server stopped in %.1f s", time.monotonic() - stopping)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("onysoft dev stopped.", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""moto server, one request at a time: `python -m onysoft_tools.serial_moto -p PORT`. What `onysoft dev` starts.
+"""moto server, one request at a time: `python -m onysoft_tools.serial_moto -p PORT [--state-dir DIR]`.
+What `onysoft dev` starts.
 
 Stock `python -m moto.server` runs every request on its own thread, and moto's DynamoDB backend has no lock.
 Under concurrent TransactWriteItems it (1) fails with "dictionary changed size during iteration" while it
@@ -7,41 +8,153 @@ whole-table copies taken when it started, erasing the writes of transactions tha
 (seen: 12 of 50 concurrent requests forwarded on a key limited to 10 a minute). Real DynamoDB serializes
 transactions on an item; one lock around moto's WSGI app gives the same guarantee. Connections are still
 accepted on threads, so a slow client never blocks the others for longer than one request's handling.
+
+Two more things make it behave like a database rather than a fixture:
+- TransactWriteItems costs O(items touched), not O(items stored): `onysoft_tools.local.moto_transactions`
+  (which the lock above makes sound).
+- With `--state-dir`, every DynamoDB write is journaled before its answer goes back, and the state is loaded
+  from the snapshot and journal at start and compacted at SIGTERM (`onysoft_tools.local.journal`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import sys
 import threading
+from pathlib import Path
 
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import run_simple
+from werkzeug.wsgi import get_input_stream
+
+from onysoft_tools.local import journal as journal_module
+from onysoft_tools.local import moto_transactions
+
+logger = logging.getLogger("onysoft.serial_moto")
+
+JOURNAL_FAILED = (b'{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError",'
+                  b'"message":"onysoft dev: the local journal could not be written; restart onysoft dev"}')
 
 
-def serialized_app():
-    app = DomainDispatcherApplication(create_backend_app)
+def serialized_app(state: journal_module.DurableState | None = None, moto_app=None):
+    """moto's WSGI app behind one lock; with `state`, a DynamoDB write is journaled before it is answered."""
+    import io
+
+    if moto_app is None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        moto_app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
 
     def serial(environ, start_response):
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        journaled = state is not None and journal_module.journaled_target(target)
+        body = b""
+        if journaled:  # the body is needed twice: for moto and for the journal
+            body = get_input_stream(environ).read()
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
+            environ["wsgi.input_terminated"] = False
         with lock:  # the whole request, the body included, inside the lock
-            result = app(environ, start_response)
-            try:
-                return [b"".join(result)]
-            finally:
-                close = getattr(result, "close", None)
-                if close:
-                    close()
+            if journaled and state.failed:
+                status, headers, out = "500 INTERNAL SERVER ERROR", [("Content-Type", "application/x-amz-json-1.0")], \
+                    JOURNAL_FAILED
+            else:
+                status, headers, out = journal_module.call_app(moto_app, environ)
+            if journaled and not state.failed and status.startswith("2"):
+                try:
+                    state.record(journal_module.durable_entry(environ, body))
+                except OSError as exc:
+                    # moto applied the write in memory but it is not on file: do not acknowledge it, and take
+                    # no further write (memory and file would disagree from here on).
+                    state.failed = f"{type(exc).__name__}: {exc}"
+                    logger.error("journal write failed (%s): refusing writes until restart", state.failed)
+                    status, headers, out = "500 INTERNAL SERVER ERROR", \
+                        [("Content-Type", "application/x-amz-json-1.0")], JOURNAL_FAILED
+                else:
+                    if state.wants_compaction():
+                        done = state.compact()
+                        logger.info("journal compacted into the snapshot: %d items in %.2f s",
+                                    done["items"], done["seconds"])
+        start_response(status, headers)
+        return [out]
 
+    serial.lock = lock  # what a clean stop takes before it compacts
     return serial
 
 
-def main(argv: list[str] | None = None) -> None:
+class _Stop(Exception):  # noqa: N818 - a signal, not an error
+    pass
+
+
+def _raise_stop(signum, frame) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
+    parser.add_argument("--state-dir", default=None,
+                        help="keep the state here: journal.log + snapshot.jsonl (default: memory only)")
+    parser.add_argument("--verbose", action="store_true", help="log every request (werkzeug's access log)")
     args = parser.parse_args(argv)
-    run_simple(args.host, args.port, serialized_app(), threaded=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if not args.verbose:  # one log line per DynamoDB call is work on the hot path; errors still show
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        moto_transactions.install()
+    except moto_transactions.UnsupportedMotoVersion as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 3
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    state = None
+    if args.state_dir:
+        state = journal_module.DurableState(
+            Path(args.state_dir), moto_app, fsync=os.environ.get("ONYSOFT_DEV_FSYNC", "") == "1",
+            max_bytes=int(os.environ.get("ONYSOFT_DEV_JOURNAL_MAX_BYTES") or journal_module.DEFAULT_MAX_BYTES),
+        )
+        try:
+            state.lock()
+            state.load()
+        except journal_module.StateError as exc:
+            print(f"onysoft dev: {exc}", file=sys.stderr, flush=True)
+            return 3
+        logger.info("state loaded from %s: %s", args.state_dir, state.stats)
+    app = serialized_app(state, moto_app)
+    server = make_server(args.host, args.port, app, threaded=True)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    try:
+        server.serve_forever()
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the compaction short
+        server.server_close()
+        if state is not None:
+            with app.lock:  # a request still running on a thread ends first; none starts after
+                if not state.failed:
+                    done = state.compact()
+                    logger.info("stopped: %d items compacted into %s in %.2f s", done["items"],
+                                state.snapshot_path, done["seconds"])
+                state.failed = "stopped"
+                state.close()
+                # The snapshot is on disk: skip tearing down moto's heap object by object (seconds with
+                # 100,000 items), which would only delay the stop.
+                logging.shutdown()
+                sys.stderr.flush()
+                os._exit(0)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
