@@ -6,6 +6,7 @@ authorizer handler (cached per Authorization header), the gateway responses, the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -119,6 +120,37 @@ def test_models_list_is_openai_list_format(gateway):
     assert body["object"] == "list"
     entry = next(m for m in body["data"] if m["id"] == "mock/echo")
     assert entry["object"] == "model" and entry["owned_by"] == "mock" and isinstance(entry["created"], int)
+
+
+README_MOCK_MODELS = ("mock/echo", "mock/slow-stream", "mock/error-500", "mock/rate-limited", "mock/timeout",
+                      "mock/cut-stream", "mock/embed")
+
+
+def test_a_fresh_gateway_serves_every_mock_model_the_readme_names(gateway):
+    """A new user on `make dev` can try each fault the README promises, with the OpenAI SDK: each is in the
+    catalog (it was a 404 when only mock/echo was seeded) and fails the way its name says."""
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"`{model}`" in readme for model in README_MOCK_MODELS)
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=gateway.keys["user"], max_retries=0)
+    assert set(README_MOCK_MODELS) <= {m.id for m in client.models.list().data}
+
+    def chat(model: str, **extra):
+        return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi there"}],
+                                              max_tokens=16, **extra)
+
+    assert chat("mock/echo").choices[0].message.content
+    assert "".join(c.choices[0].delta.content or "" for c in chat("mock/slow-stream", stream=True) if c.choices)
+    expected = {"mock/error-500": 502, "mock/rate-limited": 429, "mock/timeout": 504}
+    for model, status in expected.items():
+        with pytest.raises(openai.APIStatusError) as failed:
+            chat(model)
+        assert failed.value.status_code == status, model
+    finished = []  # the stream breaks after a few chunks: no choice ever finishes
+    with contextlib.suppress(openai.APIError, httpx.HTTPError):  # a cut may also surface as a broken body
+        finished = [c for c in chat("mock/cut-stream", stream=True) if c.choices and c.choices[0].finish_reason]
+    assert finished == []
+    assert [c for c in chat("mock/echo", stream=True) if c.choices and c.choices[0].finish_reason]  # echo does
+    assert len(client.embeddings.create(model="mock/embed", input="a b").data[0].embedding) == 8
 
 
 # ------------------------------------------------------------------------------------------ bad keys

@@ -69,6 +69,13 @@ REQUEST_ID_RESPONSE_HEADER = b"x-amzn-requestid"
 # Seed of a first run: (model, input USD/Mtok, output USD/Mtok). mock/* answers offline.
 SEED_MODELS = (
     ("mock/echo", "1.00", "2.00"),
+    # the mock provider's other models (onysoft.mock_provider), so every fault the README names can be tried
+    ("mock/slow-stream", "1.00", "2.00"),
+    ("mock/cut-stream", "1.00", "2.00"),
+    ("mock/error-500", "1.00", "2.00"),
+    ("mock/rate-limited", "1.00", "2.00"),
+    ("mock/timeout", "1.00", "2.00"),
+    ("mock/embed", "0.02", "0"),
     ("openai/gpt-4o-mini", "0.15", "0.60"),
     ("openai/gpt-4o", "2.50", "10.00"),
 )
