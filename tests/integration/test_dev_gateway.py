@@ -486,7 +486,7 @@ def test_gateway_streams_and_sets_the_request_context_in_process():
 
     import uvicorn
 
-    from onysoft_tools.dev import LocalApiGateway
+    from onysoft_tools.local.api_gateway import LocalApiGateway
 
     seen: dict = {}
     events: list[dict] = []
@@ -573,8 +573,8 @@ def test_cognito_routes_and_lambda_integrations_in_process(tmp_path, monkeypatch
 
     import uvicorn
 
-    from onysoft_tools.dev import LocalApiGateway
     from onysoft_tools.local import cognito
+    from onysoft_tools.local.api_gateway import LocalApiGateway
     from tests.helpers import moto_cognito_jwks, sign_like_moto_cognito
 
     tpl = copy.deepcopy(template.load_template())

@@ -114,9 +114,9 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
 
 def test_the_413_says_6_mb_and_both_gateways_enforce_it(cfn):
     from onysoft import forwarding
-    from onysoft_tools import dev
+    from onysoft_tools.local import api_gateway
 
-    assert forwarding.MAX_BODY_BYTES == dev.MAX_BODY_BYTES == 6 * 1024 * 1024
+    assert forwarding.MAX_BODY_BYTES == api_gateway.MAX_BODY_BYTES == 6 * 1024 * 1024
     (api,) = _of_type(cfn, "AWS::ApiGateway::RestApi").values()
     responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
     template = responses["REQUEST_TOO_LARGE"]["responseTemplates"]["application/json"]

@@ -304,7 +304,7 @@ def _run(endpoint: str, upstream: FakeUpstream, workdir: Path, progress) -> dict
     from onysoft import forwarding as forwarding_module
     from onysoft.models import ALL_MODELS, bind_tables
     from onysoft_tools import template
-    from onysoft_tools.dev import LocalApiGateway
+    from onysoft_tools.local.api_gateway import LocalApiGateway
 
     bind_tables()
     raw = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",

@@ -208,11 +208,9 @@ def save_user(state_dir: Path, *, principal: str, email: str, password: str) -> 
     path = Path(state_dir) / USERS_FILE
     users = [u for u in read_saved_users(state_dir) if u["email"].lower() != email.lower()]
     users.append({"principal": principal, "email": email, "password": password})
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"note": USERS_NOTE, "users": users}, handle, indent=2)
-    os.replace(temporary, path)
+    from onysoft_tools.local.state import write_atomically
+
+    write_atomically(path, json.dumps({"note": USERS_NOTE, "users": users}, indent=2).encode("utf-8"), mode=0o600)
 
 
 # ---------------------------------------------------------------------------------------------- sign-in
