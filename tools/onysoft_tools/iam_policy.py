@@ -56,12 +56,11 @@ def sam_transform(template_path: str | Path | None = None, parameters: dict | No
     import os
 
     from samtranslator.translator.transform import transform
-    from samtranslator.yaml_helper import yaml_parse
 
     from onysoft_tools import template
 
     os.environ.setdefault("AWS_DEFAULT_REGION", REGION)  # samtranslator's pseudo parameters need one
-    tpl = yaml_parse(Path(template_path or template.template_path()).read_text())
+    tpl = template.load_template(template_path)
     for resource in tpl["Resources"].values():  # what `sam package` does: local code -> S3
         props = resource.get("Properties") or {}
         for uri in ("CodeUri", "ContentUri"):

@@ -2,11 +2,12 @@
 
 The local gateway (`onysoft dev`) and the tests build everything from what this module reads, so the
 deployment and the local run cannot drift: there is no second copy of the schema or the routes.
-Only the standard library and PyYAML: this runs in the local gateway, never in Lambda.
+YAML is read by cfn-lint's CloudFormation loader: this runs in the local gateway and tools, never in Lambda.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -14,8 +15,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 TEMPLATE_ENV_VAR = "ONYSOFT_TEMPLATE"
@@ -33,38 +32,17 @@ _FALLBACK_STATUS = {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500}
 # ---------------------------------------------------------------------------------------------- loading
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation short tags into their long JSON forms."""
-
-
-# CloudFormation has no YAML timestamps: `2012-10-17` stays a string (as cfn-lint and SAM read it).
-_CfnLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-def _construct_node(loader: yaml.Loader, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)
-
-
-def _construct_tag(loader: yaml.Loader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    value = _construct_node(loader, node)
-    if suffix == "Ref":
-        return {"Ref": value}
-    if suffix == "Condition":
-        return {"Condition": value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        resource, _, attribute = value.partition(".")
-        return {"Fn::GetAtt": [resource, attribute]}
-    return {f"Fn::{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _construct_tag)
+def _plain(value: Any) -> Any:
+    """cfn-lint's nodes (dict/list/str subclasses carrying line marks) as plain dicts, lists and strings."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        return value.isoformat()  # CloudFormation has no YAML timestamps: an unquoted 2012-10-17 is a string
+    return value
 
 
 def template_path() -> Path:
@@ -74,9 +52,12 @@ def template_path() -> Path:
 
 
 def load_template(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The template as a dict, short tags in their long forms (`!Ref X` → `{"Ref": "X"}`)."""
-    text = Path(path or template_path()).read_text(encoding="utf-8")
-    return yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    """The template as a dict, short tags in their long forms (`!Ref X` → `{"Ref": "X"}`,
+    `!GetAtt A.B` → `{"Fn::GetAtt": ["A", "B"]}`), read by cfn-lint's loader (the one `make lint` runs)."""
+    from cfnlint.decode.cfn_yaml import loads  # imported here: cfn-lint takes a while to import
+
+    path = Path(path or template_path())
+    return _plain(loads(path.read_text(encoding="utf-8"), str(path)))
 
 
 @cache
