@@ -17,9 +17,9 @@ PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / ou
 
 @pytest.fixture
 def gateway(aws_tables):
-    from onysoft import forwarding, proxy_app
+    from onysoft import proxy_app
 
-    forwarding.catalog_cache.invalidate()
+    catalog.catalog_cache.invalidate()
     catalog.set_model("mock/echo", input_usd_per_mtok=str(PRICES[0]), output_usd_per_mtok=str(PRICES[1]))
     catalog.set_model("mock/error-500", input_usd_per_mtok="1", output_usd_per_mtok="1")
     catalog.set_model("mock/timeout", input_usd_per_mtok="1", output_usd_per_mtok="1")

@@ -5,7 +5,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 
-from onysoft import billing
+from onysoft import retries
 from onysoft.accounts import get_account
 from onysoft.models import Account, UsageRecord
 from tests.unit.conftest import new_key
@@ -43,7 +43,7 @@ class Injector:
 
 @pytest.fixture
 def inject(gateway, monkeypatch):
-    monkeypatch.setattr(billing.time, "sleep", lambda seconds: None)  # keep the backoff, skip the wait
+    monkeypatch.setattr(retries.time, "sleep", lambda seconds: None)  # keep the backoff, skip the wait
     installed = []
 
     def install(parsed: dict, times: int) -> Injector:
@@ -96,7 +96,7 @@ def test_settle_retried_after_an_unseen_success_charges_once(gateway, monkeypatc
     def mark_settle(params, context, **kwargs):
         context["is_settle"] = params.get("ClientRequestToken", "").startswith("c")
 
-    monkeypatch.setattr(billing.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(retries.time, "sleep", lambda seconds: None)
     events = _client().meta.events
     events.register("before-parameter-build.dynamodb.TransactWriteItems", mark_settle)
     events.register("after-call.dynamodb.TransactWriteItems", lose_first_settle_response)

@@ -67,7 +67,7 @@ def provider(gateway, monkeypatch):
                       cache_write_usd_per_mtok=str(CACHE_WRITE), tokens_per_image=700)
     catalog.set_model("mock/test-max", input_usd_per_mtok=str(PRICE_IN), output_usd_per_mtok=str(PRICE_OUT))
     catalog.set_model("openai/embed-test", input_usd_per_mtok="0.02", output_usd_per_mtok="0")
-    forwarding.catalog_cache.invalidate()
+    catalog.catalog_cache.invalidate()
     return recorder
 
 
@@ -328,7 +328,7 @@ def test_a_stream_past_the_proxys_deadline_is_ended_and_billed_for_what_was_deli
     monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "0.35")
     account, _, headers = new_key("user")
     catalog.set_model("mock/slow-stream", input_usd_per_mtok="1", output_usd_per_mtok="2")
-    forwarding.catalog_cache.invalidate()
+    catalog.catalog_cache.invalidate()
     response = chat(gateway, headers, model="mock/slow-stream", stream=True,
                     messages=[{"role": "user", "content": "one two three four five six seven eight nine ten"}])
     assert response.status_code == 200

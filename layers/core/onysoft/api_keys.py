@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from onysoft import clock, keys, spend_limits, writes
+from onysoft import clock, expiry, keys, spend_limits, writes
 from onysoft.accounts import AccountError, get_account
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import ApiKey
@@ -22,7 +22,8 @@ class CreatedKey:
 
 
 def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | None, limit_reset: str | None,
-                  expires_at: str | None) -> None:
+                  expires_at: str | None) -> str | None:
+    """Refuse limits that cannot be; the expiry time as stored (clock's form), or None."""
     for label, value in (("rpm", rpm), ("tpm", tpm), ("spend limit", spend_limit_micros)):
         if value is not None and value < 1:
             raise AccountError(f"{label} must be a positive number")
@@ -30,8 +31,12 @@ def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | No
         raise AccountError(f"limit reset must be one of {', '.join(spend_limits.RESETS)}")
     if limit_reset and not spend_limit_micros:
         raise AccountError("a limit reset needs a spend limit")
-    if expires_at is not None and expires_at <= clock.now_iso():
-        raise AccountError("the expiry time is in the past")
+    if expires_at is None:
+        return None
+    try:
+        return expiry.future_expiry(expires_at)
+    except ValueError as exc:
+        raise AccountError(str(exc)) from None
 
 
 def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
@@ -40,7 +45,7 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
                companions: writes.Companions = None) -> CreatedKey:
     account = get_account(account_id)
     key_type = key_type_for_account_kind(account.kind)
-    _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at)
+    expires_at = _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at)
     plaintext = keys.generate_key()
     record = ApiKey(
         key_hash=keys.hash_key(plaintext), key_id=keys.new_key_id(), display=keys.display_form(plaintext),
@@ -100,8 +105,10 @@ def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expi
         limit_reset=limit_reset).items() if value is not UNSET}
     merged = {field: changes.get(field, getattr(record, field)) for field in
               ("rpm", "tpm", "spend_limit_micros", "limit_reset", "expires_at")}
-    _check_limits(merged["rpm"], merged["tpm"], merged["spend_limit_micros"], merged["limit_reset"],
-                  changes.get("expires_at"))
+    expires_at = _check_limits(merged["rpm"], merged["tpm"], merged["spend_limit_micros"], merged["limit_reset"],
+                               changes.get("expires_at"))
+    if changes.get("expires_at") is not None:
+        changes["expires_at"] = expires_at
     actions = []
     for field, value in changes.items():
         attribute = getattr(ApiKey, field)
@@ -117,6 +124,4 @@ def is_usable(record: ApiKey, now_iso: str | None = None) -> bool:
     """Active and not expired: the one rule the authorizer and the proxy both apply."""
     if record.status != ACTIVE:
         return False
-    if record.expires_at and record.expires_at <= (now_iso or clock.now_iso()):
-        return False
-    return True
+    return not expiry.is_expired(record.expires_at, now_iso)

@@ -16,8 +16,6 @@ a retried settle, or a sweeper racing a late settle, can never charge or refund 
 Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit (balance may be < 0).
 """
 
-import random
-import time
 import zlib
 from dataclasses import dataclass
 from decimal import Decimal
@@ -31,6 +29,7 @@ from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, ApiKey, UsageRecord
 from onysoft.provider_usage import Usage
+from onysoft.retries import Backoff, retry
 
 PENDING, SETTLED, FAILED = "pending", "settled", "failed"
 OPEN = "open"
@@ -95,6 +94,7 @@ RETRYABLE_REASONS = {"TransactionConflict", "ThrottlingError", "ProvisionedThrou
 RETRYABLE_ERRORS = {"TransactionConflictException", "TransactionInProgressException", "ThrottlingException",
                     "ProvisionedThroughputExceededException", "RequestLimitExceeded", "InternalServerError"}
 TRANSACT_ATTEMPTS = 8
+TRANSACT_RETRY = Backoff(TRANSACT_ATTEMPTS, base_seconds=0.02, cap_seconds=1.0, jitter=True)
 
 
 def _retryable(exc: TransactWriteError) -> bool:
@@ -109,15 +109,11 @@ def _transact(token: str, write) -> None:
 
     The same client request token on every attempt makes a retry after an unseen success a no-op.
     """
-    for attempt in range(TRANSACT_ATTEMPTS):
-        try:
-            with TransactWrite(connection=_connection(), client_request_token=token) as tx:
-                write(tx)
-            return
-        except TransactWriteError as exc:
-            if attempt + 1 == TRANSACT_ATTEMPTS or not _retryable(exc):
-                raise
-            time.sleep(random.uniform(0, min(0.02 * 2 ** attempt, 1.0)))  # noqa: S311 - jitter, not secrets
+    def attempt() -> None:
+        with TransactWrite(connection=_connection(), client_request_token=token) as tx:
+            write(tx)
+
+    retry(attempt, TRANSACT_RETRY, retry_if=lambda exc: isinstance(exc, TransactWriteError) and _retryable(exc))
 
 
 def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,

@@ -170,3 +170,7 @@ class CatalogCache:
 
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")
+
+
+# This instance's cache, shared by pricing (onysoft.forwarding) and GET /v1/models (onysoft.proxy_app).
+catalog_cache = CatalogCache()

@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from decimal import Decimal
 
 import anyio
@@ -27,15 +26,15 @@ from starlette.responses import Response, StreamingResponse
 
 from onysoft import billing, errors, hold_sizing, provider_usage, rate_limits, sse, telemetry, upstream
 from onysoft.caller import CallerContext
-from onysoft.catalog import CatalogCache, ModelPrice
+from onysoft.catalog import ModelPrice, catalog_cache
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
+from onysoft.request_ids import current_request_id
+from onysoft.retries import Backoff, retry
 
 logger = logging.getLogger("onysoft.forwarding")
-REQUEST_ID_HEADER = "x-onysoft-request-id"
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's request payload limit (API Gateway's own 10 MB never applies)
-catalog_cache = CatalogCache()
 FUNCTION_TIMEOUT_SECONDS = 900  # template.yaml's ProxyFunction Timeout (a template test keeps them equal)
 DEADLINE_MARGIN_SECONDS = 30  # time to settle and answer before Lambda would end the invocation
 SETTLE_ATTEMPTS = 5
@@ -167,7 +166,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
     provider, provider_key = await run_in_threadpool(_provider_and_key, factors.price)
     plan = plan_hold(endpoint, body, len(raw), factors)
-    request_id = "req_" + uuid.uuid4().hex[:24]  # ≤ 36 chars with its DynamoDB token prefix
+    request_id = current_request_id()  # the one in the answer's x-onysoft-request-id (request_ids.RequestIds)
     hold = await run_in_threadpool(_hold, request_id, key_hash, caller, plan, factors, endpoint, body)
     # The x-ratelimit headers need the window's count after this request: read it while the upstream works.
     window = rate_limits.Window(hold.window_start)
@@ -231,18 +230,17 @@ def _mark_sent(hold: billing.Hold) -> None:
 def settle(hold: billing.Hold, usage: Usage, upstream_status: int | None = 200) -> None:
     """Settle, retrying any failure with backoff. Never turned into a release: if every attempt fails, the
     hold stays pending (its request marked sent) and the sweeper settles it on its prompt bound."""
-    for attempt in range(SETTLE_ATTEMPTS):
-        try:
-            billing.settle(hold, usage, upstream_status=upstream_status)
-            return
-        except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
-            logger.warning("hold already closed", extra={"request_id": hold.request_id})
-            return
-        except Exception:
-            logger.exception("settle failed", extra={"request_id": hold.request_id, "attempt": attempt + 1})
-            if attempt + 1 < SETTLE_ATTEMPTS:
-                time.sleep(min(0.05 * 2 ** attempt, 1.0))
-    logger.error("settle failed on every attempt: left for the sweeper", extra={"request_id": hold.request_id})
+    def failed(attempt: int, exc: Exception) -> None:
+        logger.exception("settle failed", extra={"request_id": hold.request_id, "attempt": attempt})
+
+    try:
+        retry(lambda: billing.settle(hold, usage, upstream_status=upstream_status),
+              Backoff(SETTLE_ATTEMPTS, base_seconds=0.05, cap_seconds=1.0),
+              retry_if=lambda exc: not isinstance(exc, billing.AlreadyClosed), on_failure=failed)
+    except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
+        logger.warning("hold already closed", extra={"request_id": hold.request_id})
+    except Exception:  # noqa: BLE001 - every attempt failed, each one logged
+        logger.error("settle failed on every attempt: left for the sweeper", extra={"request_id": hold.request_id})
 
 
 def _media_tokens(hold: billing.Hold) -> int:
@@ -266,8 +264,7 @@ async def _window_usage(caller: CallerContext, window: rate_limits.Window) -> ra
 
 def _headers(hold: billing.Hold, caller: CallerContext, window: rate_limits.Window,
              usage: rate_limits.Usage | None) -> dict[str, str]:
-    limits = rate_limits.headers(caller, usage, window) if usage is not None else {}
-    return {REQUEST_ID_HEADER: hold.request_id, **limits}
+    return rate_limits.headers(caller, usage, window) if usage is not None else {}
 
 
 async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, headers: dict,

@@ -4,7 +4,6 @@ Every answer, error or not, is OpenAI's shape; errors never carry a stack trace 
 """
 
 import logging
-import uuid
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -16,24 +15,19 @@ from starlette.routing import Route
 from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits, telemetry
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
+from onysoft.catalog import catalog_cache
 from onysoft.clock import parse_iso
 from onysoft.dynamo import get_key_and_account
 from onysoft.models import Account, ApiKey
+from onysoft.request_ids import RequestIds, current_request_id
 
 logger = logging.getLogger("onysoft.proxy")
 telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
-REQUEST_ID_HEADER = "x-onysoft-request-id"
 
 
-def _error_response(error: errors.GatewayError, request_id: str) -> Response:
-    headers = {REQUEST_ID_HEADER: request_id, **error.headers}
-    return Response(error.body(), status_code=error.status, media_type="application/json", headers=headers)
-
-
-def _request_id(request: Request) -> str:
-    if not hasattr(request.state, "request_id"):
-        request.state.request_id = "req_" + uuid.uuid4().hex
-    return request.state.request_id
+def _error_response(error: errors.GatewayError) -> Response:
+    # x-onysoft-request-id: request_ids.RequestIds sets it on every answer
+    return Response(error.body(), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
 def caller_of(request: Request) -> tuple[str, CallerContext]:
@@ -110,8 +104,7 @@ async def get_key(request: Request) -> Response:
     key_hash, caller = caller_of(request)
     view = await run_in_threadpool(load_key_view, key_hash, caller)
     usage = rate_limits.Usage(view["usage"]["requests_this_minute"], view["usage"]["tokens_this_minute"])
-    headers = {REQUEST_ID_HEADER: _request_id(request),
-               **rate_limits.headers(caller, usage, rate_limits.current_window())}
+    headers = rate_limits.headers(caller, usage, rate_limits.current_window())
     return JSONResponse(view, headers=headers)
 
 
@@ -126,14 +119,14 @@ async def list_models(request: Request) -> Response:
     key_hash, caller = caller_of(request)
     window = rate_limits.current_window()
     usage = await run_in_threadpool(load_usage_of_usable_key, key_hash, caller, window)
-    prices = await run_in_threadpool(forwarding.catalog_cache.enabled_models)
+    prices = await run_in_threadpool(catalog_cache.enabled_models)
     data = [
         {"id": p.model, "object": "model", "owned_by": p.provider,
          "created": int(parse_iso(p.created_at).timestamp()) if p.created_at else 0}
         for p in sorted(prices, key=lambda p: p.model)
         if not caller.models or p.model in caller.models  # a key limited to some models lists only those
     ]
-    headers = {REQUEST_ID_HEADER: _request_id(request), **rate_limits.headers(caller, usage, window)}
+    headers = rate_limits.headers(caller, usage, window)
     return JSONResponse({"object": "list", "data": data}, headers=headers)
 
 
@@ -154,7 +147,7 @@ async def healthz(request: Request) -> Response:
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.GatewayError)
     telemetry.note(error_code=exc.code)
-    return _error_response(exc, _request_id(request))
+    return _error_response(exc)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -165,12 +158,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         error = errors.method_not_allowed(request.method, request.url.path)
     else:
         error = errors.GatewayError(exc.status_code, str(exc.detail))
-    return _error_response(error, _request_id(request))
+    return _error_response(error)
 
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error", extra={"request_id": _request_id(request)})
-    return _error_response(errors.internal_error(), _request_id(request))
+    logger.exception("unhandled error", extra={"request_id": current_request_id()})
+    return _error_response(errors.internal_error())
 
 
 def create_app() -> Starlette:
@@ -190,4 +183,5 @@ def create_app() -> Starlette:
     )
 
 
-app = telemetry.RequestTelemetry(create_app())  # one structured log line and the metrics per request
+# one request id per request, one structured log line and the metrics per request
+app = telemetry.RequestTelemetry(RequestIds(create_app()))

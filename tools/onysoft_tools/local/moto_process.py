@@ -46,6 +46,10 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+class NotAnswering(RuntimeError):
+    """moto server did not answer (on that port) within the time given."""
+
+
 class MotoServer:
     """moto server (serialized: onysoft_tools.serial_moto) in its own process and process group;
     stop() is idempotent and always reaps it."""
@@ -60,38 +64,43 @@ class MotoServer:
         self.endpoint = ""
 
     def start(self, timeout: float = 300.0) -> str:
-        """Start it and wait until it answers: loading a large state (snapshot + journal) takes a while."""
-        last_error = "moto server did not start"
-        for _attempt in range(3):  # a free port can be taken between the probe and moto's bind
-            port = _free_port()
-            command = [sys.executable, "-m", "onysoft_tools.serial_moto", "-H", "127.0.0.1", "-p", str(port)]
-            command += ["--state-dir", str(self.state_dir)] if self.state_dir else []
-            command += ["--verbose"] if self.verbose else []
-            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-            log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-            try:
-                self.process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                    process_group=0, preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
-                )
-            finally:
-                log.close()
-            self.endpoint = f"http://127.0.0.1:{port}"
-            if self._wait_ready(timeout):
-                return self.endpoint
-            if self.process is not None and self.process.poll() == self.STATE_ERROR:
-                with open(self.log_path, "rb") as handle:
-                    handle.seek(log_start)
-                    said = handle.read().decode("utf-8", "replace").strip().splitlines()
-                self.stop()
-                from onysoft_tools.local.journal import StateError
+        """Start it and wait until it answers: loading a large state (snapshot + journal) takes a while.
+        Tried again on another port when it does not answer: a free port can be taken between the probe
+        and moto's bind."""
+        from onysoft.retries import Backoff, retry
 
-                raise StateError(said[-1].removeprefix("onysoft dev: ") if said
-                                 else f"moto server refused the state dir (see {self.log_path})")
-            last_error = f"moto server did not answer on port {port} (see {self.log_path})"
+        return retry(lambda: self._start_once(timeout), Backoff(3, base_seconds=0, cap_seconds=0),
+                     retry_if=lambda exc: isinstance(exc, NotAnswering))
+
+    def _start_once(self, timeout: float) -> str:
+        port = _free_port()
+        command = [sys.executable, "-m", "onysoft_tools.serial_moto", "-H", "127.0.0.1", "-p", str(port)]
+        command += ["--state-dir", str(self.state_dir)] if self.state_dir else []
+        command += ["--verbose"] if self.verbose else []
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                process_group=0, preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509
+            )
+        finally:
+            log.close()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        if self._wait_ready(timeout):
+            return self.endpoint
+        if self.process is not None and self.process.poll() == self.STATE_ERROR:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(log_start)
+                said = handle.read().decode("utf-8", "replace").strip().splitlines()
             self.stop()
-        raise RuntimeError(last_error)
+            from onysoft_tools.local.journal import StateError
+
+            raise StateError(said[-1].removeprefix("onysoft dev: ") if said
+                             else f"moto server refused the state dir (see {self.log_path})")
+        self.stop()
+        raise NotAnswering(f"moto server did not answer on port {port} (see {self.log_path})")
 
     def _wait_ready(self, timeout: float) -> bool:
         import httpx
