@@ -223,8 +223,8 @@ def new_gateway(tmp_path):
 
 @pytest.fixture(scope="module")
 def upstream():
-    """A fake OpenAI-compatible provider on loopback, one per test module (tests/integration/fake_upstream.py)."""
-    from tests.integration.fake_upstream import FakeUpstream
+    """A fake OpenAI-compatible provider on loopback, one per test module (onysoft_tools/fake_provider.py)."""
+    from onysoft_tools.fake_provider import FakeUpstream
 
     fake = FakeUpstream().start()
     yield fake

@@ -17,8 +17,8 @@ from boto3.dynamodb.conditions import Key
 from botocore.config import Config
 
 from onysoft import money
+from onysoft_tools.fake_provider import IMAGE_TOKENS, UPSTREAM_KEY, FakeUpstream
 from tests.integration.conftest import DevGateway
-from tests.integration.fake_upstream import IMAGE_TOKENS, UPSTREAM_KEY, FakeUpstream
 
 INPUT, OUTPUT, FX = Decimal("2.5"), Decimal("10"), Decimal("41.5")
 FAKE_MODELS = ("fake-ok", "fake-500", "fake-429", "fake-timeout", "fake-cut", "fake-slow-stream", "fake-bad-json",

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from onysoft import money
+from onysoft_tools.fake_provider import PROMPT_TOKENS, REPLY, UPSTREAM_KEY
 from tests.integration.conftest import DevGateway
-from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY, UPSTREAM_KEY
 from tests.integration.ledger import FX, INPUT, OUTPUT  # the prices and rate `dev` is given
 
 GATEWAY_OPTIONS = {"read_timeout": "1.5"}  # conftest's `dev`: the gateway whose `openai` is the fake provider
@@ -206,7 +206,7 @@ def test_embeddings_are_charged_every_token_the_provider_reports(dev):
 
 
 def test_an_overrun_is_a_debt_that_refuses_the_account_until_a_top_up(dev, upstream):
-    from tests.integration.fake_upstream import OVERRUN_COMPLETION
+    from onysoft_tools.fake_provider import OVERRUN_COMPLETION
     from tests.integration.ledger import Tables, check_ledger
 
     account, key = account_with_key(dev, "user", amount="1")

@@ -32,8 +32,8 @@ from datetime import datetime
 
 import httpx
 
+from onysoft_tools.fake_provider import OVERRUN_COMPLETION, PROMPT_TOKENS, REPLY
 from tests.integration.conftest import ROOT, clean_env, onysoft_command
-from tests.integration.fake_upstream import OVERRUN_COMPLETION, PROMPT_TOKENS, REPLY
 from tests.integration.ledger import (
     Tables,
     auth,

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.fake_upstream import REPLY, FakeUpstream
+from onysoft_tools.fake_provider import REPLY, FakeUpstream
 from tests.integration.ledger import (
     Tables,
     auth,

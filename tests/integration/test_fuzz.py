@@ -9,7 +9,7 @@
   change whose balance is charged, nor at what markup.
 
 The provider is the built-in mock (`mock/echo`, seeded by onysoft dev). Issue 10's properties run against a
-fake provider that bills what it is sent (tests/integration/fake_upstream.py, `fake-bill`): over bodies with
+fake provider that bills what it is sent (tools/onysoft_tools/fake_provider.py, `fake-bill`): over bodies with
 any output limits, `n`, content parts and extra fields, the output limit sent upstream is exactly the held
 output per answer (never above it), and the hold never under-bounds the provider's bill.
 Header bytes are built from what HTTP/1.1 can carry (h11's field-value grammar), so httpx sends them all.
@@ -383,7 +383,7 @@ def billed(dev):
 
 
 def provider_bill_micros(usage: dict) -> int:
-    """What the fake provider's bill costs the account, from the usage it computed (fake_upstream.bill)."""
+    """What the fake provider's bill costs the account, from the usage it computed (fake_provider.bill)."""
     from tests.integration.ledger import CACHED_INPUT, INPUT, OUTPUT
 
     cached = usage["prompt_tokens_details"]["cached_tokens"]

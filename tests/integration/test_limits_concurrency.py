@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.integration.fake_upstream import PROMPT_TOKENS, REPLY, FakeUpstream
+from onysoft_tools.fake_provider import PROMPT_TOKENS, REPLY, FakeUpstream
 from tests.integration.ledger import (
     Tables,
     auth,

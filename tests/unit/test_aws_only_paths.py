@@ -18,7 +18,7 @@ SECRET_VALUE = "sk-provider-from-secrets-manager"
 
 @pytest.fixture
 def upstream():
-    from tests.integration.fake_upstream import FakeUpstream
+    from onysoft_tools.fake_provider import FakeUpstream
 
     fake = FakeUpstream().start()
     yield fake
@@ -28,15 +28,13 @@ def upstream():
 def test_in_lambda_the_provider_key_comes_from_its_secret(gateway, upstream, monkeypatch):
     import boto3
 
-    from onysoft import forwarding
-
     boto3.client("secretsmanager", region_name="us-east-1").create_secret(
         Name="onysoft/providers/openai", SecretString=SECRET_VALUE)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-proxy")  # what Lambda sets: keys from secrets
     monkeypatch.delenv("ONYSOFT_PROVIDER_OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("ONYSOFT_PROVIDER_OPENAI_BASE_URL", upstream.base_url)
     catalog.set_model("openai/fake-ok", input_usd_per_mtok="1", output_usd_per_mtok="2")
-    forwarding.catalog_cache.invalidate()
+    catalog.catalog_cache.invalidate()
     _, _, headers = new_key("user")
     response = gateway.post("/v1/chat/completions", headers=headers,
                             json={"model": "openai/fake-ok", "messages": [{"role": "user", "content": "hi"}]})

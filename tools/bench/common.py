@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -16,6 +17,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
+
+
+def onysoft_command() -> list[str]:
+    """The project's `onysoft` CLI (its venv's script, or the same entry point through this Python)."""
+    script = VENV_BIN / "onysoft"
+    return [str(script)] if script.exists() else [PYTHON, "-m", "onysoft_tools.cli"]
+
+
+def onysoft_json(state_dir: Path, *args: str, timeout: float = 60) -> dict:
+    """`onysoft ARGS --state-dir S --json` against a local gateway's state dir: its JSON answer."""
+    result = subprocess.run([*onysoft_command(), *args, "--state-dir", str(state_dir), "--json"], cwd=ROOT,
+                            env=clean_env(), capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"onysoft {' '.join(args)}: {result.stderr}")
+    return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 def free_port() -> int:

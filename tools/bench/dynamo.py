@@ -29,8 +29,9 @@ from pathlib import Path
 
 import httpx
 
+from onysoft_tools.fake_provider import UPSTREAM_KEY, FakeUpstream
+
 from .common import clean_env, free_port, median, stop_process, wait_for
-from .fake_upstream import UPSTREAM_KEY, FakeUpstream
 
 REPEATS = 5
 MODEL = "openai/bench-model"
@@ -301,7 +302,6 @@ def _run(endpoint: str, upstream: FakeUpstream, workdir: Path, progress) -> dict
     import boto3
 
     from onysoft import accounts, api_keys, authorization, catalog, config
-    from onysoft import forwarding as forwarding_module
     from onysoft.models import ALL_MODELS, bind_tables
     from onysoft_tools import template
     from onysoft_tools.local.api_gateway import LocalApiGateway
@@ -327,7 +327,7 @@ def _run(endpoint: str, upstream: FakeUpstream, workdir: Path, progress) -> dict
     for model in ALL_MODELS:
         recorder.install(model._get_connection().connection.client)
     # The catalog is cached per instance for 60 s; keep it loaded during the count, report its Scan apart.
-    forwarding_module.catalog_cache.ttl_seconds = 3600
+    catalog.catalog_cache.ttl_seconds = 3600
 
     gateway = LocalApiGateway(tpl, state_dir=workdir)
     kinds = [
@@ -375,8 +375,8 @@ def _run(endpoint: str, upstream: FakeUpstream, workdir: Path, progress) -> dict
     auth_calls = recorder.take()
     rru = sum(capacity.of(c)[0] for c in auth_calls)
     # The catalog refresh: one Scan per proxy instance per minute.
-    forwarding_module.catalog_cache.invalidate()
-    forwarding_module.catalog_cache.model(MODEL)
+    catalog.catalog_cache.invalidate()
+    catalog.catalog_cache.model(MODEL)
     scan_calls = recorder.take()
     moto_consumed = [c.get("consumed") for c in auth_calls + scan_calls]
     return {

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from .common import PYTHON, ROOT, VENV_BIN, clean_env, free_port, machine, median, percentile, wait_for
+from .common import ROOT, clean_env, free_port, machine, median, onysoft_command, onysoft_json, percentile, wait_for
 
 CURVE_REQUESTS = int(os.environ.get("ONYSOFT_BENCH_CURVE_REQUESTS", "20000"))
 WINDOW = 1_000
@@ -32,11 +32,6 @@ USAGE_RECORDS = int(os.environ.get("ONYSOFT_BENCH_USAGE_RECORDS", "100000"))
 AFTER_KILL_REQUESTS = 2_000
 CHAT = {"model": "mock/echo", "messages": [{"role": "user", "content": "Hello, how are you today?"}]}
 BEGIN, END = "<!-- local-gateway:begin -->", "<!-- local-gateway:end -->"
-
-
-def _onysoft() -> list[str]:
-    script = VENV_BIN / "onysoft"
-    return [str(script)] if script.exists() else [PYTHON, "-m", "onysoft_tools.cli"]
 
 
 class Gateway:
@@ -57,7 +52,7 @@ class Gateway:
         started = time.monotonic()
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [*_onysoft(), "dev", "--port", str(self.port), "--state-dir", str(self.state_dir)], cwd=ROOT,
+                [*onysoft_command(), "dev", "--port", str(self.port), "--state-dir", str(self.state_dir)], cwd=ROOT,
                 env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
 
         def up() -> bool:
@@ -78,11 +73,7 @@ class Gateway:
         return read_env_file(self.state_dir / "dev.env")
 
     def cli(self, *args: str) -> dict:
-        result = subprocess.run([*_onysoft(), *args, "--state-dir", str(self.state_dir), "--json"], cwd=ROOT,
-                                env=clean_env(), capture_output=True, text=True, timeout=120, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"onysoft {' '.join(args)}: {result.stderr}")
-        return json.loads(result.stdout) if result.stdout.strip() else {}
+        return onysoft_json(self.state_dir, *args, timeout=120)
 
     def stop(self) -> float:
         """Ctrl-C; returns the seconds it took (moto compacts its journal into the snapshot meanwhile)."""

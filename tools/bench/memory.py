@@ -33,7 +33,18 @@ from pathlib import Path
 
 import httpx
 
-from .common import PYTHON, ROOT, clean_env, free_port, machine, median, stop_process, wait_for
+from .common import (
+    PYTHON,
+    ROOT,
+    clean_env,
+    free_port,
+    machine,
+    median,
+    onysoft_command,
+    onysoft_json,
+    stop_process,
+    wait_for,
+)
 
 FULL_CPU_MB = 1769  # Lambda: one vCPU's worth of CPU at 1769 MB, proportionally less below
 SIZES_MB = (128, 256, 512, 1024)
@@ -125,17 +136,8 @@ def cpu_seconds(pid: int) -> float:
 # ---------------------------------------------------------------------------------------------- 2. proxy alone
 
 
-def _onysoft() -> list[str]:
-    script = ROOT / ".venv" / "bin" / "onysoft"
-    return [str(script)] if script.exists() else [PYTHON, "-m", "onysoft_tools.cli"]
-
-
 def _cli(state: Path, *args: str) -> dict:
-    result = subprocess.run([*_onysoft(), *args, "--state-dir", str(state), "--json"], cwd=ROOT, env=clean_env(),
-                            capture_output=True, text=True, timeout=60, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"onysoft {' '.join(args)}: {result.stderr}")
-    return json.loads(result.stdout) if result.stdout.strip() else {}
+    return onysoft_json(state, *args)
 
 
 def _authorizer_context(dev_env: dict[str, str], key: str) -> dict:
@@ -154,17 +156,17 @@ def measure_proxy(progress=print) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="onysoft-bench-memory-"))
     state = workdir / "state"
     up_port, dev_port, proxy_port = free_port(), free_port(), free_port()
-    upstream = subprocess.Popen([PYTHON, "-m", "tools.bench.fake_upstream", "--port", str(up_port)], cwd=ROOT,
+    upstream = subprocess.Popen([PYTHON, "-m", "onysoft_tools.fake_provider", "--port", str(up_port)], cwd=ROOT,
                                 env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     dev = proxy = None
     try:
         if upstream.stdout is None or upstream.stdout.readline().strip() != "ready":
             raise RuntimeError("the fake upstream did not start")
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
-        from .fake_upstream import UPSTREAM_KEY
+        from onysoft_tools.fake_provider import UPSTREAM_KEY
 
         with open(workdir / "dev.log", "wb") as log:
-            dev = subprocess.Popen([*_onysoft(), "dev", "--port", str(dev_port), "--state-dir", str(state)],
+            dev = subprocess.Popen([*onysoft_command(), "dev", "--port", str(dev_port), "--state-dir", str(state)],
                                    cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         if not wait_for(lambda: (state / "dev.env").exists() and _answers(f"http://127.0.0.1:{dev_port}/v1/models"),
                         60, 0.2):

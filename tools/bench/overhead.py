@@ -17,8 +17,20 @@ from pathlib import Path
 
 import httpx
 
-from .common import PYTHON, ROOT, VENV_BIN, clean_env, free_port, median, percentile, stop_process, wait_for
-from .fake_upstream import UPSTREAM_KEY
+from onysoft_tools.fake_provider import UPSTREAM_KEY
+
+from .common import (
+    PYTHON,
+    ROOT,
+    clean_env,
+    free_port,
+    median,
+    onysoft_command,
+    onysoft_json,
+    percentile,
+    stop_process,
+    wait_for,
+)
 
 SEQUENTIAL = 200
 CONCURRENCY = 8
@@ -27,11 +39,6 @@ STREAMS = 100
 WARMUP = 20
 MODEL = "openai/bench-model"
 MESSAGES = [{"role": "user", "content": "Hello, how are you today?"}]
-
-
-def _onysoft() -> list[str]:
-    script = VENV_BIN / "onysoft"
-    return [str(script)] if script.exists() else [PYTHON, "-m", "onysoft_tools.cli"]
 
 
 class Target:
@@ -113,7 +120,7 @@ def nagle_stall(samples: int = 30) -> dict:
     out = {}
     for label, extra in (("without", ["--no-nodelay"]), ("with", [])):
         port = free_port()
-        process = subprocess.Popen([PYTHON, "-m", "tools.bench.fake_upstream", "--port", str(port), *extra],
+        process = subprocess.Popen([PYTHON, "-m", "onysoft_tools.fake_provider", "--port", str(port), *extra],
                                    cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                    text=True)
         try:
@@ -144,7 +151,7 @@ class DevGateway:
         env = clean_env(ONYSOFT_PROVIDER_OPENAI_BASE_URL=self.upstream_url,
                         ONYSOFT_PROVIDER_OPENAI_API_KEY=UPSTREAM_KEY)
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen([*_onysoft(), "dev", "--port", str(self.port), "--state-dir",
+            self.process = subprocess.Popen([*onysoft_command(), "dev", "--port", str(self.port), "--state-dir",
                                              str(self.state_dir)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=log)
 
@@ -162,11 +169,7 @@ class DevGateway:
         return self
 
     def cli(self, *args: str) -> dict:
-        result = subprocess.run([*_onysoft(), *args, "--state-dir", str(self.state_dir), "--json"], cwd=ROOT,
-                                env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"onysoft {' '.join(args)}: {result.stderr}")
-        return json.loads(result.stdout) if result.stdout.strip() else {}
+        return onysoft_json(self.state_dir, *args)
 
     def stop(self) -> None:
         stop_process(self.process)  # SIGINT, like Ctrl-C: it stops its moto server too
@@ -175,7 +178,7 @@ class DevGateway:
 def run(progress=print) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="onysoft-bench-overhead-"))
     port = free_port()
-    upstream = subprocess.Popen([PYTHON, "-m", "tools.bench.fake_upstream", "--port", str(port)], cwd=ROOT,
+    upstream = subprocess.Popen([PYTHON, "-m", "onysoft_tools.fake_provider", "--port", str(port)], cwd=ROOT,
                                 env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     gateway = None
     try:

@@ -39,8 +39,9 @@ def render(m: dict) -> str:
         "",
         "## 1. Overhead: direct vs through `onysoft dev`",
         "",
-        "One httpx client, one fake OpenAI-compatible upstream on loopback (its own process, no delay of its own; "
-        "`tools/bench/fake_upstream.py`), called directly and through `onysoft dev` (a subprocess: moto server, "
+        "One httpx client, one fake OpenAI-compatible upstream on loopback (its own process, no delay of its "
+        "own; `tools/onysoft_tools/fake_provider.py`), called directly and through `onysoft dev` (a subprocess: "
+        "moto server, "
         "the template's routes, the authorizer handler with its 60 s cache, the proxy ASGI app). Model "
         "`openai/bench-model` in the catalog, a `user` account (TRY, 50%) with a large top-up, a key with "
         "`--rpm 1000000 --tpm 1000000000`. Non-streaming chat completions: "

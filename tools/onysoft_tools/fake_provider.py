@@ -1,19 +1,26 @@
-"""A fake OpenAI-compatible provider served on loopback by the tests: it records what the gateway sends
-(headers, body) and fails in known ways chosen by the model name.
+"""A fake OpenAI-compatible provider on loopback, for the integration tests and the benchmark (one fake for
+both): it records what the gateway sends (headers, body, when each request arrived) and fails in known ways
+chosen by the model name. Never part of the gateway itself.
 
 Models: fake-ok (and any other name) answers; fake-500, fake-429 (Retry-After: 7), fake-bad-json (a 400),
 fake-timeout (5 s before answering), fake-cut (a stream that breaks after 3 chunks), fake-slow-stream,
 fake-reset (the TCP connection is reset before any answer byte), fake-malformed-200 (HTTP 200 whose body
 is not JSON), fake-overrun (reports OVERRUN_COMPLETION output tokens, far above any small hold),
 fake-bill (bills what it was sent, as a provider would: see `bill`), fake-embed-greedy (embeddings that report
-GREEDY_EMBED_TOKENS tokens per input)."""
+GREEDY_EMBED_TOKENS tokens per input). No delay of its own otherwise.
+
+Run it in-process (`FakeUpstream().start()`, a thread) or as its own process:
+`python -m onysoft_tools.fake_provider --port N` prints `ready` when it listens.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-UPSTREAM_KEY = "upstream-provider-secret"
+UPSTREAM_KEY = "upstream-provider-secret"  # noqa: S105 - what the gateway is configured with; a loopback fake
 REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
 PROMPT_TOKENS = 17
 CHUNK_DELAY = 0.3  # slow-stream: seconds between chunks
@@ -68,9 +75,16 @@ def bill(body: dict) -> dict:
 
 @dataclass
 class FakeUpstream:
-    requests: list[dict] = field(default_factory=list)
-    port: int = 0
+    port: int = 0  # 0: any free port
+    nodelay: bool = True  # False: like a pre-bound socket without TCP_NODELAY (the benchmark's stall check)
+    record: bool = True  # keep each request in `requests` (off for a long benchmark in its own process)
+    requests: list[dict] = field(default_factory=list)  # headers, body, arrival and usage of each request
+    first_bytes: list[float] = field(default_factory=list)  # time.monotonic() when each request's head arrived
     server: uvicorn.Server | None = None
+
+    def _record(self, headers: dict, body: dict) -> None:
+        if self.record:
+            self.requests.append({"headers": headers, "body": body, "at": time.monotonic()})
 
     @property
     def base_url(self) -> str:
@@ -79,8 +93,8 @@ class FakeUpstream:
     def app(self) -> Starlette:
         async def chat(request: Request):
             body = json.loads(await request.body())
-            self.requests.append({"headers": dict(request.headers), "body": body, "at": time.monotonic()})
-            model = body["model"]
+            self._record(dict(request.headers), body)
+            model = body.get("model", "")
             if model == "fake-500":
                 return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
             if model == "fake-429":
@@ -100,7 +114,8 @@ class FakeUpstream:
                          "total_tokens": PROMPT_TOKENS + OVERRUN_COMPLETION}
             elif model == "fake-bill":
                 usage = bill(body)
-            self.requests[-1]["usage"] = usage
+            if self.record:
+                self.requests[-1]["usage"] = usage
             if not body.get("stream"):
                 return JSONResponse({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
                                      "choices": [{"index": 0, "finish_reason": "stop",
@@ -126,10 +141,10 @@ class FakeUpstream:
 
         async def embeddings(request: Request):
             body = json.loads(await request.body())
-            self.requests.append({"headers": dict(request.headers), "body": body, "at": time.monotonic()})
+            self._record(dict(request.headers), body)
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            per_input = GREEDY_EMBED_TOKENS if body["model"] == "fake-embed-greedy" else 5
-            return JSONResponse({"object": "list", "model": body["model"],
+            per_input = GREEDY_EMBED_TOKENS if body.get("model") == "fake-embed-greedy" else 5
+            return JSONResponse({"object": "list", "model": body.get("model", ""),
                                  "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                                           for i, _ in enumerate(inputs)],
                                  "usage": {"prompt_tokens": per_input * len(inputs),
@@ -139,13 +154,16 @@ class FakeUpstream:
                                  Route("/v1/embeddings", embeddings, methods=["POST"])])
 
     def asgi(self):
-        """The app, behind a layer that resets the TCP connection of a `fake-reset` request before answering.
+        """The app, behind a layer that notes when each request's head arrived (before its body is read) and
+        resets the TCP connection of a `fake-reset` request before answering.
 
         Starlette cannot reach the socket; uvicorn's own `send` (a bound method of its request cycle) holds
         the transport, so this layer sits outside Starlette and aborts it with SO_LINGER 0: an RST."""
         app = self.app()
 
         async def asgi(scope, receive, send):
+            if scope["type"] == "http":
+                self.first_bytes.append(time.monotonic())
             if scope["type"] != "http" or scope["method"] != "POST":
                 return await app(scope, receive, send)
             chunks, more = [], True
@@ -159,9 +177,7 @@ class FakeUpstream:
             except (ValueError, AttributeError):
                 model = None
             if model == "fake-reset":
-                self.requests.append({"headers": {k.decode("latin-1"): v.decode("latin-1")
-                                                  for k, v in scope["headers"]},
-                                      "body": json.loads(raw), "at": time.monotonic()})
+                self._record({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, json.loads(raw))
                 transport = send.__self__.transport  # uvicorn's RequestResponseCycle
                 sock = transport.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -180,16 +196,45 @@ class FakeUpstream:
 
         return asgi
 
-    def start(self) -> FakeUpstream:
+    def _socket(self) -> socket.socket:
         sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.nodelay:  # accepted sockets inherit it (Linux); uvicorn does not set it on a passed-in socket
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
+        return sock
+
+    def start(self) -> FakeUpstream:
+        """In this process, in a daemon thread."""
+        sock = self._socket()
         self.server = uvicorn.Server(uvicorn.Config(self.asgi(), log_level="critical", lifespan="off"))
         threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True).start()
         while not self.server.started:
-            time.sleep(0.02)
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
         if self.server:
             self.server.should_exit = True
+
+    def serve_forever(self) -> None:
+        """In the foreground (its own process): prints `ready` once it listens."""
+        sock = self._socket()
+        self.server = uvicorn.Server(uvicorn.Config(self.asgi(), log_level="critical", lifespan="off",
+                                                    access_log=False))
+        print("ready", flush=True)
+        self.server.run(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m onysoft_tools.fake_provider", description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--no-nodelay", action="store_true", help="leave TCP_NODELAY off (to measure the stall)")
+    args = parser.parse_args(argv)
+    FakeUpstream(port=args.port, nodelay=not args.no_nodelay, record=False).serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
