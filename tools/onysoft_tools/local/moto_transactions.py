@@ -181,27 +181,15 @@ def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> Non
 
             if op_type != "ConditionCheck":
                 before.remember(table_name, key)  # onysoft: the item's before-image, before it is written
+            conditions = {"condition_expression": condition_expression,
+                          "expression_attribute_names": expression_attribute_names,
+                          "expression_attribute_values": expression_attribute_values}
             if op_type == "Put":
-                attrs = op["Item"]
-                self.put_item(
-                    table_name, attrs, condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
+                self.put_item(table_name, op["Item"], **conditions)
             elif op_type == "Delete":
-                self.delete_item(
-                    table_name, key, condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
+                self.delete_item(table_name, key, **conditions)
             elif op_type == "Update":
-                update_expression = op["UpdateExpression"]
-                self.update_item(
-                    table_name, key, update_expression=update_expression,
-                    condition_expression=condition_expression,
-                    expression_attribute_names=expression_attribute_names,
-                    expression_attribute_values=expression_attribute_values,
-                )
+                self.update_item(table_name, key, update_expression=op["UpdateExpression"], **conditions)
             errors.append((None, None, None))
         except (MultipleTransactionsException, MockValidationException):
             before.restore()  # onysoft
