@@ -2,12 +2,12 @@
 
 The local gateway (`onysoft dev`) and the tests build everything from what this module reads, so the
 deployment and the local run cannot drift: there is no second copy of the schema or the routes.
-YAML is read by cfn-lint's CloudFormation loader: this runs in the local gateway and tools, never in Lambda.
+YAML is read by PyYAML with the SAM translator's intrinsic-tag constructor: tools only, never in Lambda
+(cfn-lint's loader reads the same, but importing cfn-lint costs ~1 s of CPU per process: measured).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import re
@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import yaml
+from samtranslator.yaml_helper import intrinsics_multi_constructor
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
 TEMPLATE_ENV_VAR = "ONYSOFT_TEMPLATE"
@@ -32,17 +35,18 @@ _FALLBACK_STATUS = {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500}
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _plain(value: Any) -> Any:
-    """cfn-lint's nodes (dict/list/str subclasses carrying line marks) as plain dicts, lists and strings."""
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
-        return value.isoformat()  # CloudFormation has no YAML timestamps: an unquoted 2012-10-17 is a string
-    return value
+class _CfnLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with the SAM translator's reading of CloudFormation's short tags (the one `sam`
+    itself uses): `!Ref X` → `{"Ref": "X"}`, `!GetAtt A.B` → `{"Fn::GetAtt": ["A", "B"]}`, `!Sub …` →
+    `{"Fn::Sub": …}`. A subclass, so yaml.SafeLoader itself is left as it is."""
+
+
+_CfnLoader.add_multi_constructor("!", intrinsics_multi_constructor)
+# CloudFormation has no YAML timestamps: `2012-10-17` stays a string (as cfn-lint and CloudFormation read it).
+_CfnLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def template_path() -> Path:
@@ -52,12 +56,9 @@ def template_path() -> Path:
 
 
 def load_template(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The template as a dict, short tags in their long forms (`!Ref X` → `{"Ref": "X"}`,
-    `!GetAtt A.B` → `{"Fn::GetAtt": ["A", "B"]}`), read by cfn-lint's loader (the one `make lint` runs)."""
-    from cfnlint.decode.cfn_yaml import loads  # imported here: cfn-lint takes a while to import
-
-    path = Path(path or template_path())
-    return _plain(loads(path.read_text(encoding="utf-8"), str(path)))
+    """The template as a dict, short tags in their long forms (`!Ref X` → `{"Ref": "X"}`)."""
+    text = Path(path or template_path()).read_text(encoding="utf-8")
+    return yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @cache
