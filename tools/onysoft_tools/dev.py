@@ -28,7 +28,6 @@ file), lambdas (loading the template's functions), api_gateway (the API Gateway 
 (the user pool), journal (durability). This module runs them in order and prints the banner.
 """
 
-
 from __future__ import annotations
 
 import argparse
