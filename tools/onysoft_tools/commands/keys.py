@@ -84,10 +84,26 @@ def update(args: argparse.Namespace) -> int:
     return output(args, view, lambda: f"Updated key {view['key_id']} ({view['display']}).")
 
 
-def _expiry_options(parser: argparse.ArgumentParser, at_help: str) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--expires-in", metavar="DURATION", help="like 90s, 15m, 12h or 30d")
-    group.add_argument("--expires-at", metavar="TIME", help=at_help)
+def _limit_options(parser: argparse.ArgumentParser, *, changing: bool) -> None:
+    """The limits a key is created with, or (`changing`) changed to: a value of 0, 'all', 'never' or 'none'
+    then takes a limit back to the default."""
+    parser.add_argument("--rpm", type=int, metavar="N", help="requests per minute; 0 = back to the type's default"
+                        if changing else "requests per minute (default: the key type's)")
+    parser.add_argument("--tpm", type=int, metavar="N", help="tokens per minute; 0 = back to the type's default"
+                        if changing else "tokens per minute (default: the key type's)")
+    parser.add_argument("--models", metavar="M,M", help="allow only these models; 'all' removes the allow-list"
+                        if changing else "allow only these models (provider/model, comma-separated)")
+    expiry_group = parser.add_mutually_exclusive_group()
+    expiry_group.add_argument("--expires-in", metavar="DURATION", help="like 90s, 15m, 12h or 30d")
+    expiry_group.add_argument("--expires-at", metavar="TIME", help="an ISO 8601 time; 'never' removes the expiry"
+                              if changing else "an ISO 8601 time, e.g. 2026-12-31T23:59:59Z")
+    parser.add_argument("--spend-limit", "--limit", dest="spend_limit", metavar="AMOUNT",
+                        help="most the key may spend, in the account's currency" + ("; 'none' removes it"
+                                                                                    if changing else ""))
+    parser.add_argument("--limit-reset", choices=("daily", "weekly", "monthly", "never") if changing
+                        else ("daily", "weekly", "monthly"),
+                        help="reset the spend limit each period; 'never' makes it a lifetime limit" if changing
+                        else "reset the spend limit each period (default: a lifetime limit)")
 
 
 def register(commands, leaf) -> None:
@@ -96,25 +112,11 @@ def register(commands, leaf) -> None:
     p = leaf(sub, "create", create, "create a key (its type follows the account's kind); the key is shown once")
     p.add_argument("--account", required=True, metavar="ACCOUNT_ID")
     p.add_argument("--name", default="")
-    p.add_argument("--rpm", type=int, metavar="N", help="requests per minute (default: the key type's)")
-    p.add_argument("--tpm", type=int, metavar="N", help="tokens per minute (default: the key type's)")
-    p.add_argument("--models", metavar="M,M", help="allow only these models (provider/model, comma-separated)")
-    _expiry_options(p, "an ISO 8601 time, e.g. 2026-12-31T23:59:59Z")
-    p.add_argument("--spend-limit", "--limit", dest="spend_limit", metavar="AMOUNT",
-                   help="most the key may spend, in the account's currency")
-    p.add_argument("--limit-reset", choices=("daily", "weekly", "monthly"),
-                   help="reset the spend limit each period (default: a lifetime limit)")
+    _limit_options(p, changing=False)
     p = leaf(sub, "update", update, "change an existing key's limits (applied within the authorizer's cache "
                                     "time, 60 s by default)")
     p.add_argument("key_id", metavar="KEY_ID")
-    p.add_argument("--rpm", type=int, metavar="N", help="requests per minute; 0 = back to the type's default")
-    p.add_argument("--tpm", type=int, metavar="N", help="tokens per minute; 0 = back to the type's default")
-    p.add_argument("--models", metavar="M,M", help="allow only these models; 'all' removes the allow-list")
-    _expiry_options(p, "an ISO 8601 time; 'never' removes the expiry")
-    p.add_argument("--spend-limit", "--limit", dest="spend_limit", metavar="AMOUNT",
-                   help="most the key may spend, in the account's currency; 'none' removes it")
-    p.add_argument("--limit-reset", choices=("daily", "weekly", "monthly", "never"),
-                   help="reset the spend limit each period; 'never' makes it a lifetime limit")
+    _limit_options(p, changing=True)
     p = leaf(sub, "list", list_, "list an account's keys (display form only)")
     p.add_argument("--account", required=True, metavar="ACCOUNT_ID")
     p.add_argument("--all", action="store_true", help="include deleted keys")

@@ -13,7 +13,6 @@ from typing import Any
 from onysoft import money, rate_limits
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import Account, ApiKey, AuditRecord, UsageRecord
-from onysoft.principals import Principal
 
 
 def _int(value: Any) -> int | None:
@@ -181,6 +180,3 @@ def audit_view(item: AuditRecord) -> dict:
         "details": json.loads(item.details) if item.details else {}, "request_id": item.request_id,
     }
 
-
-def principal_view(principal: Principal) -> dict:
-    return {"principal": str(principal), "kind": principal.kind, "id": principal.id or None}
