@@ -3,8 +3,9 @@
 A Powertools REST API resolver with request validation (pydantic models) and an OpenAPI document with
 Swagger UI at /dashboard/docs. API Gateway's Cognito authorizer has checked the caller's ID token before
 this runs and passes its claims in `requestContext.authorizer.claims`; the `custom:principal` claim says
-who the caller acts as (onysoft.principals). Every decision is in onysoft.dashboard: this module only
-maps HTTP to it. Errors are OpenAI's envelope, like every other answer of the gateway.
+who the caller acts as (onysoft.principals). Every decision is in onysoft.operations (the one door the CLI
+uses too): this module only parses HTTP, calls an operation and renders its view. Errors are OpenAI's
+envelope, like every other answer of the gateway.
 """
 
 import hashlib
@@ -24,9 +25,12 @@ from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from onysoft import dashboard, errors, money, principals
+from onysoft import errors, money, principals
 from onysoft.audit import Actor
 from onysoft.key_types import ACCOUNT_KINDS
+from onysoft.operations import accounts, keys, paging
+from onysoft.operations.audit_log import audit_log as read_audit_log
+from onysoft.operations.usage import usage as read_usage
 
 logger = Logger()
 
@@ -171,13 +175,13 @@ def _markup_bp(value: Decimal | None) -> int | None:
          responses=_responses(200, "Your principal and its accounts"))
 def list_accounts() -> dict:
     actor = _actor()
-    return {"principal": str(actor.principal), **dashboard.list_accounts(actor)}
+    return {"principal": str(actor.principal), **accounts.list_accounts(actor)}
 
 
 @app.post("/dashboard/accounts", summary="Create an account (partner: customers and projects; operator: any)",
           responses=_responses(201, "The new account", 403))
 def create_account(body: AccountCreate):
-    account = dashboard.create_account(_actor(), kind=body.kind, name=body.name,
+    account = accounts.create_account(_actor(), kind=body.kind, name=body.name,
                                        markup_bp=_markup_bp(body.markup_pct), owner=body.owner)
     return account, 201
 
@@ -185,7 +189,7 @@ def create_account(body: AccountCreate):
 @app.patch("/dashboard/accounts/<account_id>", summary="Change an account's markup (partner, operator) or name",
            responses=_responses(200, "The account", 403, 404))
 def update_account(account_id: str, body: AccountUpdate) -> dict:
-    return dashboard.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name)
+    return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name)
 
 
 @app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",
@@ -193,7 +197,7 @@ def update_account(account_id: str, body: AccountUpdate) -> dict:
 def top_up(account_id: str, body: TopUp, idempotency_key: Annotated[str | None, Header(
         description="Optional. A retry with the same key and amount is not added twice; the same key with "
                     "another amount is a 409.")] = None):
-    view, replayed = dashboard.top_up(_actor(), account_id, int(body.amount * money.MICROS_PER_UNIT),
+    view, replayed = accounts.top_up(_actor(), account_id, int(body.amount * money.MICROS_PER_UNIT),
                                       idempotency_key)
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return Response(status_code=200, content_type="application/json", body=json.dumps(view), headers=headers)
@@ -202,14 +206,14 @@ def top_up(account_id: str, body: TopUp, idempotency_key: Annotated[str | None, 
 @app.get("/dashboard/accounts/<account_id>/keys", summary="List an account's API keys",
          responses=_responses(200, '{"keys": [...]}', 404))
 def list_keys(account_id: str, include_deleted: Annotated[bool, Query()] = False) -> dict:
-    return dashboard.list_keys(_actor(), account_id, include_deleted=include_deleted)
+    return keys.list_keys(_actor(), account_id, include_deleted=include_deleted)
 
 
 @app.post("/dashboard/accounts/<account_id>/keys",
           summary="Create an API key (the response holds the key: shown once, never again)",
           responses=_responses(201, "The key (`key`) and its record", 404))
 def create_key(account_id: str, body: KeyCreate):
-    created = dashboard.create_key(_actor(), account_id, name=body.name, rpm=body.rpm, tpm=body.tpm,
+    created = keys.create_key(_actor(), account_id, name=body.name, rpm=body.rpm, tpm=body.tpm,
                                    models=body.models, expires_at=body.expires_at,
                                    spend_limit_micros=None if body.spend_limit is None
                                    else int(body.spend_limit * money.MICROS_PER_UNIT))
@@ -219,7 +223,7 @@ def create_key(account_id: str, body: KeyCreate):
 @app.delete("/dashboard/keys/<key_id>", summary="Delete an API key (it stops working at once)",
             responses=_responses(200, "The deleted key's record", 404))
 def delete_key(key_id: str) -> dict:
-    return dashboard.delete_key(_actor(), key_id)
+    return keys.delete_key(_actor(), key_id)
 
 
 @app.get("/dashboard/accounts/<account_id>/usage",
@@ -231,9 +235,9 @@ def usage(
     to: Annotated[str | None, Query(description="ISO 8601, exclusive; default: now")] = None,
     key_id: Annotated[str | None, Query(description="only this key's records")] = None,
     cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
-    limit: Annotated[int | None, Query(ge=1, le=dashboard.MAX_PAGE)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=paging.MAX_PAGE)] = None,
 ) -> dict:
-    return dashboard.usage(_actor(), account_id, start=from_, end=to, key_id=key_id, cursor=cursor, limit=limit)
+    return read_usage(_actor(), account_id, start=from_, end=to, key_id=key_id, cursor=cursor, limit=limit)
 
 
 @app.get("/dashboard/audit", summary="The audit log of your accounts and keys, newest first",
@@ -241,9 +245,9 @@ def usage(
 def audit_log(
     account_id: Annotated[str | None, Query(description="only this account's records")] = None,
     cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
-    limit: Annotated[int | None, Query(ge=1, le=dashboard.MAX_PAGE)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=paging.MAX_PAGE)] = None,
 ) -> dict:
-    return dashboard.audit_log(_actor(), account_id=account_id, cursor=cursor, limit=limit)
+    return read_audit_log(_actor(), account_id=account_id, cursor=cursor, limit=limit)
 
 
 # ---------------------------------------------------------------------------------------------- errors

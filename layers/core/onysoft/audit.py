@@ -1,8 +1,9 @@
 """The audit log: who did what to which account or key, and when.
 
-Every key creation and deletion, account creation, markup change and top-up made from the dashboard or
-the onysoft CLI (which acts as `operator`, its user@host as `actor_sub`) leaves one record, written twice
-to the Usage table (no table of its own), in the same transaction as the action itself (onysoft.writes):
+Every key creation and deletion, account creation, markup change and top-up made through
+onysoft.operations (the dashboard, or the onysoft CLI acting as `operator` with its user@host as `actor_sub`)
+leaves one record, written twice to the Usage table (no table of its own), in the same transaction as the
+action itself (onysoft.writes):
 
 - under `audit#<owner principal>` (`audit#user:acct_…`, `audit#org:<id>`, `audit#partner:<id>`): what
   the owner of the account lists, including what the operator did to its accounts;
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from onysoft import clock, money
 from onysoft.models import Account, ApiKey, AuditRecord
-from onysoft.principals import OPERATOR, Principal, scope_of
+from onysoft.principals import Principal, scope_of
 
 PREFIX = "audit#"
 ALL = "all"
@@ -109,18 +110,6 @@ def on_key_delete(actor: Actor, account: Account):
     return _on_key(actor, KEY_DELETE, account)
 
 
-def cli_actor() -> Actor:
-    """The onysoft CLI acts as the platform; who ran it (user@host) goes where a person's Cognito sub would."""
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a bare container)
-        user = "unknown"
-    return Actor(Principal(OPERATOR), sub=f"cli:{user}@{socket.gethostname()}")
-
-
 def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None = None,
           account_id: str | None = None) -> tuple[list[AuditRecord], dict | None]:
     """One page of the principal's audit log, newest first, and the key to continue from (or None)."""
@@ -131,14 +120,6 @@ def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None =
     )
     items = list(results)
     return items, results.last_evaluated_key
-
-
-def view(item: AuditRecord) -> dict:
-    return {
-        "audit_id": item.audit_id, "at": item.at, "actor": item.actor, "actor_sub": item.actor_sub,
-        "action": item.action, "account_id": item.target_account_id, "key_id": item.target_key_id,
-        "details": json.loads(item.details) if item.details else {}, "request_id": item.request_id,
-    }
 
 
 def iter_all(principal: Principal) -> Iterator[AuditRecord]:

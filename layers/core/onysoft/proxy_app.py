@@ -12,13 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits, telemetry
+from onysoft import errors, forwarding, keys, rate_limits, spend_limits, telemetry
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
 from onysoft.clock import parse_iso
 from onysoft.dynamo import get_key_and_account
 from onysoft.models import Account, ApiKey
+from onysoft.operations.views import KeyState, key_view
 from onysoft.request_ids import RequestIds, current_request_id
 
 logger = logging.getLogger("onysoft.proxy")
@@ -51,53 +52,15 @@ def read_usable_key(key_hash: str, caller: CallerContext, counter_ids: tuple[str
 
 
 def load_key_view(key_hash: str, caller: CallerContext) -> dict:
-    """GET /v1/key: the key, its account, and its current rate-limit window and spend-period counters."""
+    """GET /v1/key: the key, its account, and its current rate-limit window and spend-period counters,
+    rendered by the one key view (onysoft.operations.views) the dashboard and the CLI render too."""
     window = rate_limits.current_window()
     rate_id = window.counter_id(caller.key_id)
     spend_id = spend_limits.counter_id(caller.key_id, spend_limits.period_start(caller.limit_reset or None))
     record, account, counters = read_usable_key(key_hash, caller, (rate_id, spend_id))
     usage = rate_limits.usage_from_item(counters.get(rate_id))
     spent = spend_limits.spent(counters.get(spend_id)) if record.spend_limit_micros else 0
-    return key_view(record, account, usage, window, spent)
-
-
-def key_view(record: ApiKey, account: Account, usage: rate_limits.Usage, window: rate_limits.Window,
-             spent_micros: int) -> dict:
-    rpm, tpm = rate_limits.effective_limits(record.key_type, record.rpm, record.tpm)
-    limit = int(record.spend_limit_micros or 0)
-    return {
-        "object": "api_key",
-        "key_id": record.key_id,
-        "display": record.display,
-        "name": record.name,
-        "type": record.key_type,
-        "status": record.status,
-        "account_id": account.account_id,
-        "currency": account.currency,
-        "balance": money.format_micros(int(account.balance_micros)),
-        "balance_micros": int(account.balance_micros),
-        "markup_pct": money.markup_pct(int(account.markup_bp)),
-        "created_at": record.created_at,
-        "last_used_at": record.last_used_at,
-        "expires_at": record.expires_at,
-        "request_count": int(record.request_count or 0),
-        "spend": money.format_micros(int(record.spend_micros or 0)),
-        "spend_micros": int(record.spend_micros or 0),
-        "limits": {
-            "rpm": rpm, "tpm": tpm, "rpm_is_default": not record.rpm, "tpm_is_default": not record.tpm,
-            "models": list(record.models or []),
-            "spend_limit": money.format_micros(limit) if limit else None,
-            "spend_limit_micros": limit or None,
-            "limit_reset": record.limit_reset if limit else None,
-            "expires_at": record.expires_at,
-        },
-        "usage": {
-            "requests_this_minute": usage.requests, "tokens_this_minute": usage.tokens,
-            "window_resets_in_seconds": round(window.reset_seconds, 3),
-            "spend_this_period": money.format_micros(spent_micros) if limit else None,
-            "spend_this_period_micros": spent_micros if limit else None,
-        },
-    }
+    return key_view(record, account=account, state=KeyState(usage, window, spent))
 
 
 async def get_key(request: Request) -> Response:

@@ -1,0 +1,108 @@
+"""Account operations: list, show, create, update (markup, name) and top up."""
+
+from pynamodb.exceptions import TransactWriteError
+
+from onysoft import accounts, audit, idempotency, writes
+from onysoft.audit import Actor
+from onysoft.errors import GatewayError, bad_request
+from onysoft.key_types import ACCOUNT_KINDS
+from onysoft.models import Account
+from onysoft.operations import access
+from onysoft.operations.views import account_view
+from onysoft.principals import OPERATOR, ORG, OWNED_KINDS, PARTNER, USER, accounts_of_owner
+
+
+def list_accounts(actor: Actor, *, owner: str | None = None, kind: str | None = None) -> dict:
+    """The accounts the actor sees, oldest first; optionally one owner's, or one kind's."""
+    if owner and actor.principal.is_operator:
+        found = accounts_of_owner(owner)
+    else:
+        found = (a for a in actor.principal.accounts() if not owner or a.owner == owner)
+    chosen = sorted((a for a in found if not kind or a.kind == kind), key=lambda a: (a.created_at, a.account_id))
+    return {"accounts": [account_view(a) for a in chosen]}
+
+
+def get_account(actor: Actor, account_id: str) -> dict:
+    return account_view(access.account(actor, account_id))
+
+
+def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | None = None,
+                   owner: str | None = None) -> dict:
+    principal = actor.principal
+    if kind not in ACCOUNT_KINDS:
+        raise bad_request(f"kind must be one of: {', '.join(ACCOUNT_KINDS)}", "kind")
+    if principal.kind == USER:
+        raise access.forbidden("A user account cannot create accounts.")
+    if principal.kind in (ORG, PARTNER):
+        allowed = OWNED_KINDS[principal.kind]
+        if kind not in allowed:
+            raise access.forbidden(f"A {principal.kind} may create {' or '.join(allowed)} accounts only.")
+        if owner is not None and owner != principal.id:
+            raise access.forbidden(f"Accounts you create are owned by {principal.kind} {principal.id!r}.")
+        if principal.kind == ORG and markup_bp is not None:
+            raise access.forbidden("A project's markup is set by the platform.")
+        owner = principal.id
+    elif not access.is_cli(actor):
+        # The dashboard's operator names an owner exactly for owned kinds; the CLI's --owner is free
+        # (DESIGN.md's CLI contract: an optional label, any kind).
+        if kind == "user" and owner:
+            raise bad_request("user accounts have no owner", "owner")
+        if kind != "user" and not owner:
+            raise bad_request(f"{kind} accounts need an owner (the org or partner id)", "owner")
+    try:
+        account = accounts.create_account(kind, name=name, owner=owner, markup_bp=markup_bp,
+                                          companions=audit.on_account_create(actor))
+    except accounts.AccountError as exc:
+        raise bad_request(str(exc), "markup_pct") from None
+    return account_view(account)
+
+
+def update_account(actor: Actor, account_id: str, *, markup_bp: int | None = None,
+                   name: str | None = None) -> dict:
+    account = access.account(actor, account_id)
+    principal = actor.principal
+    if markup_bp is None and name is None:
+        raise bad_request("nothing to change: give markup_pct and/or name")
+    if markup_bp is not None and principal.kind not in (OPERATOR, PARTNER):
+        raise access.forbidden("Only the platform sets this account's markup." if principal.kind == ORG
+                               else "A user account's markup is the platform's standard markup.")
+    audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name)
+    try:
+        updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited)
+    except accounts.AccountError as exc:
+        raise bad_request(str(exc), "markup_pct") from None
+    return account_view(updated)
+
+
+def top_up(actor: Actor, account_id: str, amount_micros: int,
+           idempotency_key: str | None = None) -> tuple[dict, bool]:
+    """(the account, whether this was a replay of an earlier top-up with the same idempotency key)."""
+    account = access.account(actor, account_id)
+    access.require_operator(actor, "Only the platform tops up balances.")
+    request = {"amount_micros": amount_micros}
+    companions = audit.on_topup(actor, amount_micros)
+    if idempotency_key is not None:
+        try:
+            idempotency.check_key(idempotency_key)
+        except ValueError as exc:
+            raise bad_request(str(exc), "Idempotency-Key") from None
+        companions = writes.together(
+            companions, idempotency.marker(account.account_id, "topup", idempotency_key, request))
+    try:
+        updated = accounts.top_up(account.account_id, amount_micros, companions=companions)
+    except accounts.AccountError as exc:
+        raise bad_request(str(exc), "amount") from None
+    except TransactWriteError:
+        if not _is_replay(account, idempotency_key, request):
+            raise
+        return account_view(accounts.get_account(account.account_id)), True
+    return account_view(updated), False
+
+
+def _is_replay(account: Account, idempotency_key: str | None, request: dict) -> bool:
+    try:
+        return idempotency_key is not None and idempotency.is_replay(
+            account.account_id, "topup", idempotency_key, request)
+    except idempotency.KeyReused as exc:
+        raise GatewayError(409, str(exc), "invalid_request_error", "idempotency_key_reused",
+                           "Idempotency-Key") from None

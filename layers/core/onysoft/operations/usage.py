@@ -1,0 +1,104 @@
+"""Usage operations: an account's (or one key's) usage records, and their totals by day and model."""
+
+from datetime import timedelta
+
+from onysoft import clock, money
+from onysoft.audit import Actor
+from onysoft.errors import bad_request
+from onysoft.models import Account, UsageRecord
+from onysoft.operations import access
+from onysoft.operations.paging import decode_cursor, encode_cursor, page_size
+from onysoft.operations.views import usage_view
+
+DEFAULT_USAGE_DAYS = 30
+MAX_USAGE_DAYS = 366
+
+
+def _time_range(start: str | None, end: str | None) -> tuple[str, str]:
+    try:
+        end_at = clock.parse_iso(end) if end else clock.utc_now()
+    except ValueError:
+        raise bad_request("`to` must be an ISO 8601 time, like 2026-11-27T00:00:00Z", "to") from None
+    try:
+        start_at = clock.parse_iso(start) if start else end_at - timedelta(days=DEFAULT_USAGE_DAYS)
+    except ValueError:
+        raise bad_request("`from` must be an ISO 8601 time, like 2026-11-01T00:00:00Z", "from") from None
+    if start_at >= end_at:
+        raise bad_request("`from` must be before `to`", "from")
+    if end_at - start_at > timedelta(days=MAX_USAGE_DAYS):
+        raise bad_request(f"a usage query spans at most {MAX_USAGE_DAYS} days", "from")
+    return clock.to_iso(start_at), clock.to_iso(end_at)
+
+
+def _usage_query(account_id: str, key_id: str | None, start: str, end: str, **kwargs):
+    # sk is "<created_at>#<request_id>": between start and end (exclusive: an sk at `end` sorts after it).
+    condition = UsageRecord.sk.between(start, end)
+    if key_id:
+        return UsageRecord.by_key.query(key_id, condition, filter_condition=UsageRecord.account_id == account_id,
+                                        **kwargs)
+    return UsageRecord.query(account_id, condition, **kwargs)
+
+
+def _totals(account: Account, key_id: str | None, start: str, end: str) -> dict:
+    by_day: dict[str, dict] = {}
+    by_model: dict[str, dict] = {}
+    overall = _empty_total()
+    for record in _usage_query(account.account_id, key_id, start, end):
+        for bucket in (by_day.setdefault(record.created_at[:10], _empty_total()),
+                       by_model.setdefault(record.model or "", _empty_total()), overall):
+            bucket["requests"] += 1
+            bucket[record.status] = bucket.get(record.status, 0) + 1
+            bucket["prompt_tokens"] += int(record.prompt_tokens or 0)
+            bucket["completion_tokens"] += int(record.completion_tokens or 0)
+            bucket["charge_micros"] += int(record.charge_micros or 0) if record.status == "settled" else 0
+    return {
+        "currency": account.currency,
+        "total": _finish_total(overall),
+        "by_day": [{"day": day, **_finish_total(t)} for day, t in sorted(by_day.items())],
+        "by_model": [{"model": model, **_finish_total(t)} for model, t in sorted(by_model.items())],
+    }
+
+
+def _empty_total() -> dict:
+    return {"requests": 0, "settled": 0, "failed": 0, "pending": 0, "prompt_tokens": 0, "completion_tokens": 0,
+            "charge_micros": 0}
+
+
+def _finish_total(total: dict) -> dict:
+    return {**total, "charge": money.format_micros(total["charge_micros"])}
+
+
+def usage(actor: Actor, account_id: str, *, start: str | None = None, end: str | None = None,
+          key_id: str | None = None, cursor: str | None = None, limit: int | None = None) -> dict:
+    """One page of an account's (or one of its keys') usage records between two times, newest first.
+
+    The first page (no cursor) also carries totals over the whole range, by day (UTC) and by model;
+    later pages carry `"totals": null`. `next` is the cursor of the following page, or null at the end.
+    """
+    account = access.account(actor, account_id)
+    page = page_size(limit)
+    start_iso, end_iso = _time_range(start, end)
+    if key_id is not None:
+        access.key_of_account(key_id, account.account_id)
+        start_key = decode_cursor(cursor, fixed={"key_id": key_id, "account_id": account.account_id},
+                                  keys={"key_id", "account_id", "sk"})
+    else:
+        start_key = decode_cursor(cursor, fixed={"account_id": account.account_id}, keys={"account_id", "sk"})
+    results = _usage_query(account.account_id, key_id, start_iso, end_iso, scan_index_forward=False,
+                           limit=page, page_size=page, last_evaluated_key=start_key)
+    records = [usage_view(r) for r in results]
+    return {
+        "account_id": account.account_id, "currency": account.currency, "key_id": key_id,
+        "from": start_iso, "to": end_iso, "records": records,
+        "next": encode_cursor(results.last_evaluated_key) if len(records) == page else None,
+        "totals": _totals(account, key_id, start_iso, end_iso) if cursor is None else None,
+    }
+
+
+def all_records(actor: Actor, account_id: str, *, limit: int | None = None) -> dict:
+    """Every usage record of an account (or the newest `limit`), newest first, over all time."""
+    account = access.account(actor, account_id)
+    if limit is not None and limit < 1:
+        raise bad_request("limit must be a positive number", "limit")
+    query = UsageRecord.query(account.account_id, scan_index_forward=False, limit=limit)
+    return {"records": [usage_view(r) for r in query]}

@@ -1,0 +1,182 @@
+"""The views: how an account, a key, a usage record, a model, an FX rate and an audit record are shown.
+
+The only views: the dashboard API, the CLI's `--json` and `GET /v1/key` render these (names as in DESIGN.md's
+CLI contract; fields are only ever added). Where the views once disagreed, the honest value won: `stream` is
+false for a call that did not stream, `uncharged_micros` is 0 when nothing was left uncharged, an absent time
+or owner is null (never "").
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from onysoft import money, rate_limits
+from onysoft.key_types import key_type_for_account_kind
+from onysoft.models import Account, ApiKey, AuditRecord, UsageRecord
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def account_view(account: Account) -> dict:
+    balance = int(account.balance_micros or 0)
+    topped_up = int(account.topped_up_micros or 0)
+    return {
+        "account_id": account.account_id,
+        "kind": account.kind,
+        "key_type": key_type_for_account_kind(account.kind).name,
+        "name": account.name or "",
+        "owner": account.owner or None,
+        "currency": account.currency,
+        "balance": money.format_micros(balance),
+        "balance_micros": balance,
+        "topped_up": money.format_micros(topped_up),
+        "topped_up_micros": topped_up,
+        "markup_pct": money.markup_pct(int(account.markup_bp)),
+        "markup_bp": int(account.markup_bp),
+        "created_at": account.created_at,
+    }
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """A key's use of its limits now: this minute's rate-limit window and this spend period's total."""
+
+    usage: rate_limits.Usage
+    window: rate_limits.Window
+    spent_micros: int
+
+
+def key_view(record: ApiKey, *, account: Account | None = None, state: KeyState | None = None) -> dict:
+    """A key as every list shows it: the display form, never the key nor its hash. With its account, the
+    balance it charges; with its state, its effective limits and its use of them (`limits`, `usage`)."""
+    spend = int(record.spend_micros or 0)
+    spend_limit = _int(record.spend_limit_micros)
+    view = {
+        "object": "api_key",
+        "key_id": record.key_id,
+        "display": record.display,
+        "name": record.name or "",
+        "type": record.key_type,
+        "status": record.status,
+        "account_id": record.account_id,
+        "currency": record.currency,
+        "created_at": record.created_at,
+        "last_used_at": record.last_used_at or None,
+        "expires_at": record.expires_at or None,
+        "deleted_at": record.deleted_at or None,
+        "request_count": int(record.request_count or 0),
+        "spend": money.format_micros(spend),
+        "spend_micros": spend,
+        "rpm": _int(record.rpm),  # the key's own limits; null = the key type's default (see `limits`)
+        "tpm": _int(record.tpm),
+        "models": list(record.models) if record.models else None,
+        "spend_limit": money.format_micros(spend_limit) if spend_limit is not None else None,
+        "spend_limit_micros": spend_limit,
+        "limit_reset": record.limit_reset or None,
+    }
+    if account is not None:
+        view.update(currency=account.currency, balance=money.format_micros(int(account.balance_micros)),
+                    balance_micros=int(account.balance_micros), markup_pct=money.markup_pct(int(account.markup_bp)))
+    if state is not None:
+        view.update(_limits_and_usage(record, state))
+    return view
+
+
+def _limits_and_usage(record: ApiKey, state: KeyState) -> dict:
+    rpm, tpm = rate_limits.effective_limits(record.key_type, record.rpm, record.tpm)
+    limit = int(record.spend_limit_micros or 0)
+    return {
+        "limits": {
+            "rpm": rpm, "tpm": tpm, "rpm_is_default": not record.rpm, "tpm_is_default": not record.tpm,
+            "models": list(record.models or []),
+            "spend_limit": money.format_micros(limit) if limit else None,
+            "spend_limit_micros": limit or None,
+            "limit_reset": (record.limit_reset or None) if limit else None,
+            "expires_at": record.expires_at or None,
+        },
+        "usage": {
+            "requests_this_minute": state.usage.requests, "tokens_this_minute": state.usage.tokens,
+            "window_resets_in_seconds": round(state.window.reset_seconds, 3),
+            "spend_this_period": money.format_micros(state.spent_micros) if limit else None,
+            "spend_this_period_micros": state.spent_micros if limit else None,
+        },
+    }
+
+
+def usage_view(record: UsageRecord) -> dict:
+    charge = int(record.charge_micros or 0)
+    return {
+        "request_id": record.request_id,
+        "key_id": record.key_id,
+        "model": record.model,
+        "provider": record.provider,
+        "upstream_model": record.upstream_model,
+        "endpoint": record.endpoint,
+        "status": record.status,
+        "stream": record.stream == "true",
+        "prompt_tokens": int(record.prompt_tokens or 0),
+        "completion_tokens": int(record.completion_tokens or 0),
+        "currency": record.currency,
+        "charge_micros": charge,
+        "charge": money.format_micros(charge),
+        "hold_micros": int(record.hold_micros or 0),
+        "provider_cost_usd": record.provider_cost_usd,
+        "input_usd_per_mtok": record.input_usd_per_mtok,
+        "output_usd_per_mtok": record.output_usd_per_mtok,
+        "markup_pct": money.markup_pct(int(record.markup_bp)) if record.markup_bp is not None else None,
+        "fx_rate": record.fx_rate,
+        "fx_rate_at": record.fx_rate_at,
+        "usage_estimated": record.usage_estimated == "true",  # tokens estimated (cut stream, nonsense usage…)
+        "cached_tokens": int(record.cached_tokens or 0),
+        "cache_write_tokens": int(record.cache_write_tokens or 0),
+        "reasoning_tokens": int(record.reasoning_tokens or 0),
+        "cached_input_usd_per_mtok": record.cached_input_usd_per_mtok,
+        "cache_write_usd_per_mtok": record.cache_write_usd_per_mtok,
+        "overrun": record.overrun == "true",  # the provider reported more than the hold: charged in full
+        "overrun_micros": int(record.overrun_micros or 0),
+        "uncharged_micros": int(record.uncharged_micros or 0),  # records from before overruns were charged
+        "upstream_status": _int(record.upstream_status),
+        "sent_at": record.sent_at,
+        "error_code": record.error_code,
+        "error_message": record.error_message,
+        "created_at": record.created_at,
+        "settled_at": record.settled_at,
+    }
+
+
+def model_view(price) -> dict:
+    """A catalog entry (onysoft.catalog.ModelPrice): prices as decimal strings, USD per million tokens."""
+    return {
+        "model": price.model,
+        "provider": price.provider,
+        "upstream_model": price.upstream_model,
+        "input_usd_per_mtok": str(price.input_usd_per_mtok),
+        "output_usd_per_mtok": str(price.output_usd_per_mtok),
+        "enabled": price.enabled,
+        "max_output_tokens": price.max_output_tokens,
+        "cached_input_usd_per_mtok": _str(price.cached_input_usd_per_mtok),
+        "cache_write_usd_per_mtok": _str(price.cache_write_usd_per_mtok),
+        "tokens_per_image": price.tokens_per_image,
+        "updated_at": price.created_at or None,
+    }
+
+
+def fx_view(pair: str, found: tuple | None) -> dict:
+    """An exchange rate (rate, updated_at) or its absence (rate null)."""
+    return {"pair": pair, "rate": str(found[0]) if found else None,
+            "updated_at": (found[1] or None) if found else None}
+
+
+def audit_view(item: AuditRecord) -> dict:
+    return {
+        "audit_id": item.audit_id, "at": item.at, "actor": item.actor, "actor_sub": item.actor_sub,
+        "action": item.action, "account_id": item.target_account_id, "key_id": item.target_key_id,
+        "details": json.loads(item.details) if item.details else {}, "request_id": item.request_id,
+    }
+

@@ -1,0 +1,90 @@
+"""`onysoft accounts create|show|topup|update|list`: balances."""
+
+from __future__ import annotations
+
+import argparse
+
+from onysoft import money
+from onysoft.key_types import ACCOUNT_KINDS
+from onysoft.operations import accounts
+from onysoft.operations.access import cli_operator
+
+from .output import UsageError, fields, output, table
+from .values import parse_amount, parse_markup
+
+
+def _human(view: dict, title: str | None = None) -> str:
+    text = fields([
+        ("account_id", view["account_id"]),
+        ("kind", view["kind"]),
+        ("name", view["name"]),
+        ("owner", view["owner"]),
+        ("currency", view["currency"]),
+        ("balance", f"{view['balance']} {view['currency']}"),
+        ("topped up", f"{view['topped_up']} {view['currency']}"),
+        ("markup", f"{view['markup_pct']}%"),
+        ("created_at", view["created_at"]),
+    ])
+    return f"{title}\n{text}" if title else text
+
+
+def _markup(args: argparse.Namespace) -> int | None:
+    return parse_markup(args.markup) if args.markup is not None else None
+
+
+def create(args: argparse.Namespace) -> int:
+    view = accounts.create_account(cli_operator(), kind=args.kind, name=args.name or "", owner=args.owner,
+                                   markup_bp=_markup(args))
+    return output(args, view, lambda: _human(view, "Created account:"))
+
+
+def show(args: argparse.Namespace) -> int:
+    view = accounts.get_account(cli_operator(), args.account_id)
+    return output(args, view, lambda: _human(view))
+
+
+def topup(args: argparse.Namespace) -> int:
+    micros = parse_amount(args.amount)
+    view, _ = accounts.top_up(cli_operator(), args.account_id, micros)
+    view.update(topup=money.format_micros(micros), topup_micros=micros)
+    return output(args, view, lambda: _human(view, f"Added {view['topup']} {view['currency']} to "
+                                                   f"{view['account_id']}:"))
+
+
+def update(args: argparse.Namespace) -> int:
+    if args.markup is None and args.name is None:
+        raise UsageError("nothing to change: give --markup and/or --name")
+    view = accounts.update_account(cli_operator(), args.account_id, markup_bp=_markup(args), name=args.name)
+    return output(args, view, lambda: _human(view, "Updated account:"))
+
+
+def list_(args: argparse.Namespace) -> int:
+    views = accounts.list_accounts(cli_operator(), owner=args.owner, kind=args.kind)["accounts"]
+    return output(args, {"accounts": views}, lambda: table(
+        ["ACCOUNT_ID", "KIND", "NAME", "OWNER", "CURRENCY", "BALANCE", "MARKUP", "CREATED_AT"],
+        [[v["account_id"], v["kind"], v["name"], v["owner"], v["currency"], v["balance"], f"{v['markup_pct']}%",
+          v["created_at"]] for v in views],
+        right=(5, 6),
+    ) if views else "No accounts.")
+
+
+def register(commands, leaf) -> None:
+    group = commands.add_parser("accounts", help="create, show, top up, update and list accounts (balances)")
+    sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = leaf(sub, "create", create, "create an account (its kind sets currency and markup)")
+    p.add_argument("--kind", required=True, choices=ACCOUNT_KINDS)
+    p.add_argument("--name", default="", help="a name for people")
+    p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID", help="the org (project) or partner that owns it")
+    p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%); default: the kind's")
+    p = leaf(sub, "show", show, "show an account's balance, currency and markup")
+    p.add_argument("account_id", metavar="ACCOUNT_ID")
+    p = leaf(sub, "topup", topup, "add to an account's balance")
+    p.add_argument("account_id", metavar="ACCOUNT_ID")
+    p.add_argument("amount", metavar="AMOUNT", help="in the account's currency units, e.g. 12.5 (at most 6 decimals)")
+    p = leaf(sub, "update", update, "change an account's markup or name")
+    p.add_argument("account_id", metavar="ACCOUNT_ID")
+    p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%)")
+    p.add_argument("--name")
+    p = leaf(sub, "list", list_, "list accounts (all, or one owner's)")
+    p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
+    p.add_argument("--kind", choices=ACCOUNT_KINDS)

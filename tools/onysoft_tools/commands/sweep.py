@@ -1,0 +1,28 @@
+"""`onysoft sweep [--older-than 15m]`: close stale holds now, as the scheduled sweeper does."""
+
+from __future__ import annotations
+
+import argparse
+
+from onysoft import sweeper
+
+from .output import fields, output
+from .values import parse_duration
+
+
+def sweep(args: argparse.Namespace) -> int:
+    older_than = (sweeper.DEFAULT_OLDER_THAN_SECONDS if args.older_than is None
+                  else parse_duration(args.older_than, "--older-than"))
+    result = {**sweeper.close_stale_holds(older_than_seconds=older_than), "older_than_seconds": older_than}
+    return output(args, result, lambda: fields([
+        ("settled (sent upstream, billed on the prompt bound)", result["settled"]),
+        ("released (never sent upstream)", result["released"]), ("already closed", result["already_closed"]),
+        ("could not close (left for the next run)", result["close_failures"]),
+        ("older than", f"{older_than} s"),
+    ]))
+
+
+def register(commands, leaf) -> None:
+    p = leaf(commands, "sweep", sweep, "close stale holds now, as the scheduled sweeper does: settle those "
+                                       "whose request was sent upstream, release the others")
+    p.add_argument("--older-than", metavar="DURATION", help="holds older than this, like 15m (default 20m)")
