@@ -20,7 +20,8 @@ def lambda_output(monkeypatch, capsys):
     telemetry.logger()
     stream = io.StringIO()
     for handler in logging.getLogger("onysoft").handlers:
-        monkeypatch.setattr(handler, "stream", stream)
+        if hasattr(handler, "stream"):  # not pytest's own log-capture handlers, which a CLI test may leave
+            monkeypatch.setattr(handler, "stream", stream)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-proxy")  # metrics are written in Lambda only
 
     def read() -> list[dict]:
