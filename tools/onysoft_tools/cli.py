@@ -160,6 +160,7 @@ def key_view(record) -> dict:
         "rpm": _int(record.rpm),
         "tpm": _int(record.tpm),
         "models": list(record.models) if record.models else None,
+        "fallbacks": list(record.fallbacks) if record.fallbacks else None,
         "spend_limit": money.format_micros(spend_limit) if spend_limit is not None else None,
         "spend_limit_micros": spend_limit,
         "limit_reset": record.limit_reset or None,
@@ -372,19 +373,22 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     account = get_account(args.account)  # unknown account: exit 2 before anything else
     expires_at = _expiry(args)
     models = _model_list(args.models)
+    fallbacks = _model_list(args.fallbacks)
+    if models and fallbacks and not set(fallbacks) <= set(models):
+        raise UsageError("--fallbacks must be models the key may use (--models)")
     spend_limit = None
     if args.spend_limit is not None:
         try:
             spend_limit = money.parse_amount(args.spend_limit)
         except money.MoneyError as exc:
             raise UsageError(f"--spend-limit: {exc}") from None
-    for model in models or ():
+    for model in dict.fromkeys([*(models or ()), *(fallbacks or ())]):
         if catalog.get_model(model) is None:
             print(f"{PROG}: warning: {model} is not in the catalog (yet): requests for it fail until it is",
                   file=sys.stderr)
     created = create_key(account.account_id, name=args.name or "", rpm=args.rpm, tpm=args.tpm, models=models,
                          expires_at=expires_at, spend_limit_micros=spend_limit, limit_reset=args.limit_reset,
-                         companions=audit.on_key_create(audit.cli_actor(), account))
+                         companions=audit.on_key_create(audit.cli_actor(), account), fallbacks=fallbacks)
     view = {"key": created.plaintext, **key_view(created.record)}
 
     def human() -> str:
@@ -393,7 +397,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             ("currency", view["currency"]), ("name", view["name"]), ("display", view["display"]),
             ("expires_at", view["expires_at"] or "never"), ("rpm", view["rpm"] or "type default"),
             ("tpm", view["tpm"] or "type default"), ("models", view["models"] or "all"),
-            ("created_at", view["created_at"]),
+            ("fallbacks", ", ".join(view["fallbacks"] or ()) or "none"), ("created_at", view["created_at"]),
         ])
         return (f"{details}\n\nKey:\n\n    {view['key']}\n\n"
                 "This key will not be shown again: store it now (clients read it from ONYSOFT_API_KEY).")
@@ -744,6 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpm", type=int, metavar="N", help="requests per minute (default: the key type's)")
     p.add_argument("--tpm", type=int, metavar="N", help="tokens per minute (default: the key type's)")
     p.add_argument("--models", metavar="M,M", help="allow only these models (provider/model, comma-separated)")
+    p.add_argument("--fallbacks", metavar="M,M", help="default fallback models, tried in order when the requested "
+                                                      "model fails (chat completions, responses)")
     expiry = p.add_mutually_exclusive_group()
     expiry.add_argument("--expires-in", metavar="DURATION", help="like 90s, 15m, 12h or 30d")
     expiry.add_argument("--expires-at", metavar="TIME", help="an ISO 8601 time, e.g. 2026-12-31T23:59:59Z")

@@ -72,6 +72,7 @@ def key_view(record: ApiKey) -> dict:
         "rpm": int(record.rpm) if record.rpm is not None else None,
         "tpm": int(record.tpm) if record.tpm is not None else None,
         "models": list(record.models) if record.models else None,
+        "fallbacks": list(record.fallbacks) if record.fallbacks else None,
         "spend_limit": money.format_micros(int(limit)) if limit is not None else None,
         "spend_limit_micros": int(limit) if limit is not None else None,
         "limit_reset": record.limit_reset,

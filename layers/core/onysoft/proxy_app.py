@@ -1,8 +1,10 @@
 """The proxy's ASGI app (Starlette), run by uvicorn behind the Lambda Web Adapter, and by `onysoft dev`.
 
-Every answer, error or not, is OpenAI's shape; errors never carry a stack trace or a key.
+Every answer, error or not, is OpenAI's shape — Anthropic's on /v1/messages; errors never carry a stack trace
+or a key.
 """
 
+import json
 import logging
 import uuid
 
@@ -14,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits, telemetry
+from onysoft.api_formats.messages import error_envelope
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.clock import parse_iso
@@ -25,9 +28,13 @@ telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
 REQUEST_ID_HEADER = "x-onysoft-request-id"
 
 
-def _error_response(error: errors.GatewayError, request_id: str) -> Response:
+ANTHROPIC_PATHS = ("/v1/messages",)  # errors in Anthropic's envelope, so its SDK raises the right exception
+
+
+def _error_response(error: errors.GatewayError, request_id: str, path: str = "") -> Response:
     headers = {REQUEST_ID_HEADER: request_id, **error.headers}
-    return Response(error.body(), status_code=error.status, media_type="application/json", headers=headers)
+    body = error.body() if path not in ANTHROPIC_PATHS else json.dumps(error_envelope(error.status, error.message))
+    return Response(body, status_code=error.status, media_type="application/json", headers=headers)
 
 
 def _request_id(request: Request) -> str:
@@ -92,6 +99,7 @@ def key_view(record: ApiKey, account: Account, usage: rate_limits.Usage, window:
         "limits": {
             "rpm": rpm, "tpm": tpm, "rpm_is_default": not record.rpm, "tpm_is_default": not record.tpm,
             "models": list(record.models or []),
+            "fallbacks": list(record.fallbacks or []),
             "spend_limit": money.format_micros(limit) if limit else None,
             "spend_limit_micros": limit or None,
             "limit_reset": record.limit_reset if limit else None,
@@ -147,6 +155,16 @@ async def embeddings(request: Request) -> Response:
     return await forwarding.forward(request, "embeddings", key_hash, caller)
 
 
+async def responses(request: Request) -> Response:
+    key_hash, caller = caller_of(request)
+    return await forwarding.forward(request, "responses", key_hash, caller)
+
+
+async def messages(request: Request) -> Response:
+    key_hash, caller = caller_of(request)
+    return await forwarding.forward(request, "messages", key_hash, caller)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -154,7 +172,7 @@ async def healthz(request: Request) -> Response:
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.GatewayError)
     telemetry.note(error_code=exc.code)
-    return _error_response(exc, _request_id(request))
+    return _error_response(exc, _request_id(request), request.url.path)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -165,12 +183,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         error = errors.method_not_allowed(request.method, request.url.path)
     else:
         error = errors.GatewayError(exc.status_code, str(exc.detail))
-    return _error_response(error, _request_id(request))
+    return _error_response(error, _request_id(request), request.url.path)
 
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", extra={"request_id": _request_id(request)})
-    return _error_response(errors.internal_error(), _request_id(request))
+    return _error_response(errors.internal_error(), _request_id(request), request.url.path)
 
 
 def create_app() -> Starlette:
@@ -180,6 +198,8 @@ def create_app() -> Starlette:
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
         exception_handlers={
