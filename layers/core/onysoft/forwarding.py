@@ -199,8 +199,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
         try:
             outgoing = client.build_request(
                 "POST", upstream.upstream_url(provider, endpoint),
-                content=json.dumps(fmt.upstream_body(body, candidate.factors.price, provider,
-                                                     hold.plan.output_limit)).encode(),
+                content=_upstream_body(fmt, body, candidate.factors.price, provider, hold.plan.output_limit),
                 headers=fmt.upstream_headers(candidate.provider_key, bool(body.get("stream")), request.headers),
             )
         except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
@@ -252,6 +251,11 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
                                  media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return await _relay_whole(response, provider, hold, fmt, headers, len(raw), started + deadline_seconds(), rename)
+
+
+def _upstream_body(fmt: api_formats.ApiFormat, body: dict, price: ModelPrice, provider: Provider,
+                   output_limit: int) -> bytes:
+    return json.dumps(fmt.upstream_body(body, price, provider, output_limit)).encode()
 
 
 def _mark_sent(hold: billing.Hold) -> None:
