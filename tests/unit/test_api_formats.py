@@ -15,6 +15,7 @@ from onysoft.api_formats import get as api_format
 from onysoft.api_formats.messages import MessagesTally
 from onysoft.models import UsageRecord
 from tests.unit.conftest import FX, new_key
+from tests.unit.test_money_integrity import _Chunks
 
 PRICE_IN, PRICE_OUT = Decimal("2"), Decimal("8")
 CACHED_IN, CACHE_WRITE = Decimal("0.5"), Decimal("2.5")
@@ -161,15 +162,6 @@ class Provider(httpx.AsyncBaseTransport):
                                                                                   "content": "fine"}}],
                                              "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
         return httpx.Response(200, stream=_Chunks(events), headers={"content-type": "text/event-stream"})
-
-
-class _Chunks(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes]):
-        self.chunks = chunks
-
-    async def __aiter__(self):
-        for chunk in self.chunks:
-            yield chunk
 
 
 @pytest.fixture

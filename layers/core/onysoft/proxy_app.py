@@ -145,24 +145,17 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data}, headers=headers)
 
 
-async def chat_completions(request: Request) -> Response:
-    key_hash, caller = caller_of(request)
-    return await forwarding.forward(request, "chat.completions", key_hash, caller)
+def billed(endpoint: str):
+    """The handler of a billed route: the caller, then hold → forward → settle (onysoft.forwarding)."""
+    async def handler(request: Request) -> Response:
+        key_hash, caller = caller_of(request)
+        return await forwarding.forward(request, endpoint, key_hash, caller)
+
+    return handler
 
 
-async def embeddings(request: Request) -> Response:
-    key_hash, caller = caller_of(request)
-    return await forwarding.forward(request, "embeddings", key_hash, caller)
-
-
-async def responses(request: Request) -> Response:
-    key_hash, caller = caller_of(request)
-    return await forwarding.forward(request, "responses", key_hash, caller)
-
-
-async def messages(request: Request) -> Response:
-    key_hash, caller = caller_of(request)
-    return await forwarding.forward(request, "messages", key_hash, caller)
+chat_completions, embeddings = billed("chat.completions"), billed("embeddings")
+responses, messages = billed("responses"), billed("messages")
 
 
 async def healthz(request: Request) -> Response:
