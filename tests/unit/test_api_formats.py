@@ -335,6 +335,15 @@ def test_a_keys_default_fallbacks_are_tried_when_the_body_names_none(gateway, pr
     assert record.model == "openai/gpt-r" and record.fallback_attempts == ["openai/gpt-r-down: 503"]
 
 
+def test_a_keys_default_fallback_that_cannot_serve_the_route_is_skipped_not_fatal(gateway, provider):
+    account, _, headers = new_key("user", fallbacks=["anthropic/claude-t", "mock/gone", "openai/gpt-r"])
+    response = gateway.post("/v1/responses", headers=headers, json={"model": "openai/gpt-r-down", "input": "x"})
+    assert response.status_code == 200, response.text  # anthropic serves no /responses; mock/gone is unknown
+    assert [s["body"]["model"] for s in provider.sent] == ["gpt-r-down", "gpt-r"]
+    [record] = records(account.account_id)
+    assert record.model == "openai/gpt-r" and record.fallback_attempts == ["openai/gpt-r-down: 503"]
+
+
 def test_when_every_candidate_fails_nothing_is_charged_and_the_attempts_are_recorded(gateway, provider):
     account, _, headers = new_key("user")
     response = gateway.post("/v1/chat/completions", headers=headers, json={

@@ -121,15 +121,22 @@ def _provider_and_key(price: ModelPrice) -> tuple[Provider, str]:
                                   "upstream_error", "provider_unavailable") from None
 
 
-def _candidates(names: list[str], caller: CallerContext, endpoint: str) -> list[Candidate]:
-    """Every model the request may go to, each checked as `model` is (404, 403, provider), before the hold."""
+def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: str) -> list[Candidate]:
+    """Every model the request may go to, each checked as `model` is (404, 403, provider), before the hold; a
+    key's default fallback that fails a check is skipped."""
     found = []
-    for name in names:
-        factors = _model_and_factors(name, caller)
-        provider, key = _provider_and_key(factors.price)
-        if not provider.serves(endpoint):
-            raise errors.bad_request(f"The model '{name}' is not offered on this route (its provider "
-                                     f"'{provider.name}' does not serve it).", "model", "model_not_supported")
+    for name, required in names:
+        try:
+            factors = _model_and_factors(name, caller)
+            provider, key = _provider_and_key(factors.price)
+            if not provider.serves(endpoint):
+                raise errors.bad_request(f"The model '{name}' is not offered on this route (its provider "
+                                         f"'{provider.name}' does not serve it).", "model", "model_not_supported")
+        except errors.GatewayError:
+            if required:
+                raise
+            logger.warning("key's default fallback skipped", extra={"model": name, "key_id": caller.key_id})
+            continue
         found.append(Candidate(name, factors, provider, key))
     return found
 
