@@ -259,6 +259,7 @@ def test_responses_with_nonsense_usage_are_billed_on_the_estimate_and_marked(gat
 @pytest.mark.parametrize(("extra", "code"), [
     ({"store": True}, "stateful_option"), ({"previous_response_id": "resp_1"}, "stateful_option"),
     ({"background": True}, "stateful_option"), ({"conversation": "conv_1"}, "stateful_option"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "stateful_option"),
     ({"tools": [{"type": "web_search"}]}, "unpriced_option"), ({"service_tier": "priority"}, "unpriced_option"),
     ({"max_output_tokens": 1.5}, "invalid_value"), ({"max_output_tokens": 0}, "invalid_value"),
     ({"max_output_tokens": True}, "invalid_value"), ({"input": []}, "invalid_input"),

@@ -8,7 +8,7 @@
   under the platform's one provider account, so a stored response, a `previous_response_id`, a conversation,
   a stored prompt or a background job would be readable by every other key that learns its id, and would
   outlive the key that made it. `store` is sent as false; `store: true`, `previous_response_id`,
-  `conversation`, `prompt` and `background: true` are a 400 (`stateful_option`).
+  `conversation`, `prompt`, `background: true` and `item_reference` input items are a 400 (`stateful_option`).
 - Hosted tools (web search, file search, code interpreter, image generation, computer use, MCP) are billed
   apart from tokens, at prices the catalog does not hold: a 400 (`unpriced_option`). Function tools are fine.
 """
@@ -68,6 +68,10 @@ class Responses(ApiFormat):
         for name, why in STATEFUL.items():
             if body.get(name) is not None:
                 raise _refuse(name, why, "stateful_option")
+        given = body.get("input")
+        if isinstance(given, list) and any(field(item, "type") == "item_reference" for item in given):
+            raise _refuse("input", "an item_reference names an item stored at the provider under the gateway's "
+                                   "account; send the item itself", "stateful_option")
         if body.get("service_tier") not in hold_sizing.STANDARD_SERVICE_TIERS:
             raise _refuse("service_tier", "its price is not in the catalog; use 'auto' or 'default'",
                           "unpriced_option")
