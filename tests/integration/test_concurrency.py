@@ -1,7 +1,8 @@
 """Concurrency: ≥ 200 requests at once through `onysoft dev`, then the books must balance (issue 6, part 1).
 
 One run, over real HTTP (httpx, asyncio): keys of all four types, streaming and not, a share of upstream
-failures (fake-500) and cut streams (fake-cut), embeddings, a key with rpm 5 that gets 429s, small accounts
+failures (fake-500) and cut streams (fake-cut), embeddings, fallbacks (`models`: fake-500, fake-429 or a reset
+connection, then fake-ok; streamed too), a key with rpm 5 that gets 429s, small accounts
 that run out of money midway (sequential clients alongside the burst), and a key deleted midway through the
 CLI while two clients keep using it. Afterwards, read straight from the tables (boto3 on the moto endpoint
 in dev.env), for every account:
@@ -11,7 +12,8 @@ in dev.env), for every account:
 - exactly one usage record per request that passed the hold (matched on x-onysoft-request-id), none for the
   others, each with the right status; the key's request count and spend agree;
 - every upstream call accounted for: each request carries a unique content tag, and the fake provider saw
-  exactly the tags of the requests that have a usage record, once each;
+  exactly the tags of the requests that have a usage record, once each (a fallback request once per model
+  tried, its record naming the attempts that failed and the model that answered);
 - every refused request got the right status and OpenAI's envelope (401, 402, 429).
 
 DynamoDB is moto server in its own process, serialized (onysoft_tools/serial_moto.py: stock moto server
@@ -66,6 +68,7 @@ class Call:
     endpoint: str = "chat"
     stream: bool = False
     max_tokens: int | None = 8
+    fallbacks: tuple[str, ...] = ()  # the `models` array: tried in order after `model`
     tag: str = field(default_factory=lambda: f"conc-{uuid.uuid4().hex}")
     status: int = 0
     headers: dict = field(default_factory=dict)
@@ -74,6 +77,11 @@ class Call:
     done: bool = False
     started: float = 0.0
     ended: float = 0.0
+
+    @property
+    def answered(self) -> str:
+        """The model that answers: with fallbacks, the last one (the others fail)."""
+        return self.fallbacks[-1] if self.fallbacks else self.model
 
     @property
     def request_id(self) -> str | None:
@@ -87,6 +95,8 @@ class Call:
             body["stream"] = True
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
+        if self.fallbacks:
+            body["models"] = list(self.fallbacks)
         return body
 
 
@@ -139,7 +149,10 @@ def rich_calls(account: dict, key: dict) -> list[Call]:
             + [call("fake-500") for _ in range(3)] + [call("fake-cut", stream=True) for _ in range(3)]
             + [call("fake-embed", endpoint="embeddings") for _ in range(2)]
             + [call("fake-ok", max_tokens=None) for _ in range(2)]  # full-size hold, no output limit
-            + [call("fake-overrun"), call("fake-overrun", stream=True)])  # charged beyond the hold: a debt
+            + [call("fake-overrun"), call("fake-overrun", stream=True)]  # charged beyond the hold: a debt
+            + [call("fake-500", fallbacks=("openai/fake-ok",)),  # fallbacks: answered by fake-ok, charged once
+               call("fake-429", stream=True, fallbacks=("openai/fake-ok",)),
+               call("fake-reset", fallbacks=("openai/fake-500", "openai/fake-ok"))])
 
 
 def test_200_concurrent_requests_leave_exact_books(dev, upstream):
@@ -228,7 +241,10 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
     for call in done_burst:
         if call.role != "rich":
             continue
-        if call.model == "openai/fake-500":
+        if call.fallbacks:
+            assert call.status == 200 and call.headers["x-onysoft-model"] == "openai/fake-ok", call
+            assert call.done if call.stream else json.loads(call.deltas[0])["model"] == "openai/fake-ok", call
+        elif call.model == "openai/fake-500":
             assert call.status == 502 and call.error["code"] == "upstream_error", call
         elif call.model == "openai/fake-cut":
             assert call.status == 200 and not call.done and "".join(call.deltas).split() == REPLY[:3], call
@@ -277,8 +293,13 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
         assert set(ids) == expected, (accounts[account_id]["kind"], len(ids), len(expected))
     for record in all_records:
         call = passed[record["request_id"]]
-        assert (record["key_id"], record["model"]) == (call.key_id, call.model)
-        if call.model == "openai/fake-500":
+        assert (record["key_id"], record["model"]) == (call.key_id, call.answered)
+        if call.fallbacks:
+            failed = [call.model, *call.fallbacks[:-1]]
+            assert record["status"] == "settled" and record["requested_model"] == call.model, record
+            assert [a.split(": ")[0] for a in record["fallback_attempts"]] == failed, record
+            assert (int(record["prompt_tokens"]), int(record["completion_tokens"])) == (PROMPT_TOKENS, len(REPLY))
+        elif call.model == "openai/fake-500":
             assert record["status"] == "failed" and record["error_code"] == "upstream_error"
         elif call.model == "openai/fake-cut":
             assert record["status"] == "settled" and record.get("usage_estimated") == "true"
@@ -312,6 +333,9 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
     tags = {c.tag: c for c in calls}
     upstream_tags = Counter(t for t in (tag_of(r["body"]) for r in upstream.requests[seen_before:]))
     assert set(upstream_tags) <= set(tags), "the provider got a request nobody sent"
-    assert all(n == 1 for n in upstream_tags.values()), "a request reached the provider twice"
+    # once each; a fallback request once per model tried
+    twice = "a request reached the provider twice"
+    assert all(n == 1 + len(tags[t].fallbacks) for t, n in upstream_tags.items()), twice
     assert set(upstream_tags) == {c.tag for c in passed.values()}
-    assert sum(upstream_tags.values()) == len(all_records)
+    assert sum(upstream_tags.values()) == len(all_records) + sum(len(c.fallbacks) for c in passed.values())
+    assert sum(bool(r.get("fallback_attempts")) for r in all_records) == 3 * 8  # three fallback requests per key

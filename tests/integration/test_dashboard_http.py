@@ -42,7 +42,7 @@ def call(gateway: DevGateway, method: str, path: str, bearer: str | None = None,
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == ENVELOPE_FIELDS, body
+    assert set(body) <= {"error", "type"} and set(body["error"]) == ENVELOPE_FIELDS, body  # + gateway responses' type
     if code:
         assert body["error"]["code"] == code, body
     return body

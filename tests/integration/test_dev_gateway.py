@@ -31,7 +31,7 @@ ANY_KEY = re.compile(r"sk-ony-[0-9a-f]{48}")
 def assert_invalid_key(response: httpx.Response, *sent: str) -> None:
     assert response.status_code == 401, response.text
     body = response.json()
-    assert set(body) == {"error"}
+    assert set(body) <= {"error", "type"} and body.get("type", "error") == "error"  # gateway responses: both SDKs'
     assert set(body["error"]) == ENVELOPE_FIELDS
     assert body["error"]["code"] == "invalid_api_key"
     assert body["error"]["param"] is None

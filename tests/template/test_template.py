@@ -392,7 +392,8 @@ def test_gateway_responses_answer_in_openai_envelope(cfn, tpl, response_type, st
     assert got_status == (status or {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500}[response_type])
     assert headers["Content-Type"] == "application/json"
     envelope = json.loads(body)
-    assert set(envelope) == {"error"}
+    # OpenAI's envelope, with Anthropic's top-level "type": "error" beside it (both SDKs read this body)
+    assert set(envelope) == {"type", "error"} and envelope["type"] == "error"
     error = envelope["error"]
     assert set(error) == {"message", "type", "code", "param"}
     assert error["param"] is None and isinstance(error["message"], str) and error["type"]

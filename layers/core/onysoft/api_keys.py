@@ -42,7 +42,7 @@ def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | No
 def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
                models: list[str] | None = None, expires_at: str | None = None,
                spend_limit_micros: int | None = None, limit_reset: str | None = None,
-               companions: writes.Companions = None) -> CreatedKey:
+               companions: writes.Companions = None, fallbacks: list[str] | None = None) -> CreatedKey:
     account = get_account(account_id)
     key_type = key_type_for_account_kind(account.kind)
     expires_at = _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at)
@@ -53,6 +53,7 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
         status=ACTIVE, created_at=clock.now_iso(), request_count=0, spend_micros=0,
         rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
         spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
+        fallbacks=list(fallbacks) if fallbacks else None,
     )
     writes.save(record, ApiKey.key_hash.does_not_exist(), companions)
     return CreatedKey(plaintext, record)

@@ -59,6 +59,11 @@ class Hold:
     factors: ChargeFactors
     window_start: int = 0  # the rate-limit window the request was counted in (0: not counted)
     spend_period: str = ""  # the key's spend-limit period the hold was counted in ("": no spend limit)
+    # Fallbacks (onysoft.fallbacks): the model that answered when it is not the one held for (plan and factors
+    # are then its own), the body's `model`, and the attempts that failed before ("model: code").
+    answered_model: str = ""
+    requested_model: str = ""
+    attempts: tuple[str, ...] = ()
 
 
 class HoldRefused(Exception):
@@ -270,6 +275,7 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
         record_actions += [UsageRecord.overrun.set("true"), UsageRecord.overrun_micros.set(charge - hold.micros)]
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
+    record_actions += _fallback_actions(hold)
     _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
            key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)],
            tokens=usage.prompt_tokens + usage.completion_tokens)
@@ -288,8 +294,26 @@ def release(hold: Hold, *, code: str, message: str, upstream_status: int | None 
     ]
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
+    record_actions += _fallback_actions(hold)
     _close(hold, refund=hold.micros, record=record, record_actions=record_actions,
            key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1)], tokens=0)
+
+
+def _fallback_actions(hold: Hold) -> list:
+    """The record names the attempts that failed and, when another model answered than the one held for, that
+    model with its prices: the charge is recomputable from the record."""
+    actions = [UsageRecord.fallback_attempts.set(list(hold.attempts))] if hold.attempts else []
+    if hold.answered_model:
+        price = hold.factors.price
+        actions += [UsageRecord.model.set(hold.answered_model), UsageRecord.provider.set(price.provider),
+                    UsageRecord.upstream_model.set(price.upstream_model),
+                    UsageRecord.input_usd_per_mtok.set(str(price.input_usd_per_mtok)),
+                    UsageRecord.output_usd_per_mtok.set(str(price.output_usd_per_mtok)),
+                    UsageRecord.cached_input_usd_per_mtok.set(str(price.cached_input_price)),
+                    UsageRecord.cache_write_usd_per_mtok.set(str(price.cache_write_price))]
+        if hold.requested_model and hold.requested_model != hold.answered_model:
+            actions.append(UsageRecord.requested_model.set(hold.requested_model))
+    return actions
 
 
 def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, key_actions: list,

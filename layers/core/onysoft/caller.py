@@ -24,11 +24,13 @@ class CallerContext:
     expires_at: str = ""  # empty = never
     spend_limit_micros: int = 0  # 0 = no spend limit
     limit_reset: str = ""  # daily | weekly | monthly; empty = never
+    fallbacks: tuple[str, ...] = ()  # the key's default fallback models
 
     def to_authorizer_context(self) -> dict[str, str | int]:
         """API Gateway allows only strings, numbers and booleans in an authorizer's context."""
         flat = asdict(self)
         flat["models"] = ",".join(self.models)
+        flat["fallbacks"] = ",".join(self.fallbacks)
         return flat
 
     @classmethod
@@ -43,6 +45,7 @@ class CallerContext:
             expires_at=str(context.get("expires_at") or ""),
             spend_limit_micros=int(context.get("spend_limit_micros") or 0),
             limit_reset=str(context.get("limit_reset") or ""),
+            fallbacks=tuple(m for m in str(context.get("fallbacks") or "").split(",") if m),
         )
 
 

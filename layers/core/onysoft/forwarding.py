@@ -1,9 +1,11 @@
-"""POST /v1/chat/completions and /v1/embeddings: validate, hold, forward, settle.
+"""POST /v1/chat/completions, /v1/embeddings, /v1/responses and /v1/messages: validate, hold, forward, settle.
 
-The body goes upstream as the client sent it, but for the model name (the provider's), the stream usage
-option (always asked for, so a stream is always billed) and the output limit, which belongs to the gateway:
-exactly one, in the provider's field, equal to the held output per answer (hold_sizing). The client's key
-never goes upstream.
+One path for every route; what differs between the APIs (body checks, the output limit's field, headers,
+where the usage is) is onysoft.api_formats. The body goes upstream as the client sent it, but for the model
+name (the provider's), the stream usage option (always asked for, so a stream is always billed) and the output
+limit, which belongs to the gateway: exactly one, in the provider's field, equal to the held output per answer
+(hold_sizing). The client's key never goes upstream. With fallbacks (onysoft.fallbacks) the models are tried
+in order under one hold.
 
 A call that reached the upstream is never free: a deadline before the function's timeout ends a long stream
 and settles what was delivered; a settle that fails is retried and, failing still, left pending for the
@@ -11,11 +13,13 @@ sweeper to settle (never released).
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 
 import anyio
@@ -24,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from onysoft import billing, errors, hold_sizing, provider_usage, rate_limits, sse, telemetry, upstream
+from onysoft import api_formats, billing, errors, fallbacks, provider_usage, rate_limits, sse, telemetry, upstream
 from onysoft.caller import CallerContext
 from onysoft.catalog import ModelPrice, catalog_cache
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
@@ -34,6 +38,7 @@ from onysoft.request_ids import current_request_id
 from onysoft.retries import Backoff, retry
 
 logger = logging.getLogger("onysoft.forwarding")
+MODEL_HEADER = "x-onysoft-model"  # the model that answered, by the gateway's name (fallbacks)
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's request payload limit (API Gateway's own 10 MB never applies)
 FUNCTION_TIMEOUT_SECONDS = 900  # template.yaml's ProxyFunction Timeout (a template test keeps them equal)
 DEADLINE_MARGIN_SECONDS = 30  # time to settle and answer before Lambda would end the invocation
@@ -68,23 +73,23 @@ def _parse_body(raw: bytes, endpoint: str) -> dict:
         raise errors.bad_request("The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_json")
+    fallbacks.adopt_first(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise errors.bad_request("You must provide a model parameter, like 'openai/gpt-4o-mini'.", "model",
                                  "missing_model")
-    if endpoint == "chat.completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise errors.bad_request("'messages' must be a non-empty array.", "messages", "invalid_messages")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise errors.bad_request("'stream' must be true or false.", "stream")
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):
-            raise errors.bad_request("'stream_options' must be an object.", "stream_options")
-    elif body.get("input") in (None, "", []):
-        raise errors.bad_request("'input' must be a string or a non-empty array.", "input", "invalid_input")
+    api_formats.get(endpoint).check_shape(body)
     return body
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model the request may be answered by: its charge factors, provider and the provider's key."""
+
+    model: str
+    factors: ChargeFactors
+    provider: Provider
+    provider_key: str
 
 
 def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
@@ -115,34 +120,49 @@ def _provider_and_key(price: ModelPrice) -> tuple[Provider, str]:
                                   "upstream_error", "provider_unavailable") from None
 
 
-def _hold(request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,
-          endpoint: str, body: dict) -> billing.Hold:
-    common = dict(request_id=request_id, key_hash=key_hash, caller=caller, factors=factors, endpoint=endpoint,
-                  stream=bool(body.get("stream")), model=body["model"])
-    try:
-        return billing.place_hold(plan=plan, **common)
-    except billing.HoldRefused as refused:
-        affordable = refused.affordable_micros
-        smaller = shrink_to_balance(plan, affordable, factors) if affordable is not None else None
-        if smaller is None:
-            raise billing.refusal_error(caller, plan.micros, refused) from None
+def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: str) -> list[Candidate]:
+    """Every model the request may go to, each checked as `model` is (404, 403, provider), before the hold; a
+    key's default fallback that fails a check is skipped."""
+    found = []
+    for name, required in names:
         try:
-            return billing.place_hold(plan=smaller, attempt=1, **common)
+            factors = _model_and_factors(name, caller)
+            provider, key = _provider_and_key(factors.price)
+            if not provider.serves(endpoint):
+                raise errors.bad_request(f"The model '{name}' is not offered on this route (its provider "
+                                         f"'{provider.name}' does not serve it).", "model", "model_not_supported")
+        except errors.GatewayError:
+            if required:
+                raise
+            logger.warning("key's default fallback skipped", extra={"model": name, "key_id": caller.key_id})
+            continue
+        found.append(Candidate(name, factors, provider, key))
+    return found
+
+
+def _hold(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
+          candidates: list[Candidate], endpoint: str, body: dict) -> tuple[billing.Hold, list[HoldPlan]]:
+    """One hold for the most expensive candidate (each plan is that model's own bound); when the balance is
+    short, every plan shrinks to what it affords. Returns the hold and the plans it covers."""
+    def place(plans: list[HoldPlan], attempt: int) -> billing.Hold:
+        top = max(range(len(plans)), key=lambda i: plans[i].micros)
+        return billing.place_hold(request_id=request_id, key_hash=key_hash, caller=caller, plan=plans[top],
+                                  factors=candidates[top].factors, endpoint=endpoint, stream=bool(body.get("stream")),
+                                  model=candidates[top].model, attempt=attempt)
+
+    try:
+        return place(plans, 0), plans
+    except billing.HoldRefused as refused:
+        needed = max(plan.micros for plan in plans)
+        affordable = refused.affordable_micros
+        smaller = [shrink_to_balance(plan, affordable, c.factors) if affordable is not None else None
+                   for plan, c in zip(plans, candidates, strict=True)]
+        if any(plan is None for plan in smaller):
+            raise billing.refusal_error(caller, needed, refused) from None
+        try:
+            return place(smaller, 1), smaller
         except billing.HoldRefused as again:
-            raise billing.refusal_error(caller, smaller.micros, again) from None
-
-
-def _upstream_body(body: dict, endpoint: str, price: ModelPrice, provider: Provider, hold: billing.Hold) -> bytes:
-    outgoing = dict(body)
-    outgoing["model"] = price.upstream_model
-    if endpoint == "chat.completions":
-        if outgoing.get("stream"):
-            outgoing["stream_options"] = {**(outgoing.get("stream_options") or {}), "include_usage": True}
-        # One output limit, the provider's field, what was held: the provider cannot produce more than that.
-        for field in hold_sizing.OUTPUT_LIMIT_FIELDS:
-            outgoing.pop(field, None)
-        outgoing[provider.output_limit_field] = hold.plan.output_limit
-    return json.dumps(outgoing).encode()
+            raise billing.refusal_error(caller, max(plan.micros for plan in smaller), again) from None
 
 
 async def forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
@@ -159,65 +179,89 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
 
 async def _forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
     started = time.monotonic()
+    fmt = api_formats.get(endpoint)
     raw = await request.body()
     body = _parse_body(raw, endpoint)
     telemetry.note(model=body.get("model"))
-    hold_sizing.validate(endpoint, body)
-    factors = await run_in_threadpool(_model_and_factors, body["model"], caller)
-    provider, provider_key = await run_in_threadpool(_provider_and_key, factors.price)
-    plan = plan_hold(endpoint, body, len(raw), factors)
+    fmt.validate(body)
+    names = fallbacks.candidates(body, caller, endpoint)
+    candidates = await run_in_threadpool(_candidates, names, caller, endpoint)
+    plans = [plan_hold(endpoint, body, len(raw), c.factors) for c in candidates]
     request_id = current_request_id()  # the one in the answer's x-onysoft-request-id (request_ids.RequestIds)
-    hold = await run_in_threadpool(_hold, request_id, key_hash, caller, plan, factors, endpoint, body)
+    held, plans = await run_in_threadpool(_hold, request_id, key_hash, caller, plans, candidates, endpoint, body)
     # The x-ratelimit headers need the window's count after this request: read it while the upstream works.
-    window = rate_limits.Window(hold.window_start)
+    window = rate_limits.Window(held.window_start)
     counted = asyncio.ensure_future(_window_usage(caller, window))
-    client = upstream.client_for(provider)
-    try:
-        outgoing = client.build_request(
-            "POST", upstream.upstream_url(provider, endpoint),
-            content=_upstream_body(body, endpoint, factors.price, provider, hold),
-            headers={"authorization": f"Bearer {provider_key}", "content-type": "application/json",
-                     "accept": "text/event-stream" if body.get("stream") else "application/json"},
-        )
-    except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
-        await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
-        raise
-    # Recorded while the request goes out (not one more round trip before it): from now on, never free.
-    sent = asyncio.ensure_future(run_in_threadpool(_mark_sent, hold))
-    await asyncio.sleep(0)
-    upstream_started = time.monotonic()
-    try:
-        response = await client.send(outgoing, stream=True)
-    except httpx.HTTPError as exc:
-        error = upstream.error_from_exception(provider, exc)
-        await sent
-        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
-                                message=str(exc) or error.message)
-        error.headers.update(_headers(hold, caller, window, await counted))
-        raise error from None
-    telemetry.note(upstream_ms=int((time.monotonic() - upstream_started) * 1000))
+    sent = None
+    failed: list[str] = []
+    for index, candidate in enumerate(candidates):
+        last = index + 1 == len(candidates)
+        # Each attempt is billed as its own model, within the one hold (the record says which answered).
+        hold = dataclasses.replace(held, plan=plans[index], factors=candidate.factors, attempts=tuple(failed),
+                                   answered_model=candidate.model if len(candidates) > 1 else "",
+                                   requested_model=body["model"])
+        provider = candidate.provider
+        client = upstream.client_for(provider)
+        try:
+            outgoing = client.build_request(
+                "POST", upstream.upstream_url(provider, endpoint),
+                content=_upstream_body(fmt, body, candidate.factors.price, provider, hold.plan.output_limit),
+                headers=fmt.upstream_headers(candidate.provider_key, bool(body.get("stream")), request.headers),
+            )
+        except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
+            await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
+            raise
+        if sent is None:
+            # Recorded while the request goes out (not one more round trip before it): from now on, never free.
+            sent = asyncio.ensure_future(run_in_threadpool(_mark_sent, hold))
+            await asyncio.sleep(0)
+        upstream_started = time.monotonic()
+        try:
+            response = await client.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            error = upstream.error_from_exception(provider, exc)
+            if not last:  # before the first byte: the next model is tried
+                failed.append(f"{candidate.model}: {error.code}")
+                continue
+            await sent
+            await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
+                                    message=str(exc) or error.message)
+            error.headers.update(_headers(hold, caller, window, await counted))
+            raise error from None
+        telemetry.note(upstream_ms=int((time.monotonic() - upstream_started) * 1000))
+        if response.status_code != 200:
+            content = await response.aread()
+            await response.aclose()
+            error = upstream.error_from_status(provider, response.status_code, content, response.headers)
+            if not last and fallbacks.worth_another_try(response.status_code):
+                failed.append(f"{candidate.model}: {response.status_code}")
+                continue
+            await sent
+            await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
+                                    message=error.message, upstream_status=response.status_code)
+            error.headers.update(_headers(hold, caller, window, await counted))
+            raise error
+        break
     await sent
-    headers = _headers(hold, caller, window, await counted)
-    if response.status_code != 200:
-        content = await response.aread()
-        await response.aclose()
-        error = upstream.error_from_status(provider, response.status_code, content, response.headers)
-        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=error.message,
-                                upstream_status=response.status_code)
-        error.headers.update(headers)
-        raise error
-    if endpoint == "chat.completions" and body.get("stream"):
+    headers = {**_headers(hold, caller, window, await counted), MODEL_HEADER: candidate.model}
+    rename = candidate.model if len(candidates) > 1 else None
+    if fmt.streams and body.get("stream"):
         content_type = response.headers.get("content-type", "")
         if content_type and "event-stream" not in content_type:
             # A 200 that is not a stream is no answer to a stream request: 502, as a malformed 200 is.
             await response.aclose()
             raise await _malformed(provider, hold, headers)
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         deadline_at = started + deadline_seconds()
-        return StreamingResponse(_relay_stream(response, hold, wants_usage, len(raw), deadline_at),
+        return StreamingResponse(_relay_stream(response, hold, fmt, fmt.wants_usage(body), len(raw), deadline_at,
+                                               rename),
                                  media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
-    return await _relay_whole(response, provider, hold, headers, len(raw), started + deadline_seconds())
+    return await _relay_whole(response, provider, hold, fmt, headers, len(raw), started + deadline_seconds(), rename)
+
+
+def _upstream_body(fmt: api_formats.ApiFormat, body: dict, price: ModelPrice, provider: Provider,
+                   output_limit: int) -> bytes:
+    return json.dumps(fmt.upstream_body(body, price, provider, output_limit)).encode()
 
 
 def _mark_sent(hold: billing.Hold) -> None:
@@ -267,8 +311,8 @@ def _headers(hold: billing.Hold, caller: CallerContext, window: rate_limits.Wind
     return rate_limits.headers(caller, usage, window) if usage is not None else {}
 
 
-async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, headers: dict,
-                       body_size: int, deadline_at: float) -> Response:
+async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, fmt: api_formats.ApiFormat,
+                       headers: dict, body_size: int, deadline_at: float, rename: str | None) -> Response:
     try:
         content = await asyncio.wait_for(response.aread(), max(deadline_at - time.monotonic(), 0.001))
     except TimeoutError:
@@ -292,9 +336,11 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     if not isinstance(payload, dict):
         # A 200 that is not a JSON object is no answer: the client gets 502 and pays nothing.
         raise await _malformed(provider, hold, headers)
-    usage = _usage_of(payload, body_size, hold)
+    usage = _usage_of(payload, body_size, hold, fmt)
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
     await run_in_threadpool(settle, hold, usage, response.status_code)
+    if rename:
+        content = json.dumps(api_formats.rename_model(payload, rename)).encode()
     return Response(content, status_code=200, media_type="application/json", headers=headers)
 
 
@@ -307,26 +353,22 @@ async def _malformed(provider: Provider, hold: billing.Hold, headers: dict) -> e
     return error
 
 
-def _usage_of(payload: dict, body_size: int, hold: billing.Hold) -> Usage:
+def _usage_of(payload: dict, body_size: int, hold: billing.Hold, fmt: api_formats.ApiFormat) -> Usage:
     """The provider's usage, or an estimate (~4 characters a token) when it sent none or nonsense: an answer
     is never free, and never billed on numbers that cannot be trusted."""
-    reported = provider_usage.read(payload.get("usage"), output_expected=hold.plan.output_tokens > 0,
-                                   request_id=hold.request_id)
+    reported = fmt.read_usage(payload.get("usage"), output_expected=hold.plan.output_tokens > 0,
+                              request_id=hold.request_id)
     if reported is not None:
         return reported
-    chars = 0
-    for choice in payload.get("choices") or []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        chars += len(content) if isinstance(content, str) else 0
+    chars = fmt.delivered_chars(payload)
     return provider_usage.estimate(body_size, _media_tokens(hold), (chars + 3) // 4)
 
 
-async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usage: bool, body_size: int,
-                        deadline_at: float):
-    tally = sse.StreamTally()
+async def _relay_stream(response: httpx.Response, hold: billing.Hold, fmt: api_formats.ApiFormat, wants_usage: bool,
+                        body_size: int, deadline_at: float, rename: str | None):
+    tally = fmt.new_tally()
     buffer = b""
-    held_back: list[bytes] = []  # the final [DONE]: sent only after the settle
+    held_back: list[bytes] = []  # the final event ([DONE], response.completed, message_stop): after the settle
     complete = timed_out = False
     chunks = response.aiter_raw()
     try:
@@ -345,32 +387,35 @@ async def _relay_stream(response: httpx.Response, hold: billing.Hold, wants_usag
             events, buffer = sse.split_events(buffer + raw)
             out = []
             for event in events:
-                if sse.inspect(event, tally) and not wants_usage:
+                verdict = fmt.inspect(event, tally)
+                if verdict == api_formats.USAGE_ONLY and not wants_usage:
                     continue  # the usage chunk the gateway asked for, not the client
-                if tally.done and not held_back and sse.event_data(event) == b"[DONE]":
+                if rename:
+                    event = api_formats.rename_model_in_event(event, rename)
+                if verdict == api_formats.FINAL and not held_back:
                     held_back.append(event)
                     continue
                 out.append(event)
             if out:
                 yield b"".join(out)
-        complete = not timed_out and (tally.done or tally.usage is not None)
+        complete = not timed_out and fmt.stream_complete(tally)
     except httpx.HTTPError:
         logger.warning("upstream stream cut", extra={"request_id": hold.request_id})
     finally:
         with anyio.CancelScope(shield=True):  # a client that went away must not stop the billing
             await response.aclose()
-            await run_in_threadpool(_settle_stream, hold, tally, complete, body_size)
+            await run_in_threadpool(_settle_stream, hold, fmt, tally, complete, body_size)
     if timed_out:
-        error = {"error": {"message": f"The stream reached the gateway's time limit ({deadline_seconds():g} s) "
-                                      "and was ended; what was delivered is billed.",
-                           "type": "server_error", "code": "gateway_deadline", "param": None}}
-        yield f"data: {json.dumps(error)}\n\n".encode()
+        yield fmt.stream_error(errors.GatewayError(
+            504, f"The stream reached the gateway's time limit ({deadline_seconds():g} s) and was ended; what was "
+                 "delivered is billed.", "server_error", "gateway_deadline"))
     elif held_back:
         yield b"".join(held_back)
 
 
-def _settle_stream(hold: billing.Hold, tally: sse.StreamTally, complete: bool, body_size: int) -> None:
-    reported = provider_usage.read(tally.usage, request_id=hold.request_id) if complete else None
+def _settle_stream(hold: billing.Hold, fmt: api_formats.ApiFormat, tally: sse.StreamTally, complete: bool,
+                   body_size: int) -> None:
+    reported = fmt.read_usage(tally.usage, request_id=hold.request_id) if complete else None
     # Cut, abandoned, past the deadline, or nonsense usage: the prompt and what was delivered, estimated.
     usage = reported or provider_usage.estimate(body_size, _media_tokens(hold), tally.estimated_completion_tokens())
     settle(hold, usage, 200)

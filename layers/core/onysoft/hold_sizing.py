@@ -24,6 +24,11 @@ MIN_OUTPUT_TOKENS = 16
 MAX_CHOICES = 128  # OpenAI's own bound on `n`
 MAX_OUTPUT_LIMIT = 2**31 - 1  # a client limit beyond this is not a number any provider takes
 OUTPUT_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
+# Per route: the client's output limit field(s) and the fields that hold the prompt (where media parts are).
+OUTPUT_FIELDS = {"chat.completions": OUTPUT_LIMIT_FIELDS, "responses": ("max_output_tokens",),
+                 "messages": ("max_tokens",), "embeddings": ()}
+PROMPT_FIELDS = {"chat.completions": ("messages",), "embeddings": ("input",), "responses": ("input",),
+                 "messages": ("messages", "system")}
 # Part types that carry media a provider bills by content, not by the bytes of the request (OpenAI's chat
 # parts, OpenAI Responses-style and Anthropic's names, which OpenAI-compatible upstreams accept).
 MEDIA_PART_TYPES = frozenset({"image_url", "input_audio", "file", "image", "input_image", "input_file", "audio",
@@ -35,7 +40,6 @@ UNPRICED_FIELDS = {
     "prediction": "predicted outputs bill rejected prediction tokens beyond the output limit",
     "audio": "audio output is priced apart from text",
     "plugins": "provider plugins (web search, file parsing) are billed apart",
-    "models": "fallback models have prices of their own",
 }
 STANDARD_SERVICE_TIERS = (None, "auto", "default")
 
@@ -82,7 +86,7 @@ class ChargeFactors:
         return money.charge_micros(cost, self.markup_bp, self.fx_rate)
 
 
-def _whole_number(body: dict, field: str, low: int, high: int) -> int | None:
+def whole_number(body: dict, field: str, low: int, high: int) -> int | None:
     value = body.get(field)
     if value is None:
         return None
@@ -96,8 +100,8 @@ def validate(endpoint: str, body: dict) -> None:
     changes the provider's price in a way the catalog does not know."""
     if endpoint != "chat.completions":
         return
-    limits = {field: _whole_number(body, field, 1, MAX_OUTPUT_LIMIT) for field in OUTPUT_LIMIT_FIELDS}
-    _whole_number(body, "n", 1, MAX_CHOICES)
+    limits = {field: whole_number(body, field, 1, MAX_OUTPUT_LIMIT) for field in OUTPUT_LIMIT_FIELDS}
+    whole_number(body, "n", 1, MAX_CHOICES)
     if None not in limits.values() and len(set(limits.values())) > 1:
         raise errors.bad_request(
             "Set one output limit: 'max_completion_tokens' and 'max_tokens' were both given, with different "
@@ -117,9 +121,9 @@ def validate(endpoint: str, body: dict) -> None:
                                  "modalities", "unpriced_option")
 
 
-def _requested_output(body: dict) -> int | None:
+def _requested_output(body: dict, endpoint: str = "chat.completions") -> int | None:
     """The client's limit (validate() has made both fields agree, or one absent)."""
-    for field in OUTPUT_LIMIT_FIELDS:
+    for field in OUTPUT_FIELDS[endpoint]:
         value = body.get(field)
         if value is not None:
             return value
@@ -150,13 +154,13 @@ def output_cap(price: ModelPrice) -> int:
 
 def plan_hold(endpoint: str, body: dict, body_size: int, factors: ChargeFactors) -> HoldPlan:
     per_part = factors.price.tokens_per_image or DEFAULT_TOKENS_PER_IMAGE
-    parts = count_media_parts(body.get("messages" if endpoint == "chat.completions" else "input"))
+    parts = count_media_parts([body.get(field) for field in PROMPT_FIELDS[endpoint]])
     prompt_bound = max(body_size, 1) + parts * per_part
     if endpoint == "embeddings":
         return HoldPlan(prompt_bound, 0, False, factors.charge_micros(prompt_bound, 0), media_parts=parts,
                         tokens_per_image=per_part)
-    requested = _requested_output(body)
-    answers = choices(body)
+    requested = _requested_output(body, endpoint)
+    answers = choices(body) if endpoint == "chat.completions" else 1
     per_answer = min(requested or output_cap(factors.price), output_cap(factors.price))
     output_bound = per_answer * answers
     return HoldPlan(prompt_bound, output_bound, requested is not None,

@@ -85,6 +85,7 @@ class ApiKey(GatewayModel):
     rpm = NumberAttribute(null=True)
     tpm = NumberAttribute(null=True)
     models = ListAttribute(of=UnicodeAttribute, null=True)
+    fallbacks = ListAttribute(of=UnicodeAttribute, null=True)  # default fallback models, tried in order
 
     by_account = _ByAccount()
     by_key_id = _ByKeyId()
@@ -185,6 +186,10 @@ class UsageRecord(GatewayModel):
     error_code = UnicodeAttribute(null=True)
     error_message = UnicodeAttribute(null=True)
     settled_at = UnicodeAttribute(null=True)
+    # Fallbacks: the models that failed before the one that answered ("model: code"), in order. `model` and its
+    # prices name the model that answered once settled (the one held for while pending: the most expensive).
+    fallback_attempts = ListAttribute(of=UnicodeAttribute, null=True)
+    requested_model = UnicodeAttribute(null=True)  # the body's `model` when another model answered
 
     by_key = _ByKey()
     open_holds = _OpenHolds()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 SECRET_MAX_AGE = 300
 MOCK = "mock"
+EVERY_PROVIDER_APIS = ("chat.completions", "embeddings")  # OpenAI-compatible: what every provider serves
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,11 @@ class Provider:
     base_url: str
     secret: str
     output_limit_field: str
+    apis: tuple[str, ...] = EVERY_PROVIDER_APIS
+    keyless: bool = False
 
-    @property
-    def is_mock(self) -> bool:
-        return self.base_url.startswith("mock://")
+    def serves(self, endpoint: str) -> bool:
+        return endpoint in self.apis
 
 
 class ProviderUnavailable(Exception):
@@ -46,12 +48,13 @@ def get_provider(name: str) -> Provider:
     if entry is None:
         raise ProviderUnavailable(f"unknown provider {name!r}")
     base_url = _env(name, "BASE_URL") or entry["base_url"]
-    return Provider(name, base_url.rstrip("/"), entry.get("secret", ""), entry.get("output_limit_field", "max_tokens"))
+    return Provider(name, base_url.rstrip("/"), entry.get("secret", ""), entry.get("output_limit_field", "max_tokens"),
+                    EVERY_PROVIDER_APIS + tuple(entry.get("apis", ())), bool(entry.get("keyless")))
 
 
 def api_key(provider: Provider) -> str:
-    if provider.is_mock:
-        return "mock"
+    if provider.keyless:
+        return ""
     local = _env(provider.name, "API_KEY")
     if local:
         return local

@@ -1,8 +1,10 @@
 """The proxy's ASGI app (Starlette), run by uvicorn behind the Lambda Web Adapter, and by `onysoft dev`.
 
-Every answer, error or not, is OpenAI's shape; errors never carry a stack trace or a key.
+Every answer, error or not, is OpenAI's shape — Anthropic's on /v1/messages; errors never carry a stack trace
+or a key.
 """
 
+import json
 import logging
 
 from starlette.applications import Starlette
@@ -13,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from onysoft import errors, forwarding, keys, rate_limits, spend_limits, telemetry
+from onysoft.api_formats.messages import error_envelope
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
@@ -26,9 +29,13 @@ logger = logging.getLogger("onysoft.proxy")
 telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
 
 
-def _error_response(error: errors.GatewayError) -> Response:
+ANTHROPIC_PATHS = ("/v1/messages",)  # errors in Anthropic's envelope, so its SDK raises the right exception
+
+
+def _error_response(error: errors.GatewayError, path: str = "") -> Response:
     # x-onysoft-request-id: request_ids.RequestIds sets it on every answer
-    return Response(error.body(), status_code=error.status, media_type="application/json", headers=error.headers)
+    body = error.body() if path not in ANTHROPIC_PATHS else json.dumps(error_envelope(error.status, error.message))
+    return Response(body, status_code=error.status, media_type="application/json", headers=error.headers)
 
 
 def caller_of(request: Request) -> tuple[str, CallerContext]:
@@ -93,14 +100,17 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"object": "list", "data": data}, headers=headers)
 
 
-async def chat_completions(request: Request) -> Response:
-    key_hash, caller = caller_of(request)
-    return await forwarding.forward(request, "chat.completions", key_hash, caller)
+def billed(endpoint: str):
+    """The handler of a billed route: the caller, then hold → forward → settle (onysoft.forwarding)."""
+    async def handler(request: Request) -> Response:
+        key_hash, caller = caller_of(request)
+        return await forwarding.forward(request, endpoint, key_hash, caller)
+
+    return handler
 
 
-async def embeddings(request: Request) -> Response:
-    key_hash, caller = caller_of(request)
-    return await forwarding.forward(request, "embeddings", key_hash, caller)
+chat_completions, embeddings = billed("chat.completions"), billed("embeddings")
+responses, messages = billed("responses"), billed("messages")
 
 
 async def healthz(request: Request) -> Response:
@@ -110,7 +120,7 @@ async def healthz(request: Request) -> Response:
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.GatewayError)
     telemetry.note(error_code=exc.code)
-    return _error_response(exc)
+    return _error_response(exc, request.url.path)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -121,12 +131,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         error = errors.method_not_allowed(request.method, request.url.path)
     else:
         error = errors.GatewayError(exc.status_code, str(exc.detail))
-    return _error_response(error)
+    return _error_response(error, request.url.path)
 
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", extra={"request_id": current_request_id()})
-    return _error_response(errors.internal_error())
+    return _error_response(errors.internal_error(), request.url.path)
 
 
 def create_app() -> Starlette:
@@ -136,6 +146,8 @@ def create_app() -> Starlette:
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/responses", responses, methods=["POST"]),
+            Route("/v1/messages", messages, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
         exception_handlers={

@@ -56,3 +56,14 @@ def inspect(event: bytes, tally: StreamTally) -> bool:
             tally.delivered_chars += len(content)
             tally.content_chunks += 1
     return usage_only
+
+
+def event_json(event: bytes):
+    """The event's data as JSON, or None (no data, [DONE], not JSON)."""
+    data = event_data(event)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

@@ -1,6 +1,10 @@
 """Calling providers: one httpx client per provider, reused across invocations, and the mapping of
 upstream failures to the gateway's errors (a 4xx keeps its status, 429 stays 429, 5xx or a broken
-connection is 502, a timeout is 504)."""
+connection is 502, a timeout is 504).
+
+Every client mounts the built-in mock provider's transport for `mock://` URLs: the mock is an upstream
+like any other (providers.json gives it a `mock://` base URL), reached through httpx, never a branch here.
+"""
 
 import json
 import os
@@ -8,6 +12,7 @@ import os
 import httpx
 
 from onysoft import errors
+from onysoft.mock_provider import MockTransport
 from onysoft.providers import Provider
 
 _clients: dict[str, httpx.AsyncClient] = {}
@@ -22,21 +27,18 @@ def _timeout() -> httpx.Timeout:
 def client_for(provider: Provider) -> httpx.AsyncClient:
     client = _clients.get(provider.name)
     if client is None or client.is_closed:
-        if provider.is_mock:
-            from onysoft.mock_provider import MockTransport
-
-            client = httpx.AsyncClient(transport=MockTransport(), timeout=_timeout())
-        else:
-            client = httpx.AsyncClient(timeout=_timeout(), limits=httpx.Limits(max_keepalive_connections=20))
+        client = httpx.AsyncClient(timeout=_timeout(), limits=httpx.Limits(max_keepalive_connections=20),
+                                   mounts={"mock://": MockTransport()})
         _clients[provider.name] = client
     return client
 
 
+UPSTREAM_PATHS = {"chat.completions": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses",
+                  "messages": "/messages"}
+
+
 def upstream_url(provider: Provider, endpoint: str) -> str:
-    path = {"chat.completions": "/chat/completions", "embeddings": "/embeddings"}[endpoint]
-    if provider.is_mock:
-        return "http://mock.invalid/v1" + path
-    return provider.base_url + path
+    return provider.base_url + UPSTREAM_PATHS[endpoint]
 
 
 def _upstream_message(body: bytes) -> str | None:

@@ -15,10 +15,14 @@ def create(args: argparse.Namespace) -> int:
     actor = cli_operator()
     expires_at = expiry(args)
     models = model_list(args.models)
+    fallbacks = model_list(args.fallbacks)
+    if models and fallbacks and not set(fallbacks) <= set(models):
+        raise UsageError("--fallbacks must be models the key may use (--models)")
     spend_limit = parse_amount(args.spend_limit, "--spend-limit") if args.spend_limit is not None else None
     view = keys.create_key(actor, args.account, name=args.name or "", rpm=args.rpm, tpm=args.tpm, models=models,
-                           expires_at=expires_at, spend_limit_micros=spend_limit, limit_reset=args.limit_reset)
-    for model in catalog.unknown_models(actor, models or []):
+                           expires_at=expires_at, spend_limit_micros=spend_limit, limit_reset=args.limit_reset,
+                           fallbacks=fallbacks)
+    for model in catalog.unknown_models(actor, list(dict.fromkeys([*(models or ()), *(fallbacks or ())]))):
         warn(f"{model} is not in the catalog (yet): requests for it fail until it is")
 
     def human() -> str:
@@ -27,7 +31,7 @@ def create(args: argparse.Namespace) -> int:
             ("currency", view["currency"]), ("name", view["name"]), ("display", view["display"]),
             ("expires_at", view["expires_at"] or "never"), ("rpm", view["rpm"] or "type default"),
             ("tpm", view["tpm"] or "type default"), ("models", view["models"] or "all"),
-            ("created_at", view["created_at"]),
+            ("fallbacks", ", ".join(view["fallbacks"] or ()) or "none"), ("created_at", view["created_at"]),
         ])
         return (f"{details}\n\nKey:\n\n    {view['key']}\n\n"
                 "This key will not be shown again: store it now (clients read it from ONYSOFT_API_KEY).")
@@ -112,6 +116,8 @@ def register(commands, leaf) -> None:
     p = leaf(sub, "create", create, "create a key (its type follows the account's kind); the key is shown once")
     p.add_argument("--account", required=True, metavar="ACCOUNT_ID")
     p.add_argument("--name", default="")
+    p.add_argument("--fallbacks", metavar="M,M", help="default fallback models, tried in order when the requested "
+                                                      "model fails (chat completions, responses)")
     _limit_options(p, changing=False)
     p = leaf(sub, "update", update, "change an existing key's limits (applied within the authorizer's cache "
                                     "time, 60 s by default)")

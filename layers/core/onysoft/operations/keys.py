@@ -39,12 +39,14 @@ def _future_iso(expires_at: str | None) -> str | None:
 
 def create_key(actor: Actor, account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
                models: list[str] | None = None, expires_at: str | None = None,
-               spend_limit_micros: int | None = None, limit_reset: str | None = None) -> dict:
+               spend_limit_micros: int | None = None, limit_reset: str | None = None,
+               fallbacks: list[str] | None = None) -> dict:
     account = access.account(actor, account_id)
     try:
         created = api_keys.create_key(account.account_id, name=name, rpm=rpm, tpm=tpm, models=models,
                                       expires_at=_future_iso(expires_at), spend_limit_micros=spend_limit_micros,
-                                      limit_reset=limit_reset, companions=audit.on_key_create(actor, account))
+                                      limit_reset=limit_reset, companions=audit.on_key_create(actor, account),
+                                      fallbacks=fallbacks)
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
     # The plaintext key is in this answer and nowhere else, ever.

@@ -76,6 +76,7 @@ def key_view(record: ApiKey, *, account: Account | None = None, state: KeyState 
         "rpm": _int(record.rpm),  # the key's own limits; null = the key type's default (see `limits`)
         "tpm": _int(record.tpm),
         "models": list(record.models) if record.models else None,
+        "fallbacks": list(record.fallbacks) if record.fallbacks else None,
         "spend_limit": money.format_micros(spend_limit) if spend_limit is not None else None,
         "spend_limit_micros": spend_limit,
         "limit_reset": record.limit_reset or None,
@@ -95,6 +96,7 @@ def _limits_and_usage(record: ApiKey, state: KeyState) -> dict:
         "limits": {
             "rpm": rpm, "tpm": tpm, "rpm_is_default": not record.rpm, "tpm_is_default": not record.tpm,
             "models": list(record.models or []),
+            "fallbacks": list(record.fallbacks or []),
             "spend_limit": money.format_micros(limit) if limit else None,
             "spend_limit_micros": limit or None,
             "limit_reset": (record.limit_reset or None) if limit else None,
