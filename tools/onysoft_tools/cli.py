@@ -99,10 +99,10 @@ def _int(value: Any) -> int | None:
 
 
 def account_view(account) -> dict:
-    from onysoft import money
+    from onysoft import balances, money
     from onysoft.key_types import key_type_for_account_kind
 
-    balance = int(account.balance_micros or 0)
+    balance = balances.total(account)  # the sum of its shards
     topped_up = int(account.topped_up_micros or 0)
     return {
         "account_id": account.account_id,
@@ -117,6 +117,7 @@ def account_view(account) -> dict:
         "topped_up_micros": topped_up,
         "markup_pct": money.markup_pct(int(account.markup_bp)),
         "markup_bp": int(account.markup_bp),
+        "shards": balances.count_of(account),
         "created_at": account.created_at,
     }
 
@@ -131,6 +132,7 @@ def _account_human(view: dict, title: str | None = None) -> str:
         ("balance", f"{view['balance']} {view['currency']}"),
         ("topped up", f"{view['topped_up']} {view['currency']}"),
         ("markup", f"{view['markup_pct']}%"),
+        ("shards", str(view["shards"])),
         ("created_at", view["created_at"]),
     ])
     return f"{title}\n{text}" if title else text
@@ -299,13 +301,16 @@ def _model_list(text: str | None) -> list[str] | None:
 # ---------------------------------------------------------------------------------------------- accounts
 
 
+SHARDS_HELP = "balance shards, 1-64: one busy account's holds spread over N items (docs/BILLING.md)"
+
+
 def cmd_accounts_create(args: argparse.Namespace) -> int:
     from onysoft import audit
     from onysoft.accounts import create_account
 
     markup_bp = parse_markup(args.markup) if args.markup is not None else None
     account = create_account(args.kind, name=args.name or "", owner=args.owner, markup_bp=markup_bp,
-                             companions=audit.on_account_create(audit.cli_actor()))
+                             companions=audit.on_account_create(audit.cli_actor()), shards=args.shards)
     view = account_view(account)
     return _output(args, view, lambda: _account_human(view, "Created account:"))
 
@@ -336,12 +341,12 @@ def cmd_accounts_update(args: argparse.Namespace) -> int:
     from onysoft import audit
     from onysoft.accounts import get_account, update_account
 
-    if args.markup is None and args.name is None:
-        raise UsageError("nothing to change: give --markup and/or --name")
+    if args.markup is None and args.name is None and args.shards is None:
+        raise UsageError("nothing to change: give --markup, --name and/or --shards")
     markup_bp = parse_markup(args.markup) if args.markup is not None else None
     audited = audit.on_account_update(audit.cli_actor(), get_account(args.account_id), markup_bp=markup_bp,
                                       name=args.name)
-    update_account(args.account_id, markup_bp=markup_bp, name=args.name, companions=audited)
+    update_account(args.account_id, markup_bp=markup_bp, name=args.name, companions=audited, shards=args.shards)
     view = account_view(get_account(args.account_id))
     return _output(args, view, lambda: _account_human(view, "Updated account:"))
 
@@ -350,7 +355,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
     from onysoft.models import Account
     from onysoft.principals import accounts_of_owner
 
-    accounts = accounts_of_owner(args.owner) if args.owner else Account.scan()
+    accounts = accounts_of_owner(args.owner) if args.owner else Account.scan(Account.kind.exists())  # no shards
     views = sorted((account_view(a) for a in accounts if not args.kind or a.kind == args.kind),
                    key=lambda v: (v["created_at"], v["account_id"]))
     return _output(args, {"accounts": views}, lambda: _table(
@@ -721,6 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="a name for people")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID", help="the org (project) or partner that owns it")
     p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%); default: the kind's")
+    p.add_argument("--shards", type=int, metavar="N", help=SHARDS_HELP + " (default 1)")
     p = leaf(accounts_sub, "show", cmd_accounts_show, "show an account's balance, currency and markup")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p = leaf(accounts_sub, "topup", cmd_accounts_topup, "add to an account's balance")
@@ -730,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%)")
     p.add_argument("--name")
+    p.add_argument("--shards", type=int, metavar="N", help=SHARDS_HELP)
     p = leaf(accounts_sub, "list", cmd_accounts_list, "list accounts (all, or one owner's)")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
     p.add_argument("--kind", choices=ACCOUNT_KINDS)

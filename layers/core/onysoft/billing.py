@@ -16,6 +16,7 @@ a retried settle, or a sweeper racing a late settle, can never charge or refund 
 Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit (balance may be < 0).
 """
 
+import logging
 import random
 import time
 import zlib
@@ -26,7 +27,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import clock, errors, money, rate_limits, spend_limits, telemetry
+from onysoft import balances, clock, errors, money, rate_limits, spend_limits, telemetry
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -60,6 +61,8 @@ class Hold:
     factors: ChargeFactors
     window_start: int = 0  # the rate-limit window the request was counted in (0: not counted)
     spend_period: str = ""  # the key's spend-limit period the hold was counted in ("": no spend limit)
+    shard: int = 0  # the balance shard the hold took from (onysoft.balances)
+    shards: int = 1  # how many shards the account had then
 
 
 class HoldRefused(Exception):
@@ -143,10 +146,10 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
     )
     def write(tx: TransactWrite) -> None:
         tx.update(
-            Account(account_id=caller.account_id),
-            actions=[Account.balance_micros.add(-plan.micros)],
-            # ≥ 1 µ even for a free hold: an account in debt (balance ≤ 0) is refused until a top-up.
-            condition=Account.balance_micros >= max(plan.micros, 1),
+            balances.item(caller.account_id, shard),
+            actions=[balances.balance_attribute(shard).add(-plan.micros)],
+            # ≥ 1 µ even for a free hold: a shard in debt (balance ≤ 0) never funds a hold.
+            condition=balances.balance_attribute(shard) >= max(plan.micros, 1),
             return_values="ALL_OLD",
         )
         rate_limits.count_request(tx, caller, window)
@@ -160,13 +163,35 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         )
         tx.save(record, condition=UsageRecord.sk.does_not_exist())
 
-    try:
-        _transact(f"h{attempt}{request_id}", write)
-    except TransactWriteError as exc:
-        _explain_refusal(exc, caller, window, spend_limited=bool(period))
-        raise
+    # One shard per try: the request's own, then one other, then (the sum permitting) all gathered in one.
+    shards = max(caller.shards, 1)
+    shard, tried, consolidations, n = balances.first_shard(request_id, shards), set(), 0, 0
+    while True:
+        n += 1
+        record.balance_shard = shard or None
+        try:
+            # A token per try: a try with other parameters must never be taken for a retry of an earlier one.
+            _transact(f"h{attempt}{n:x}{request_id}", write)
+            break
+        except TransactWriteError as exc:
+            try:
+                _explain_refusal(exc, caller, window, spend_limited=bool(period))
+            except HoldRefused as refused:
+                if shards == 1 or refused.limit_room_micros is not None or consolidations == 2:
+                    raise
+                tried.add(shard)
+                other = balances.next_shard(request_id, shards, tried) if len(tried) < 2 else None
+                if other is None:  # gathered funds may be taken by a concurrent hold: gather at most twice
+                    balance_sum, target = balances.consolidate(caller.account_id, max(plan.micros, 1))
+                    consolidations += 1
+                    if target is None:
+                        raise HoldRefused(balance_sum, None) from None
+                    other = target
+                shard = other
+                continue
+            raise
     return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors,
-                window.start, period)
+                window.start, period, shard, shards)
 
 
 def _explain_refusal(exc: TransactWriteError, caller: CallerContext, window, spend_limited: bool) -> None:
@@ -277,8 +302,20 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
     _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
            key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)],
            tokens=usage.prompt_tokens + usage.completion_tokens)
+    if charge > hold.micros and hold.shards > 1:
+        _net_debts(hold)
     telemetry.note(charge_micros=charge)
     return charge
+
+
+def _net_debts(hold: Hold) -> None:
+    """An overrun may have left the hold's shard in debt: net it against the other shards (best effort: the
+    settle is done; a failure here leaves the debt on its shard, which refuses holds until netted)."""
+    try:
+        balances.net_debts(hold.account_id)
+    except Exception:  # noqa: BLE001
+        logging.getLogger("onysoft.billing").exception("could not net a shard's debt",
+                                                       extra={"request_id": hold.request_id})
 
 
 def release(hold: Hold, *, code: str, message: str, upstream_status: int | None = None) -> None:
@@ -300,7 +337,8 @@ def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list
            tokens: int) -> None:
     def write(tx: TransactWrite) -> None:
         tx.update(record, actions=record_actions, condition=_still_pending())
-        tx.update(Account(account_id=hold.account_id), actions=[Account.balance_micros.add(refund)])
+        tx.update(balances.item(hold.account_id, hold.shard),
+                  actions=balances.add_actions(hold.account_id, hold.shard, refund))
         if hold.key_hash:  # records made before key_hash was stored cannot name their key
             tx.update(ApiKey(key_hash=hold.key_hash), actions=key_actions, condition=ApiKey.key_hash.exists())
         if hold.window_start and tokens:
@@ -336,4 +374,5 @@ def hold_from_record(record: UsageRecord) -> Hold:
     plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
                     int(record.hold_micros or 0))
     return Hold(record.request_id, record.account_id, record.sk, record.key_hash or "", record.key_id,
-                int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "")
+                int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "",
+                int(record.balance_shard or 0), 2 if record.balance_shard else 1)

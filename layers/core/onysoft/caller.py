@@ -24,6 +24,7 @@ class CallerContext:
     expires_at: str = ""  # empty = never
     spend_limit_micros: int = 0  # 0 = no spend limit
     limit_reset: str = ""  # daily | weekly | monthly; empty = never
+    shards: int = 1  # the account's balance shards (onysoft.balances)
 
     def to_authorizer_context(self) -> dict[str, str | int]:
         """API Gateway allows only strings, numbers and booleans in an authorizer's context."""
@@ -43,6 +44,7 @@ class CallerContext:
             expires_at=str(context.get("expires_at") or ""),
             spend_limit_micros=int(context.get("spend_limit_micros") or 0),
             limit_reset=str(context.get("limit_reset") or ""),
+            shards=min(max(int(context.get("shards") or 1), 1), 64),
         )
 
 

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from pynamodb.exceptions import TransactWriteError
 
-from onysoft import accounts, api_keys, audit, clock, idempotency, money, writes
+from onysoft import accounts, api_keys, audit, balances, clock, idempotency, money, writes
 from onysoft.errors import GatewayError, bad_request, not_found
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -49,10 +49,11 @@ def key_not_found(key_id: str) -> GatewayError:
 
 
 def account_view(account: Account) -> dict:
+    balance = balances.total(account)  # the sum of the account's shards
     return {
         "account_id": account.account_id, "kind": account.kind, "name": account.name or "",
         "owner": account.owner, "currency": account.currency,
-        "balance": money.format_micros(int(account.balance_micros)), "balance_micros": int(account.balance_micros),
+        "balance": money.format_micros(balance), "balance_micros": balance, "shards": balances.count_of(account),
         "topped_up": money.format_micros(int(account.topped_up_micros or 0)),
         "topped_up_micros": int(account.topped_up_micros or 0),
         "markup_pct": money.markup_pct(int(account.markup_bp)), "created_at": account.created_at,

@@ -113,8 +113,24 @@ class Account(GatewayModel):
     topped_up_micros = NumberAttribute(default=0)  # all top-ups ever: the ledger's left-hand side
     markup_bp = NumberAttribute()
     created_at = UnicodeAttribute()
+    # Balance shards (onysoft.balances): absent = 1, today's layout (the balance above is shard 0).
+    shards = NumberAttribute(null=True)  # how many shards holds and top-ups use now (1–64)
+    shards_max = NumberAttribute(null=True)  # the most ever set: every view and consolidation reads 0 … max-1
 
     by_owner = _ByOwner()
+
+
+class BalanceShard(GatewayModel):
+    """Shard k ≥ 1 of an account's balance (onysoft.balances), in the Accounts table under a partition key of
+    its own (`<account_id>#bal<k>`); shard 0 is the account item itself. No `owner`: in no index."""
+
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
+        region = config.region()
+
+    account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#bal<k>"
+    shard_of = UnicodeAttribute(null=True)  # the account
+    balance_micros = NumberAttribute(default=0)
 
 
 class _ByKey(GlobalSecondaryIndex):
@@ -155,6 +171,7 @@ class UsageRecord(GatewayModel):
     upstream_model = UnicodeAttribute(null=True)
     currency = UnicodeAttribute(null=True)
     hold_micros = NumberAttribute(default=0)
+    balance_shard = NumberAttribute(null=True)  # the balance shard the hold took from (absent: 0)
     hold_prompt_tokens = NumberAttribute(default=0)
     hold_output_tokens = NumberAttribute(default=0)
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
@@ -262,6 +279,7 @@ class IdempotencyRecord(GatewayModel):
 _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
+    BalanceShard: "ONYSOFT_TABLE_ACCOUNTS",  # shares the Accounts table (its own partition keys)
     UsageRecord: "ONYSOFT_TABLE_USAGE",
     RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import errors, forwarding, keys, money, rate_limits, spend_limits, telemetry
+from onysoft import balances, errors, forwarding, keys, money, rate_limits, spend_limits, telemetry
 from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.clock import parse_iso
@@ -80,8 +80,8 @@ def key_view(record: ApiKey, account: Account, usage: rate_limits.Usage, window:
         "status": record.status,
         "account_id": account.account_id,
         "currency": account.currency,
-        "balance": money.format_micros(int(account.balance_micros)),
-        "balance_micros": int(account.balance_micros),
+        "balance": money.format_micros(balances.total(account)),
+        "balance_micros": balances.total(account),
         "markup_pct": money.markup_pct(int(account.markup_bp)),
         "created_at": record.created_at,
         "last_used_at": record.last_used_at,
