@@ -119,7 +119,7 @@ def _provider_and_key(price: ModelPrice) -> tuple[Provider, str]:
 def _hold(request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,
           endpoint: str, body: dict) -> billing.Hold:
     common = dict(request_id=request_id, key_hash=key_hash, caller=caller, factors=factors, endpoint=endpoint,
-                  stream=bool(body.get("stream")), model=body["model"])
+                  stream=bool(body.get("stream")), model=body["model"], sending=True)
     try:
         return billing.place_hold(plan=plan, **common)
     except billing.HoldRefused as refused:
@@ -183,21 +183,17 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
         await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
         raise
-    # Recorded while the request goes out (not one more round trip before it): from now on, never free.
-    sent = asyncio.ensure_future(run_in_threadpool(_mark_sent, hold))
-    await asyncio.sleep(0)
+    # The hold's record already says `sent_at` (place_hold(sending=True)): from now on, never free.
     upstream_started = time.monotonic()
     try:
         response = await client.send(outgoing, stream=True)
     except httpx.HTTPError as exc:
         error = upstream.error_from_exception(provider, exc)
-        await sent
         await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
                                 message=str(exc) or error.message)
         error.headers.update(_headers(hold, caller, window, await counted))
         raise error from None
     telemetry.note(upstream_ms=int((time.monotonic() - upstream_started) * 1000))
-    await sent
     headers = _headers(hold, caller, window, await counted)
     if response.status_code != 200:
         content = await response.aread()
@@ -219,13 +215,6 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
                                  media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
     return await _relay_whole(response, provider, hold, headers, len(raw), started + deadline_seconds())
-
-
-def _mark_sent(hold: billing.Hold) -> None:
-    try:
-        billing.mark_sent(hold)
-    except Exception:  # the answer still goes out and is settled; only the sweeper's view of a crash is lost
-        logger.exception("could not record that the request was sent", extra={"request_id": hold.request_id})
 
 
 def settle(hold: billing.Hold, usage: Usage, upstream_status: int | None = 200) -> None:
