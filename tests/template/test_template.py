@@ -353,7 +353,7 @@ def test_function_policies_are_least_privilege(cfn):
         if "Fn::Sub" in r
     }
     assert dashboard_indexes == {"${ApiKeysTable.Arn}/index/by_account", "${ApiKeysTable.Arn}/index/by_key_id",
-                                 "${AccountsTable.Arn}/index/by_owner", "${UsageTable.Arn}/index/by_key"}
+                                 "${AccountsTable.Arn}/index/by_owner"}
 
 
 def test_proxy_runs_under_the_lambda_web_adapter(cfn):
@@ -470,7 +470,7 @@ def test_tables_round_trip_through_moto(tpl):
     assert key("AccountsTable") == [("account_id", "HASH")]
     assert key("AccountsTable", "by_owner") == [("owner", "HASH"), ("account_id", "RANGE")]
     assert key("UsageTable") == [("account_id", "HASH"), ("sk", "RANGE")]
-    assert key("UsageTable", "by_key") == [("key_id", "HASH"), ("sk", "RANGE")]
+    assert "by_key" not in {g["IndexName"] for g in described["UsageTable"]["GlobalSecondaryIndexes"]}
     assert key("UsageTable", "open_holds") == [("hold_state", "HASH"), ("created_at", "RANGE")]
     assert key("RateLimitsTable") == [("counter_id", "HASH")]
     assert reader.ttl_attribute(tpl, "RateLimitsTable") == "expires_at"

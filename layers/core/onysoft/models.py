@@ -133,15 +133,6 @@ class BalanceShard(GatewayModel):
     balance_micros = NumberAttribute(default=0)
 
 
-class _ByKey(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by_key"
-        projection = AllProjection()
-
-    key_id = UnicodeAttribute(hash_key=True)
-    sk = UnicodeAttribute(range_key=True)
-
-
 class _OpenHolds(GlobalSecondaryIndex):
     class Meta:
         index_name = "open_holds"
@@ -203,7 +194,6 @@ class UsageRecord(GatewayModel):
     error_message = UnicodeAttribute(null=True)
     settled_at = UnicodeAttribute(null=True)
 
-    by_key = _ByKey()
     open_holds = _OpenHolds()
 
 
@@ -257,7 +247,7 @@ class AuditRecord(GatewayModel):
     actor_sub = UnicodeAttribute(null=True)  # the signed-in person (Cognito `sub`)
     action = UnicodeAttribute()  # account.create | account.update | account.topup | key.create | key.delete
     target_account_id = UnicodeAttribute()
-    target_key_id = UnicodeAttribute(null=True)  # not `key_id`: that would put the item in the by_key index
+    target_key_id = UnicodeAttribute(null=True)  # not `key_id`: usage listings filter on key_id
     details = UnicodeAttribute(null=True)  # JSON object: what changed (never a key)
     request_id = UnicodeAttribute(null=True)
 
