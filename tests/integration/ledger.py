@@ -115,12 +115,12 @@ class Tables:
         return self.accounts.get_item(Key={"account_id": account_id}, ConsistentRead=True)["Item"]
 
     def shard_balances(self, account_id: str) -> dict[int, int]:
-        """Every balance shard (docs/BILLING.md): shard 0 is the account item, k ≥ 1 `<account_id>#bal<k>`."""
+        """Every balance shard (docs/BILLING.md): shard 0 is the account item, k ≥ 1 `<account_id>#<k>`."""
         account = self.account(account_id)
         count = max(int(account.get("shards_max", 1)), int(account.get("shards", 1)))
         shards = {0: int(account["balance_micros"])}
         for k in range(1, count):
-            item = self.accounts.get_item(Key={"account_id": f"{account_id}#bal{k}"}, ConsistentRead=True).get("Item")
+            item = self.accounts.get_item(Key={"account_id": f"{account_id}#{k}"}, ConsistentRead=True).get("Item")
             shards[k] = int(item["balance_micros"]) if item else 0
         return shards
 
@@ -128,15 +128,20 @@ class Tables:
         return sum(self.shard_balances(account_id).values())
 
     def usage(self, account_id: str) -> list[dict]:
-        items, start = [], None
-        for _ in range(1000):  # bounded pagination
-            extra = {"ExclusiveStartKey": start} if start else {}
-            page = self.usage_table.query(KeyConditionExpression=Key("account_id").eq(account_id),
-                                          ConsistentRead=True, **extra)
-            items += page["Items"]
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                break
+        """Every usage record of the account, over its shards' partitions (`<account_id>#<k>`), each with
+        `partition` (where it is) and `account_id` (the account)."""
+        items = []
+        for shard in self.shard_balances(account_id):
+            partition = account_id if shard == 0 else f"{account_id}#{shard}"
+            start = None
+            for _ in range(1000):  # bounded pagination
+                extra = {"ExclusiveStartKey": start} if start else {}
+                page = self.usage_table.query(KeyConditionExpression=Key("account_id").eq(partition),
+                                              ConsistentRead=True, **extra)
+                items += [{**item, "partition": item["account_id"], "account_id": account_id} for item in page["Items"]]
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
         return items
 
     def key(self, key_id: str) -> dict:

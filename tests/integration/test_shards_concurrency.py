@@ -1,10 +1,11 @@
 """Sharded balances under concurrency, through `onysoft dev` over real HTTP (moto server in its own process,
 serialized: onysoft_tools/serial_moto.py), with the fake provider counting what it is sent (issue 16).
 
-- 8-shard accounts, 100 requests at once mixing streams, upstream failures (fake-500), cut streams, embeddings,
+- 8-shard accounts, 90+ requests at once mixing streams, upstream failures (fake-500), cut streams, embeddings,
   overruns (debts) and balance exhaustion (a poor account): the books balance to the micro-unit over the sum
   of the shards, no shard goes below what the rules allow (ledger.check_ledger), every request that passed
-  the hold has exactly one record, the key counters agree, the holds used many shards.
+  the hold has exactly one record (in its shard's Usage partition; the CLI lists them all, newest first), the key
+  counters agree, the holds used many shards.
 - a hold bigger than every shard but smaller than the sum succeeds (the shards are consolidated first).
 - rpm on a key of a sharded account stays exact under concurrency (the rate counter is not sharded).
 """
@@ -129,6 +130,12 @@ def test_books_balance_on_8_shard_accounts_under_100_concurrent_requests(dev, up
         assert int(key_item.get("spend_micros", 0)) == settled_total(mine)
     rich_records = [r for r in all_records if r["account_id"] == rich["account_id"]]
     assert len({int(r.get("balance_shard", 0)) for r in rich_records}) >= 6  # the holds used the shards
+    # ... and each record sits in its shard's Usage partition, not all in one
+    assert all(r["partition"] == (r["account_id"] if int(r.get("balance_shard", 0)) == 0
+                                  else f"{r['account_id']}#{int(r['balance_shard'])}") for r in rich_records)
+    listed = dev.cli_json("usage", "--account", rich["account_id"], "--limit", "1000")["records"]
+    assert sorted(r["request_id"] for r in listed) == sorted(r["request_id"] for r in rich_records)
+    assert [r["created_at"] for r in listed] == sorted((r["created_at"] for r in listed), reverse=True)
     assert sum(r.get("overrun") == "true" for r in rich_records) == 2
 
     # Every upstream call accounted for: the provider saw exactly the requests that have a record, once each.

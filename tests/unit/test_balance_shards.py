@@ -84,7 +84,7 @@ def test_a_hold_takes_from_the_shard_its_request_id_picks_and_settles_there(gate
     after = shard_balances(account.account_id)
     assert after[one.shard] == before[one.shard] + one.micros - charge
     assert {k: v for k, v in after.items() if k != one.shard} == {k: v for k, v in before.items() if k != one.shard}
-    [stored] = [r for r in UsageRecord.query(account.account_id) if r.request_id == "req_pick_0"]
+    [stored] = [r for r in UsageRecord.query(one.record_pk) if r.request_id == "req_pick_0"]  # its shard's partition
     assert int(stored.balance_shard or 0) == one.shard
 
 
@@ -152,3 +152,32 @@ def test_fewer_shards_later_keeps_the_money_in_view(gateway):
     fewer = CallerContext(**{**caller.__dict__, "shards": 2})
     placed = hold(fewer, record.key_hash, "req_fewer", micros=30_000_000)  # gathers from the retired shards too
     assert placed.shard in (0, 1) and balances.total(get_account(account.account_id)) == 50_000_000
+
+
+def test_usage_records_spread_over_the_shards_partitions_and_list_newest_first(gateway):
+    from onysoft import audit, usage_shards
+    from onysoft.dashboard import usage
+
+    account, record, caller = sharded(8)
+    held = [hold(caller, record.key_hash, f"req_usage_{n:02d}") for n in range(12)]
+    for placed in held:
+        billing.settle(placed, Usage(10, 5))
+    partitions = {r.account_id for p in usage_shards.partitions(get_account(account.account_id))
+                  for r in UsageRecord.query(p)}
+    assert len(partitions) > 3 and {usage_shards.account_of(p) for p in partitions} == {account.account_id}
+    assert all(h.record_pk == balances.shard_key(account.account_id, h.shard) for h in held)
+    actor = audit.cli_actor()
+    seen, cursor = [], None
+    for _ in range(5):
+        page = usage(actor, account.account_id, limit=5, cursor=cursor)
+        seen += [r["request_id"] for r in page["records"]]
+        if cursor is None:
+            assert page["totals"]["total"]["requests"] == 12 and page["totals"]["total"]["settled"] == 12
+        cursor = page["next"]
+        if not cursor:
+            break
+    created = {h.request_id: h.sk for h in held}
+    assert sorted(seen) == sorted(created) and len(seen) == 12  # every record once, over the pages
+    assert seen == sorted(seen, key=lambda rid: created[rid], reverse=True)  # newest first across partitions
+    newest = usage_shards.newest_first(get_account(account.account_id), limit=3)
+    assert [r.request_id for r in newest] == seen[:3]

@@ -566,14 +566,13 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from onysoft import usage_shards
     from onysoft.accounts import get_account
-    from onysoft.models import UsageRecord
 
-    get_account(args.account)
+    account = get_account(args.account)
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be a positive number")
-    query = UsageRecord.query(args.account, scan_index_forward=False, limit=args.limit)
-    views = [usage_view(r) for r in query]
+    views = [usage_view(r) for r in usage_shards.newest_first(account, limit=args.limit)]  # over its shards
     return _output(args, {"records": views}, lambda: _table(
         ["CREATED_AT", "REQUEST_ID", "KEY_ID", "MODEL", "STATUS", "PROMPT", "COMPLETION", "CHARGE"],
         [[v["created_at"], v["request_id"], v["key_id"], v["model"], v["status"], v["prompt_tokens"],

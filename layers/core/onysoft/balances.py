@@ -1,7 +1,7 @@
 """An account's balance in N shards, so one busy account is not one hot DynamoDB item (docs/BILLING.md).
 
 Shard 0 is the account item's own `balance_micros` (an account with 1 shard is exactly today's layout);
-shard k ≥ 1 is a BalanceShard item `<account_id>#bal<k>` in the same table. The balance is their sum.
+shard k ≥ 1 is a BalanceShard item `<account_id>#<k>` in the same table. The balance is their sum.
 
 - A hold takes from ONE shard (chosen by the request id), in the hold's own transaction (onysoft.billing).
 - A shard that refuses (its balance does not cover the hold) is retried on another; when no shard covers the
@@ -39,7 +39,7 @@ def check_count(shards: int) -> int:
 
 
 def shard_key(account_id: str, shard: int) -> str:
-    return account_id if shard == 0 else f"{account_id}#bal{shard}"
+    return account_id if shard == 0 else f"{account_id}#{shard}"
 
 
 def item(account_id: str, shard: int) -> Account | BalanceShard:
@@ -88,7 +88,7 @@ def read(account: Account) -> dict[int, int]:
     if count > 1:
         keys = [shard_key(account.account_id, k) for k in range(1, count)]
         for shard_item in BalanceShard.batch_get(keys, consistent_read=True):
-            balances[int(shard_item.account_id.rsplit("#bal", 1)[1])] = int(shard_item.balance_micros or 0)
+            balances[int(shard_item.account_id.rsplit("#", 1)[1])] = int(shard_item.balance_micros or 0)
         for k in range(1, count):
             balances.setdefault(k, 0)
     return balances

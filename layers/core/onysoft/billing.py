@@ -64,6 +64,11 @@ class Hold:
     shard: int = 0  # the balance shard the hold took from (onysoft.balances)
     shards: int = 1  # how many shards the account had then
 
+    @property
+    def record_pk(self) -> str:
+        """The usage record's partition: the account's, or its shard's (onysoft.usage_shards)."""
+        return balances.shard_key(self.account_id, self.shard)
+
 
 class HoldRefused(Exception):
     """The hold does not fit: the balance (or the key's spend limit) does not cover it.
@@ -174,6 +179,7 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
     while True:
         n += 1
         record.balance_shard = shard or None
+        record.account_id = balances.shard_key(caller.account_id, shard)  # its shard's Usage partition
         try:
             # A token per try: a try with other parameters must never be taken for a retry of an earlier one.
             _transact(f"h{attempt}{n:x}{request_id}", write)
@@ -268,7 +274,7 @@ class AlreadyClosed(Exception):
 def mark_sent(hold: Hold) -> None:
     """Record that the request is leaving for the upstream: from now on the call is never free. Only while
     the hold is pending (a settle or release that got there first is not undone)."""
-    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     try:
         record.update(actions=[UsageRecord.sent_at.set(clock.now_iso())], condition=_still_pending())
     except UpdateError as exc:
@@ -288,7 +294,7 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
     cost = factors.provider_cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
                                      usage.cache_write_tokens)
     now = clock.now_iso()
-    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     record_actions = [
         UsageRecord.status.set(SETTLED), UsageRecord.hold_state.remove(),
         UsageRecord.charge_micros.set(charge), UsageRecord.prompt_tokens.set(usage.prompt_tokens),
@@ -328,7 +334,7 @@ def _net_debts(hold: Hold) -> None:
 def release(hold: Hold, *, code: str, message: str, upstream_status: int | None = None) -> None:
     """A failed call costs nothing: the whole hold goes back; the record says why."""
     now = clock.now_iso()
-    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     record_actions = [
         UsageRecord.status.set(FAILED), UsageRecord.hold_state.remove(), UsageRecord.charge_micros.set(0),
         UsageRecord.error_code.set(code), UsageRecord.error_message.set(message[:500]),
@@ -391,6 +397,7 @@ def hold_from_record(record: UsageRecord) -> Hold:
     factors = ChargeFactors(price, int(record.markup_bp or 0), Decimal(record.fx_rate or "1"), record.fx_rate_at or "")
     plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
                     int(record.hold_micros or 0))
-    return Hold(record.request_id, record.account_id, record.sk, record.key_hash or "", record.key_id,
+    account_id = record.account_id.split("#", 1)[0]  # the record may sit in a shard's partition
+    return Hold(record.request_id, account_id, record.sk, record.key_hash or "", record.key_id,
                 int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "",
                 int(record.balance_shard or 0), 2 if record.balance_shard else 1)

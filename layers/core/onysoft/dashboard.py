@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from pynamodb.exceptions import TransactWriteError
 
-from onysoft import accounts, api_keys, audit, balances, clock, idempotency, money, writes
+from onysoft import accounts, api_keys, audit, balances, clock, idempotency, money, usage_shards, writes
 from onysoft.errors import GatewayError, bad_request, not_found
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -301,19 +301,12 @@ def _time_range(start: str | None, end: str | None) -> tuple[str, str]:
     return clock.to_iso(start_at), clock.to_iso(end_at)
 
 
-def _usage_query(account_id: str, key_id: str | None, start: str, end: str, **kwargs):
-    # sk is "<created_at>#<request_id>": between start and end (exclusive: an sk at `end` sorts after it).
-    condition = UsageRecord.sk.between(start, end)
-    if key_id:  # the account's records, filtered: no by_key index to write at every request (issue 16)
-        return UsageRecord.query(account_id, condition, filter_condition=UsageRecord.key_id == key_id, **kwargs)
-    return UsageRecord.query(account_id, condition, **kwargs)
-
-
 def _totals(account: Account, key_id: str | None, start: str, end: str) -> dict:
     by_day: dict[str, dict] = {}
     by_model: dict[str, dict] = {}
     overall = _empty_total()
-    for record in _usage_query(account.account_id, key_id, start, end):
+    # sk is "<created_at>#<request_id>": between start and end (exclusive: an sk at `end` sorts after it).
+    for record in usage_shards.records(account, start=start, end=end, key_id=key_id):
         for bucket in (by_day.setdefault(record.created_at[:10], _empty_total()),
                        by_model.setdefault(record.model or "", _empty_total()), overall):
             bucket["requests"] += 1
@@ -356,13 +349,16 @@ def usage(actor: audit.Actor, account_id: str, *, start: str | None = None, end:
         if key is None or key.account_id != account.account_id:
             raise key_not_found(key_id)
     start_key = decode_cursor(cursor, fixed={"account_id": account.account_id}, keys={"account_id", "sk"})
-    results = _usage_query(account.account_id, key_id, start_iso, end_iso, scan_index_forward=False,
-                           limit=page, page_size=page, last_evaluated_key=start_key)
+    # Newest first over the account's Usage partitions (one, or one per balance shard): the cursor is the last
+    # record's sort key, the same in every partition's order.
+    results = usage_shards.newest_first(account, start=start_iso, end=end_iso, key_id=key_id, limit=page,
+                                        after_sk=start_key["sk"]["S"] if start_key else None)
     records = [usage_view(r) for r in results]
     return {
         "account_id": account.account_id, "currency": account.currency, "key_id": key_id,
         "from": start_iso, "to": end_iso, "records": records,
-        "next": encode_cursor(results.last_evaluated_key) if len(records) == page else None,
+        "next": encode_cursor({"account_id": {"S": account.account_id}, "sk": {"S": results[-1].sk}})
+        if len(records) == page else None,
         "totals": _totals(account, key_id, start_iso, end_iso) if cursor is None else None,
     }
 

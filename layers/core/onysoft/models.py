@@ -122,13 +122,13 @@ class Account(GatewayModel):
 
 class BalanceShard(GatewayModel):
     """Shard k ≥ 1 of an account's balance (onysoft.balances), in the Accounts table under a partition key of
-    its own (`<account_id>#bal<k>`); shard 0 is the account item itself. No `owner`: in no index."""
+    its own (`<account_id>#<k>`); shard 0 is the account item itself. No `owner`: in no index."""
 
     class Meta:
         table_name = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
         region = config.region()
 
-    account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#bal<k>"
+    account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#<k>"
     shard_of = UnicodeAttribute(null=True)  # the account
     balance_micros = NumberAttribute(default=0)
 
@@ -147,7 +147,7 @@ class UsageRecord(GatewayModel):
         table_name = config.table_name("ONYSOFT_TABLE_USAGE")
         region = config.region()
 
-    account_id = UnicodeAttribute(hash_key=True)
+    account_id = UnicodeAttribute(hash_key=True)  # the account, or `<account_id>#<k>` (onysoft.usage_shards)
     sk = UnicodeAttribute(range_key=True)  # "<created_at>#<request_id>"
     request_id = UnicodeAttribute()
     key_id = UnicodeAttribute()
