@@ -115,19 +115,34 @@ class Tables:
     def account(self, account_id: str) -> dict:
         return self.accounts.get_item(Key={"account_id": account_id}, ConsistentRead=True)["Item"]
 
+    def shard_balances(self, account_id: str) -> dict[int, int]:
+        """Every balance shard (docs/BILLING.md): shard 0 is the account item, k ≥ 1 `<account_id>#<k>`."""
+        account = self.account(account_id)
+        count = max(int(account.get("shards_max", 1)), int(account.get("shards", 1)))
+        shards = {0: int(account["balance_micros"])}
+        for k in range(1, count):
+            item = self.accounts.get_item(Key={"account_id": f"{account_id}#{k}"}, ConsistentRead=True).get("Item")
+            shards[k] = int(item["balance_micros"]) if item else 0
+        return shards
+
     def balance(self, account_id: str) -> int:
-        return int(self.account(account_id)["balance_micros"])
+        return sum(self.shard_balances(account_id).values())
 
     def usage(self, account_id: str) -> list[dict]:
-        items, start = [], None
-        for _ in range(1000):  # bounded pagination
-            extra = {"ExclusiveStartKey": start} if start else {}
-            page = self.usage_table.query(KeyConditionExpression=Key("account_id").eq(account_id),
-                                          ConsistentRead=True, **extra)
-            items += page["Items"]
-            start = page.get("LastEvaluatedKey")
-            if not start:
-                break
+        """Every usage record of the account, over its shards' partitions (`<account_id>#<k>`), each with
+        `partition` (where it is) and `account_id` (the account)."""
+        items = []
+        for shard in self.shard_balances(account_id):
+            partition = account_id if shard == 0 else f"{account_id}#{shard}"
+            start = None
+            for _ in range(1000):  # bounded pagination
+                extra = {"ExclusiveStartKey": start} if start else {}
+                page = self.usage_table.query(KeyConditionExpression=Key("account_id").eq(partition),
+                                              ConsistentRead=True, **extra)
+                items += [{**item, "partition": item["account_id"], "account_id": account_id} for item in page["Items"]]
+                start = page.get("LastEvaluatedKey")
+                if not start:
+                    break
         return items
 
     def key(self, key_id: str) -> dict:
@@ -168,7 +183,8 @@ def check_ledger(tables: Tables, account_id: str) -> list[dict]:
     overrun), and recomputable from its record. Returns the account's usage records."""
     account = tables.account(account_id)
     records = tables.usage(account_id)
-    balance, topped_up = int(account["balance_micros"]), int(account.get("topped_up_micros", 0))
+    shards = tables.shard_balances(account_id)
+    balance, topped_up = sum(shards.values()), int(account.get("topped_up_micros", 0))
     open_holds = [r for r in records if r["status"] == "pending" or "hold_state" in r]
     assert not open_holds, f"holds left open on {account_id}: {open_holds}"
     assert {r["status"] for r in records} <= {"settled", "failed"}
@@ -176,6 +192,9 @@ def check_ledger(tables: Tables, account_id: str) -> list[dict]:
     assert settled_total(records) == topped_up - balance, (account_id, settled_total(records), topped_up, balance)
     debts = sum(int(r.get("overrun_micros", 0)) for r in records)
     assert balance >= -debts, (account_id, balance, debts)
+    # No shard below what the rules allow: only debts (overruns) take a shard below zero, and netting moves a
+    # debt between shards, so every shard stays above minus all the account's overruns.
+    assert all(b >= -debts for b in shards.values()), (account_id, shards, debts)
     for record in records:
         charge, hold = int(record.get("charge_micros", 0)), int(record["hold_micros"])
         if record.get("overrun") == "true":

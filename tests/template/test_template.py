@@ -327,9 +327,11 @@ def test_function_policies_are_least_privilege(cfn):
     proxy = granted["ProxyFunctionRole"]
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
-    assert proxy["dynamodb:GetItem"] == {"RateLimitsTable"}  # the x-ratelimit headers' counter read
+    # the x-ratelimit headers' counter read; the account, when a hold consolidates its balance shards
+    assert proxy["dynamodb:GetItem"] == {"RateLimitsTable", "AccountsTable"}
     assert proxy["dynamodb:BatchGetItem"] == {"ApiKeysTable", "AccountsTable", "RateLimitsTable"}
-    assert proxy["dynamodb:PutItem"] == {"UsageTable"} and proxy["dynamodb:ConditionCheckItem"] == {"ApiKeysTable"}
+    # The key's check in the hold is an Update (it counts the request too): no ConditionCheckItem.
+    assert proxy["dynamodb:PutItem"] == {"UsageTable"} and "dynamodb:ConditionCheckItem" not in proxy
     # The sweeper settles or releases in the same transaction as the proxy: the key's rate-limit and spend
     # counters (RateLimits) move with the balance.
     assert granted["SweeperFunctionRole"] == {
@@ -351,7 +353,7 @@ def test_function_policies_are_least_privilege(cfn):
         if "Fn::Sub" in r
     }
     assert dashboard_indexes == {"${ApiKeysTable.Arn}/index/by_account", "${ApiKeysTable.Arn}/index/by_key_id",
-                                 "${AccountsTable.Arn}/index/by_owner", "${UsageTable.Arn}/index/by_key"}
+                                 "${AccountsTable.Arn}/index/by_owner"}
 
 
 def test_proxy_runs_under_the_lambda_web_adapter(cfn):
@@ -469,7 +471,7 @@ def test_tables_round_trip_through_moto(tpl):
     assert key("AccountsTable") == [("account_id", "HASH")]
     assert key("AccountsTable", "by_owner") == [("owner", "HASH"), ("account_id", "RANGE")]
     assert key("UsageTable") == [("account_id", "HASH"), ("sk", "RANGE")]
-    assert key("UsageTable", "by_key") == [("key_id", "HASH"), ("sk", "RANGE")]
+    assert "by_key" not in {g["IndexName"] for g in described["UsageTable"]["GlobalSecondaryIndexes"]}
     assert key("UsageTable", "open_holds") == [("hold_state", "HASH"), ("created_at", "RANGE")]
     assert key("RateLimitsTable") == [("counter_id", "HASH")]
     assert reader.ttl_attribute(tpl, "RateLimitsTable") == "expires_at"

@@ -442,6 +442,35 @@ def test_usage_pages_and_totals(world):
         assert_error(status, err, 400)
 
 
+def test_one_keys_usage_pages_newest_first_without_an_index(world):
+    """No by_key index (issue 16): a key's usage is its account's records, filtered; pages stay full, newest
+    first, and every record of the key comes exactly once across them, among many of another key."""
+    account = world["ids"]["user"]
+    key1 = world["keys"]["user"].record.key_id
+    key2 = api_keys.create_key(account, name="sparse").record.key_id
+    for hour in range(10):
+        for minute in range(0, 60, 10):  # 60 records of key1 ...
+            _usage(account, key1, f"2026-11-01T{hour:02d}:{minute:02d}:00.000000Z", "mock/echo", 1)
+        if hour % 2:  # ... and 5 of key2 between them
+            _usage(account, key2, f"2026-11-01T{hour:02d}:05:00.000000Z", "mock/echo", 10)
+    query = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z", "limit": "2", "key_id": key2}
+    seen, cursor = [], None
+    for _ in range(5):
+        status, page = call("GET", "/dashboard/accounts/{account_id}/usage", f"user:{account}",
+                            path_params={"account_id": account}, query={**query, **({"cursor": cursor} if cursor
+                                                                                     else {})})
+        assert status == 200, page
+        assert {r["key_id"] for r in page["records"]} <= {key2}
+        seen += [r["created_at"] for r in page["records"]]
+        if cursor is None:
+            assert page["totals"]["total"]["requests"] == 5 and page["totals"]["total"]["charge_micros"] == 50
+        cursor = page["next"]
+        if not cursor:
+            break
+    assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen)) == 5
+    assert [t[11:13] for t in seen] == ["09", "07", "05", "03", "01"]
+
+
 def test_usage_defaults_to_the_last_30_days(world):
     account = world["ids"]["user"]
     status, body = call("GET", "/dashboard/accounts/{account_id}/usage", f"user:{account}",

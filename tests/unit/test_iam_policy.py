@@ -42,7 +42,7 @@ def test_calls_are_checked_per_function_and_per_resource(cfn):
     # The same action on another table, or by another function, is not allowed.
     for bad in (_record("AuthorizerFunction", "dynamodb:GetItem", "UsageTable"),
                 _record("AuthorizerFunction", "dynamodb:PutItem", "ApiKeysTable"),
-                _record("SweeperFunction", "dynamodb:Query", "UsageTable/index/by_key"),
+                _record("SweeperFunction", "dynamodb:Query", "ApiKeysTable/index/by_account"),
                 _record("DashboardFunction", "dynamodb:DeleteItem", "ApiKeysTable"),
                 _record("ProxyFunction", "secretsmanager:GetSecretValue", "other/secret", kind="secret")):
         assert iam_policy.check(cfn, [bad], check_unused=False).denied, bad

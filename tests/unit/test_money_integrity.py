@@ -495,17 +495,20 @@ def test_the_sweepers_role_may_write_every_table_its_closes_write(gateway):
     written: set[str] = set()
 
     def record_tables(params, **kwargs):
-        for item in params["TransactItems"]:
-            for operation in item.values():
+        for item in params.get("TransactItems", [params]):  # the settle's transaction, then the key's counters
+            for operation in item.values() if "TransactItems" in params else [item]:
                 written.add(operation["TableName"])
 
     client = Account._get_connection().connection.client
-    client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", record_tables)
+    events = ("before-parameter-build.dynamodb.TransactWriteItems", "before-parameter-build.dynamodb.UpdateItem")
+    for event in events:
+        client.meta.events.register(event, record_tables)
     try:
         later = clock.to_iso(clock.utc_now() + timedelta(minutes=21))
         assert close_stale_holds(now_iso=later)["close_failures"] == 0
     finally:
-        client.meta.events.unregister("before-parameter-build.dynamodb.TransactWriteItems", record_tables)
+        for event in events:
+            client.meta.events.unregister(event, record_tables)
     tpl = template.load_template()
     table_of = {config.table_name(env): logical for logical, env in template.table_env(tpl).items()}
     allowed = {resource["Fn::GetAtt"][0]

@@ -230,9 +230,16 @@ class Capacity:
                 parts.append(f"{kind} {table.split('-')[-1]} {size} B ({units}+{gsi} idx)")
             return 0.0, wru, "; ".join(parts)
         if op in ("PutItem", "UpdateItem", "DeleteItem"):
-            size = item_size(params.get("Item") or self._get(params["TableName"], params["Key"]))
+            table = params["TableName"]
+            if op == "UpdateItem":  # the item as written (read back), and the index entries the update moves
+                after = self._get(table, params["Key"])
+                size = item_size(after)
+                gsi = 0 if call.get("error") else self._gsi_writes(table, after, after, size, self._touched(params))
+            else:
+                size = item_size(params.get("Item") or self._get(table, params["Key"]))
+                gsi = self._gsi_writes(table, None, params.get("Item"), size)
             units = max(1, math.ceil(size / 1024))
-            return 0.0, units + self._gsi_writes(params["TableName"], None, params.get("Item"), size), op
+            return 0.0, units + gsi, f"{op} {table.split('-')[-1]} {size} B ({units}+{gsi} idx)"
         return 0.0, 0.0, op
 
 

@@ -212,12 +212,12 @@ def render(m: dict) -> str:
     lines += [f"- {rule}" for rule in ddb["rules"]]
     lines += [
         "",
-        "Where the write units go, per billed request: hold 4 items × 2 + 2 index entries (usage → `by_key`, "
-        "`open_holds`); settle 4 items × 2 + 2 index entries on Usage (`by_key` updated, `open_holds` removed). "
-        "The ApiKeys and Accounts indexes project KEYS_ONLY, so updating a key's `last_used_at`, "
-        "`request_count` and `spend_micros`, or an account's balance, writes no index entry (with ALL it was "
-        "+2 a request for the key, +2 for an account with an `owner`). A key with a spend limit adds its spend "
-        "counter to both transactions (+4).",
+        "Where the write units go, per billed request (issue 16): hold 4 items × 2 (usage Put with `sent_at`, "
+        "balance shard, rate counter, key Update that is its check and counts the request) + 1 index entry "
+        "(`open_holds`); settle 2 items × 2 (usage, balance shard) + 1 index entry (`open_holds` removed); then "
+        "2 plain UpdateItems × 1 (the key's spend, the window's tokens). No `by_key` index any more, no separate "
+        "`sent_at` write. The ApiKeys and Accounts indexes project KEYS_ONLY, so the key and balance updates write "
+        "no index entry. A key with a spend limit adds its spend counter to both transactions (+4).",
         "",
         "## 4. Cost per million requests",
         "",
@@ -298,8 +298,8 @@ def render(m: dict) -> str:
         "",
         "Left as they are, with the reason:",
         "",
-        "1. The Usage table's `by_key` index keeps ALL: KEYS_ONLY would save one WRU at each settle, at the price "
-        "of a BatchGetItem per page of a key's usage list on the dashboard.",
+        "1. The Usage table has no `by_key` index (issue 16): a key's usage list reads its account's partition with "
+        "a filter (more reads on the dashboard, 2 WRU a request fewer).",
         "2. The rate-counter read for the x-ratelimit headers runs while the upstream works (off the latency path) "
         "and costs 1 RRU a request. An eventually consistent read would halve that, but the remaining-requests "
         "header could then fail to count down on consecutive requests, which issue 4 asks it to do.",

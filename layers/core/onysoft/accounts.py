@@ -2,7 +2,7 @@
 
 import secrets
 
-from onysoft import clock, writes
+from onysoft import balances, clock, writes
 from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
 from onysoft.models import Account
 
@@ -16,18 +16,23 @@ def new_account_id() -> str:
 
 
 def create_account(kind: str, *, name: str = "", owner: str | None = None,
-                   markup_bp: int | None = None, companions: writes.Companions = None) -> Account:
+                   markup_bp: int | None = None, companions: writes.Companions = None,
+                   shards: int | None = None) -> Account:
     if kind not in ACCOUNT_KINDS:
         raise AccountError(f"unknown account kind {kind!r}; one of: {', '.join(ACCOUNT_KINDS)}")
     key_type = key_type_for_account_kind(kind)
     if markup_bp is None:
         markup_bp = key_type.default_markup_bp
     check_markup(kind, markup_bp)
+    if shards is not None:
+        _check_shards(shards)
     account = Account(
         account_id=new_account_id(), kind=kind, currency=key_type.currency, name=name,
         owner=owner or None, balance_micros=0, topped_up_micros=0, markup_bp=markup_bp,
         created_at=clock.now_iso(),
     )
+    if shards and shards > 1:  # one shard: no attribute, today's layout
+        account.shards = account.shards_max = shards
     writes.save(account, Account.account_id.does_not_exist(), companions)
     return account
 
@@ -48,12 +53,31 @@ def get_account(account_id: str) -> Account:
         raise AccountError(f"no account {account_id!r}") from None
 
 
+def _check_shards(shards: int) -> None:
+    try:
+        balances.check_count(shards)
+    except balances.ShardError as exc:
+        raise AccountError(str(exc)) from None
+
+
 def top_up(account_id: str, amount_micros: int, companions: writes.Companions = None) -> Account:
-    """Add to the balance and to the top-up total in one atomic update."""
+    """Add to the balance and to the top-up total in one atomic update (a sharded account: one transaction
+    over its shards, debts paid first, the rest spread evenly)."""
     if amount_micros <= 0:
         raise AccountError("a top-up must be a positive amount")
-    # Companions (the audit record) describe the account, so read it first; alone, the update needs no read.
-    account = get_account(account_id) if companions else Account(account_id=account_id)
+    account = get_account(account_id)
+    if balances.max_of(account) > 1:
+        parts = balances.spread(amount_micros, balances.read(account), balances.count_of(account))
+        try:
+            writes.update(
+                account, [Account.balance_micros.add(parts.pop(0, 0)), Account.topped_up_micros.add(amount_micros)],
+                Account.account_id.exists(), companions,
+                also=[(balances.item(account_id, k), balances.add_actions(account_id, k, part))
+                      for k, part in sorted(parts.items())],
+            )
+        except writes.ConditionFailed:
+            raise AccountError(f"no account {account_id!r}") from None
+        return account
     try:
         writes.update(
             account, [Account.balance_micros.add(amount_micros), Account.topped_up_micros.add(amount_micros)],
@@ -65,11 +89,16 @@ def top_up(account_id: str, amount_micros: int, companions: writes.Companions = 
 
 
 def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None,
-                   companions: writes.Companions = None) -> Account:
-    """Set an account's markup (within its kind's bounds) and/or name. Keys see a new markup once the
-    authorizer's cached answer for them expires (ReauthorizeEvery)."""
+                   companions: writes.Companions = None, shards: int | None = None) -> Account:
+    """Set an account's markup (within its kind's bounds), name and/or balance shards. Keys see a new markup
+    or shard count once the authorizer's cached answer for them expires (ReauthorizeEvery)."""
     account = get_account(account_id)
     actions = []
+    if shards is not None:
+        _check_shards(shards)
+        actions.append(Account.shards.set(shards))
+        if shards > balances.max_of(account):
+            actions.append(Account.shards_max.set(shards))
     if markup_bp is not None:
         check_markup(account.kind, markup_bp)
         actions.append(Account.markup_bp.set(markup_bp))

@@ -39,4 +39,5 @@ def authorize(authorization_header: str | None) -> CallerContext:
         rpm=int(record.rpm or 0), tpm=int(record.tpm or 0), models=tuple(record.models or ()),
         expires_at=record.expires_at or "", spend_limit_micros=int(record.spend_limit_micros or 0),
         limit_reset=record.limit_reset or "", fallbacks=tuple(record.fallbacks or ()),
+        shards=int(account.shards or 1),
     )

@@ -16,6 +16,7 @@ a retried settle, or a sweeper racing a late settle, can never charge or refund 
 Invariant: sum of settled charges == top-ups − balance − open holds, to the micro-unit (balance may be < 0).
 """
 
+import logging
 import zlib
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,7 +25,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import clock, errors, money, rate_limits, spend_limits, telemetry
+from onysoft import balances, clock, errors, money, rate_limits, spend_limits, telemetry
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, ApiKey, UsageRecord
@@ -64,6 +65,13 @@ class Hold:
     answered_model: str = ""
     requested_model: str = ""
     attempts: tuple[str, ...] = ()
+    shard: int = 0  # the balance shard the hold took from (onysoft.balances)
+    shards: int = 1  # how many shards the account had then
+
+    @property
+    def record_pk(self) -> str:
+        """The usage record's partition: the account's, or its shard's (onysoft.usage_shards)."""
+        return balances.shard_key(self.account_id, self.shard)
 
 
 class HoldRefused(Exception):
@@ -122,7 +130,9 @@ def _transact(token: str, write) -> None:
 
 
 def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: HoldPlan, factors: ChargeFactors,
-               endpoint: str, stream: bool, model: str, attempt: int = 0) -> Hold:
+               endpoint: str, stream: bool, model: str, attempt: int = 0, sending: bool = False) -> Hold:
+    """`sending`: the request leaves for the upstream right after the hold (the proxy): the record says so
+    from the start (`sent_at`), instead of one more write as it leaves (docs/ARCHITECTURE.md, write units)."""
     now = clock.now_iso()
     sk = f"{now}#{request_id}"
     window = rate_limits.current_window()
@@ -140,44 +150,72 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         cache_write_usd_per_mtok=str(factors.price.cache_write_price),
         media_parts=plan.media_parts or None, tokens_per_image=plan.tokens_per_image or None,
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
-        spend_period=period or None,
+        spend_period=period or None, sent_at=now if sending else None,
     )
+
     def write(tx: TransactWrite) -> None:
         tx.update(
-            Account(account_id=caller.account_id),
-            actions=[Account.balance_micros.add(-plan.micros)],
-            # ≥ 1 µ even for a free hold: an account in debt (balance ≤ 0) is refused until a top-up.
-            condition=Account.balance_micros >= max(plan.micros, 1),
+            balances.item(caller.account_id, shard),
+            actions=[balances.balance_attribute(shard).add(-plan.micros)],
+            # ≥ 1 µ even for a free hold: a shard in debt (balance ≤ 0) never funds a hold.
+            condition=balances.balance_attribute(shard) >= max(plan.micros, 1),
             return_values="ALL_OLD",
         )
         rate_limits.count_request(tx, caller, window)
         if period:
             spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period, plan.micros)
-        tx.condition_check(
-            ApiKey, key_hash,
+        # The key's check is an update (same units as a ConditionCheck): it also counts the request, so the
+        # settle need not touch the key for it, and a release not at all.
+        tx.update(
+            ApiKey(key_hash=key_hash), actions=[ApiKey.request_count.add(1), ApiKey.last_used_at.set(now)],
             condition=(ApiKey.status == "active") & (ApiKey.key_id == caller.key_id)
             & (ApiKey.account_id == caller.account_id)
             & (ApiKey.expires_at.does_not_exist() | (ApiKey.expires_at > now)),
         )
         tx.save(record, condition=UsageRecord.sk.does_not_exist())
 
-    try:
-        _transact(f"h{attempt}{request_id}", write)
-    except TransactWriteError as exc:
-        _explain_refusal(exc, caller, window, spend_limited=bool(period))
-        raise
+    # One shard per try: the request's own, then one other, then (the sum permitting) all gathered in one.
+    shards = max(caller.shards, 1)
+    shard, tried, consolidations, n = balances.first_shard(request_id, shards), set(), 0, 0
+    while True:
+        n += 1
+        record.balance_shard = shard or None
+        record.account_id = balances.shard_key(caller.account_id, shard)  # its shard's Usage partition
+        try:
+            # A token per try: a try with other parameters must never be taken for a retry of an earlier one.
+            _transact(f"h{attempt}{n:x}{request_id}", write)
+            break
+        except TransactWriteError as exc:
+            try:
+                _explain_refusal(exc, caller, window, spend_limited=bool(period))
+            except HoldRefused as refused:
+                if shards == 1 or refused.limit_room_micros is not None or consolidations == 2:
+                    raise
+                tried.add(shard)
+                other = balances.next_shard(request_id, shards, tried) if len(tried) < 2 else None
+                if other is None:  # gathered funds may be taken by a concurrent hold: gather at most twice
+                    balance_sum, target = balances.consolidate(caller.account_id, max(plan.micros, 1))
+                    consolidations += 1
+                    if target is None:
+                        raise HoldRefused(balance_sum, None) from None
+                    other = target
+                shard = other
+                continue
+            raise
     return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors,
-                window.start, period)
+                window.start, period, shard, shards)
 
 
 def _explain_refusal(exc: TransactWriteError, caller: CallerContext, window, spend_limited: bool) -> None:
     """Turn a cancelled hold into the client's answer: 401, 429 or a HoldRefused (→ 402 or a smaller hold).
 
     PynamoDB sends condition checks, then puts, then updates in the order added:
-    [key check, usage put, account update, rate counter update, (spend counter update)].
+    [usage put, account update, rate counter update, (spend counter update), key update].
     """
     reasons = list(exc.cancellation_reasons or []) + [None] * 5
-    key, _, account, rate, spend = reasons[:5]
+    _, account, rate = reasons[:3]
+    spend = reasons[3] if spend_limited else None
+    key = reasons[4 if spend_limited else 3]
 
     def failed(reason) -> bool:
         return reason is not None and reason.code == "ConditionalCheckFailed"
@@ -237,7 +275,7 @@ class AlreadyClosed(Exception):
 def mark_sent(hold: Hold) -> None:
     """Record that the request is leaving for the upstream: from now on the call is never free. Only while
     the hold is pending (a settle or release that got there first is not undone)."""
-    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     try:
         record.update(actions=[UsageRecord.sent_at.set(clock.now_iso())], condition=_still_pending())
     except UpdateError as exc:
@@ -257,7 +295,7 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
     cost = factors.provider_cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
                                      usage.cache_write_tokens)
     now = clock.now_iso()
-    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     record_actions = [
         UsageRecord.status.set(SETTLED), UsageRecord.hold_state.remove(),
         UsageRecord.charge_micros.set(charge), UsageRecord.prompt_tokens.set(usage.prompt_tokens),
@@ -277,16 +315,28 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     record_actions += _fallback_actions(hold)
     _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
-           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1), ApiKey.spend_micros.add(charge)],
+           key_actions=[ApiKey.spend_micros.add(charge)] if charge else [],
            tokens=usage.prompt_tokens + usage.completion_tokens)
+    if charge > hold.micros and hold.shards > 1:
+        _net_debts(hold)
     telemetry.note(charge_micros=charge)
     return charge
+
+
+def _net_debts(hold: Hold) -> None:
+    """An overrun may have left the hold's shard in debt: net it against the other shards (best effort: the
+    settle is done; a failure here leaves the debt on its shard, which refuses holds until netted)."""
+    try:
+        balances.net_debts(hold.account_id)
+    except Exception:  # noqa: BLE001
+        logging.getLogger("onysoft.billing").exception("could not net a shard's debt",
+                                                       extra={"request_id": hold.request_id})
 
 
 def release(hold: Hold, *, code: str, message: str, upstream_status: int | None = None) -> None:
     """A failed call costs nothing: the whole hold goes back; the record says why."""
     now = clock.now_iso()
-    record = UsageRecord(account_id=hold.account_id, sk=hold.sk)
+    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     record_actions = [
         UsageRecord.status.set(FAILED), UsageRecord.hold_state.remove(), UsageRecord.charge_micros.set(0),
         UsageRecord.error_code.set(code), UsageRecord.error_message.set(message[:500]),
@@ -295,8 +345,7 @@ def release(hold: Hold, *, code: str, message: str, upstream_status: int | None 
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros, record=record, record_actions=record_actions,
-           key_actions=[ApiKey.last_used_at.set(now), ApiKey.request_count.add(1)], tokens=0)
+    _close(hold, refund=hold.micros, record=record, record_actions=record_actions, key_actions=[], tokens=0)
 
 
 def _fallback_actions(hold: Hold) -> list:
@@ -320,12 +369,9 @@ def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list
            tokens: int) -> None:
     def write(tx: TransactWrite) -> None:
         tx.update(record, actions=record_actions, condition=_still_pending())
-        tx.update(Account(account_id=hold.account_id), actions=[Account.balance_micros.add(refund)])
-        if hold.key_hash:  # records made before key_hash was stored cannot name their key
-            tx.update(ApiKey(key_hash=hold.key_hash), actions=key_actions, condition=ApiKey.key_hash.exists())
-        if hold.window_start and tokens:
-            rate_limits.count_tokens(tx, hold.key_id, hold.window_start, tokens)
-        if hold.spend_period:
+        tx.update(balances.item(hold.account_id, hold.shard),
+                  actions=balances.add_actions(hold.account_id, hold.shard, refund))
+        if hold.spend_period:  # a spend limit stays exact: its counter moves with the money
             spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
 
     try:
@@ -339,6 +385,22 @@ def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list
     except Exception:
         telemetry.settle_failed()
         raise
+    _count_after_close(hold, key_actions, tokens)
+
+
+def _count_after_close(hold: Hold, key_actions: list, tokens: int) -> None:
+    """The key's spend and the window's tokens: counters, not money, so plain writes after the settle (1 write
+    unit each instead of 2 inside it). What that costs (docs/ARCHITECTURE.md): an invocation that dies between
+    the settle and these leaves them short by one request; a retried write after an unseen success counts twice.
+    Only after the settle succeeded (never for an AlreadyClosed), so each request is counted once."""
+    try:
+        if hold.key_hash and key_actions:  # records made before key_hash was stored cannot name their key
+            ApiKey(key_hash=hold.key_hash).update(actions=key_actions, condition=ApiKey.key_hash.exists())
+        if hold.window_start and tokens:
+            rate_limits.count_tokens_now(hold.key_id, hold.window_start, tokens)
+    except Exception:  # noqa: BLE001 - the settle is done; a lost counter must not fail the answer
+        logging.getLogger("onysoft.billing").exception("could not count a settled request on its key",
+                                                       extra={"request_id": hold.request_id})
 
 
 def hold_from_record(record: UsageRecord) -> Hold:
@@ -355,5 +417,7 @@ def hold_from_record(record: UsageRecord) -> Hold:
     factors = ChargeFactors(price, int(record.markup_bp or 0), Decimal(record.fx_rate or "1"), record.fx_rate_at or "")
     plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
                     int(record.hold_micros or 0))
-    return Hold(record.request_id, record.account_id, record.sk, record.key_hash or "", record.key_id,
-                int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "")
+    account_id = record.account_id.split("#", 1)[0]  # the record may sit in a shard's partition
+    return Hold(record.request_id, account_id, record.sk, record.key_hash or "", record.key_id,
+                int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "",
+                int(record.balance_shard or 0), 2 if record.balance_shard else 1)

@@ -25,6 +25,7 @@ class CallerContext:
     spend_limit_micros: int = 0  # 0 = no spend limit
     limit_reset: str = ""  # daily | weekly | monthly; empty = never
     fallbacks: tuple[str, ...] = ()  # the key's default fallback models
+    shards: int = 1  # the account's balance shards (onysoft.balances)
 
     def to_authorizer_context(self) -> dict[str, str | int]:
         """API Gateway allows only strings, numbers and booleans in an authorizer's context."""
@@ -46,6 +47,7 @@ class CallerContext:
             spend_limit_micros=int(context.get("spend_limit_micros") or 0),
             limit_reset=str(context.get("limit_reset") or ""),
             fallbacks=tuple(m for m in str(context.get("fallbacks") or "").split(",") if m),
+            shards=min(max(int(context.get("shards") or 1), 1), 64),
         )
 
 

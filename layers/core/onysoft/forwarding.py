@@ -148,7 +148,7 @@ def _hold(request_id: str, key_hash: str, caller: CallerContext, plans: list[Hol
         top = max(range(len(plans)), key=lambda i: plans[i].micros)
         return billing.place_hold(request_id=request_id, key_hash=key_hash, caller=caller, plan=plans[top],
                                   factors=candidates[top].factors, endpoint=endpoint, stream=bool(body.get("stream")),
-                                  model=candidates[top].model, attempt=attempt)
+                                  model=candidates[top].model, attempt=attempt, sending=True)
 
     try:
         return place(plans, 0), plans
@@ -192,7 +192,6 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     # The x-ratelimit headers need the window's count after this request: read it while the upstream works.
     window = rate_limits.Window(held.window_start)
     counted = asyncio.ensure_future(_window_usage(caller, window))
-    sent = None
     failed: list[str] = []
     for index, candidate in enumerate(candidates):
         last = index + 1 == len(candidates)
@@ -211,10 +210,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
         except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
             await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
             raise
-        if sent is None:
-            # Recorded while the request goes out (not one more round trip before it): from now on, never free.
-            sent = asyncio.ensure_future(run_in_threadpool(_mark_sent, hold))
-            await asyncio.sleep(0)
+        # The hold's record already says `sent_at` (place_hold(sending=True)): from now on, never free.
         upstream_started = time.monotonic()
         try:
             response = await client.send(outgoing, stream=True)
@@ -223,7 +219,6 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             if not last:  # before the first byte: the next model is tried
                 failed.append(f"{candidate.model}: {error.code}")
                 continue
-            await sent
             await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
                                     message=str(exc) or error.message)
             error.headers.update(_headers(hold, caller, window, await counted))
@@ -236,13 +231,11 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             if not last and fallbacks.worth_another_try(response.status_code):
                 failed.append(f"{candidate.model}: {response.status_code}")
                 continue
-            await sent
             await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
                                     message=error.message, upstream_status=response.status_code)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error
         break
-    await sent
     headers = {**_headers(hold, caller, window, await counted), MODEL_HEADER: candidate.model}
     rename = candidate.model if len(candidates) > 1 else None
     if fmt.streams and body.get("stream"):
@@ -262,13 +255,6 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
 def _upstream_body(fmt: api_formats.ApiFormat, body: dict, price: ModelPrice, provider: Provider,
                    output_limit: int) -> bytes:
     return json.dumps(fmt.upstream_body(body, price, provider, output_limit)).encode()
-
-
-def _mark_sent(hold: billing.Hold) -> None:
-    try:
-        billing.mark_sent(hold)
-    except Exception:  # the answer still goes out and is settled; only the sweeper's view of a crash is lost
-        logger.exception("could not record that the request was sent", extra={"request_id": hold.request_id})
 
 
 def settle(hold: billing.Hold, usage: Usage, upstream_status: int | None = 200) -> None:

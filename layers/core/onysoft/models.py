@@ -114,17 +114,24 @@ class Account(GatewayModel):
     topped_up_micros = NumberAttribute(default=0)  # all top-ups ever: the ledger's left-hand side
     markup_bp = NumberAttribute()
     created_at = UnicodeAttribute()
+    # Balance shards (onysoft.balances): absent = 1, today's layout (the balance above is shard 0).
+    shards = NumberAttribute(null=True)  # how many shards holds and top-ups use now (1–64)
+    shards_max = NumberAttribute(null=True)  # the most ever set: every view and consolidation reads 0 … max-1
 
     by_owner = _ByOwner()
 
 
-class _ByKey(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by_key"
-        projection = AllProjection()
+class BalanceShard(GatewayModel):
+    """Shard k ≥ 1 of an account's balance (onysoft.balances), in the Accounts table under a partition key of
+    its own (`<account_id>#<k>`); shard 0 is the account item itself. No `owner`: in no index."""
 
-    key_id = UnicodeAttribute(hash_key=True)
-    sk = UnicodeAttribute(range_key=True)
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
+        region = config.region()
+
+    account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#<k>"
+    shard_of = UnicodeAttribute(null=True)  # the account
+    balance_micros = NumberAttribute(default=0)
 
 
 class _OpenHolds(GlobalSecondaryIndex):
@@ -141,7 +148,7 @@ class UsageRecord(GatewayModel):
         table_name = config.table_name("ONYSOFT_TABLE_USAGE")
         region = config.region()
 
-    account_id = UnicodeAttribute(hash_key=True)
+    account_id = UnicodeAttribute(hash_key=True)  # the account, or `<account_id>#<k>` (onysoft.usage_shards)
     sk = UnicodeAttribute(range_key=True)  # "<created_at>#<request_id>"
     request_id = UnicodeAttribute()
     key_id = UnicodeAttribute()
@@ -156,6 +163,7 @@ class UsageRecord(GatewayModel):
     upstream_model = UnicodeAttribute(null=True)
     currency = UnicodeAttribute(null=True)
     hold_micros = NumberAttribute(default=0)
+    balance_shard = NumberAttribute(null=True)  # the balance shard the hold took from (absent: 0)
     hold_prompt_tokens = NumberAttribute(default=0)
     hold_output_tokens = NumberAttribute(default=0)
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
@@ -191,7 +199,6 @@ class UsageRecord(GatewayModel):
     fallback_attempts = ListAttribute(of=UnicodeAttribute, null=True)
     requested_model = UnicodeAttribute(null=True)  # the body's `model` when another model answered
 
-    by_key = _ByKey()
     open_holds = _OpenHolds()
 
 
@@ -245,7 +252,7 @@ class AuditRecord(GatewayModel):
     actor_sub = UnicodeAttribute(null=True)  # the signed-in person (Cognito `sub`)
     action = UnicodeAttribute()  # account.create | account.update | account.topup | key.create | key.delete
     target_account_id = UnicodeAttribute()
-    target_key_id = UnicodeAttribute(null=True)  # not `key_id`: that would put the item in the by_key index
+    target_key_id = UnicodeAttribute(null=True)  # not `key_id`: usage listings filter on key_id
     details = UnicodeAttribute(null=True)  # JSON object: what changed (never a key)
     request_id = UnicodeAttribute(null=True)
 
@@ -267,6 +274,7 @@ class IdempotencyRecord(GatewayModel):
 _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
+    BalanceShard: "ONYSOFT_TABLE_ACCOUNTS",  # shares the Accounts table (its own partition keys)
     UsageRecord: "ONYSOFT_TABLE_USAGE",
     RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",

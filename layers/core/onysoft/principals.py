@@ -65,7 +65,7 @@ class Principal:
         """Every account this principal sees (a user's own, an owner's by the by_owner index, all for the
         operator). The index is eventually consistent: an account created a moment ago may lag."""
         if self.kind == OPERATOR:
-            yield from Account.scan()
+            yield from Account.scan(Account.kind.exists())  # not the balance shards in the same table
         elif self.kind == USER:
             try:
                 account = Account.get(self.id, consistent_read=True)

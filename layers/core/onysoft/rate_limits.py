@@ -64,14 +64,12 @@ def count_request(tx, caller: CallerContext, window: Window) -> None:
     )
 
 
-def count_tokens(tx, key_id: str, window_start: int, tokens: int) -> None:
-    """Add a settled request's tokens to the window it started in (part of the settle transaction)."""
+def count_tokens_now(key_id: str, window_start: int, tokens: int) -> None:
+    """Add a settled request's tokens to the window it started in: one plain UpdateItem after the settle."""
     window = Window(window_start)
-    tx.update(
-        RateLimitCounter(counter_id=window.counter_id(key_id)),
+    RateLimitCounter(counter_id=window.counter_id(key_id)).update(
         actions=[RateLimitCounter.tokens.add(tokens),
-                 RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window.start + TTL_SECONDS)],
-    )
+                 RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window.start + TTL_SECONDS)])
 
 
 @dataclass(frozen=True)

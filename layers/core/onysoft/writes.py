@@ -52,14 +52,18 @@ def save(item: Model, condition, companions: Companions = None) -> None:
         raise
 
 
-def update(item: Model, actions: list, condition, companions: Companions = None) -> None:
+def update(item: Model, actions: list, condition, companions: Companions = None,
+           also: Sequence[tuple[Model, list]] = ()) -> None:
+    """`also`: more items to update (unconditionally) in the same transaction (a sharded balance's shards)."""
     extra = companions(item) if companions else ()
     try:
-        if not extra:
+        if not extra and not also:
             item.update(actions=actions, condition=condition)
             return
         with TransactWrite(connection=item._get_connection().connection) as tx:
             tx.update(item, actions=actions, condition=condition)
+            for other, other_actions in also:
+                tx.update(other, actions=other_actions)
             _put_new(tx, extra)
     except (UpdateError, TransactWriteError) as exc:
         # PynamoDB sends a transaction's puts before its updates: this item's reason comes after the companions'.

@@ -23,6 +23,7 @@ def _human(view: dict, title: str | None = None) -> str:
         ("balance", f"{view['balance']} {view['currency']}"),
         ("topped up", f"{view['topped_up']} {view['currency']}"),
         ("markup", f"{view['markup_pct']}%"),
+        ("shards", str(view["shards"])),
         ("created_at", view["created_at"]),
     ])
     return f"{title}\n{text}" if title else text
@@ -34,7 +35,7 @@ def _markup(args: argparse.Namespace) -> int | None:
 
 def create(args: argparse.Namespace) -> int:
     view = accounts.create_account(cli_operator(), kind=args.kind, name=args.name or "", owner=args.owner,
-                                   markup_bp=_markup(args))
+                                   markup_bp=_markup(args), shards=args.shards)
     return output(args, view, lambda: _human(view, "Created account:"))
 
 
@@ -52,9 +53,10 @@ def topup(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    if args.markup is None and args.name is None:
-        raise UsageError("nothing to change: give --markup and/or --name")
-    view = accounts.update_account(cli_operator(), args.account_id, markup_bp=_markup(args), name=args.name)
+    if args.markup is None and args.name is None and args.shards is None:
+        raise UsageError("nothing to change: give --markup, --name and/or --shards")
+    view = accounts.update_account(cli_operator(), args.account_id, markup_bp=_markup(args), name=args.name,
+                                   shards=args.shards)
     return output(args, view, lambda: _human(view, "Updated account:"))
 
 
@@ -68,6 +70,9 @@ def list_(args: argparse.Namespace) -> int:
     ) if views else "No accounts.")
 
 
+SHARDS_HELP = "balance shards, 1-64: one busy account's holds spread over N items (docs/BILLING.md)"
+
+
 def register(commands, leaf) -> None:
     group = commands.add_parser("accounts", help="create, show, top up, update and list accounts (balances)")
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -76,6 +81,7 @@ def register(commands, leaf) -> None:
     p.add_argument("--name", default="", help="a name for people")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID", help="the org (project) or partner that owns it")
     p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%); default: the kind's")
+    p.add_argument("--shards", type=int, metavar="N", help=SHARDS_HELP + " (default 1)")
     p = leaf(sub, "show", show, "show an account's balance, currency and markup")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p = leaf(sub, "topup", topup, "add to an account's balance")
@@ -85,6 +91,7 @@ def register(commands, leaf) -> None:
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%)")
     p.add_argument("--name")
+    p.add_argument("--shards", type=int, metavar="N", help=SHARDS_HELP)
     p = leaf(sub, "list", list_, "list accounts (all, or one owner's)")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
     p.add_argument("--kind", choices=ACCOUNT_KINDS)

@@ -27,7 +27,7 @@ def get_account(actor: Actor, account_id: str) -> dict:
 
 
 def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | None = None,
-                   owner: str | None = None) -> dict:
+                   owner: str | None = None, shards: int | None = None) -> dict:
     principal = actor.principal
     if kind not in ACCOUNT_KINDS:
         raise bad_request(f"kind must be one of: {', '.join(ACCOUNT_KINDS)}", "kind")
@@ -51,26 +51,29 @@ def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | 
             raise bad_request(f"{kind} accounts need an owner (the org or partner id)", "owner")
     try:
         account = accounts.create_account(kind, name=name, owner=owner, markup_bp=markup_bp,
-                                          companions=audit.on_account_create(actor))
+                                          companions=audit.on_account_create(actor), shards=shards)
     except accounts.AccountError as exc:
-        raise bad_request(str(exc), "markup_pct") from None
+        raise bad_request(str(exc), "shards" if "shards" in str(exc) else "markup_pct") from None
     return account_view(account)
 
 
 def update_account(actor: Actor, account_id: str, *, markup_bp: int | None = None,
-                   name: str | None = None) -> dict:
+                   name: str | None = None, shards: int | None = None) -> dict:
     account = access.account(actor, account_id)
     principal = actor.principal
-    if markup_bp is None and name is None:
-        raise bad_request("nothing to change: give markup_pct and/or name")
+    if markup_bp is None and name is None and shards is None:
+        raise bad_request("nothing to change: give markup_pct, name and/or shards")
+    if shards is not None:
+        access.require_operator(actor, "Only the platform sets an account's balance shards.")
     if markup_bp is not None and principal.kind not in (OPERATOR, PARTNER):
         raise access.forbidden("Only the platform sets this account's markup." if principal.kind == ORG
                                else "A user account's markup is the platform's standard markup.")
     audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name)
     try:
-        updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited)
+        updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited,
+                                          shards=shards)
     except accounts.AccountError as exc:
-        raise bad_request(str(exc), "markup_pct") from None
+        raise bad_request(str(exc), "shards" if "shards" in str(exc) else "markup_pct") from None
     return account_view(updated)
 
 

@@ -2,10 +2,10 @@
 
 from datetime import timedelta
 
-from onysoft import clock, money
+from onysoft import clock, money, usage_shards
 from onysoft.audit import Actor
 from onysoft.errors import bad_request
-from onysoft.models import Account, UsageRecord
+from onysoft.models import Account
 from onysoft.operations import access
 from onysoft.operations.paging import decode_cursor, encode_cursor, page_size
 from onysoft.operations.views import usage_view
@@ -30,20 +30,12 @@ def _time_range(start: str | None, end: str | None) -> tuple[str, str]:
     return clock.to_iso(start_at), clock.to_iso(end_at)
 
 
-def _usage_query(account_id: str, key_id: str | None, start: str, end: str, **kwargs):
-    # sk is "<created_at>#<request_id>": between start and end (exclusive: an sk at `end` sorts after it).
-    condition = UsageRecord.sk.between(start, end)
-    if key_id:
-        return UsageRecord.by_key.query(key_id, condition, filter_condition=UsageRecord.account_id == account_id,
-                                        **kwargs)
-    return UsageRecord.query(account_id, condition, **kwargs)
-
-
 def _totals(account: Account, key_id: str | None, start: str, end: str) -> dict:
     by_day: dict[str, dict] = {}
     by_model: dict[str, dict] = {}
     overall = _empty_total()
-    for record in _usage_query(account.account_id, key_id, start, end):
+    # sk is "<created_at>#<request_id>": between start and end (exclusive: an sk at `end` sorts after it).
+    for record in usage_shards.records(account, start=start, end=end, key_id=key_id):
         for bucket in (by_day.setdefault(record.created_at[:10], _empty_total()),
                        by_model.setdefault(record.model or "", _empty_total()), overall):
             bucket["requests"] += 1
@@ -80,17 +72,17 @@ def usage(actor: Actor, account_id: str, *, start: str | None = None, end: str |
     start_iso, end_iso = _time_range(start, end)
     if key_id is not None:
         access.key_of_account(key_id, account.account_id)
-        start_key = decode_cursor(cursor, fixed={"key_id": key_id, "account_id": account.account_id},
-                                  keys={"key_id", "account_id", "sk"})
-    else:
-        start_key = decode_cursor(cursor, fixed={"account_id": account.account_id}, keys={"account_id", "sk"})
-    results = _usage_query(account.account_id, key_id, start_iso, end_iso, scan_index_forward=False,
-                           limit=page, page_size=page, last_evaluated_key=start_key)
+    start_key = decode_cursor(cursor, fixed={"account_id": account.account_id}, keys={"account_id", "sk"})
+    # Newest first over the account's Usage partitions (one, or one per balance shard): the cursor is the last
+    # record's sort key, the same in every partition's order.
+    results = usage_shards.newest_first(account, start=start_iso, end=end_iso, key_id=key_id, limit=page,
+                                        after_sk=start_key["sk"]["S"] if start_key else None)
     records = [usage_view(r) for r in results]
     return {
         "account_id": account.account_id, "currency": account.currency, "key_id": key_id,
         "from": start_iso, "to": end_iso, "records": records,
-        "next": encode_cursor(results.last_evaluated_key) if len(records) == page else None,
+        "next": encode_cursor({"account_id": {"S": account.account_id}, "sk": {"S": results[-1].sk}})
+        if len(records) == page else None,
         "totals": _totals(account, key_id, start_iso, end_iso) if cursor is None else None,
     }
 
@@ -100,5 +92,4 @@ def all_records(actor: Actor, account_id: str, *, limit: int | None = None) -> d
     account = access.account(actor, account_id)
     if limit is not None and limit < 1:
         raise bad_request("limit must be a positive number", "limit")
-    query = UsageRecord.query(account.account_id, scan_index_forward=False, limit=limit)
-    return {"records": [usage_view(r) for r in query]}
+    return {"records": [usage_view(r) for r in usage_shards.newest_first(account, limit=limit)]}  # over its shards

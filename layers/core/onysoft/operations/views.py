@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from onysoft import money, rate_limits
+from onysoft import balances, money, rate_limits
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import Account, ApiKey, AuditRecord, UsageRecord
 
@@ -24,7 +24,7 @@ def _str(value: Any) -> str | None:
 
 
 def account_view(account: Account) -> dict:
-    balance = int(account.balance_micros or 0)
+    balance = balances.total(account)  # the sum of the account's balance shards
     topped_up = int(account.topped_up_micros or 0)
     return {
         "account_id": account.account_id,
@@ -39,6 +39,7 @@ def account_view(account: Account) -> dict:
         "topped_up_micros": topped_up,
         "markup_pct": money.markup_pct(int(account.markup_bp)),
         "markup_bp": int(account.markup_bp),
+        "shards": balances.count_of(account),
         "created_at": account.created_at,
     }
 
@@ -82,8 +83,9 @@ def key_view(record: ApiKey, *, account: Account | None = None, state: KeyState 
         "limit_reset": record.limit_reset or None,
     }
     if account is not None:
-        view.update(currency=account.currency, balance=money.format_micros(int(account.balance_micros)),
-                    balance_micros=int(account.balance_micros), markup_pct=money.markup_pct(int(account.markup_bp)))
+        balance = balances.total(account)  # the sum of the account's balance shards
+        view.update(currency=account.currency, balance=money.format_micros(balance),
+                    balance_micros=balance, markup_pct=money.markup_pct(int(account.markup_bp)))
     if state is not None:
         view.update(_limits_and_usage(record, state))
     return view
