@@ -134,14 +134,18 @@ def _as_scanned(totals: dict) -> dict:
             "by_model": {m["model"]: {name: m[name] for name in FIELDS} for m in totals["by_model"]}}
 
 
-def _caught_up(dev: DevGateway, account: dict, key_id: str | None = None, timeout: float = 20) -> tuple[dict, dict]:
-    """(the totals, the scan) once the rollup has caught up with the records (the stream's lag)."""
+def _caught_up(dev: DevGateway, account: dict, key_id: str | None = None, timeout: float = 60) -> tuple[dict, dict]:
+    """(the totals, the scan) once the rollup has caught up with the records (the stream's lag; generous: the
+    machine may be busy). Fails if it never does."""
     deadline = time.monotonic() + timeout
     while True:
         scanned = _scanned(dev, account["account_id"], key_id)
         totals = _totals(dev, account, **({"key_id": key_id} if key_id else {}))
-        if _as_scanned(totals) == _expected(scanned) or time.monotonic() > deadline:
+        if _as_scanned(totals) == _expected(scanned):
             return totals, scanned
+        assert time.monotonic() < deadline, (
+            f"the rollup did not catch up in {timeout} s:\n{_as_scanned(totals)}\n{_expected(scanned)}\n"
+            f"{dev.log()[-3000:]}")
         time.sleep(0.2)
 
 
