@@ -6,8 +6,6 @@ Real processes: `onysoft dev`, its moto server, HTTP on loopback, the OpenAI SDK
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -17,7 +15,8 @@ import boto3
 import httpx
 import openai
 
-from tests.integration.conftest import DevGateway, child_pids, process_gone
+from tests.integration.conftest import DevGateway
+from tests.integration.test_local_durability import _kill_everything  # SIGKILL to moto and the gateway
 
 FIELDS = ("requests", "pending", "settled", "failed", "prompt_tokens", "completion_tokens", "charge_micros")
 PAST_DAYS = ("2026-01-10", "2026-01-11")
@@ -171,18 +170,6 @@ def test_totals_over_days_and_models_equal_the_records_and_read_only_days_x_mode
     assert [d["day"] for d in one_day["totals"]["by_day"]] == [PAST_DAYS[1]]
     assert {"day": PAST_DAYS[1], **one_day["totals"]["total"]} == totals["by_day"][1]
     assert dev.stop() == 0
-
-
-def _kill_everything(dev: DevGateway) -> None:
-    moto = child_pids(dev.process.pid)
-    for pid in moto:
-        os.killpg(pid, signal.SIGKILL)
-    os.killpg(dev.process.pid, signal.SIGKILL)
-    dev.process.wait()
-    deadline = time.monotonic() + 10
-    while not all(process_gone(pid) for pid in moto) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    dev.process = None
 
 
 def test_a_restart_counts_nothing_twice(new_gateway, tmp_path):
