@@ -206,3 +206,20 @@ def test_template_stream_is_new_and_old_images(tables):
     client = boto3.client("dynamodb", region_name="us-east-1")
     spec = client.describe_table(TableName=config.table_name("ONYSOFT_TABLE_USAGE"))["Table"]["StreamSpecification"]
     assert spec == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+
+
+def test_records_in_a_sharded_accounts_partitions_count_for_the_account(tables):
+    """A sharded account (issue 16) keeps records under `<account_id>#<k>`: one account's totals, one marker
+    per record (the same sk in two partitions is two records)."""
+    for partition in ("acct_g", "acct_g#3", "acct_g#7"):
+        request_id = "same"
+        record = UsageRecord(account_id=partition, sk=f"2026-11-01T10:00:00.000000Z#{request_id}",
+                             request_id=request_id, key_id="key_g", created_at="2026-11-01T10:00:00.000000Z",
+                             status="pending", model="mock/echo", currency="TRY")
+        record.save()
+        _settle(record, 1, 1, 5)
+    assert usage_rollup.apply(stream_records()) == []
+    assert rollups("acct#acct_g") == {"2026-11-01#TRY#mock/echo": {
+        "requests": 3, "pending": 0, "settled": 3, "failed": 0, "prompt_tokens": 3, "completion_tokens": 3,
+        "charge_micros": 15}}
+    assert rollups("acct#acct_g#3") == {}

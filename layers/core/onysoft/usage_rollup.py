@@ -77,9 +77,9 @@ def counted_from_image(image: dict | None) -> Counted | None:
     """A usage record's contribution from its stream image (DynamoDB JSON); None for anything else."""
     if not image:
         return None
-    account_id, status = _value(image, "account_id") or "", _value(image, "status")
+    account_id, status = (_value(image, "account_id") or "").partition("#")[0], _value(image, "status")
     created_at, key_id = _value(image, "created_at") or "", _value(image, "key_id")
-    if account_id.startswith(_NOT_USAGE) or status not in RANK or not key_id or len(created_at) < 10:
+    if not account_id.startswith("acct_") or status not in RANK or not key_id or len(created_at) < 10:
         return None
     return Counted(status=status, day=created_at[:10], currency=_value(image, "currency") or "",
                    model=_value(image, "model") or "", key_id=key_id,
@@ -102,11 +102,13 @@ def changes_of(records: Iterable[dict]) -> list[Change]:
     for record in records:
         body = record.get("dynamodb") or {}
         keys = body.get("Keys") or {}
-        account_id, sk = _value(keys, "account_id") or "", _value(keys, "sk") or ""
-        if not account_id or account_id.startswith(_NOT_USAGE):
+        partition, sk = _value(keys, "account_id") or "", _value(keys, "sk") or ""
+        if not partition or partition.startswith(_NOT_USAGE):
             continue
+        # A sharded account's records are in partitions `<account_id>#<k>` (issue 16): its totals are the account's.
+        account_id = partition.partition("#")[0]
         counted = counted_from_image(body.get("NewImage"))  # a REMOVE (no new image) changes no total
-        changes.append(Change(str(body.get("SequenceNumber", "")), f"{account_id}#{sk}", account_id, counted))
+        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted))
     return changes
 
 
