@@ -170,12 +170,19 @@ OFFERED = [100, 250, 500, 1000, 2000, 5000, 10000]
 ACCOUNT_KEYS = 100  # the one-account scenario: its traffic comes from this many keys
 
 
-def after_model(shards: int, keys: int, recorded_after: bool) -> Model:
-    """The sharded design (issue 16 part 2). A recorded after-pattern carries its own `{shard}` placeholders;
-    the before-pattern is transformed: balance, usage (and its by_key entries) and rate counters over
-    `shards` partitions, the key item written at most once a second."""
+SHARDED_BY_I16B = {"account", "usage"}  # what the recorded after-pattern shards (balance, usage records)
+FURTHER = {"rate"}  # modelled on top: rate counters over the shards, the key item coalesced to 1 write/s
+
+
+def after_model(shards: int, keys: int, recorded_after: bool, further: bool = False) -> Model:
+    """The sharded design (issue 16 part 2). A recorded after-pattern names shard 0 as the bare id (its bench
+    account has one shard): its balance and usage partitions are spread over `shards`. Without a recorded
+    one, the before-pattern is transformed: balance, usage (and its by_key entries) and rate counters over
+    `shards` partitions, the key item written at most once a second. `further` adds, to a recorded pattern,
+    what it does not do yet: rate counters sharded, the key item coalesced."""
     if recorded_after:
-        return Model(shards=shards, keys=keys)
+        return Model(shards=shards, keys=keys, shard=SHARDED_BY_I16B | (FURTHER if further else set()),
+                     coalesce={"key": 1} if further else {})
     return Model(shards=shards, keys=keys, shard={"account", "usage", "usage_by_key", "rate"},
                  coalesce={"key": 1})
 
@@ -190,8 +197,14 @@ def scenarios(shards: list[int] | int = (8, 32), before: str = "before", after: 
     rows = []
     for scope, keys in (("one account", ACCOUNT_KEYS), ("one key", 1)):
         runs = [("before", before_pattern, Model(keys=keys), before_pattern["name"])]
-        runs += [(f"after ({n} shards)", after_pattern, after_model(n, keys, recorded),
-                  after_pattern["name"] if recorded else f"{before_pattern['name']}, modelled") for n in counts]
+        for n in counts:
+            if recorded:
+                runs.append((f"after ({n} shards)", after_pattern, after_model(n, keys, True), after_pattern["name"]))
+                runs.append((f"after + rate shards, key 1 write/s ({n} shards)", after_pattern,
+                             after_model(n, keys, True, further=True), f"{after_pattern['name']}, modelled"))
+            else:
+                runs.append((f"after ({n} shards)", after_pattern, after_model(n, keys, False),
+                             f"{before_pattern['name']}, modelled"))
         for label, pattern, model, source in runs:
             groups = flows(pattern, model)
             limit, limiting = ceiling(groups)
@@ -201,14 +214,19 @@ def scenarios(shards: list[int] | int = (8, 32), before: str = "before", after: 
     return rows
 
 
-def by_shard_count(after: str = "after", before: str = "before") -> list[tuple[int, int | None, int | None]]:
-    """(shards, one account's ceiling, one key's ceiling) for the sharded pattern."""
+def by_shard_count(after: str = "after", before: str = "before") -> list[tuple[int, ...]]:
+    """(shards, one account's ceiling, one key's ceiling[, the same with `further`]) for the sharded pattern."""
     try:
         pattern, recorded = load_pattern(after), True
     except FileNotFoundError:
         pattern, recorded = load_pattern(before), False
-    return [(n, ceiling(flows(pattern, after_model(n, ACCOUNT_KEYS, recorded)))[0],
-             ceiling(flows(pattern, after_model(n, 1, recorded)))[0]) for n in (1, 2, 4, 8, 16, 32, 64)]
+    rows = []
+    for n in (1, 2, 4, 8, 16, 32, 64):
+        row = [n] + [ceiling(flows(pattern, after_model(n, keys, recorded)))[0] for keys in (ACCOUNT_KEYS, 1)]
+        if recorded:
+            row += [ceiling(flows(pattern, after_model(n, keys, True, further=True)))[0] for keys in (ACCOUNT_KEYS, 1)]
+        rows.append(tuple(row))
+    return rows
 
 
 def render(rows: list[dict]) -> str:
@@ -238,10 +256,13 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render_shards(rows: list[tuple[int, int | None, int | None]]) -> str:
-    lines = ["| shards | one account (req/s) | one key (req/s) |", "|---:|---:|---:|"]
-    for n, account, key in rows:
-        lines.append(f"| {n} | {account:,} | {key:,} |" if account and key else f"| {n} | {account} | {key} |")
+def render_shards(rows: list[tuple[int, ...]]) -> str:
+    wide = len(rows[0]) > 3
+    header = "| shards | one account (req/s) | one key (req/s) |" + (
+        " one account, + rate shards, key 1 write/s | one key, the same |" if wide else "")
+    lines = [header, "|---:|" + "---:|" * (len(rows[0]) - 1)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:,}" if v is not None else "none" for v in row) + " |")
     return "\n".join(lines)
 
 

@@ -64,7 +64,10 @@ def record(name: str, progress=print) -> Path:
     dynamo.RECORD_IMAGES = True
     measured = dynamo.run(progress)
     ids = measured["ids"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    import onysoft
+
+    code_root = Path(onysoft.__file__).resolve().parents[3]  # the checkout whose gateway code was recorded
+    commit = subprocess.run(["git", "describe", "--all", "--long", "--always"], cwd=code_root, capture_output=True,
                             text=True, check=False).stdout.strip()
     fixture = {
         "name": name,

@@ -59,7 +59,11 @@ def streams_client(endpoint: str | None = None):
     # the account's endpoint (<account>.streams-ddb…), which moto's in-process routing does not know.
     endpoint = (endpoint or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
                 or f"https://streams.dynamodb.{region}.amazonaws.com")
-    return boto3.client("dynamodbstreams", region_name=region, endpoint_url=endpoint)
+    from botocore.config import Config
+
+    # Short timeouts: a stop never waits long on a poll (the local server answers in milliseconds).
+    return boto3.client("dynamodbstreams", region_name=region, endpoint_url=endpoint,
+                        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2}))
 
 
 class RollupPoller:
@@ -157,6 +161,8 @@ class RollupPoller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+            if self._thread.is_alive():  # stuck in a poll: do not wait for it twice
+                return
         try:
             self.poll_once()
         except Exception as exc:  # noqa: BLE001 - stopping anyway
