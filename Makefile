@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test lint unit integration template-tests bench bench-local bench-memory sam build deploy-dev clean chromium
+.PHONY: venv dev test lint unit integration template-tests bench bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.bench.memory
+	$(BIN)/python -m tools.bench.scale_sim --write-doc
+
+# docs/SCALE.md's simulation (seconds): DynamoDB's partition limits against the recorded write patterns.
+bench-scale: venv
+	$(BIN)/python -m tools.bench.scale_sim --write-doc
+
+# Re-record a write pattern (tools/bench/fixtures/write_pattern_$(PATTERN).json; ~10 s) from this checkout's code.
+PATTERN ?= before
+bench-scale-record: venv
+	$(BIN)/python -m tools.bench.write_pattern --name $(PATTERN)
 
 # Only the local gateway's curve and start times (part of `make bench`; ~15 minutes): its BENCHMARKS.md section.
 bench-local: venv

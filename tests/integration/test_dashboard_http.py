@@ -63,6 +63,19 @@ def keys_of(gateway: DevGateway, bearer: str, account_id: str) -> dict[str, dict
     return {k["key_id"]: k for k in response.json()["keys"]}
 
 
+def rolled_up_usage(gateway: DevGateway, bearer: str, account_id: str, *, settled: int, **params) -> dict:
+    """The usage page once its totals (rolled up from the Usage table's stream, about a second behind the
+    records) count `settled` settled requests."""
+    deadline = time.monotonic() + 15
+    while True:
+        response = call(gateway, "GET", f"/dashboard/accounts/{account_id}/usage", bearer, params=params)
+        assert response.status_code == 200, response.text
+        usage = response.json()
+        if usage["totals"]["total"]["settled"] >= settled or time.monotonic() > deadline:
+            return usage
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def user(gateway):
     """A fresh user account (made by the operator through the dashboard) and its person's token."""
@@ -115,9 +128,8 @@ def test_user_creates_three_keys_uses_one_deletes_another(gateway, user):
     assert chat(gateway, other["key"]).choices[0].message.content
 
     # The usage and the audit log say what happened.
-    response = call(gateway, "GET", f"/dashboard/accounts/{account}/usage", bearer)
-    usage = response.json()
-    assert response.status_code == 200 and len(usage["records"]) == 2, response.text
+    usage = rolled_up_usage(gateway, bearer, account, settled=2)
+    assert len(usage["records"]) == 2, usage
     assert usage["totals"]["total"]["requests"] == 2 and usage["totals"]["by_model"][0]["model"] == "mock/echo"
     response = call(gateway, "GET", f"/dashboard/accounts/{account}/usage", bearer,
                     params={"key_id": used["key_id"]})

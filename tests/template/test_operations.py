@@ -12,7 +12,7 @@ from onysoft_tools import iam_policy
 pytestmark = pytest.mark.timeout(60)
 
 TABLES = ("ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable", "CatalogTable")
-FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction")
+FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction", "RollupFunction")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,8 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
     from onysoft import telemetry
 
     alarms = _of_type(cfn, "AWS::CloudWatch::Alarm")
-    assert set(alarms) == {"ServerErrorRateAlarm", "SettleFailuresAlarm", "StaleHoldsAlarm", "DynamoDbThrottlingAlarm"}
+    assert set(alarms) == {"ServerErrorRateAlarm", "SettleFailuresAlarm", "StaleHoldsAlarm", "DynamoDbThrottlingAlarm",
+                           "RollupLagAlarm"}
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     service = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
@@ -106,7 +107,14 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
     assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == ("AWS/ApiGateway", "5XXError", "Average")
     throttled = alarms["DynamoDbThrottlingAlarm"]["Properties"]["Metrics"]
     tables = {m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for m in throttled if "MetricStat" in m}
-    assert tables == set(TABLES)
+    # An alarm holds at most 10 metrics: the rollups table's throttling shows as the rollup's lag instead.
+    assert tables == set(TABLES) - {"UsageRollupsTable"}
+    lag = {m["Id"]: m for m in alarms["RollupLagAlarm"]["Properties"]["Metrics"]}
+    assert lag["lag"]["MetricStat"]["Metric"]["MetricName"] == "IteratorAge"
+    assert lag["lag"]["MetricStat"]["Metric"]["Dimensions"] == [{"Name": "FunctionName",
+                                                               "Value": {"Ref": "RollupFunction"}}]
+    assert lag["failed"]["MetricStat"]["Metric"]["Dimensions"][0]["Value"] == {
+        "Fn::GetAtt": ["RollupFailureQueue", "QueueName"]}
     subscription = cfn["Resources"]["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}

@@ -28,12 +28,14 @@ TABLES = {
     "UsageTable": "ONYSOFT_TABLE_USAGE",
     "RateLimitsTable": "ONYSOFT_TABLE_RATE_LIMITS",
     "CatalogTable": "ONYSOFT_TABLE_CATALOG",
+    "UsageRollupsTable": "ONYSOFT_TABLE_USAGE_ROLLUPS",
 }
 DYNAMODB_ALLOWED = {
     "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:PutItem",
     "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Scan",
+    "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams",
 }
-OTHER_ALLOWED = {"secretsmanager:GetSecretValue"}
+OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage"}
 BUFFERED_URI = re.compile(r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/\$\{(\w+)\.Arn\}"
                           r"/invocations$")
 STREAM_URI = re.compile(
@@ -285,7 +287,7 @@ def _table_of(resource) -> str:
         logical, attribute = resource["Fn::GetAtt"]
         assert attribute == "Arn"
         return logical
-    match = re.fullmatch(r"\$\{(\w+)\.Arn\}/index/(\*|\w+)", resource["Fn::Sub"])
+    match = re.fullmatch(r"\$\{(\w+)\.Arn\}/(index/(\*|\w+)|stream/\*)", resource["Fn::Sub"])
     assert match, resource
     return match.group(1)
 
@@ -301,7 +303,8 @@ def test_function_policies_are_least_privilege(cfn):
     assert logging_role["Properties"]["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"}]
     roles = all_roles
-    assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole", "DashboardFunctionRole"}
+    assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole", "DashboardFunctionRole",
+                          "RollupFunctionRole"}
     granted: dict[str, dict[str, set[str]]] = {}
     for role_id, role in roles.items():
         assert role["Properties"]["ManagedPolicyArns"] == [
@@ -319,6 +322,9 @@ def test_function_policies_are_least_privilege(cfn):
                 assert tables <= set(TABLES), tables
                 for action in actions:
                     granted.setdefault(role_id, {}).setdefault(action, set()).update(tables)
+            elif actions == ["sqs:SendMessage"]:  # the rollup's on-failure destination, its own queue only
+                assert role_id == "RollupFunctionRole"
+                assert resources == [{"Fn::GetAtt": ["RollupFailureQueue", "Arn"]}]
             else:
                 assert actions == ["secretsmanager:GetSecretValue"]
                 (arn,) = resources
@@ -346,8 +352,22 @@ def test_function_policies_are_least_privilege(cfn):
         "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},
         "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},
         "dynamodb:Scan": {"AccountsTable"},
-        "dynamodb:Query": {"ApiKeysTable", "AccountsTable", "UsageTable"},
+        "dynamodb:Query": {"ApiKeysTable", "AccountsTable", "UsageTable", "UsageRollupsTable"},
     }
+    # The rollup: the Usage table's stream only (through its event source mapping), its own table.
+    stream = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
+    assert granted["RollupFunctionRole"] == {
+        **{action: {"UsageTable"} for action in stream},
+        "dynamodb:BatchGetItem": {"UsageRollupsTable"}, "dynamodb:PutItem": {"UsageRollupsTable"},
+        "dynamodb:UpdateItem": {"UsageRollupsTable"},
+    }
+    assert {r["Fn::Sub"] for st in _statements(roles["RollupFunctionRole"]) for r in _as_list(st["Resource"])
+            if "Fn::Sub" in r} == {"${UsageTable.Arn}/stream/*"}
+    mapping = cfn["Resources"]["RollupStreamMapping"]["Properties"]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["UsageTable", "StreamArn"]}
+    assert mapping["BisectBatchOnFunctionError"] is True and mapping["MaximumRetryAttempts"] <= 10
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["RollupFailureQueue", "Arn"]}
     dashboard_indexes = {
         r["Fn::Sub"] for st in _statements(roles["DashboardFunctionRole"]) for r in _as_list(st["Resource"])
         if "Fn::Sub" in r

@@ -387,6 +387,14 @@ def _usage(account: str, key_id: str, at: str, model: str, charge: int, status: 
                 key_hash="0" * 64).save()
 
 
+def _roll_up() -> None:
+    """What the rollup function does in AWS (the Usage table's stream -> UsageRollups), here and now."""
+    from onysoft import config
+    from onysoft_tools.local.rollup_poller import RollupPoller
+
+    RollupPoller(config.table_name("ONYSOFT_TABLE_USAGE")).drain()
+
+
 def test_usage_pages_and_totals(world):
     account = world["ids"]["user"]
     key1 = world["keys"]["user"].record.key_id
@@ -398,6 +406,7 @@ def test_usage_pages_and_totals(world):
     _usage(account, key1, "2026-11-03T00:00:00.000000Z", "mock/echo", 800)  # at `to`: excluded
     _usage(world["ids"]["user2"], world["keys"]["user2"].record.key_id, "2026-11-01T10:00:00.000000Z",
            "mock/echo", 999)
+    _roll_up()
     principal = f"user:{account}"
     query = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-03T00:00:00Z", "limit": "3"}
     status, body = call("GET", "/dashboard/accounts/{account_id}/usage", principal,
@@ -408,6 +417,8 @@ def test_usage_pages_and_totals(world):
     totals = body["totals"]
     assert totals["total"]["requests"] == 4 and totals["total"]["charge_micros"] == 700
     assert totals["total"]["charge"] == "0.000700" and totals["total"]["failed"] == 1
+    assert (totals["from"], totals["to"]) == ("2026-11-01T00:00:00.000000Z", "2026-11-03T00:00:00.000000Z")
+    assert totals["items_read"] == 3  # (day, model) rollups of this account: 01 echo, 01 gpt-4o, 02 echo
     assert [(d["day"], d["charge_micros"], d["requests"]) for d in totals["by_day"]] == [
         ("2026-11-01", 300, 2), ("2026-11-02", 400, 2)]
     by_model = [(m["model"], m["charge_micros"]) for m in totals["by_model"]]

@@ -6,6 +6,7 @@ from onysoft_tools import template
 MODEL_OF_TABLE = {
     "ApiKeysTable": models.ApiKey, "AccountsTable": models.Account, "UsageTable": models.UsageRecord,
     "RateLimitsTable": models.RateLimitCounter, "CatalogTable": models.CatalogEntry,
+    "UsageRollupsTable": models.UsageRollup,
 }
 
 
@@ -37,7 +38,7 @@ def test_every_table_has_a_model_with_the_same_keys_and_indexes():
 
 # Models that share a table with its main model, under partition keys of their own.
 SHARED_TABLE_MODELS = {models.AuditRecord: "UsageTable", models.IdempotencyRecord: "UsageTable",
-                      models.BalanceShard: "AccountsTable"}
+                       models.BalanceShard: "AccountsTable", models.RollupMarker: "UsageRollupsTable"}
 
 
 def test_models_read_their_table_names_from_the_template_environment_variables():

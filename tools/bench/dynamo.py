@@ -34,6 +34,7 @@ from onysoft_tools.fake_provider import UPSTREAM_KEY, FakeUpstream
 from .common import clean_env, free_port, median, stop_process, wait_for
 
 REPEATS = 5
+RECORD_IMAGES = False  # write_pattern.py sets it: Recorder.images
 MODEL = "openai/bench-model"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, how are you today?"}], "max_tokens": 16}
 
@@ -68,11 +69,33 @@ def value_size(value: dict) -> int:
     return sum(len(b) for b in raw)
 
 
+def _scalar(value: dict) -> str:
+    (_, raw), = value.items()
+    return str(raw)
+
+
 def item_size(item: dict | None) -> int:
     return sum(len(name.encode()) + value_size(value) for name, value in (item or {}).items())
 
 
 # ---------------------------------------------------------------------------------------------- recorder
+
+
+def written_keys(call: dict, shapes: dict) -> list[tuple[str, dict]]:
+    """(table, key) of every item a write call names, in order."""
+    op, params = call["op"], call["params"]
+    if op == "TransactWriteItems":
+        bodies = [body for entry in params["TransactItems"] for body in entry.values()]
+    elif op in ("PutItem", "UpdateItem", "DeleteItem"):
+        bodies = [params]
+    else:
+        return []
+    keys = []
+    for body in bodies:
+        table = body["TableName"]
+        key = body.get("Key") or {name: body["Item"][name] for name in shapes[table]["keys"]}
+        keys.append((table, key))
+    return keys
 
 
 class Recorder:
@@ -83,6 +106,9 @@ class Recorder:
         self.calls: list[dict] = []
         self.enabled = True
         self.installed: set[int] = set()
+        # When set (write_pattern.py): the items a write names, read just before and after it, so the pattern
+        # knows each index entry's partition at that moment. Off for BENCHMARKS: the reads would add time.
+        self.images = None  # (raw client, table shapes)
 
     def install(self, client) -> None:
         if id(client) in self.installed:  # the models share one client: hook it once
@@ -102,6 +128,8 @@ class Recorder:
     def _before(self, context, **_):
         call = context.get("bench_call")
         if call is not None:
+            if self.images is not None:
+                call["before"] = self._read_images(call)
             call["start"] = time.monotonic()
 
     def _after(self, context, parsed, **_):
@@ -109,10 +137,19 @@ class Recorder:
         if call is None:
             return
         call["end"] = time.monotonic()
+        if self.images is not None:
+            call["after"] = self._read_images(call)
         call["consumed"] = parsed.get("ConsumedCapacity")
         call["error"] = (parsed.get("Error") or {}).get("Code") or None
         with self.lock:
             self.calls.append(call)
+
+    def _read_images(self, call: dict) -> list:
+        raw, shapes = self.images
+        images = []
+        for table, key in written_keys(call, shapes):
+            images.append(raw.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item"))
+        return images
 
     def take(self) -> list[dict]:
         with self.lock:
@@ -151,7 +188,12 @@ class Capacity:
     def _gsi_writes(self, table: str, before: dict | None, after: dict | None, size: int,
                     touched: set[str] | None = None) -> int:
         """Index-entry units of one write. `touched`: the attributes an update names (None for a Put)."""
-        units = 0
+        return sum(entry["units"] for entry in self._gsi_entries(table, before, after, size, touched))
+
+    def _gsi_entries(self, table: str, before: dict | None, after: dict | None, size: int,
+                     touched: set[str] | None = None) -> list[dict]:
+        """Each index entry one write changes: the index, the entry's partition key value, its units."""
+        entries = []
         for gsi in self.tables.get(table, {}).get("gsis", []):
             keys = gsi["keys"]
             was = before is not None and all(k in before for k in keys)
@@ -159,10 +201,68 @@ class Capacity:
             if not (was or now):
                 continue
             if gsi["projection"] == "ALL":
-                units += math.ceil(max(size, 1) / 1024)
+                units = math.ceil(max(size, 1) / 1024)
             elif touched is None or set(keys) & touched:
-                units += 1  # a keys-only entry (well under 1 KB), written only when its keys come or go
-        return units
+                units = 1  # a keys-only entry (well under 1 KB), written only when its keys come or go
+            else:
+                continue
+            image = after if now else before
+            entries.append({"index": gsi.get("name", ""), "partition": _scalar(image[keys[0]]), "units": units})
+        return entries
+
+    def write_parts(self, call: dict) -> list[dict]:
+        """The items (and index entries) one write call touches, with their partition key values and units:
+        the per-request write pattern tools/bench/scale_sim.py replays against DynamoDB's partition limits."""
+        op, params = call["op"], call["params"]
+        if op == "TransactWriteItems":
+            bodies = [(kind, body, True) for entry in params["TransactItems"] for kind, body in entry.items()]
+        elif op in ("PutItem", "UpdateItem", "DeleteItem"):
+            bodies = [({"PutItem": "Put", "UpdateItem": "Update", "DeleteItem": "Delete"}[op], params, False)]
+        else:
+            return []
+        parts = []
+        for number, (kind, body, transactional) in enumerate(bodies):
+            table = body["TableName"]
+            hash_key = self.tables.get(table, {}).get("keys", [""])[0]
+            if "after" in call:  # images read around the call (Recorder.images): exact at that moment
+                before, after = call["before"][number], call["after"][number]
+                if call.get("error"):
+                    after = before
+                size = max(item_size(before), item_size(after))
+                partition = _scalar((after or before or body.get("Item") or body["Key"])[hash_key])
+            elif kind == "Put":
+                before, after = None, body["Item"]
+                size = item_size(after)
+                partition = _scalar(after[hash_key])
+            else:
+                after = self._get(table, body["Key"])
+                before, size = after, item_size(after)
+                if kind == "Update":
+                    removed = self._removed(body)
+                    if removed and after is not None:
+                        before = {**after, **{name: {"S": "x"} for name in removed}}
+                        size = max(size, item_size(before))
+                partition = _scalar(body["Key"][hash_key])
+            units = (2 if transactional else 1) * max(1, math.ceil(size / 1024))
+            touched = self._touched(body) | self._removed(body) if kind == "Update" else None
+            gsis = [] if kind == "ConditionCheck" or call.get("error") else self._gsi_entries(
+                table, before, after, size, touched)
+            parts.append({"kind": kind, "table": table, "partition": partition, "units": units,
+                          "transactional": transactional, "size": size})
+            parts += [{"kind": "IndexEntry", "table": table, "index": g["index"], "partition": g["partition"],
+                       "units": g["units"], "transactional": False} for g in gsis]
+        return parts
+
+    def read_parts(self, call: dict) -> list[dict]:
+        """The items one read call reads, with their partition key values and read units."""
+        op, params = call["op"], call["params"]
+        if op != "GetItem":
+            return []
+        table = params["TableName"]
+        hash_key = self.tables.get(table, {}).get("keys", [""])[0]
+        size = item_size(self._get(table, params["Key"]))
+        units = max(1, math.ceil(size / 4096)) * (1 if params.get("ConsistentRead") else 0.5)
+        return [{"kind": "GetItem", "table": table, "partition": _scalar(params["Key"][hash_key]), "units": units}]
 
     @staticmethod
     def _touched(update: dict) -> set[str]:
@@ -271,7 +371,7 @@ def _table_shapes(tpl: dict, names: dict[str, str]) -> dict[str, dict]:
         props = tpl["Resources"][logical_id]["Properties"]
         shapes[name] = {
             "keys": [k["AttributeName"] for k in props["KeySchema"]],
-            "gsis": [{"keys": [k["AttributeName"] for k in g["KeySchema"]],
+            "gsis": [{"name": g["IndexName"], "keys": [k["AttributeName"] for k in g["KeySchema"]],
                       "projection": g["Projection"]["ProjectionType"]}
                      for g in props.get("GlobalSecondaryIndexes", [])],
         }
@@ -325,12 +425,15 @@ def _run(endpoint: str, upstream: FakeUpstream, workdir: Path, progress) -> dict
     catalog.set_fx("USDTRY", "41.50")
     rich = accounts.create_account("user", name="bench")
     accounts.top_up(rich.account_id, 1_000_000 * 1_000_000)
-    key = api_keys.create_key(rich.account_id, name="bench", rpm=1_000_000, tpm=1_000_000_000).plaintext
+    created = api_keys.create_key(rich.account_id, name="bench", rpm=1_000_000, tpm=1_000_000_000)
+    key, key_id, key_hash = created.plaintext, created.record.key_id, created.record.key_hash
     poor = accounts.create_account("user", name="bench-empty")  # balance 0: every billed request is a 402
     poor_key = api_keys.create_key(poor.account_id, name="empty").plaintext
     limited_key = api_keys.create_key(rich.account_id, name="rpm1", rpm=1).plaintext
 
     recorder = Recorder()
+    if RECORD_IMAGES:
+        recorder.images = (raw, _table_shapes(tpl, names))
     for model in ALL_MODELS:
         recorder.install(model._get_connection().connection.client)
     # The catalog is cached per instance for 60 s; keep it loaded during the count, report its Scan apart.
@@ -392,6 +495,7 @@ def _run(endpoint: str, upstream: FakeUpstream, workdir: Path, progress) -> dict
                             "rru": rru, "ms": authorizer_ms},
         "catalog_scan": {"round_trips": len(scan_calls), "rru": sum(capacity.of(c)[0] for c in scan_calls)},
         "moto_consumed_examples": moto_consumed,
+        "ids": {"account": rich.account_id, "key": key_id, "key_hash": key_hash},
         "rules": Capacity.RULES,
     }
 
@@ -423,7 +527,23 @@ def _summarise(samples: list, billed: bool, capacity: Capacity) -> dict:
         "total": median(totals), "rru": median(rrus), "wru": median(wrus),
         "ops": {op: n / len(samples) for op, n in ops.items()}, "detail": how,
         "moto_consumed": moto_units[:6], "in_process_ms": median([sample[3] for sample in samples]),
+        "pattern": _pattern(samples[-1], capacity),
     }
+
+
+def _pattern(sample: tuple, capacity: Capacity) -> list[dict]:
+    """One request's calls, in order, with the items each wrote or read (partition key values, units)."""
+    _status, calls, first, _ms = sample
+    pattern = []
+    for call in calls:
+        if first is None:
+            phase = "request"
+        else:
+            phase = "before upstream" if call["end"] <= first else "during upstream" if call["start"] < first \
+                else "after upstream"
+        pattern.append({"op": call["op"], "phase": phase, "writes": capacity.write_parts(call),
+                        "reads": capacity.read_parts(call)})
+    return pattern
 
 
 if __name__ == "__main__":

@@ -241,6 +241,9 @@ def run(args: argparse.Namespace) -> int:
         sign_ins = local_cognito.seed_users(pool, state, seeding.demo_principals(demo))
 
         gateway = LocalApiGateway(tpl, state_dir=state)
+        from onysoft_tools.local.rollup_poller import RollupPoller  # RollupFunction's stream, as Lambda reads it
+
+        poller = RollupPoller(names["UsageTable"], endpoint=endpoint).start()
         _functions_log_to(request_file)
         import uvicorn
 
@@ -254,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
             server.run(sockets=[sock])
         except (KeyboardInterrupt, _Stop):
             pass
+        finally:
+            poller.stop()
         return 0
     except (KeyboardInterrupt, _Stop):
         return 130

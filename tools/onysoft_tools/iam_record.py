@@ -22,6 +22,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -137,10 +138,28 @@ def _table_logical_ids() -> dict[str, str]:
     return {config.table_name(env_var): logical_id for logical_id, env_var in template.TABLE_ENV.items()}
 
 
+_STREAM_OPERATIONS = {"ListStreams", "DescribeStream", "GetShardIterator", "GetRecords"}
+_STREAM_ARN = re.compile(r"arn:[^:]+:dynamodb:[^:]*:[^:]*:table/([^/]+)/stream/")
+
+
+def _stream_table(params: dict[str, Any]) -> str | None:
+    """The table whose stream a DynamoDB Streams call reads: by name, by stream ARN, or (moto's shard
+    iterators start with the stream's ARN; AWS's are opaque) by shard iterator."""
+    if params.get("TableName"):
+        return str(params["TableName"])
+    match = _STREAM_ARN.match(str(params.get("StreamArn") or params.get("ShardIterator") or ""))
+    return match.group(1) if match else None
+
+
 def needs(service: str, operation: str, params: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(IAM action, resource kind, resource name) IAM evaluates for one API call. Resource kinds: `table`
     (name or name/index/<index>), `secret` (name or ARN), `*` (no resource-level check)."""
     if service == "dynamodb":
+        if operation in _STREAM_OPERATIONS:  # DynamoDB Streams (signs as dynamodb): a table's stream
+            table = _stream_table(params)
+            kind, name = ("table", f"{table}/stream/*") if table else ("*", "*")
+            yield f"dynamodb:{operation}", kind, name
+            return
         if operation in ("BatchGetItem", "BatchWriteItem"):
             for table in (params.get("RequestItems") or {}):
                 yield f"dynamodb:{operation}", "table", table
@@ -170,8 +189,8 @@ def _on_call(params: dict, model: Any, **kwargs: Any) -> None:
     lines = []
     for action, kind, name in needs(service, model.name, params):
         if kind == "table":
-            table, _, index = name.partition("/index/")
-            name = tables.get(table, f"?{table}") + (f"/index/{index}" if index else "")
+            table, slash, rest = name.partition("/")  # <table>, <table>/index/<index>, <table>/stream/*
+            name = tables.get(table, f"?{table}") + slash + rest
         key = (function, action, kind, name)
         with _lock:
             if key in _seen:

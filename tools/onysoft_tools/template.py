@@ -123,6 +123,9 @@ def table_definitions(tpl: dict[str, Any], names: dict[str, str]) -> list[dict[s
             "KeySchema": [dict(k) for k in props["KeySchema"]],
             "BillingMode": props.get("BillingMode", "PROVISIONED"),
         }
+        stream = props.get("StreamSpecification")
+        if stream:
+            definition["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
         if definition["BillingMode"] == "PROVISIONED":
             definition["ProvisionedThroughput"] = dict(props["ProvisionedThroughput"])
         for index_kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
@@ -145,6 +148,15 @@ def ttl_attribute(tpl: dict[str, Any], logical_id: str) -> str | None:
     return spec.get("AttributeName") if spec.get("Enabled") else None
 
 
+def _enable_stream(client: Any, definition: dict[str, Any]) -> None:
+    wanted = definition.get("StreamSpecification")
+    if not wanted:
+        return
+    current = client.describe_table(TableName=definition["TableName"])["Table"].get("StreamSpecification") or {}
+    if not current.get("StreamEnabled"):
+        client.update_table(TableName=definition["TableName"], StreamSpecification=wanted)
+
+
 def create_tables(client: Any, tpl: dict[str, Any], names: dict[str, str]) -> list[str]:
     """Create every table (and its TTL) with a boto3 DynamoDB client; existing tables are kept.
 
@@ -156,6 +168,7 @@ def create_tables(client: Any, tpl: dict[str, Any], names: dict[str, str]) -> li
         try:
             client.create_table(**definition)
         except client.exceptions.ResourceInUseException:
+            _enable_stream(client, definition)  # a table made before the template gave it a stream
             continue
         table = definition["TableName"]
         client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})

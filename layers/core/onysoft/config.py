@@ -8,6 +8,7 @@ TABLE_ENV_DEFAULTS = {
     "ONYSOFT_TABLE_USAGE": "onysoft-usage",
     "ONYSOFT_TABLE_RATE_LIMITS": "onysoft-rate-limits",
     "ONYSOFT_TABLE_CATALOG": "onysoft-catalog",
+    "ONYSOFT_TABLE_USAGE_ROLLUPS": "onysoft-usage-rollups",
 }
 
 

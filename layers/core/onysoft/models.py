@@ -1,4 +1,4 @@
-"""PynamoDB models of the five tables. template.yaml holds the schema; a test checks these match it.
+"""PynamoDB models of the six tables. template.yaml holds the schema; a test checks these match it.
 
 Table names come from the environment (onysoft.config); `bind_tables()` re-reads them, so tools that
 load settings after import (the CLI reading dev.env) point the models at the right tables.
@@ -271,6 +271,52 @@ class IdempotencyRecord(GatewayModel):
     at = UnicodeAttribute()  # not `created_at`: no attribute of an index key here
 
 
+class UsageRollup(GatewayModel):
+    """An account's (`acct#<account_id>`) or a key's (`key#<key_id>`) usage on one UTC day for one model, kept
+    by the rollup function from the Usage table's stream (onysoft.usage_rollup); the dashboard's totals."""
+
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_USAGE_ROLLUPS")
+        region = config.region()
+
+    pk = UnicodeAttribute(hash_key=True)  # acct#<account_id> | key#<key_id>
+    sk = UnicodeAttribute(range_key=True)  # <day>#<currency>#<model>
+    account_id = UnicodeAttribute(null=True)
+    day = UnicodeAttribute(null=True)
+    currency = UnicodeAttribute(null=True)
+    model = UnicodeAttribute(null=True)
+    requests = NumberAttribute(default=0)
+    pending = NumberAttribute(default=0)
+    settled = NumberAttribute(default=0)
+    failed = NumberAttribute(default=0)
+    prompt_tokens = NumberAttribute(default=0)
+    completion_tokens = NumberAttribute(default=0)
+    charge_micros = NumberAttribute(default=0)  # settled charges only
+
+
+class RollupMarker(GatewayModel):
+    """What of one usage record the totals count now (onysoft.usage_rollup): makes the rollup idempotent.
+    In the UsageRollups table under `rec#` partition keys; expires by TTL once no stream record can repeat."""
+
+    class Meta:
+        table_name = config.table_name("ONYSOFT_TABLE_USAGE_ROLLUPS")
+        region = config.region()
+
+    record = UnicodeAttribute(hash_key=True, attr_name="pk")  # rec#<account_id>#<usage record sk>
+    sk = UnicodeAttribute(range_key=True)  # "counted"
+    version = NumberAttribute()
+    account_id = UnicodeAttribute()
+    key_id = UnicodeAttribute()
+    status = UnicodeAttribute()
+    day = UnicodeAttribute()
+    currency = UnicodeAttribute(null=True)
+    model = UnicodeAttribute(null=True)
+    prompt_tokens = NumberAttribute(default=0)
+    completion_tokens = NumberAttribute(default=0)
+    charge_micros = NumberAttribute(default=0)
+    expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
+
+
 _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
@@ -280,6 +326,8 @@ _MODEL_TABLE_ENV = {
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",
     AuditRecord: "ONYSOFT_TABLE_USAGE",  # shares the Usage table (its own partition keys)
     IdempotencyRecord: "ONYSOFT_TABLE_USAGE",  # likewise
+    UsageRollup: "ONYSOFT_TABLE_USAGE_ROLLUPS",
+    RollupMarker: "ONYSOFT_TABLE_USAGE_ROLLUPS",  # shares the rollups table (its own partition keys)
 }
 ALL_MODELS = tuple(_MODEL_TABLE_ENV)
 

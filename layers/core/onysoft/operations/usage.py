@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from onysoft import clock, money, usage_shards
+from onysoft import clock, money, usage_rollup, usage_shards
 from onysoft.audit import Actor
 from onysoft.errors import bad_request
 from onysoft.models import Account
@@ -31,23 +31,31 @@ def _time_range(start: str | None, end: str | None) -> tuple[str, str]:
 
 
 def _totals(account: Account, key_id: str | None, start: str, end: str) -> dict:
+    """Totals over the whole UTC days the range touches, from the daily rollups (onysoft.usage_rollup): days x
+    models items, never the records. They follow the records by the stream's lag (about a second)."""
+    first_day = start[:10]
+    last = clock.parse_iso(end) - timedelta(microseconds=1)  # `to` is exclusive
+    last_day = clock.to_iso(last)[:10]
+    items, read = usage_rollup.read_totals(account.account_id, key_id, account.currency, first_day, last_day)
     by_day: dict[str, dict] = {}
     by_model: dict[str, dict] = {}
     overall = _empty_total()
-    # sk is "<created_at>#<request_id>": between start and end (exclusive: an sk at `end` sorts after it).
-    for record in usage_shards.records(account, start=start, end=end, key_id=key_id):
-        for bucket in (by_day.setdefault(record.created_at[:10], _empty_total()),
-                       by_model.setdefault(record.model or "", _empty_total()), overall):
-            bucket["requests"] += 1
-            bucket[record.status] = bucket.get(record.status, 0) + 1
-            bucket["prompt_tokens"] += int(record.prompt_tokens or 0)
-            bucket["completion_tokens"] += int(record.completion_tokens or 0)
-            bucket["charge_micros"] += int(record.charge_micros or 0) if record.status == "settled" else 0
+    for item in items:
+        amounts = {name: int(getattr(item, name) or 0) for name in usage_rollup.FIELDS}
+        if not any(amounts.values()):
+            continue
+        for bucket in (by_day.setdefault(item.day or item.sk[:10], _empty_total()),
+                       by_model.setdefault(item.model or "", _empty_total()), overall):
+            for name, amount in amounts.items():
+                bucket[name] += amount
+    after_last = clock.parse_iso(last_day + "T00:00:00Z") + timedelta(days=1)
     return {
         "currency": account.currency,
         "total": _finish_total(overall),
         "by_day": [{"day": day, **_finish_total(t)} for day, t in sorted(by_day.items())],
         "by_model": [{"model": model, **_finish_total(t)} for model, t in sorted(by_model.items())],
+        "from": clock.to_iso(clock.parse_iso(first_day + "T00:00:00Z")), "to": clock.to_iso(after_last),  # whole days
+        "items_read": read,
     }
 
 
@@ -64,8 +72,9 @@ def usage(actor: Actor, account_id: str, *, start: str | None = None, end: str |
           key_id: str | None = None, cursor: str | None = None, limit: int | None = None) -> dict:
     """One page of an account's (or one of its keys') usage records between two times, newest first.
 
-    The first page (no cursor) also carries totals over the whole range, by day (UTC) and by model;
-    later pages carry `"totals": null`. `next` is the cursor of the following page, or null at the end.
+    The first page (no cursor) also carries totals, by day (UTC) and by model, over the whole UTC days the
+    range touches (`totals.from`, `totals.to`), read from the daily rollups; later pages carry
+    `"totals": null`. `next` is the cursor of the following page, or null at the end.
     """
     account = access.account(actor, account_id)
     page = page_size(limit)

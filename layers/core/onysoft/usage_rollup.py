@@ -1,0 +1,227 @@
+"""Usage totals by day and model, kept off the request path from the Usage table's stream.
+
+The rollup function (functions/rollup) gets the Usage table's DynamoDB Stream records (NEW_AND_OLD_IMAGES) and
+keeps, in the UsageRollups table, one item per (account, UTC day, currency, model) and one per (key, day,
+currency, model) with the counts the dashboard's usage totals show: requests, pending / settled / failed,
+prompt and completion tokens, and settled charges in micro-units. The dashboard then reads O(days x models)
+items for a year instead of every record (onysoft.dashboard).
+
+Idempotent, because stream records arrive at least once (a retried batch, a bisected batch, the local poller
+after a restart) and one usage record changes several times (the hold writes it pending, `sent_at` touches
+it, the settle or release closes it): each usage record has a marker item in UsageRollups saying what of it
+is counted now (its status, day, model, tokens, charge) and a version. A batch reads the markers, folds its
+changes over them in stream order (never back from a final status to pending), and writes, in one
+transaction, every changed marker (conditioned on the version it read) with the ADDs to the totals. So a
+record seen twice counts once; a hold then settle counts one request that moved from pending to settled; a
+record whose pending image was never seen (a lost record) counts from its final image alone. A conflict
+(another invocation got there first) re-reads and folds again.
+
+A refused hold writes no usage record (its transaction was cancelled), so it counts nowhere, as before; a
+released hold (upstream failed) counts as a failed request with no charge, as the usage page always did.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from pynamodb.exceptions import TransactWriteError
+from pynamodb.transactions import TransactWrite
+
+from onysoft.models import RollupMarker, UsageRollup
+
+STATUSES = ("pending", "settled", "failed")
+RANK = {"pending": 0, "settled": 1, "failed": 1}  # a record only moves forward
+FIELDS = ("requests", "pending", "settled", "failed", "prompt_tokens", "completion_tokens", "charge_micros")
+CHUNK = 20  # usage records per transaction: 20 markers + at most 80 totals (old and new, account and key) = 100
+ATTEMPTS = 5
+MARKER_TTL_SECONDS = 7 * 24 * 3600  # a stream keeps records 24 h: no duplicate can come later than that
+_NOT_USAGE = ("audit#", "idem#")  # the Usage table's other items (onysoft.audit, onysoft.idempotency)
+MARKER_PREFIX, MARKER_SK = "rec#", "counted"  # a marker's key: rec#<account_id>#<usage sk>, "counted"
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What one usage record adds to the totals, and where."""
+
+    status: str
+    day: str
+    currency: str
+    model: str
+    key_id: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    charge_micros: int = 0
+
+    def amounts(self) -> dict[str, int]:
+        return {"requests": 1, self.status: 1, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "charge_micros": self.charge_micros if self.status == "settled" else 0}
+
+
+def _value(image: dict, name: str) -> str | None:
+    attribute = image.get(name)
+    if not attribute:
+        return None
+    (_kind, raw), = attribute.items()
+    return raw if isinstance(raw, str) else None
+
+
+def _number(image: dict, name: str) -> int:
+    text = _value(image, name)
+    return int(text) if text else 0
+
+
+def counted_from_image(image: dict | None) -> Counted | None:
+    """A usage record's contribution from its stream image (DynamoDB JSON); None for anything else."""
+    if not image:
+        return None
+    account_id, status = (_value(image, "account_id") or "").partition("#")[0], _value(image, "status")
+    created_at, key_id = _value(image, "created_at") or "", _value(image, "key_id")
+    if not account_id.startswith("acct_") or status not in RANK or not key_id or len(created_at) < 10:
+        return None
+    return Counted(status=status, day=created_at[:10], currency=_value(image, "currency") or "",
+                   model=_value(image, "model") or "", key_id=key_id,
+                   prompt_tokens=_number(image, "prompt_tokens"),
+                   completion_tokens=_number(image, "completion_tokens"),
+                   charge_micros=_number(image, "charge_micros"))
+
+
+@dataclass(frozen=True)
+class Change:
+    sequence: str
+    record: str  # "<account_id>#<sk>": the usage record's id
+    account_id: str
+    counted: Counted | None
+
+
+def changes_of(records: Iterable[dict]) -> list[Change]:
+    """Stream records (Lambda's event["Records"] or GetRecords' Records) as changes to usage records."""
+    changes = []
+    for record in records:
+        body = record.get("dynamodb") or {}
+        keys = body.get("Keys") or {}
+        partition, sk = _value(keys, "account_id") or "", _value(keys, "sk") or ""
+        if not partition or partition.startswith(_NOT_USAGE):
+            continue
+        # A sharded account's records are in partitions `<account_id>#<k>` (issue 16): its totals are the account's.
+        account_id = partition.partition("#")[0]
+        counted = counted_from_image(body.get("NewImage"))  # a REMOVE (no new image) changes no total
+        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted))
+    return changes
+
+
+def totals_keys(account_id: str, counted: Counted) -> list[tuple[str, str]]:
+    """The totals items one record counts in: its account's and its key's, for its day, currency and model."""
+    sk = f"{counted.day}#{counted.currency}#{counted.model}"
+    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk)]
+
+
+class RollupConflict(Exception):
+    """Another invocation changed a marker this batch read: read again."""
+
+
+def apply(records: list[dict]) -> list[str]:
+    """Count a batch of stream records. Returns the sequence numbers that could not be counted (the first
+    of the first chunk that failed: Lambda's ReportBatchItemFailures retries from there, in order)."""
+    changes = changes_of(records)
+    chunks: list[list[Change]] = []
+    for change in changes:
+        ids = {c.record for c in chunks[-1]} if chunks else set()
+        if not chunks or (change.record not in ids and len(ids) >= CHUNK):
+            chunks.append([])
+        chunks[-1].append(change)
+    for chunk in chunks:
+        for attempt in range(ATTEMPTS):
+            try:
+                _apply_chunk(chunk)
+                break
+            except RollupConflict:
+                if attempt + 1 == ATTEMPTS:
+                    return [chunk[0].sequence]
+                time.sleep(0.01 * 2 ** attempt)
+    return []
+
+
+def _apply_chunk(chunk: list[Change]) -> None:
+    ids = list(dict.fromkeys(c.record for c in chunk))
+    markers = {m.record.removeprefix(MARKER_PREFIX): m for m in RollupMarker.batch_get(
+        [(MARKER_PREFIX + i, MARKER_SK) for i in ids], consistent_read=True)}
+    counted: dict[str, Counted | None] = {i: _counted_of(markers.get(i)) for i in ids}
+    initial = dict(counted)
+    account_of = {c.record: c.account_id for c in chunk}
+    deltas: dict[tuple[str, str], dict] = {}
+
+    def add(account_id: str, what: Counted, sign: int) -> None:
+        for key in totals_keys(account_id, what):
+            total = deltas.setdefault(key, {"what": what, "account_id": account_id, **dict.fromkeys(FIELDS, 0)})
+            for name, amount in what.amounts().items():
+                total[name] += sign * amount
+
+    for change in chunk:
+        now, new = counted[change.record], change.counted
+        if new is None or new == now or (now is not None and RANK[new.status] < RANK[now.status]):
+            continue
+        if now is not None:
+            add(change.account_id, now, -1)
+        add(change.account_id, new, +1)
+        counted[change.record] = new
+    changed = [i for i in ids if counted[i] != initial[i]]
+    if not changed:
+        return
+    expires = int(time.time()) + MARKER_TTL_SECONDS
+
+    def write(tx: TransactWrite) -> None:
+        for record_id in changed:
+            marker = markers.get(record_id)
+            version = int(marker.version) if marker is not None else 0
+            now = counted[record_id]
+            fields = asdict(now)
+            tx.save(RollupMarker(record=MARKER_PREFIX + record_id, sk=MARKER_SK, version=version + 1,
+                                 expires_at=expires, account_id=account_of[record_id], **fields),
+                    condition=RollupMarker.version == version if marker is not None
+                    else RollupMarker.record.does_not_exist())
+        for (pk, sk), total in deltas.items():
+            amounts = {name: total[name] for name in FIELDS if total[name]}
+            if not amounts:
+                continue
+            what = total["what"]
+            actions = [getattr(UsageRollup, name).add(amount) for name, amount in amounts.items()]
+            actions += [UsageRollup.day.set(what.day), UsageRollup.model.set(what.model),
+                        UsageRollup.currency.set(what.currency), UsageRollup.account_id.set(total["account_id"])]
+            tx.update(UsageRollup(pk=pk, sk=sk), actions=actions)
+
+    from onysoft.billing import _connection  # PynamoDB's shared connection
+
+    try:
+        with TransactWrite(connection=_connection()) as tx:
+            write(tx)
+    except TransactWriteError as exc:
+        codes = {r.code for r in (exc.cancellation_reasons or []) if r is not None}
+        if codes & {"ConditionalCheckFailed", "TransactionConflict"} or \
+                exc.cause_response_code in ("TransactionConflictException", "TransactionInProgressException"):
+            raise RollupConflict from None
+        raise
+
+
+def _counted_of(marker: RollupMarker | None) -> Counted | None:
+    if marker is None or marker.status not in RANK:
+        return None
+    return Counted(status=marker.status, day=marker.day, currency=marker.currency or "", model=marker.model or "",
+                   key_id=marker.key_id, prompt_tokens=int(marker.prompt_tokens or 0),
+                   completion_tokens=int(marker.completion_tokens or 0),
+                   charge_micros=int(marker.charge_micros or 0))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_totals(account_id: str, key_id: str | None, currency: str, first_day: str, last_day: str
+                ) -> tuple[list[UsageRollup], int]:
+    """The totals items of an account (or one of its keys) for the days first_day..last_day (UTC, inclusive)
+    in the account's currency, and how many items were read: days x models, never records."""
+    pk = f"key#{key_id}" if key_id else f"acct#{account_id}"
+    items = list(UsageRollup.query(pk, UsageRollup.sk.between(first_day, last_day + "#\uffff")))
+    return [i for i in items if (i.currency or "") == currency and (not key_id or i.account_id == account_id)], \
+        len(items)

@@ -1,0 +1,169 @@
+"""The local stand-in for RollupFunction's event source mapping: read the Usage table's DynamoDB Stream from
+moto (`dynamodbstreams` ListStreams / DescribeStream / GetShardIterator / GetRecords on the same server) and
+hand each batch to functions/rollup/app.py's handler, as Lambda would (a `{"Records": [...]}` event).
+
+In AWS the mapping reads the stream with the function's role, so the stream calls here are recorded as
+RollupFunction's (onysoft_tools.iam_record), like the handler's own calls.
+
+Restarts. The local gateway's journal replays item images straight into moto's tables (journal.put_image),
+which writes no stream records, and the Usage table's stream starts empty after a restart; the rollup's own
+items (totals and per-record markers) are journaled like every other write. So nothing is counted twice
+after a restart; and were a record read again (a retried batch, or a poller reading from the start), its
+marker makes it count once (onysoft.usage_rollup). A clean stop polls once more before moto stops; after
+`kill -9`, changes made in the last poll interval (0.2 s) before it are not in the local totals (their
+stream records died with moto), though the records themselves are kept.
+
+A batch the handler reports as failed (`batchItemFailures`) is read again from that sequence number, like
+Lambda's ReportBatchItemFailures.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onysoft_tools import iam_record
+
+logger = logging.getLogger("onysoft.rollup_poller")
+
+FUNCTION = "RollupFunction"
+CODE = Path(__file__).resolve().parents[3] / "functions" / "rollup" / "app.py"
+BATCH = 1000  # GetRecords' largest page
+
+
+def rollup_handler() -> Callable[[dict, Any], dict]:
+    """functions/rollup/app.py's handler, imported by path (as Lambda would), attributed to RollupFunction."""
+    name = "onysoft_function_RollupFunction"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, CODE)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot load {CODE}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return iam_record.attributed(module.handler, FUNCTION)
+
+
+def streams_client(endpoint: str | None = None):
+    import boto3
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    # Always a local server (or moto in-process): botocore would otherwise send a call naming a stream ARN to
+    # the account's endpoint (<account>.streams-ddb…), which moto's in-process routing does not know.
+    endpoint = (endpoint or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+                or f"https://streams.dynamodb.{region}.amazonaws.com")
+    from botocore.config import Config
+
+    # Short timeouts: a stop never waits long on a poll (the local server answers in milliseconds).
+    return boto3.client("dynamodbstreams", region_name=region, endpoint_url=endpoint,
+                        config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2}))
+
+
+class RollupPoller:
+    """Poll one table's stream; `poll_once` reads what is new on every shard and hands it to the handler."""
+
+    def __init__(self, table_name: str, *, endpoint: str | None = None, handler: Callable | None = None,
+                 interval: float = 0.2):
+        self.table_name = table_name
+        self.endpoint = endpoint
+        self.handler = handler
+        self.interval = interval
+        self._client = None
+        self._stream_arn: str | None = None
+        self._iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: shard closed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # poll_once from the thread and from a caller (tests) never overlap
+        self.records_seen = 0
+
+    def _stream(self) -> str | None:
+        if self._stream_arn is None:
+            streams = self._client.list_streams(TableName=self.table_name).get("Streams") or []
+            self._stream_arn = streams[-1]["StreamArn"] if streams else None
+        return self._stream_arn
+
+    def poll_once(self) -> int:
+        """Read every shard to its current end; returns the number of stream records handed over."""
+        with self._lock, iam_record.function_scope(FUNCTION):
+            if self._client is None:
+                self._client = streams_client(self.endpoint)
+            if self.handler is None:
+                self.handler = rollup_handler()
+            arn = self._stream()
+            if arn is None:
+                return 0
+            shards = self._client.describe_stream(StreamArn=arn)["StreamDescription"].get("Shards") or []
+            handed = 0
+            for shard in shards:
+                shard_id = shard["ShardId"]
+                if shard_id not in self._iterators:
+                    self._iterators[shard_id] = self._client.get_shard_iterator(
+                        StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+                handed += self._drain_shard(arn, shard_id)
+            return handed
+
+    def _drain_shard(self, arn: str, shard_id: str) -> int:
+        handed = 0
+        while self._iterators.get(shard_id):
+            page = self._client.get_records(ShardIterator=self._iterators[shard_id], Limit=BATCH)
+            records = page.get("Records") or []
+            if not records:
+                self._iterators[shard_id] = page.get("NextShardIterator") or self._iterators[shard_id]
+                break
+            event = {"Records": [{**record, "eventSourceARN": arn} for record in records]}
+            result = self.handler(event, None) or {}
+            failures = [f["itemIdentifier"] for f in result.get("batchItemFailures") or []]
+            if failures:  # read again from the first failed record, next time round
+                self._iterators[shard_id] = self._client.get_shard_iterator(
+                    StreamArn=arn, ShardId=shard_id, ShardIteratorType="AT_SEQUENCE_NUMBER",
+                    SequenceNumber=failures[0])["ShardIterator"]
+                break
+            self._iterators[shard_id] = page.get("NextShardIterator")
+            handed += len(records)
+        self.records_seen += handed
+        return handed
+
+    def drain(self) -> int:
+        """Poll until nothing new is there (tests: make the totals current)."""
+        total = 0
+        while True:
+            handed = self.poll_once()
+            total += handed
+            if not handed:
+                return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - a local poller keeps going, like Lambda's retries
+                logger.warning("usage rollup poll failed: %s: %s", type(exc).__name__, exc)
+                self._client, self._stream_arn, self._iterators = None, None, {}
+                self._stop.wait(max(self.interval, 1.0))
+                continue
+            self._stop.wait(self.interval)
+
+    def start(self) -> RollupPoller:
+        self._thread = threading.Thread(target=self._run, name="onysoft-rollup-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling, after a last poll: a clean stop leaves nothing uncounted (the stream does not survive a
+        restart). Call it while moto is still up."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            if self._thread.is_alive():  # stuck in a poll: do not wait for it twice
+                return
+        try:
+            self.poll_once()
+        except Exception as exc:  # noqa: BLE001 - stopping anyway
+            logger.warning("usage rollup: last poll failed: %s: %s", type(exc).__name__, exc)
