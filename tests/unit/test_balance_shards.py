@@ -58,7 +58,7 @@ def test_top_up_spreads_evenly_and_the_views_show_the_sum(gateway):
     assert parts == {0: 10_000_001, 1: 10_000_001, 2: 10_000_001, **{k: 10_000_000 for k in range(3, 8)}}
     assert get_account(account.account_id).topped_up_micros == 80_000_003
     assert balances.total(get_account(account.account_id)) == 80_000_003
-    from onysoft.dashboard import account_view
+    from onysoft.operations.views import account_view
 
     view = account_view(get_account(account.account_id))
     assert view["balance_micros"] == 80_000_003 and view["shards"] == 8

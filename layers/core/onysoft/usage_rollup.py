@@ -4,7 +4,7 @@ The rollup function (functions/rollup) gets the Usage table's DynamoDB Stream re
 keeps, in the UsageRollups table, one item per (account, UTC day, currency, model) and one per (key, day,
 currency, model) with the counts the dashboard's usage totals show: requests, pending / settled / failed,
 prompt and completion tokens, and settled charges in micro-units. The dashboard then reads O(days x models)
-items for a year instead of every record (onysoft.dashboard).
+items for a year instead of every record (onysoft.operations.usage).
 
 Idempotent, because stream records arrive at least once (a retried batch, a bisected batch, the local poller
 after a restart) and one usage record changes several times (the hold writes it pending, `sent_at` touches
