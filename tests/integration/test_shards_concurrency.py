@@ -102,7 +102,7 @@ def test_books_balance_on_8_shard_accounts_under_100_concurrent_requests(dev, up
     for result in results:
         model, key = result["payload"]["model"], key_of_tag[result["tag"]]
         if key is poor_key:
-            assert result["status"] in (200, 402), result
+            assert result["status"] in (200, 402), (result["status"], result["error"])
             if result["status"] == 402:
                 assert result["error"]["code"] == "insufficient_balance" and poor["account_id"] in \
                     result["error"]["message"]

@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except moto_transactions.UnsupportedMotoVersion as exc:
         print(exc, file=sys.stderr, flush=True)
         return 3
+    from onysoft_tools.local import moto_streams
+
+    moto_streams.install()  # the usage-rollup poller's GetRecords, without moto's slow serializer
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
