@@ -464,6 +464,7 @@ def test_one_keys_usage_pages_newest_first_without_an_index(world):
             _usage(account, key1, f"2026-11-01T{hour:02d}:{minute:02d}:00.000000Z", "mock/echo", 1)
         if hour % 2:  # ... and 5 of key2 between them
             _usage(account, key2, f"2026-11-01T{hour:02d}:05:00.000000Z", "mock/echo", 10)
+    _roll_up()
     query = {"from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z", "limit": "2", "key_id": key2}
     seen, cursor = [], None
     for _ in range(5):

@@ -60,13 +60,13 @@ class Hold:
     factors: ChargeFactors
     window_start: int = 0  # the rate-limit window the request was counted in (0: not counted)
     spend_period: str = ""  # the key's spend-limit period the hold was counted in ("": no spend limit)
+    shard: int = 0  # the balance shard the hold took from (onysoft.balances)
+    shards: int = 1  # how many shards the account had then
     # Fallbacks (onysoft.fallbacks): the model that answered when it is not the one held for (plan and factors
     # are then its own), the body's `model`, and the attempts that failed before ("model: code").
     answered_model: str = ""
     requested_model: str = ""
     attempts: tuple[str, ...] = ()
-    shard: int = 0  # the balance shard the hold took from (onysoft.balances)
-    shards: int = 1  # how many shards the account had then
 
     @property
     def record_pk(self) -> str:
