@@ -17,6 +17,20 @@ from onysoft import config
 _shared_clients: dict[tuple, object] = {}
 
 
+def _table_meta(env_var: str) -> type:
+    """A model's Meta: the table the environment names (bind_tables re-reads it) in the configured region."""
+    return type("Meta", (), {"table_name": config.table_name(env_var), "region": config.region()})
+
+
+def _index(index_name: str, projection, hash_key: str, range_key: str | None = None) -> GlobalSecondaryIndex:
+    """A global secondary index as template.yaml declares it: its name, what it projects, its (string) keys."""
+    attributes = {"Meta": type("Meta", (), {"index_name": index_name, "projection": projection}),
+                  hash_key: UnicodeAttribute(hash_key=True)}
+    if range_key:
+        attributes[range_key] = UnicodeAttribute(range_key=True)
+    return type(f"_{index_name}_index", (GlobalSecondaryIndex,), attributes)()
+
+
 def _client_identity(connection) -> tuple:
     return (connection.region, connection.host, os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"),
             os.environ.get("AWS_ENDPOINT_URL"))
@@ -44,27 +58,8 @@ class GatewayModel(Model):
 # The ApiKeys and Accounts indexes project keys only: every request's hold and settle update the key and
 # account items, and an ALL projection would rewrite each index entry too (+1 WRU per index per write).
 # Readers of these indexes (dashboard, CLI) fetch the items themselves, which are also consistent reads.
-class _ByAccount(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by_account"
-        projection = KeysOnlyProjection()
-
-    account_id = UnicodeAttribute(hash_key=True)
-    created_at = UnicodeAttribute(range_key=True)
-
-
-class _ByKeyId(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by_key_id"
-        projection = KeysOnlyProjection()
-
-    key_id = UnicodeAttribute(hash_key=True)
-
-
 class ApiKey(GatewayModel):
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_API_KEYS")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_API_KEYS")
 
     key_hash = UnicodeAttribute(hash_key=True)  # SHA-256 hex of the whole key; never the key
     key_id = UnicodeAttribute()
@@ -87,23 +82,12 @@ class ApiKey(GatewayModel):
     models = ListAttribute(of=UnicodeAttribute, null=True)
     fallbacks = ListAttribute(of=UnicodeAttribute, null=True)  # default fallback models, tried in order
 
-    by_account = _ByAccount()
-    by_key_id = _ByKeyId()
-
-
-class _ByOwner(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "by_owner"
-        projection = KeysOnlyProjection()
-
-    owner = UnicodeAttribute(hash_key=True)
-    account_id = UnicodeAttribute(range_key=True)
+    by_account = _index("by_account", KeysOnlyProjection(), "account_id", "created_at")
+    by_key_id = _index("by_key_id", KeysOnlyProjection(), "key_id")
 
 
 class Account(GatewayModel):
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_ACCOUNTS")
 
     account_id = UnicodeAttribute(hash_key=True)
     kind = UnicodeAttribute()
@@ -118,35 +102,22 @@ class Account(GatewayModel):
     shards = NumberAttribute(null=True)  # how many shards holds and top-ups use now (1–64)
     shards_max = NumberAttribute(null=True)  # the most ever set: every view and consolidation reads 0 … max-1
 
-    by_owner = _ByOwner()
+    by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
 
 
 class BalanceShard(GatewayModel):
     """Shard k ≥ 1 of an account's balance (onysoft.balances), in the Accounts table under a partition key of
     its own (`<account_id>#<k>`); shard 0 is the account item itself. No `owner`: in no index."""
 
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_ACCOUNTS")
 
     account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#<k>"
     shard_of = UnicodeAttribute(null=True)  # the account
     balance_micros = NumberAttribute(default=0)
 
 
-class _OpenHolds(GlobalSecondaryIndex):
-    class Meta:
-        index_name = "open_holds"
-        projection = AllProjection()
-
-    hold_state = UnicodeAttribute(hash_key=True)
-    created_at = UnicodeAttribute(range_key=True)
-
-
 class UsageRecord(GatewayModel):
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_USAGE")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
 
     account_id = UnicodeAttribute(hash_key=True)  # the account, or `<account_id>#<k>` (onysoft.usage_shards)
     sk = UnicodeAttribute(range_key=True)  # "<created_at>#<request_id>"
@@ -199,13 +170,11 @@ class UsageRecord(GatewayModel):
     fallback_attempts = ListAttribute(of=UnicodeAttribute, null=True)
     requested_model = UnicodeAttribute(null=True)  # the body's `model` when another model answered
 
-    open_holds = _OpenHolds()
+    open_holds = _index("open_holds", AllProjection(), "hold_state", "created_at")
 
 
 class RateLimitCounter(GatewayModel):
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_RATE_LIMITS")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_RATE_LIMITS")
 
     counter_id = UnicodeAttribute(hash_key=True)  # "<key_id>#<window>" (rate) or "<key_id>#spend#<period>"
     requests = NumberAttribute(null=True)
@@ -215,9 +184,7 @@ class RateLimitCounter(GatewayModel):
 
 
 class CatalogEntry(GatewayModel):
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_CATALOG")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_CATALOG")
 
     kind = UnicodeAttribute(hash_key=True)  # model | fx | setting
     id = UnicodeAttribute(range_key=True)
@@ -240,9 +207,7 @@ class AuditRecord(GatewayModel):
     partition keys of its own (`audit#<scope>`) that are never an account id, so an account's usage query
     never meets one; it has no `key_id` or `hold_state`, so it is in neither of that table's indexes."""
 
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_USAGE")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
 
     account_id = UnicodeAttribute(hash_key=True)  # "audit#<scope>": audit#user:acct_…, audit#org:…, audit#all
     sk = UnicodeAttribute(range_key=True)  # "<at>#<audit_id>"
@@ -261,9 +226,7 @@ class IdempotencyRecord(GatewayModel):
     """A money-moving request carried out under an idempotency key (onysoft.idempotency). In the Usage table
     under `idem#<account_id>` partitions, never an account id; no `key_id` or `hold_state`, so in no index."""
 
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_USAGE")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
 
     account_id = UnicodeAttribute(hash_key=True)  # idem#<account_id>
     sk = UnicodeAttribute(range_key=True)  # <operation>#<the client's idempotency key>
@@ -275,9 +238,7 @@ class UsageRollup(GatewayModel):
     """An account's (`acct#<account_id>`) or a key's (`key#<key_id>`) usage on one UTC day for one model, kept
     by the rollup function from the Usage table's stream (onysoft.usage_rollup); the dashboard's totals."""
 
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_USAGE_ROLLUPS")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE_ROLLUPS")
 
     pk = UnicodeAttribute(hash_key=True)  # acct#<account_id> | key#<key_id>
     sk = UnicodeAttribute(range_key=True)  # <day>#<currency>#<model>
@@ -298,9 +259,7 @@ class RollupMarker(GatewayModel):
     """What of one usage record the totals count now (onysoft.usage_rollup): makes the rollup idempotent.
     In the UsageRollups table under `rec#` partition keys; expires by TTL once no stream record can repeat."""
 
-    class Meta:
-        table_name = config.table_name("ONYSOFT_TABLE_USAGE_ROLLUPS")
-        region = config.region()
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE_ROLLUPS")
 
     record = UnicodeAttribute(hash_key=True, attr_name="pk")  # rec#<account_id>#<usage record sk>
     sk = UnicodeAttribute(range_key=True)  # "counted"
