@@ -193,7 +193,7 @@ class CatalogEntry(GatewayModel):
     # Prices and rates as decimal strings: a DynamoDB number would come back as a float.
     input_usd_per_mtok = UnicodeAttribute(null=True)
     output_usd_per_mtok = UnicodeAttribute(null=True)
-    rate = UnicodeAttribute(null=True)
+    rate = UnicodeAttribute(null=True)  # fx items: units of the currency per USD, a decimal string
     enabled = UnicodeAttribute(null=True)  # "true" | "false"
     max_output_tokens = NumberAttribute(null=True)  # the output cap a hold is sized for (default in hold_sizing)
     cached_input_usd_per_mtok = UnicodeAttribute(null=True)  # absent: cached input at the input price
