@@ -148,19 +148,19 @@ def test_a_state_file_of_an_earlier_version_is_migrated(new_gateway, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     (state / "tables.json").write_text(json.dumps({"format": "onysoft-dev-tables/1", "tables": {
-        "AccountsTable": [{"account_id": {"S": "acct_from_old_file"}, "kind": {"S": "user"},
+        "AccountsTable": [{"account_id": {"S": "acct_01dfa11e0000beef"}, "kind": {"S": "user"},
                            "currency": {"S": "TRY"}, "created_at": {"S": "2026-11-01T00:00:00Z"},
                            "balance_micros": {"N": "4250000"}, "topped_up_micros": {"N": "4250000"},
                            "markup_bp": {"N": "5000"}, "name": {"S": "kept"}}],
     }}))
     dev = new_gateway(state).start()
-    shown = dev.cli_json("accounts", "show", "acct_from_old_file")
+    shown = dev.cli_json("accounts", "show", "acct_01dfa11e0000beef")
     assert shown["balance_micros"] == 4_250_000
     assert not (state / "tables.json").exists() and (state / "tables.json.migrated").exists()
     assert "migrated 1 items" in dev.log()
     assert dev.stop() == 0
     again = new_gateway(state).start()  # the journal has it now; the old file is not read again
-    assert again.cli_json("accounts", "show", "acct_from_old_file")["balance_micros"] == 4_250_000
+    assert again.cli_json("accounts", "show", "acct_01dfa11e0000beef")["balance_micros"] == 4_250_000
     assert again.stop() == 0
 
 
