@@ -24,7 +24,7 @@ lint: venv
 	$(BIN)/cfn-lint template.yaml
 
 test: lint chromium
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20  # the slowest tests, in CI's log: make test's time is watched
 
 # The dashboard's browser tests drive Debian's chromium through Playwright (never `playwright install`: its
 # download host is not reachable on CI). Installed when missing; CI runs as root. Without it the tests fail.
