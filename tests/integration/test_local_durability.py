@@ -139,8 +139,13 @@ def test_kill_9_loses_no_acknowledged_write(new_gateway, tmp_path):
         # And nothing half-written: the ledger adds up to the micro-unit, holds included.
         open_holds = sum(int(r["hold_micros"]) for r in pending)
         assert sum(int(r["charge_micros"]) for r in settled) == topped_up - balance - open_holds, kind
-        assert int(record.get("request_count", 0)) == len(settled), kind
-        assert int(record.get("spend_micros", 0)) == sum(int(r["charge_micros"]) for r in settled), kind
+        # The hold counts the request on the key in its own transaction, with the usage record (issue 16).
+        assert int(record.get("request_count", 0)) == len(records), kind
+        # The key's spend is a plain write after the settle (issue 16, ARCHITECTURE "Write units per request"):
+        # a kill between the two loses at most the one request in flight on this key's sequential client.
+        charges = [int(r["charge_micros"]) for r in settled]
+        spend = int(record.get("spend_micros", 0))
+        assert sum(charges) - max(charges, default=0) <= spend <= sum(charges), (kind, spend, sum(charges))
     assert restarted.stop() == 0
 
 
