@@ -55,3 +55,20 @@ def expired_copy(token: str, *, seconds_ago: int = 60, **changes) -> str:
     claims = jwt.decode(token, options={"verify_signature": False})
     claims.update(exp=int(time.time()) - seconds_ago, **changes)
     return sign_like_moto_cognito(claims)
+
+
+def roll_up() -> None:
+    """What RollupFunction does in AWS from the Usage table's stream, here and now (in-process moto): usage
+    totals, keys' request counts and spend, and the tokens rate-limit windows get back."""
+    from onysoft import config
+    from onysoft_tools.local.rollup_poller import RollupPoller
+
+    RollupPoller(config.table_name("ONYSOFT_TABLE_USAGE")).drain()
+
+
+def key_totals(key_id: str):
+    """A key's all-time request count and spend, after rolling up what the stream holds."""
+    from onysoft.usage_rollup import KeyTotals, key_totals as read
+
+    roll_up()
+    return read([key_id]).get(key_id, KeyTotals())

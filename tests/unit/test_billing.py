@@ -10,6 +10,8 @@ from onysoft.accounts import get_account
 from onysoft.api_keys import delete_key, find_by_key_id
 from onysoft.caller import CallerContext
 from onysoft.models import UsageRecord
+from onysoft.usage_rollup import KeyTotals
+from tests.helpers import key_totals
 from tests.unit.conftest import FX, PRICES, new_key
 
 
@@ -46,7 +48,8 @@ def test_each_key_type_pays_exact_cost_times_markup_times_fx(gateway, kind):
     assert usage_record.fx_rate == (str(FX) if account.currency == "TRY" else "1")
     assert usage_record.request_id == response.headers["x-onysoft-request-id"]
     key = find_by_key_id(record.key_id)
-    assert key.request_count == 1 and key.spend_micros == charge and key.last_used_at
+    assert key.last_used_at
+    assert key_totals(record.key_id) == KeyTotals(requests=1, spend_micros=charge)
 
 
 def test_stream_is_billed_and_usage_chunk_removed_when_not_asked(gateway):

@@ -21,22 +21,22 @@ def cfn():
 
 
 def test_the_template_before_the_fix_is_caught_naming_function_action_and_resource(tmp_path):
-    # The proxy's role as it was (no GetItem on RateLimits): the x-ratelimit read would be AccessDenied.
+    # The rollup's role without its RateLimits statement: giving windows their tokens back would be AccessDenied.
     text = template_path().read_text()
-    start = text.index("            - Sid: RateCounters")
-    end = text.index("            - Sid: CatalogRead")
+    start = text.index("            - Sid: WindowTokens")
+    end = text.index("            - Sid: OnFailure")
     old = tmp_path / "template.yaml"
     old.write_text(text[:start] + text[end:])
     report = iam_policy.check(iam_policy.sam_transform(old),
-                              [_record("ProxyFunction", "dynamodb:GetItem", "RateLimitsTable")], check_unused=False)
+                              [_record("RollupFunction", "dynamodb:UpdateItem", "RateLimitsTable")], check_unused=False)
     assert not report.ok
     assert [(c.function, c.action, c.resource) for c in report.denied] == [
-        ("ProxyFunction", "dynamodb:GetItem", ARN + "RateLimitsTable")]
-    assert "ProxyFunction calls dynamodb:GetItem on " + ARN + "RateLimitsTable" in report.explain()
+        ("RollupFunction", "dynamodb:UpdateItem", ARN + "RateLimitsTable")]
+    assert "RollupFunction calls dynamodb:UpdateItem on " + ARN + "RateLimitsTable" in report.explain()
 
 
 def test_calls_are_checked_per_function_and_per_resource(cfn):
-    calls = [_record("ProxyFunction", "dynamodb:GetItem", "RateLimitsTable"),
+    calls = [_record("ProxyFunction", "dynamodb:BatchGetItem", "RateLimitsTable"),
              _record("AuthorizerFunction", "dynamodb:GetItem", "ApiKeysTable")]
     assert iam_policy.check(cfn, calls, check_unused=False).ok
     # The same action on another table, or by another function, is not allowed.

@@ -35,8 +35,20 @@ def stream_records() -> list[dict]:
 
 
 def rollups(pk: str) -> dict[str, dict]:
+    """The day totals of an account or key (its all-time item, a key's, apart: `all_time`)."""
     return {item.sk: {name: int(getattr(item, name) or 0) for name in usage_rollup.FIELDS}
-            for item in UsageRollup.query(pk)}
+            for item in UsageRollup.query(pk) if item.sk != usage_rollup.KEY_TOTAL_SK}
+
+
+def all_time(key_id: str) -> dict[str, int]:
+    """A key's all-time item, and the sum of its day items (the two must agree)."""
+    [item] = [i for i in UsageRollup.query(f"key#{key_id}") if i.sk == usage_rollup.KEY_TOTAL_SK]
+    return {name: int(getattr(item, name) or 0) for name in usage_rollup.FIELDS}
+
+
+def summed_days(key_id: str) -> dict[str, int]:
+    days = rollups(f"key#{key_id}").values()
+    return {name: sum(day[name] for day in days) for name in usage_rollup.FIELDS}
 
 
 def scanned_totals(account_id: str, key_id: str | None = None) -> dict[str, dict]:
@@ -85,7 +97,9 @@ def test_the_same_stream_records_twice_count_once(tables):
     for batch in (records, records[:1], records[1:], records[::-1], records + records):
         assert usage_rollup.apply(batch) == []
         assert rollups("acct#acct_a") == once, batch
+        assert all_time("key_a") == once["2026-11-01#TRY#mock/echo"]
     assert rollups("key#key_a") == once
+    assert usage_rollup.key_totals(["key_a", "key_never"]) == {"key_a": usage_rollup.KeyTotals(1, 700)}
     assert RollupMarker.get("rec#acct_a#" + record.sk, "counted").status == "settled"
 
 
@@ -127,6 +141,7 @@ def test_many_records_over_days_models_and_keys_in_chunks_equal_the_scan(tables)
     assert rollups("acct#acct_d") == scanned_totals("acct_d")
     for k in range(3):
         assert rollups(f"key#key_d{k}") == scanned_totals("acct_d", f"key_d{k}")
+        assert all_time(f"key_d{k}") == summed_days(f"key_d{k}")  # a key's request count and spend
     assert sum(t["requests"] for t in rollups("acct#acct_d").values()) == usage_rollup.CHUNK * 3 + 7
 
 

@@ -1,14 +1,17 @@
 """Hold and settle: the two DynamoDB transactions around every billed request.
 
 hold    — one TransactWriteItems before any upstream byte: the account's balance goes down by the hold
-          only if it covers it (and is above zero: an account in debt is refused); the key must still be
-          active, unexpired and the caller's; a pending usage record is written (with an "open#<shard>"
-          marker the stale-hold sweeper finds).
+          only if it covers it (and is above zero: an account in debt is refused); the key's rate-limit
+          counter counts the request if it has room; a pending usage record is written (with an
+          "open#<shard>" marker the stale-hold sweeper finds). The key item is not in it (issue 16: one
+          item per key would cap a key near 500 requests a second): the proxy reads the key, strongly
+          consistent, right before the hold (onysoft.key_use), and writes its last_used_at at most once a
+          second; its request count and spend are the usage rollup's (onysoft.usage_rollup).
 sent    — when the request leaves for the upstream, the record says so (`sent_at`): the sweeper releases
           only a hold whose request never left the gateway, and settles every other one.
 settle  — one TransactWriteItems after the response: the balance gets back hold − charge (negative when the
           provider reported more than the hold: the overrun is a debt, charged in full); the usage record
-          becomes settled with every factor; the key's last_used_at, request count and spend move.
+          becomes settled with every factor. Nothing else is written on the request path.
 release — the same shape for a call that cost nothing: the whole hold comes back, the record says why.
 
 settle and release are conditioned on the record still being pending, so each happens at most once:
@@ -28,7 +31,7 @@ from pynamodb.transactions import TransactWrite
 from onysoft import balances, clock, errors, money, rate_limits, spend_limits, telemetry
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
-from onysoft.models import Account, ApiKey, UsageRecord
+from onysoft.models import Account, UsageRecord
 from onysoft.provider_usage import Usage
 from onysoft.retries import Backoff, retry
 
@@ -72,6 +75,14 @@ class Hold:
     def record_pk(self) -> str:
         """The usage record's partition: the account's, or its shard's (onysoft.usage_shards)."""
         return balances.shard_key(self.account_id, self.shard)
+
+
+class RateRefused(Exception):
+    """The hold's rate-limit counter is at its share: `usage` is that counter's, as the condition read it."""
+
+    def __init__(self, usage: rate_limits.Usage):
+        super().__init__("rate limit")
+        self.usage = usage
 
 
 class HoldRefused(Exception):
@@ -150,7 +161,7 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         cache_write_usd_per_mtok=str(factors.price.cache_write_price),
         media_parts=plan.media_parts or None, tokens_per_image=plan.tokens_per_image or None,
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
-        spend_period=period or None, sent_at=now if sending else None,
+        rate_tokens=plan.rate_tokens, spend_period=period or None, sent_at=now if sending else None,
     )
 
     def write(tx: TransactWrite) -> None:
@@ -161,22 +172,15 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
             condition=balances.balance_attribute(shard) >= max(plan.micros, 1),
             return_values="ALL_OLD",
         )
-        rate_limits.count_request(tx, caller, window)
+        rate_limits.count_request(tx, caller, window, shard, plan.rate_tokens)
         if period:
             spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period, plan.micros)
-        # The key's check is an update (same units as a ConditionCheck): it also counts the request, so the
-        # settle need not touch the key for it, and a release not at all.
-        tx.update(
-            ApiKey(key_hash=key_hash), actions=[ApiKey.request_count.add(1), ApiKey.last_used_at.set(now)],
-            condition=(ApiKey.status == "active") & (ApiKey.key_id == caller.key_id)
-            & (ApiKey.account_id == caller.account_id)
-            & (ApiKey.expires_at.does_not_exist() | (ApiKey.expires_at > now)),
-        )
         tx.save(record, condition=UsageRecord.sk.does_not_exist())
 
     # One shard per try: the request's own, then one other, then (the sum permitting) all gathered in one.
+    # The rate-limit counter is the shard's too: a full one moves the hold to a shard whose counter has room.
     shards = max(caller.shards, 1)
-    shard, tried, consolidations, n = balances.first_shard(request_id, shards), set(), 0, 0
+    shard, tried, rate_full, consolidations, n = balances.first_shard(request_id, shards), set(), set(), 0, 0
     while True:
         n += 1
         record.balance_shard = shard or None
@@ -187,7 +191,18 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
             break
         except TransactWriteError as exc:
             try:
-                _explain_refusal(exc, caller, window, spend_limited=bool(period))
+                _explain_refusal(exc, caller, spend_limited=bool(period))
+            except RateRefused as full:
+                if shards == 1:
+                    raise rate_limits.exceeded(caller, full.usage, window) from None
+                rate_full.add(shard)
+                counters = rate_limits.read_counters(caller.key_id, window, shards)
+                other = rate_limits.shard_with_room(caller, counters, window, rate_full)
+                if other is None or n > 3 * shards:
+                    raise rate_limits.exceeded(caller, rate_limits.summed(counters, caller.key_id, window, shards),
+                                               window) from None
+                shard = other
+                continue
             except HoldRefused as refused:
                 if shards == 1 or refused.limit_room_micros is not None or consolidations == 2:
                     raise
@@ -206,24 +221,22 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                 window.start, period, shard, shards)
 
 
-def _explain_refusal(exc: TransactWriteError, caller: CallerContext, window, spend_limited: bool) -> None:
-    """Turn a cancelled hold into the client's answer: 401, 429 or a HoldRefused (→ 402 or a smaller hold).
+def _explain_refusal(exc: TransactWriteError, caller: CallerContext, spend_limited: bool) -> None:
+    """Say why a hold was cancelled: a RateRefused (→ 429, or another shard) or a HoldRefused (→ 402 or a
+    smaller hold); anything else goes on as it was raised.
 
     PynamoDB sends condition checks, then puts, then updates in the order added:
-    [usage put, account update, rate counter update, (spend counter update), key update].
+    [usage put, account update, rate counter update, (spend counter update)].
     """
-    reasons = list(exc.cancellation_reasons or []) + [None] * 5
+    reasons = list(exc.cancellation_reasons or []) + [None] * 4
     _, account, rate = reasons[:3]
     spend = reasons[3] if spend_limited else None
-    key = reasons[4 if spend_limited else 3]
 
     def failed(reason) -> bool:
         return reason is not None and reason.code == "ConditionalCheckFailed"
 
-    if failed(key):
-        raise errors.invalid_api_key() from None
     if failed(rate):
-        raise rate_limits.exceeded(caller, rate_limits.usage_from_item(rate.raw_item), window) from None
+        raise RateRefused(rate_limits.usage_from_item(rate.raw_item)) from None
     balance = limit_room = None
     if failed(account):
         raw = account.raw_item or {}
@@ -314,9 +327,7 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
-           key_actions=[ApiKey.spend_micros.add(charge)] if charge else [],
-           tokens=usage.prompt_tokens + usage.completion_tokens)
+    _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions)
     if charge > hold.micros and hold.shards > 1:
         _net_debts(hold)
     telemetry.note(charge_micros=charge)
@@ -345,7 +356,7 @@ def release(hold: Hold, *, code: str, message: str, upstream_status: int | None 
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros, record=record, record_actions=record_actions, key_actions=[], tokens=0)
+    _close(hold, refund=hold.micros, record=record, record_actions=record_actions)
 
 
 def _fallback_actions(hold: Hold) -> list:
@@ -365,8 +376,7 @@ def _fallback_actions(hold: Hold) -> list:
     return actions
 
 
-def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, key_actions: list,
-           tokens: int) -> None:
+def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list) -> None:
     def write(tx: TransactWrite) -> None:
         tx.update(record, actions=record_actions, condition=_still_pending())
         tx.update(balances.item(hold.account_id, hold.shard),
@@ -385,22 +395,6 @@ def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list
     except Exception:
         telemetry.settle_failed()
         raise
-    _count_after_close(hold, key_actions, tokens)
-
-
-def _count_after_close(hold: Hold, key_actions: list, tokens: int) -> None:
-    """The key's spend and the window's tokens: counters, not money, so plain writes after the settle (1 write
-    unit each instead of 2 inside it). What that costs (docs/ARCHITECTURE.md): an invocation that dies between
-    the settle and these leaves them short by one request; a retried write after an unseen success counts twice.
-    Only after the settle succeeded (never for an AlreadyClosed), so each request is counted once."""
-    try:
-        if hold.key_hash and key_actions:  # records made before key_hash was stored cannot name their key
-            ApiKey(key_hash=hold.key_hash).update(actions=key_actions, condition=ApiKey.key_hash.exists())
-        if hold.window_start and tokens:
-            rate_limits.count_tokens_now(hold.key_id, hold.window_start, tokens)
-    except Exception:  # noqa: BLE001 - the settle is done; a lost counter must not fail the answer
-        logging.getLogger("onysoft.billing").exception("could not count a settled request on its key",
-                                                       extra={"request_id": hold.request_id})
 
 
 def hold_from_record(record: UsageRecord) -> Hold:

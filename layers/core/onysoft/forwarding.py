@@ -32,6 +32,7 @@ from onysoft import api_formats, billing, errors, fallbacks, provider_usage, rat
 from onysoft.caller import CallerContext
 from onysoft.catalog import ModelPrice, catalog_cache
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
+from onysoft.key_use import note_use, usable_key
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
 from onysoft.request_ids import current_request_id
@@ -142,6 +143,16 @@ def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: 
 
 def _hold(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
           candidates: list[Candidate], endpoint: str, body: dict) -> tuple[billing.Hold, list[HoldPlan]]:
+    """The key read again (401 before any money moves), then the hold; the key's last use noted."""
+    key = usable_key(key_hash, caller)
+    held = _hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body)
+    note_use(key)
+    return held
+
+
+def _hold_for_candidates(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
+                         candidates: list[Candidate], endpoint: str, body: dict
+                         ) -> tuple[billing.Hold, list[HoldPlan]]:
     """One hold for the most expensive candidate (each plan is that model's own bound); when the balance is
     short, every plan shrinks to what it affords. Returns the hold and the plans it covers."""
     def place(plans: list[HoldPlan], attempt: int) -> billing.Hold:
@@ -286,7 +297,7 @@ def deadline_error(provider: Provider) -> errors.GatewayError:
 async def _window_usage(caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage | None:
     """The window's counts for the x-ratelimit headers; None if they cannot be read (the answer still goes out)."""
     try:
-        return await run_in_threadpool(rate_limits.read_usage, caller.key_id, window)
+        return await run_in_threadpool(rate_limits.read_usage, caller.key_id, window, caller.shards)
     except Exception:
         logger.exception("rate-limit counter unreadable", extra={"key_id": caller.key_id})
         return None

@@ -56,6 +56,12 @@ class HoldPlan:
     tokens_per_image: int = 0
 
     @property
+    def rate_tokens(self) -> int:
+        """What the request counts against its key's tokens per minute at the hold: all it may use (the prompt
+        bound, media included, and the held output); the usage rollup gives back what it did not use."""
+        return self.prompt_tokens + self.output_tokens
+
+    @property
     def output_limit(self) -> int:
         """The one output limit the gateway sends upstream (per answer)."""
         return self.output_tokens // max(self.choices, 1)

@@ -138,6 +138,7 @@ class UsageRecord(GatewayModel):
     hold_prompt_tokens = NumberAttribute(default=0)
     hold_output_tokens = NumberAttribute(default=0)
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
+    rate_tokens = NumberAttribute(null=True)  # the tokens it was counted for there (the rollup gives back the rest)
     spend_period = UnicodeAttribute(null=True)  # the key's spend-limit period the hold counts against
     charge_micros = NumberAttribute(default=0)
     uncharged_micros = NumberAttribute(null=True)  # records from before overruns became debts (issue 10)

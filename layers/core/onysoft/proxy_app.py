@@ -24,6 +24,7 @@ from onysoft.dynamo import get_key_and_account
 from onysoft.models import Account, ApiKey
 from onysoft.operations.views import KeyState, key_view
 from onysoft.request_ids import RequestIds, current_request_id
+from onysoft.usage_rollup import totals_from_item
 
 logger = logging.getLogger("onysoft.proxy")
 telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
@@ -47,27 +48,31 @@ def caller_of(request: Request) -> tuple[str, CallerContext]:
     return keys.hash_key(key), caller
 
 
-def read_usable_key(key_hash: str, caller: CallerContext, counter_ids: tuple[str, ...]
-                    ) -> tuple[ApiKey, Account, dict[str, dict]]:
-    """Re-read the key record itself, with its account and the given limit counters, in one BatchGetItem:
-    a key deleted or expired while the authorizer's answer is cached gets 401 now."""
-    record, account, counters = get_key_and_account(key_hash, caller.account_id, counter_ids)
+def read_usable_key(key_hash: str, caller: CallerContext, counter_ids: tuple[str, ...], with_totals: bool = False
+                    ) -> tuple[ApiKey, Account, dict[str, dict], dict | None]:
+    """Re-read the key record itself, with its account, the given limit counters and (`with_totals`) its
+    usage totals, in one BatchGetItem: a key deleted or expired while the authorizer's answer is cached gets
+    401 now."""
+    record, account, counters, totals = get_key_and_account(key_hash, caller.account_id, counter_ids,
+                                                            caller.key_id if with_totals else None)
     if (record is None or account is None or not is_usable(record)
             or record.key_id != caller.key_id or record.account_id != account.account_id):
         raise errors.invalid_api_key()
-    return record, account, counters
+    return record, account, counters, totals
 
 
 def load_key_view(key_hash: str, caller: CallerContext) -> dict:
-    """GET /v1/key: the key, its account, and its current rate-limit window and spend-period counters,
-    rendered by the one key view (onysoft.operations.views) the dashboard and the CLI render too."""
+    """GET /v1/key: the key, its account, its usage totals, and its current rate-limit window and
+    spend-period counters, rendered by the one key view (onysoft.operations.views) the dashboard and the
+    CLI render too."""
     window = rate_limits.current_window()
-    rate_id = window.counter_id(caller.key_id)
+    rate_ids = tuple(window.counter_ids(caller.key_id, caller.shards))
     spend_id = spend_limits.counter_id(caller.key_id, spend_limits.period_start(caller.limit_reset or None))
-    record, account, counters = read_usable_key(key_hash, caller, (rate_id, spend_id))
-    usage = rate_limits.usage_from_item(counters.get(rate_id))
+    record, account, counters, totals = read_usable_key(key_hash, caller, (*rate_ids, spend_id), with_totals=True)
+    usage = rate_limits.summed(counters, caller.key_id, window, caller.shards)
     spent = spend_limits.spent(counters.get(spend_id)) if record.spend_limit_micros else 0
-    return key_view(record, account=account, state=KeyState(usage, window, spent))
+    return key_view(record, totals=totals_from_item(totals), account=account,
+                    state=KeyState(usage, window, spent))
 
 
 async def get_key(request: Request) -> Response:
@@ -80,9 +85,8 @@ async def get_key(request: Request) -> Response:
 
 def load_usage_of_usable_key(key_hash: str, caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage:
     """GET /v1/models: the key re-checked, and its rate-limit usage for the headers, at no extra round trip."""
-    rate_id = window.counter_id(caller.key_id)
-    _, _, counters = read_usable_key(key_hash, caller, (rate_id,))
-    return rate_limits.usage_from_item(counters.get(rate_id))
+    _, _, counters, _ = read_usable_key(key_hash, caller, tuple(window.counter_ids(caller.key_id, caller.shards)))
+    return rate_limits.summed(counters, caller.key_id, window, caller.shards)
 
 
 async def list_models(request: Request) -> Response:

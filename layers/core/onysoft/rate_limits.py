@@ -1,9 +1,22 @@
 """Requests and tokens per minute per key, counted in the RateLimits table, enforced inside the hold.
 
 Window rule: fixed one-minute windows aligned to the UTC minute. A request is counted in the window it
-starts in, at the hold (so it is refused before anything is forwarded); its tokens are added to that same
-window at settle. A request is refused when the window already holds `rpm` requests, or when its tokens
-already reached `tpm` (the request that would start after the limit was reached). Counters expire by TTL.
+starts in, at the hold (so it is refused before anything is forwarded), with the tokens it may use: its
+prompt bound plus the output it is allowed (what the hold is sized on; OpenAI's own limits count max_tokens
+the same way). When the request is settled or released, the usage rollup (onysoft.usage_rollup) gives the
+window back what it did not use, off the request path. A request is refused when the window already holds
+`rpm` requests, or when its tokens already reached `tpm` (the request that would start after the limit was
+reached). So neither limit is ever exceeded by concurrent requests; tokens a request did not use return to
+the window within the rollup's lag (about a second), and until then the window counts them. Counters expire
+by TTL.
+
+Shards (issue 16). One counter item per key and window is one hot item: each request writes it once in the
+hold (2 write units), so one key would stop near 500 requests a second. A key of an account with N balance
+shards counts in N counters, `<key_id>#<window>` (shard 0) and `<key_id>#<window>#<k>`: the hold counts in
+the counter of the balance shard it takes from, and each counter has its share of the limits (`share`: the
+shares add up to the limit exactly). A counter at its share refuses; the hold then moves to a shard whose
+counter has room (read from all N), and the request is refused only when the shares are all used: the sum
+never exceeds the limit, and a request is refused early only when a concurrent request took the room it saw.
 """
 
 import math
@@ -26,8 +39,11 @@ class Window:
     def reset_seconds(self) -> float:
         return max(self.start + WINDOW_SECONDS - time.time(), 0.0)
 
-    def counter_id(self, key_id: str) -> str:
-        return f"{key_id}#{self.start}"
+    def counter_id(self, key_id: str, shard: int = 0) -> str:
+        return f"{key_id}#{self.start}" if not shard else f"{key_id}#{self.start}#{shard}"
+
+    def counter_ids(self, key_id: str, shards: int) -> list[str]:
+        return [self.counter_id(key_id, k) for k in range(max(shards, 1))]
 
 
 def current_window(now: float | None = None) -> Window:
@@ -46,30 +62,50 @@ def limits_of(caller: CallerContext) -> tuple[int, int]:
     return effective_limits(caller.key_type, caller.rpm, caller.tpm)
 
 
-def count_request(tx, caller: CallerContext, window: Window) -> None:
-    """Add this request to the window, if the window has room (part of the hold transaction)."""
+def share(limit: int, shards: int, shard: int) -> int:
+    """Counter `shard`'s part of a limit split over `shards` counters: the parts add up to the limit."""
+    shards = max(shards, 1)
+    return limit // shards + (1 if shard < limit % shards else 0)
+
+
+def count_request(tx, caller: CallerContext, window: Window, shard: int, tokens: int) -> None:
+    """Add this request, and the tokens it may use, to its counter, if the counter has room (part of the
+    hold transaction)."""
     rpm, tpm = limits_of(caller)
+    shards = max(caller.shards, 1)
     condition = None
     if rpm:
-        condition = RateLimitCounter.requests.does_not_exist() | (RateLimitCounter.requests < rpm)
+        condition = RateLimitCounter.requests.does_not_exist() | (RateLimitCounter.requests < share(rpm, shards, shard))
     if tpm:
-        tokens_ok = RateLimitCounter.tokens.does_not_exist() | (RateLimitCounter.tokens < tpm)
+        tokens_ok = RateLimitCounter.tokens.does_not_exist() | (RateLimitCounter.tokens < share(tpm, shards, shard))
         condition = tokens_ok if condition is None else condition & tokens_ok
     tx.update(
-        RateLimitCounter(counter_id=window.counter_id(caller.key_id)),
-        actions=[RateLimitCounter.requests.add(1),
+        RateLimitCounter(counter_id=window.counter_id(caller.key_id, shard)),
+        actions=[RateLimitCounter.requests.add(1), RateLimitCounter.tokens.add(tokens),
                  RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window.start + TTL_SECONDS)],
         condition=condition,
         return_values="ALL_OLD",
     )
 
 
-def count_tokens_now(key_id: str, window_start: int, tokens: int) -> None:
-    """Add a settled request's tokens to the window it started in: one plain UpdateItem after the settle."""
-    window = Window(window_start)
-    RateLimitCounter(counter_id=window.counter_id(key_id)).update(
+def give_back(counter_id: str, window_start: int, tokens: int) -> None:
+    """Correct a window's tokens by what requests used against what they were counted for (the rollup's)."""
+    RateLimitCounter(counter_id=counter_id).update(
         actions=[RateLimitCounter.tokens.add(tokens),
-                 RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window.start + TTL_SECONDS)])
+                 RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window_start + TTL_SECONDS)])
+
+
+def shard_with_room(caller: CallerContext, counters: dict[str, dict], window: Window, full: set[int]) -> int | None:
+    """A shard (not in `full`) whose counter is below its share of both limits, from the counters as read."""
+    rpm, tpm = limits_of(caller)
+    shards = max(caller.shards, 1)
+    for k in range(shards):
+        if k in full:
+            continue
+        used = usage_from_item(counters.get(window.counter_id(caller.key_id, k)))
+        if (not rpm or used.requests < share(rpm, shards, k)) and (not tpm or used.tokens < share(tpm, shards, k)):
+            return k
+    return None
 
 
 @dataclass(frozen=True)
@@ -83,12 +119,22 @@ def usage_from_item(raw: dict | None) -> Usage:
     return Usage(int(raw.get("requests", {}).get("N", 0)), int(raw.get("tokens", {}).get("N", 0)))
 
 
-def read_usage(key_id: str, window: Window) -> Usage:
-    try:
-        counter = RateLimitCounter.get(window.counter_id(key_id), consistent_read=True)
-    except RateLimitCounter.DoesNotExist:
-        return Usage()
-    return Usage(int(counter.requests or 0), int(counter.tokens or 0))
+def summed(counters: dict[str, dict], key_id: str, window: Window, shards: int) -> Usage:
+    """The window's use over the key's counters (raw items by counter_id, absent ones missing)."""
+    used = [usage_from_item(counters.get(c)) for c in window.counter_ids(key_id, shards)]
+    return Usage(sum(u.requests for u in used), sum(u.tokens for u in used))
+
+
+def read_counters(key_id: str, window: Window, shards: int) -> dict[str, dict]:
+    """The key's counters for the window, strongly consistent, raw items by counter_id."""
+    from onysoft.dynamo import batch_get_raw
+
+    return {item["counter_id"]["S"]: item for item in batch_get_raw(
+        RateLimitCounter.Meta.table_name, [{"counter_id": {"S": c}} for c in window.counter_ids(key_id, shards)])}
+
+
+def read_usage(key_id: str, window: Window, shards: int = 1) -> Usage:
+    return summed(read_counters(key_id, window, shards), key_id, window, shards)
 
 
 def _duration(seconds: float) -> str:

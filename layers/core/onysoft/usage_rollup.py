@@ -18,10 +18,20 @@ record whose pending image was never seen (a lost record) counts from its final 
 
 A refused hold writes no usage record (its transaction was cancelled), so it counts nowhere, as before; a
 released hold (upstream failed) counts as a failed request with no charge, as the usage page always did.
+
+Two more things ride on the same fold (issue 16: they used to be writes on the request path):
+- a key's all-time totals (`key#<key_id>`, "total"): its request count (every request that got a hold) and
+  its spend (settled charges), what every key view shows (`key_totals`);
+- the rate-limit window's tokens: the hold counted each request for all the tokens it may use
+  (onysoft.rate_limits); when a record's final image is first counted, the window gets back what the
+  request did not use (or is charged what it used beyond, for a provider that reported more). A plain ADD
+  after the batch's transaction, so a lost one leaves the window counting too much, never too little, and
+  only until the window ends.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -29,12 +39,18 @@ from dataclasses import asdict, dataclass
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
+from onysoft import rate_limits
 from onysoft.models import RollupMarker, UsageRollup
+
+logger = logging.getLogger("onysoft.usage_rollup")
 
 STATUSES = ("pending", "settled", "failed")
 RANK = {"pending": 0, "settled": 1, "failed": 1}  # a record only moves forward
 FIELDS = ("requests", "pending", "settled", "failed", "prompt_tokens", "completion_tokens", "charge_micros")
-CHUNK = 20  # usage records per transaction: 20 markers + at most 80 totals (old and new, account and key) = 100
+# Usage records per transaction: 16 markers + at most 5 totals each (account and key day items, old and new,
+# and the key's all-time item) = 96, under TransactWriteItems' 100.
+CHUNK = 16
+KEY_TOTAL_SK = "total"
 ATTEMPTS = 5
 MARKER_TTL_SECONDS = 7 * 24 * 3600  # a stream keeps records 24 h: no duplicate can come later than that
 _NOT_USAGE = ("audit#", "idem#")  # the Usage table's other items (onysoft.audit, onysoft.idempotency)
@@ -89,11 +105,30 @@ def counted_from_image(image: dict | None) -> Counted | None:
 
 
 @dataclass(frozen=True)
+class WindowTokens:
+    """Where a record was counted against its key's tokens per minute, and for how many tokens."""
+
+    counter_id: str
+    window_start: int
+    counted_for: int
+
+
+@dataclass(frozen=True)
 class Change:
     sequence: str
     record: str  # "<account_id>#<sk>": the usage record's id
     account_id: str
     counted: Counted | None
+    window: WindowTokens | None = None
+
+
+def window_tokens_of(image: dict | None) -> WindowTokens | None:
+    """A record's rate-limit counter and the tokens the hold counted there (None: counted for none)."""
+    if not image or not _number(image, "rate_tokens") or not _number(image, "rate_window"):
+        return None
+    window = rate_limits.Window(_number(image, "rate_window"))
+    return WindowTokens(window.counter_id(_value(image, "key_id") or "", _number(image, "balance_shard")),
+                        window.start, _number(image, "rate_tokens"))
 
 
 def changes_of(records: Iterable[dict]) -> list[Change]:
@@ -108,14 +143,16 @@ def changes_of(records: Iterable[dict]) -> list[Change]:
         # A sharded account's records are in partitions `<account_id>#<k>` (issue 16): its totals are the account's.
         account_id = partition.partition("#")[0]
         counted = counted_from_image(body.get("NewImage"))  # a REMOVE (no new image) changes no total
-        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted))
+        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted,
+                              window_tokens_of(body.get("NewImage"))))
     return changes
 
 
 def totals_keys(account_id: str, counted: Counted) -> list[tuple[str, str]]:
-    """The totals items one record counts in: its account's and its key's, for its day, currency and model."""
+    """The totals items one record counts in: its account's and its key's, for its day, currency and model;
+    and its key's all-time total."""
     sk = f"{counted.day}#{counted.currency}#{counted.model}"
-    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk)]
+    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk), (f"key#{counted.key_id}", KEY_TOTAL_SK)]
 
 
 class RollupConflict(Exception):
@@ -152,6 +189,7 @@ def _apply_chunk(chunk: list[Change]) -> None:
     initial = dict(counted)
     account_of = {c.record: c.account_id for c in chunk}
     deltas: dict[tuple[str, str], dict] = {}
+    given_back: dict[tuple[str, int], int] = {}  # (counter_id, window start) -> tokens
 
     def add(account_id: str, what: Counted, sign: int) -> None:
         for key in totals_keys(account_id, what):
@@ -167,6 +205,10 @@ def _apply_chunk(chunk: list[Change]) -> None:
             add(change.account_id, now, -1)
         add(change.account_id, new, +1)
         counted[change.record] = new
+        if change.window and RANK[new.status] and (now is None or not RANK[now.status]):  # closed: count it once
+            used = new.prompt_tokens + new.completion_tokens if new.status == "settled" else 0
+            at = (change.window.counter_id, change.window.window_start)
+            given_back[at] = given_back.get(at, 0) + used - change.window.counted_for
     changed = [i for i in ids if counted[i] != initial[i]]
     if not changed:
         return
@@ -188,8 +230,9 @@ def _apply_chunk(chunk: list[Change]) -> None:
                 continue
             what = total["what"]
             actions = [getattr(UsageRollup, name).add(amount) for name, amount in amounts.items()]
-            actions += [UsageRollup.day.set(what.day), UsageRollup.model.set(what.model),
-                        UsageRollup.currency.set(what.currency), UsageRollup.account_id.set(total["account_id"])]
+            actions += [UsageRollup.currency.set(what.currency), UsageRollup.account_id.set(total["account_id"])]
+            if sk != KEY_TOTAL_SK:
+                actions += [UsageRollup.day.set(what.day), UsageRollup.model.set(what.model)]
             tx.update(UsageRollup(pk=pk, sk=sk), actions=actions)
 
     from onysoft.billing import _connection  # PynamoDB's shared connection
@@ -203,6 +246,19 @@ def _apply_chunk(chunk: list[Change]) -> None:
                 exc.cause_response_code in ("TransactionConflictException", "TransactionInProgressException"):
             raise RollupConflict from None
         raise
+    _give_back(given_back)
+
+
+def _give_back(given_back: dict[tuple[str, int], int]) -> None:
+    """The windows' unused tokens, after the markers say the records are counted (so at most once each)."""
+    oldest = int(time.time()) - rate_limits.TTL_SECONDS  # a window gone by TTL needs nothing back
+    for (counter_id, start), tokens in given_back.items():
+        if not tokens or start < oldest:
+            continue
+        try:
+            rate_limits.give_back(counter_id, start, tokens)
+        except Exception:  # noqa: BLE001 - the window counts too much until it ends: never too little
+            logger.warning("could not give a window its unused tokens", extra={"counter_id": counter_id})
 
 
 def _counted_of(marker: RollupMarker | None) -> Counted | None:
@@ -225,3 +281,29 @@ def read_totals(account_id: str, key_id: str | None, currency: str, first_day: s
     items = list(UsageRollup.query(pk, UsageRollup.sk.between(first_day, last_day + "#\uffff")))
     return [i for i in items if (i.currency or "") == currency and (not key_id or i.account_id == account_id)], \
         len(items)
+
+
+@dataclass(frozen=True)
+class KeyTotals:
+    """A key's all-time request count and spend, as the rollup has counted them."""
+
+    requests: int = 0
+    spend_micros: int = 0
+
+
+def key_totals(key_ids: Iterable[str]) -> dict[str, KeyTotals]:
+    """The all-time totals of up to 100 keys per call, in one BatchGetItem each; a key never used has none."""
+    from onysoft.dynamo import batch_get_raw
+
+    ids = list(dict.fromkeys(key_ids))
+    found: dict[str, KeyTotals] = {}
+    for start in range(0, len(ids), 100):
+        keys = [{"pk": {"S": f"key#{k}"}, "sk": {"S": KEY_TOTAL_SK}} for k in ids[start:start + 100]]
+        for item in batch_get_raw(UsageRollup.Meta.table_name, keys):
+            found[item["pk"]["S"].removeprefix("key#")] = totals_from_item(item)
+    return found
+
+
+def totals_from_item(item: dict | None) -> KeyTotals:
+    item = item or {}
+    return KeyTotals(int(item.get("requests", {}).get("N", 0)), int(item.get("charge_micros", {}).get("N", 0)))

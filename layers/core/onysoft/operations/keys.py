@@ -1,21 +1,28 @@
 """Key operations: list, create (the plaintext returned once), change limits, delete; and a key's state."""
 
-from onysoft import accounts, api_keys, audit, expiry, rate_limits, spend_limits
+from onysoft import accounts, api_keys, audit, balances, expiry, rate_limits, spend_limits, usage_rollup
 from onysoft.audit import Actor
 from onysoft.errors import bad_request
 from onysoft.models import ApiKey
 from onysoft.operations import access
 from onysoft.operations.views import KeyState, key_view
+from onysoft.usage_rollup import KeyTotals
 
 UNSET = api_keys.UNSET  # "leave as it is" for update_key; None means "remove"
 
 
-def key_state(record: ApiKey) -> KeyState:
-    """The key's use of its limits now: this minute's rate-limit window, this spend period's total."""
+def key_state(record: ApiKey, shards: int) -> KeyState:
+    """The key's use of its limits now: this minute's rate-limit window (over the account's `shards`
+    counters), this spend period's total."""
     window = rate_limits.current_window()
     spent = (spend_limits.read_spent(record.key_id, spend_limits.period_start(record.limit_reset))
              if record.spend_limit_micros else 0)
-    return KeyState(rate_limits.read_usage(record.key_id, window), window, spent)
+    return KeyState(rate_limits.read_usage(record.key_id, window, shards), window, spent)
+
+
+def _view(record: ApiKey) -> dict:
+    """One key's view, with its totals (one read)."""
+    return key_view(record, totals=usage_rollup.key_totals([record.key_id]).get(record.key_id, KeyTotals()))
 
 
 def list_keys(actor: Actor, account_id: str, *, include_deleted: bool = False, with_state: bool = False) -> dict:
@@ -23,7 +30,10 @@ def list_keys(actor: Actor, account_id: str, *, include_deleted: bool = False, w
     account = access.account(actor, account_id)
     records = sorted(api_keys.list_keys(account.account_id, include_deleted=include_deleted),
                      key=lambda r: (r.created_at, r.key_id))
-    return {"keys": [key_view(r, state=key_state(r) if with_state else None) for r in records]}
+    totals = usage_rollup.key_totals(r.key_id for r in records)
+    shards = balances.count_of(account)
+    return {"keys": [key_view(r, totals=totals.get(r.key_id, KeyTotals()),
+                              state=key_state(r, shards) if with_state else None) for r in records]}
 
 
 def _future_iso(expires_at: str | None) -> str | None:
@@ -50,7 +60,7 @@ def create_key(actor: Actor, account_id: str, *, name: str = "", rpm: int | None
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
     # The plaintext key is in this answer and nowhere else, ever.
-    return {"key": created.plaintext, **key_view(created.record)}
+    return {"key": created.plaintext, **key_view(created.record, totals=KeyTotals())}
 
 
 def update_key(actor: Actor, key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expires_at=UNSET,
@@ -67,7 +77,7 @@ def update_key(actor: Actor, key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET,
         raise access.key_not_found(key_id) from None
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
-    return key_view(record)
+    return _view(record)
 
 
 def delete_key(actor: Actor, key_id: str) -> dict:
@@ -76,4 +86,4 @@ def delete_key(actor: Actor, key_id: str) -> dict:
         deleted = api_keys.delete_key(key_id, companions=audit.on_key_delete(actor, account))
     except api_keys.KeyNotFound:
         raise access.key_not_found(key_id) from None
-    return key_view(deleted)
+    return _view(deleted)

@@ -13,6 +13,7 @@ from typing import Any
 from onysoft import balances, money, rate_limits
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import Account, ApiKey, AuditRecord, UsageRecord
+from onysoft.usage_rollup import KeyTotals
 
 
 def _int(value: Any) -> int | None:
@@ -53,10 +54,13 @@ class KeyState:
     spent_micros: int
 
 
-def key_view(record: ApiKey, *, account: Account | None = None, state: KeyState | None = None) -> dict:
-    """A key as every list shows it: the display form, never the key nor its hash. With its account, the
-    balance it charges; with its state, its effective limits and its use of them (`limits`, `usage`)."""
-    spend = int(record.spend_micros or 0)
+def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = None,
+             state: KeyState | None = None) -> dict:
+    """A key as every list shows it: the display form, never the key nor its hash. Its request count and
+    spend are the usage rollup's totals (onysoft.usage_rollup: counted off the request path, current within
+    the rollup's lag). With its account, the balance it charges; with its state, its effective limits and
+    its use of them (`limits`, `usage`)."""
+    spend = totals.spend_micros
     spend_limit = _int(record.spend_limit_micros)
     view = {
         "object": "api_key",
@@ -71,7 +75,7 @@ def key_view(record: ApiKey, *, account: Account | None = None, state: KeyState 
         "last_used_at": record.last_used_at or None,
         "expires_at": record.expires_at or None,
         "deleted_at": record.deleted_at or None,
-        "request_count": int(record.request_count or 0),
+        "request_count": totals.requests,
         "spend": money.format_micros(spend),
         "spend_micros": spend,
         "rpm": _int(record.rpm),  # the key's own limits; null = the key type's default (see `limits`)

@@ -1,0 +1,68 @@
+"""The key at request time: read again before every hold, and when it was last used.
+
+The authorizer's answer is cached by API Gateway (ReauthorizeEvery), so the proxy re-reads the key item,
+strongly consistent, before it holds any money: a key deleted or expired a moment ago gets 401 at once.
+
+The hold transaction itself does not touch the key item (issue 16, docs/SCALE.md): a write per request on one
+item stops a key near 500 requests a second, and costs 2 write units. So:
+- the check is this read (1 read unit; an item takes 3,000 a second);
+- `last_used_at` is written at most about once a second per key (`note_use`): the read says when it was
+  last written, and only a request that finds it older writes it again;
+- the key's request count and spend are counted by the usage rollup from the Usage table's stream
+  (onysoft.usage_rollup, `key_totals`), off the request path.
+What it costs: a key deleted between this read and the hold (milliseconds) still serves that one request,
+as a request already under way when the key is deleted does; every request that starts after is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from pynamodb.exceptions import UpdateError
+
+from onysoft import clock, errors
+from onysoft.api_keys import is_usable
+from onysoft.caller import CallerContext
+from onysoft.models import ApiKey
+
+LAST_USED_EVERY = timedelta(seconds=1)
+
+logger = logging.getLogger("onysoft.key_use")
+
+
+def usable_key(key_hash: str, caller: CallerContext) -> ApiKey:
+    """The key item, if it is still active, unexpired and the one the authorizer saw; otherwise 401."""
+    try:
+        record = ApiKey.get(key_hash, consistent_read=True)
+    except ApiKey.DoesNotExist:
+        raise errors.invalid_api_key() from None
+    if not is_usable(record) or record.key_id != caller.key_id or record.account_id != caller.account_id:
+        raise errors.invalid_api_key()
+    return record
+
+
+def due(last_used_at: str | None, now: str) -> bool:
+    """Whether a request at `now` should write last_used_at (never written, or written a second ago or more)."""
+    if not last_used_at:
+        return True
+    try:
+        return clock.parse_iso(now) - clock.parse_iso(last_used_at) >= LAST_USED_EVERY
+    except ValueError:
+        return True
+
+
+def note_use(record: ApiKey, now: str | None = None) -> None:
+    """Write the key's last_used_at when it is due. A plain write (1 unit), never one that fails the request."""
+    now = now or clock.now_iso()
+    if not due(record.last_used_at, now):
+        return
+    try:
+        # Only an existing key: a key deleted meanwhile must not come back as a stub item.
+        ApiKey(key_hash=record.key_hash).update(actions=[ApiKey.last_used_at.set(now)],
+                                                condition=ApiKey.key_hash.exists())
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            logger.warning("could not write the key's last use", extra={"key_id": record.key_id})
+    except Exception:  # noqa: BLE001 - a display field: the request goes on
+        logger.warning("could not write the key's last use", extra={"key_id": record.key_id})
