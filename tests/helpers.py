@@ -68,7 +68,8 @@ def roll_up() -> None:
 
 def key_totals(key_id: str):
     """A key's all-time request count and spend, after rolling up what the stream holds."""
-    from onysoft.usage_rollup import KeyTotals, key_totals as read
+    from onysoft.usage_rollup import KeyTotals
+    from onysoft.usage_rollup import key_totals as read
 
     roll_up()
     return read([key_id]).get(key_id, KeyTotals())

@@ -111,6 +111,7 @@ class Tables:
         self.usage_table = self.resource.Table(env["ONYSOFT_TABLE_USAGE"])
         self.keys = self.resource.Table(env["ONYSOFT_TABLE_API_KEYS"])
         self.rate_limits = self.resource.Table(env["ONYSOFT_TABLE_RATE_LIMITS"])
+        self.rollups = self.resource.Table(env["ONYSOFT_TABLE_USAGE_ROLLUPS"])
 
     def account(self, account_id: str) -> dict:
         return self.accounts.get_item(Key={"account_id": account_id}, ConsistentRead=True)["Item"]
@@ -150,6 +151,31 @@ class Tables:
         items = self.keys.query(IndexName="by_key_id", KeyConditionExpression=Key("key_id").eq(key_id))["Items"]
         assert len(items) == 1, items
         return self.keys.get_item(Key={"key_hash": items[0]["key_hash"]}, ConsistentRead=True)["Item"]
+
+    def key_totals(self, key_id: str, requests: int, pending: int = 0, timeout: float = 20.0) -> dict:
+        """The key's all-time totals (`requests`, `pending`, `charge_micros`…) as the usage rollup counted them,
+        once it counted `requests` requests, `pending` of them pending: `onysoft dev` reads the stream as
+        RollupFunction does in AWS (onysoft.usage_rollup). After `timeout`, what it has (the caller's
+        assertion then says what is missing)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self.rollups.get_item(Key={"pk": f"key#{key_id}", "sk": "total"}, ConsistentRead=True).get("Item")
+            totals = {name: int(value) for name, value in (item or {}).items() if isinstance(value, Decimal)}
+            if (totals.get("requests", 0) == requests and totals.get("pending", 0) == pending) \
+                    or time.monotonic() > deadline:
+                return totals
+            time.sleep(0.1)
+
+    def settled_counter(self, counter_id: str, tokens: int, timeout: float = 20.0) -> dict:
+        """A rate-limit counter once its tokens are `tokens` (what its requests used): the hold counts a request
+        for all it may use, and the usage rollup gives the window back the rest, just after it counts the
+        request (onysoft.rate_limits). After `timeout`, what it has."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counter = self.counter(counter_id)
+            if int(counter.get("tokens", 0)) == tokens or time.monotonic() > deadline:
+                return counter
+            time.sleep(0.1)
 
     def counter(self, counter_id: str) -> dict:
         return self.rate_limits.get_item(Key={"counter_id": counter_id}, ConsistentRead=True).get("Item") or {}

@@ -256,13 +256,20 @@ class Capacity:
     def read_parts(self, call: dict) -> list[dict]:
         """The items one read call reads, with their partition key values and read units."""
         op, params = call["op"], call["params"]
-        if op != "GetItem":
+        if op == "GetItem":
+            requests = [(params["TableName"], [params["Key"]], params.get("ConsistentRead"))]
+        elif op == "BatchGetItem":  # each item on its own: its own partition, its own units
+            requests = [(table, r["Keys"], r.get("ConsistentRead")) for table, r in params["RequestItems"].items()]
+        else:
             return []
-        table = params["TableName"]
-        hash_key = self.tables.get(table, {}).get("keys", [""])[0]
-        size = item_size(self._get(table, params["Key"]))
-        units = max(1, math.ceil(size / 4096)) * (1 if params.get("ConsistentRead") else 0.5)
-        return [{"kind": "GetItem", "table": table, "partition": _scalar(params["Key"][hash_key]), "units": units}]
+        parts = []
+        for table, keys, consistent in requests:
+            hash_key = self.tables.get(table, {}).get("keys", [""])[0]
+            for key in keys:
+                size = item_size(self._get(table, key))
+                units = max(1, math.ceil(size / 4096)) * (1 if consistent else 0.5)
+                parts.append({"kind": op, "table": table, "partition": _scalar(key[hash_key]), "units": units})
+        return parts
 
     @staticmethod
     def _touched(update: dict) -> set[str]:

@@ -50,7 +50,7 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
     record = ApiKey(
         key_hash=keys.hash_key(plaintext), key_id=keys.new_key_id(), display=keys.display_form(plaintext),
         name=name, key_type=key_type.name, account_id=account.account_id, currency=account.currency,
-        status=ACTIVE, created_at=clock.now_iso(), request_count=0, spend_micros=0,
+        status=ACTIVE, created_at=clock.now_iso(),
         rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
         spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
         fallbacks=list(fallbacks) if fallbacks else None,

@@ -33,6 +33,7 @@ from onysoft.caller import CallerContext
 from onysoft.catalog import ModelPrice, catalog_cache
 from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
 from onysoft.key_use import note_use, usable_key
+from onysoft.models import ApiKey
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
 from onysoft.request_ids import current_request_id
@@ -142,12 +143,12 @@ def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: 
 
 
 def _hold(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
-          candidates: list[Candidate], endpoint: str, body: dict) -> tuple[billing.Hold, list[HoldPlan]]:
-    """The key read again (401 before any money moves), then the hold; the key's last use noted."""
+          candidates: list[Candidate], endpoint: str, body: dict
+          ) -> tuple[billing.Hold, list[HoldPlan], ApiKey]:
+    """The key read again (401 before any money moves: onysoft.key_use), then the hold. Sequential on
+    purpose: a key deleted before this read gets no hold, so no usage record, at all."""
     key = usable_key(key_hash, caller)
-    held = _hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body)
-    note_use(key)
-    return held
+    return (*_hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body), key)
 
 
 def _hold_for_candidates(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
@@ -199,10 +200,12 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     candidates = await run_in_threadpool(_candidates, names, caller, endpoint)
     plans = [plan_hold(endpoint, body, len(raw), c.factors) for c in candidates]
     request_id = current_request_id()  # the one in the answer's x-onysoft-request-id (request_ids.RequestIds)
-    held, plans = await run_in_threadpool(_hold, request_id, key_hash, caller, plans, candidates, endpoint, body)
-    # The x-ratelimit headers need the window's count after this request: read it while the upstream works.
+    held, plans, key = await run_in_threadpool(_hold, request_id, key_hash, caller, plans, candidates, endpoint,
+                                               body)
+    # While the upstream works: the key's last use (when due), then the window's count after this request for
+    # the x-ratelimit headers.
     window = rate_limits.Window(held.window_start)
-    counted = asyncio.ensure_future(_window_usage(caller, window))
+    counted = asyncio.ensure_future(_note_use_and_window_usage(key, caller, window))
     failed: list[str] = []
     for index, candidate in enumerate(candidates):
         last = index + 1 == len(candidates)
@@ -292,6 +295,12 @@ def deadline_error(provider: Provider) -> errors.GatewayError:
     return errors.GatewayError(
         504, f"The request reached the gateway's time limit ({deadline_seconds():g} s) before the {provider.name} "
              "provider finished; what was delivered is billed.", "server_error", "gateway_deadline")
+
+
+async def _note_use_and_window_usage(key: ApiKey, caller: CallerContext, window: rate_limits.Window
+                                     ) -> rate_limits.Usage | None:
+    await run_in_threadpool(note_use, key)  # never raises: a display field
+    return await _window_usage(caller, window)
 
 
 async def _window_usage(caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage | None:

@@ -75,8 +75,9 @@ class ApiKey(GatewayModel):
     expires_at = UnicodeAttribute(null=True)
     spend_limit_micros = NumberAttribute(null=True)  # in the account's currency
     limit_reset = UnicodeAttribute(null=True)  # daily | weekly | monthly; absent = never (a lifetime limit)
-    request_count = NumberAttribute(default=0)
-    spend_micros = NumberAttribute(default=0)
+    # Written before issue 16 only (a key's count and spend are now the usage rollup's: onysoft.usage_rollup).
+    request_count = NumberAttribute(null=True)
+    spend_micros = NumberAttribute(null=True)
     rpm = NumberAttribute(null=True)
     tpm = NumberAttribute(null=True)
     models = ListAttribute(of=UnicodeAttribute, null=True)
