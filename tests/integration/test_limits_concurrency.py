@@ -13,7 +13,6 @@ Rate-limit windows are aligned to the UTC minute: each burst starts only with en
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -85,7 +84,15 @@ def upstream_tags(upstream: FakeUpstream, tags: set[str]) -> list[str]:
     return [t for t in (tag_of(r["body"]) for r in upstream.requests) if t in tags]
 
 
-def check_limit_headers(response: httpx.Response, *, rpm: int, tpm: int, at: float) -> tuple[int, int]:
+def _reset_within(seconds: float, at: float, until: float | None) -> bool:
+    """A reset (or Retry-After) stated at some time between the request's start `at` and its answer `until`:
+    between the minute's seconds left then (whole seconds, rounded up; 2.5 s after `at` when not known)."""
+    until = at + 2.5 if until is None else until
+    return seconds_left_in_minute(until) - 1.5 <= seconds <= seconds_left_in_minute(at) + 1.5
+
+
+def check_limit_headers(response: httpx.Response, *, rpm: int, tpm: int, at: float,
+                        until: float | None = None) -> tuple[int, int]:
     """Every x-ratelimit-* header OpenAI sends, well formed and consistent; (remaining requests, tokens)."""
     h = response.headers
     assert h["x-ratelimit-limit-requests"] == str(rpm)
@@ -93,21 +100,21 @@ def check_limit_headers(response: httpx.Response, *, rpm: int, tpm: int, at: flo
     remaining_requests = int(h["x-ratelimit-remaining-requests"])
     remaining_tokens = int(h["x-ratelimit-remaining-tokens"])
     assert 0 <= remaining_requests <= rpm and 0 <= remaining_tokens <= tpm
-    left = seconds_left_in_minute(at)
     for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        assert abs(reset_seconds(h[name]) - left) <= 2.5, (name, h[name], left)
+        assert _reset_within(reset_seconds(h[name]), at, until), (name, h[name], at, until)
     assert h["x-onysoft-request-id"].startswith("req_")
     return remaining_requests, remaining_tokens
 
 
-def check_rate_limited(response: httpx.Response, at: float, *, which: str, limit: int) -> dict:
+def check_rate_limited(response: httpx.Response, at: float, *, which: str, limit: int,
+                       until: float | None = None) -> dict:
     """A 429 from the key's own limit, field by field."""
     error = check_envelope(response, 429, "rate_limit_exceeded")
     assert error["type"] == "requests" and error["param"] is None
     assert f"{which} per minute ({limit})" in error["message"]
     retry_after = int(response.headers["retry-after"])
     assert 1 <= retry_after <= 60
-    assert abs(retry_after - math.ceil(seconds_left_in_minute(at))) <= 2
+    assert _reset_within(retry_after, at, until), (retry_after, at, until)
     assert f"Try again in {retry_after}s" in error["message"]
     return error
 
@@ -121,24 +128,24 @@ def test_50_concurrent_requests_on_rpm_10_forward_exactly_10(dev, upstream, tabl
     results = burst(dev, key["key"], [chat_body(tag) for tag in tags])
     assert {window_of(t) for _, s, e in results for t in (s, e)} == {window}, "the burst crossed a minute"
 
-    ok = [(r, s, tag) for (r, s, _), tag in zip(results, tags, strict=True) if r.status_code == 200]
-    limited = [(r, s, tag) for (r, s, _), tag in zip(results, tags, strict=True) if r.status_code == 429]
+    ok = [(r, s, e, tag) for (r, s, e), tag in zip(results, tags, strict=True) if r.status_code == 200]
+    limited = [(r, s, e, tag) for (r, s, e), tag in zip(results, tags, strict=True) if r.status_code == 429]
     assert (len(ok), len(limited)) == (10, 40), sorted(r.status_code for r, _, _ in results)
     # Exactly the 10 answered requests reached the provider, once each; the 40 refused never did.
-    assert sorted(upstream_tags(upstream, set(tags))) == sorted(tag for _, _, tag in ok)
+    assert sorted(upstream_tags(upstream, set(tags))) == sorted(tag for *_, tag in ok)
 
-    for response, started, _ in ok:
+    for response, started, ended, _ in ok:
         assert response.json()["choices"][0]["message"]["content"] == " ".join(REPLY)
-        remaining, _ = check_limit_headers(response, rpm=10, tpm=USER_DEFAULT_TPM, at=started)
+        remaining, _ = check_limit_headers(response, rpm=10, tpm=USER_DEFAULT_TPM, at=started, until=ended)
         assert remaining <= 9  # counted before it was forwarded
-    for response, started, _ in limited:
-        check_rate_limited(response, started, which="requests", limit=10)
-        remaining, _ = check_limit_headers(response, rpm=10, tpm=USER_DEFAULT_TPM, at=started)
+    for response, started, ended, _ in limited:
+        check_rate_limited(response, started, which="requests", limit=10, until=ended)
+        remaining, _ = check_limit_headers(response, rpm=10, tpm=USER_DEFAULT_TPM, at=started, until=ended)
         assert remaining == 0
 
     # One usage record per forwarded request (none for the refused), the window's counter exact.
     records = check_ledger(tables, account["account_id"])
-    assert sorted(r["request_id"] for r in records) == sorted(r.headers["x-onysoft-request-id"] for r, _, _ in ok)
+    assert sorted(r["request_id"] for r in records) == sorted(r.headers["x-onysoft-request-id"] for r, *_ in ok)
     assert all(r["status"] == "settled" for r in records)
     assert tables.key_totals(key["key_id"], 10)["requests"] == 10  # the usage rollup's count of the key
     # Counted at the hold for all they might use; given back down to what they used by the rollup.
@@ -194,10 +201,10 @@ def test_a_burst_passes_tpm_by_less_than_one_request_and_gets_back_what_it_did_n
                                       for tag in tags])
     assert {window_of(t) for _, s, e in results for t in (s, e)} == {window}, "the burst crossed a minute"
     ok = [(r, s) for r, s, _ in results if r.status_code == 200]
-    limited = [(r, s) for r, s, _ in results if r.status_code == 429]
+    limited = [(r, s, e) for r, s, e in results if r.status_code == 429]
     assert ok and limited and len(ok) + len(limited) == len(tags), sorted(r.status_code for r, _, _ in results)
-    for response, started in limited:
-        check_rate_limited(response, started, which="tokens", limit=tpm)
+    for response, started, ended in limited:
+        check_rate_limited(response, started, which="tokens", limit=tpm, until=ended)
     records = check_ledger(tables, account["account_id"])  # every stream ended and settled: no hold open
     counted = [int(r["rate_tokens"]) for r in records]
     assert len(counted) == len(ok)
@@ -229,9 +236,9 @@ def test_tpm_limit_stops_the_request_that_would_start_after_the_limit_was_reache
     tags = [f"tpm{tpm}-late-{i}-{uuid.uuid4().hex}" for i in range(10)]
     results = burst(dev, key["key"], [chat_body(tag) for tag in tags])
     assert window_of(time.time()) == window
-    for response, started, _ in results:
-        check_rate_limited(response, started, which="tokens", limit=tpm)
-        assert check_limit_headers(response, rpm=USER_DEFAULT_RPM, tpm=tpm, at=started) == (
+    for response, started, ended in results:
+        check_rate_limited(response, started, which="tokens", limit=tpm, until=ended)
+        assert check_limit_headers(response, rpm=USER_DEFAULT_RPM, tpm=tpm, at=started, until=ended) == (
             USER_DEFAULT_RPM - passed, 0)
     assert upstream_tags(upstream, set(tags)) == []
     records = check_ledger(tables, account["account_id"])
