@@ -185,13 +185,19 @@ def test_rpm_3_counts_down_then_refuses_the_4th_without_an_upstream_call(dev, up
     assert len(check_ledger(tables, account["account_id"])) == 3
 
 
-def test_a_burst_passes_tpm_by_less_than_one_request_and_gets_back_what_it_did_not_use(dev, upstream, tables):
+@pytest.mark.parametrize("shards", [1, 4])
+def test_a_burst_passes_tpm_by_less_than_one_request_a_counter_and_gets_back_what_it_did_not_use(
+        dev, upstream, tables, shards):
     """tpm under concurrency (issue 16, docs/BILLING.md section 1): a request counts, at its hold, all the tokens it
-    may use (prompt bound + held output). 20 slow streams at once (none ends before every hold is decided): the
-    holds admitted add up to tpm or more, but all but the last admitted to less, so tpm is passed by less than
-    one request's count, never by the burst. Once they end, the usage rollup gives the window back what they did
-    not use: the window then holds exactly the tokens used."""
-    account = new_account(dev, "user", "50")
+    may use (prompt bound + held output), in the counter of its balance shard, which has its share of tpm. 20 slow
+    streams at once (none ends before every hold is decided): on each counter the holds admitted add up to its
+    share or more (the refused saw every counter full), but all but the last admitted to less than its share, so
+    each counter passes its share by less than one request's count, and the key passes tpm by less than one
+    request's count per shard: never by the burst. Once they end, the usage rollup gives the windows back what
+    the requests did not use: they then hold exactly the tokens used."""
+    from onysoft.rate_limits import share
+
+    account = new_account(dev, "user", "50", shards=str(shards))
     tpm = 400  # about three requests' counts (~130 tokens each: the body's bytes and 8 tokens of output)
     key = new_key(dev, account["account_id"], "--tpm", str(tpm))
     wait_for_window_room(20)
@@ -200,19 +206,25 @@ def test_a_burst_passes_tpm_by_less_than_one_request_and_gets_back_what_it_did_n
     results = burst(dev, key["key"], [{**chat_body(tag, model="openai/fake-slow-stream"), "stream": True}
                                       for tag in tags])
     assert {window_of(t) for _, s, e in results for t in (s, e)} == {window}, "the burst crossed a minute"
-    ok = [(r, s) for r, s, _ in results if r.status_code == 200]
+    ok = [r for r, _, _ in results if r.status_code == 200]
     limited = [(r, s, e) for r, s, e in results if r.status_code == 429]
     assert ok and limited and len(ok) + len(limited) == len(tags), sorted(r.status_code for r, _, _ in results)
     for response, started, ended in limited:
         check_rate_limited(response, started, which="tokens", limit=tpm, until=ended)
     records = check_ledger(tables, account["account_id"])  # every stream ended and settled: no hold open
+    assert len(records) == len(ok)
+    for k in range(shards):
+        counted = [int(r["rate_tokens"]) for r in records if int(r.get("balance_shard", 0)) == k]
+        assert counted and sum(counted) - max(counted) < share(tpm, shards, k) <= sum(counted), (k, counted)
     counted = [int(r["rate_tokens"]) for r in records]
-    assert len(counted) == len(ok)
-    assert sum(counted) - max(counted) < tpm <= sum(counted), counted
-    used = sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in records)
-    counter = tables.settled_counter(f"{key['key_id']}#{window}", used)
-    assert int(counter["tokens"]) == used < sum(counted)
-    assert int(counter["requests"]) == len(ok)
+    assert tpm <= sum(counted) < tpm + shards * max(counted)
+    used = {k: sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in records
+                   if int(r.get("balance_shard", 0)) == k) for k in range(shards)}
+    for k in range(shards):
+        counter_id = f"{key['key_id']}#{window}" + (f"#{k}" if k else "")
+        counter = tables.settled_counter(counter_id, used[k])
+        assert int(counter["tokens"]) == used[k]
+    assert sum(used.values()) < sum(counted)
 
 
 @pytest.mark.parametrize(("tpm", "passed"), [(25, 1), (30, 2)])

@@ -6,17 +6,19 @@ prompt bound plus the output it is allowed (what the hold is sized on; OpenAI's 
 the same way). When the request is settled or released, the usage rollup (onysoft.usage_rollup) gives the
 window back what it did not use, off the request path. A request is refused when the window already holds
 `rpm` requests, or when its tokens already reached `tpm` (the request that would start after the limit was
-reached). So neither limit is ever exceeded by concurrent requests; tokens a request did not use return to
-the window within the rollup's lag (about a second), and until then the window counts them. Counters expire
-by TTL.
+reached). So under concurrency rpm is exact, and tpm is passed by less than one request's count (the last
+one admitted saw the window under the limit): a burst is bounded by what its requests may use. Tokens a
+request did not use return to the window within the rollup's lag (about a second), and until then the window
+counts them. Counters expire by TTL.
 
 Shards (issue 16). One counter item per key and window is one hot item: each request writes it once in the
 hold (2 write units), so one key would stop near 500 requests a second. A key of an account with N balance
 shards counts in N counters, `<key_id>#<window>` (shard 0) and `<key_id>#<window>#<k>`: the hold counts in
 the counter of the balance shard it takes from, and each counter has its share of the limits (`share`: the
 shares add up to the limit exactly). A counter at its share refuses; the hold then moves to a shard whose
-counter has room (read from all N), and the request is refused only when the shares are all used: the sum
-never exceeds the limit, and a request is refused early only when a concurrent request took the room it saw.
+counter has room (read from all N), and the request is refused only when the shares are all used: requests
+never pass rpm, tokens pass tpm by less than one request's count per counter, and a request is refused early
+only when a concurrent request took the room it saw.
 """
 
 import math
