@@ -333,22 +333,24 @@ def test_function_policies_are_least_privilege(cfn):
     proxy = granted["ProxyFunctionRole"]
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
-    # the x-ratelimit headers' counter read; the account, when a hold consolidates its balance shards
-    assert proxy["dynamodb:GetItem"] == {"RateLimitsTable", "AccountsTable"}
-    assert proxy["dynamodb:BatchGetItem"] == {"ApiKeysTable", "AccountsTable", "RateLimitsTable"}
-    # The key's check in the hold is an Update (it counts the request too): no ConditionCheckItem.
+    # the key before each hold (issue 16: not in the hold); the account, when a hold consolidates its shards
+    assert proxy["dynamodb:GetItem"] == {"ApiKeysTable", "AccountsTable"}
+    # the key, account, rate counters (the x-ratelimit headers) and, for GET /v1/key, the key's usage totals
+    assert proxy["dynamodb:BatchGetItem"] == {"ApiKeysTable", "AccountsTable", "RateLimitsTable", "UsageRollupsTable"}
+    # No key item in the hold (it is read before it), so no ConditionCheckItem either.
     assert proxy["dynamodb:PutItem"] == {"UsageTable"} and "dynamodb:ConditionCheckItem" not in proxy
-    # The sweeper settles or releases in the same transaction as the proxy: the key's rate-limit and spend
-    # counters (RateLimits) move with the balance.
+    # The sweeper settles or releases in the same transaction as the proxy: the key's spend counter (RateLimits)
+    # moves with the balance; the key item is not written by a close (its count and spend: the usage rollup).
     assert granted["SweeperFunctionRole"] == {
         "dynamodb:Query": {"UsageTable"},
-        "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "ApiKeysTable", "RateLimitsTable"},
+        "dynamodb:UpdateItem": {"UsageTable", "AccountsTable", "RateLimitsTable"},
     }
     # The dashboard: keys and accounts by id, create / update; every account (operator); usage and audit
     # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
     assert granted["DashboardFunctionRole"] == {
         "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},  # UsageTable: idempotency markers
-        "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable"},  # the items behind a keys-only index
+        # the items behind a keys-only index; keys' all-time usage totals (their request count and spend)
+        "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable", "UsageRollupsTable"},
         "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},
         "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},
         "dynamodb:Scan": {"AccountsTable"},
@@ -359,7 +361,7 @@ def test_function_policies_are_least_privilege(cfn):
     assert granted["RollupFunctionRole"] == {
         **{action: {"UsageTable"} for action in stream},
         "dynamodb:BatchGetItem": {"UsageRollupsTable"}, "dynamodb:PutItem": {"UsageRollupsTable"},
-        "dynamodb:UpdateItem": {"UsageRollupsTable"},
+        "dynamodb:UpdateItem": {"UsageRollupsTable", "RateLimitsTable"},  # + windows' unused tokens back
     }
     assert {r["Fn::Sub"] for st in _statements(roles["RollupFunctionRole"]) for r in _as_list(st["Resource"])
             if "Fn::Sub" in r} == {"${UsageTable.Arn}/stream/*"}
