@@ -93,6 +93,18 @@ class Gateway:
         self.process = None
         time.sleep(0.5)
 
+    def moto_rss_mb(self) -> float | None:
+        """moto server's resident memory (Linux), or None."""
+        for pid in subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True,
+                                  check=False).stdout.split():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            if "serial_moto" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                return int(status.split("VmRSS:")[1].split()[0]) / 1024
+        return None
+
     def key(self) -> dict:
         account = self.cli("accounts", "create", "--kind", "user", "--name", "bench")
         self.cli("accounts", "topup", account["account_id"], "10000000")
@@ -144,6 +156,7 @@ def curve(workdir: Path, progress) -> dict:
         ]
         out["ratio"] = out["windows"][-1]["p50"] / out["windows"][0]["p50"]
         out["compactions"] = _compactions(gateway.state_dir)
+        out["moto_rss_mb"] = gateway.moto_rss_mb()
     finally:
         out["stop_s"] = gateway.stop()
     return out
@@ -237,7 +250,8 @@ def render(result: dict) -> str:
         "",
         "`tools/bench/local_gateway.py` (run alone: `python -m tools.bench.local_gateway`). `onysoft dev` as a user "
         "runs it (moto server through `onysoft_tools.serial_moto`: TransactWriteItems in O(items touched), every "
-        "DynamoDB write journaled before its answer); one httpx client, sequential non-streaming chat requests "
+        "DynamoDB write journaled before its answer; the usage-rollup poller reading the Usage table's stream "
+        "through the same serial server); one httpx client, sequential non-streaming chat requests "
         "on `mock/echo` (the offline provider) with one `user` key, 10 warm-up requests first.",
         "",
         f"**{len(c['windows']) * WINDOW:,} sequential requests**: the last {WINDOW:,}'s p50 is "
@@ -254,15 +268,19 @@ def render(result: dict) -> str:
     lines += [
         "",
         f"- **Journal**: {c['journal_bytes_per_request']:,.0f} bytes per chat request (the after-images of the "
-        "items its two transactions wrote: the usage record twice, the account, the key, the rate counter; plus "
-        "a ~50-byte header per entry; reads are not journaled). Written with one `write()` to the OS "
+        "items its writes touched: the hold's and the settle's transactions (the usage record twice, the account, "
+        "the key, the rate counter), the key's spend and the rate counter's tokens, and its share of the usage "
+        "rollup's (a marker per usage record, the day's totals once per poll); plus a ~50-byte header per entry; "
+        "reads are not journaled). Written with one `write()` to the OS "
         f"before moto's answer; not fsynced per write by default (`ONYSOFT_DEV_FSYNC=1` does): that survives "
         f"`kill -9` of every process, not a power cut. "
         + (f"{len(compactions)} compaction(s) into the snapshot during the run (journal past 16 MB), "
            f"{paused}; "
            "each is one request's pause, inside the p99 of its window or not at all."
            if compactions else "No compaction during the run."),
-        f"- **Start**, empty state dir (tables created, demo seed): {c['start_empty_s']:.1f} s. Clean stop after the "
+        (f"- **moto server's memory** after the run: {c['moto_rss_mb']:,.0f} MB resident (the tables' items; the "
+         "stream keeps only what the rollup poller has not read yet).\n" if c.get("moto_rss_mb") else "")
+        + f"- **Start**, empty state dir (tables created, demo seed): {c['start_empty_s']:.1f} s. Clean stop after the "
         f"run (Ctrl-C; moto compacts into the snapshot): {c['stop_s']:.1f} s.",
         "",
         f"**With {USAGE_RECORDS:,} usage records** (written with BatchWriteItem, each shaped like a real one: "

@@ -9,9 +9,11 @@ whole-table copies taken when it started, erasing the writes of transactions tha
 transactions on an item; one lock around moto's WSGI app gives the same guarantee. Connections are still
 accepted on threads, so a slow client never blocks the others for longer than one request's handling.
 
-Two more things make it behave like a database rather than a fixture:
+More things make it behave like a database rather than a fixture:
 - TransactWriteItems costs O(items touched), not O(items stored): `onysoft_tools.local.moto_transactions`
   (which the lock above makes sound).
+- Per-request work moto repeats for nothing (listing its own package, re-parsing the same update expressions)
+  is done once: `onysoft_tools.local.moto_hot_path`.
 - With `--state-dir`, every DynamoDB write is journaled before its answer goes back, and the state is loaded
   from the snapshot and journal at start and compacted at SIGTERM (`onysoft_tools.local.journal`).
 """
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     from onysoft_tools.local import moto_streams
 
     moto_streams.install()  # the usage-rollup poller's GetRecords, without moto's slow serializer
+    from onysoft_tools.local import moto_hot_path
+
+    moto_hot_path.install()  # per-request work moto repeats for nothing, done once
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server

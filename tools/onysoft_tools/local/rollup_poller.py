@@ -10,7 +10,7 @@ which writes no stream records, and the Usage table's stream starts empty after 
 items (totals and per-record markers) are journaled like every other write. So nothing is counted twice
 after a restart; and were a record read again (a retried batch, or a poller reading from the start), its
 marker makes it count once (onysoft.usage_rollup). A clean stop polls once more before moto stops; after
-`kill -9`, changes made in the last poll interval (0.2 s) before it are not in the local totals (their
+`kill -9`, changes made in the last poll interval (one to two seconds) before it are not in the local totals (their
 stream records died with moto), though the records themselves are kept.
 
 A batch the handler reports as failed (`batchItemFailures`) is read again from that sequence number, like
@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,21 +68,35 @@ def streams_client(endpoint: str | None = None):
 
 
 class RollupPoller:
-    """Poll one table's stream; `poll_once` reads what is new on every shard and hands it to the handler."""
+    """Poll one table's stream; `poll_once` reads what is new on every shard and hands it to the handler.
+
+    Cheap on the request path, because the moto server is serial (onysoft_tools.serial_moto) and every call the
+    poller makes waits for, or holds up, a gateway request's: a poll reads each shard once, up to its end as of
+    that read (not again for what arrived meanwhile: the next poll takes it, in a larger batch); the shard list
+    is described once and again only every SHARDS_REFRESH seconds or when a shard closes; and the interval
+    stretches (doubles, up to `idle_interval`) while the stream is idle. Measured: a poll every 0.2 s that also
+    re-read what arrived while it ran (so under load, back to back) cost sequential chat requests ~40 ms of their
+    ~90 ms p50; a batch a second costs about a millisecond a request (docs/BENCHMARKS.md, Local gateway)."""
+
+    SHARDS_REFRESH = 60.0  # seconds between DescribeStream calls while no shard closes
 
     def __init__(self, table_name: str, *, endpoint: str | None = None, handler: Callable | None = None,
-                 interval: float = 0.2):
+                 interval: float = 1.0, idle_interval: float | None = None):
         self.table_name = table_name
         self.endpoint = endpoint
         self.handler = handler
-        self.interval = interval
+        self.interval = interval  # between polls while records come
+        self.idle_interval = max(idle_interval if idle_interval is not None else 2 * interval, interval)
         self._client = None
         self._stream_arn: str | None = None
+        self._shards: list[str] | None = None  # the stream's shard ids, as last described
+        self._described = 0.0  # time.monotonic() of that DescribeStream
         self._iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: shard closed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # poll_once from the thread and from a caller (tests) never overlap
         self.records_seen = 0
+        self.polls = 0
 
     def _stream(self) -> str | None:
         if self._stream_arn is None:
@@ -89,9 +104,21 @@ class RollupPoller:
             self._stream_arn = streams[-1]["StreamArn"] if streams else None
         return self._stream_arn
 
+    def _shard_ids(self, arn: str) -> list[str]:
+        """The stream's shards: described once, then again only now and then or when one has closed (in AWS a
+        closed shard has children; moto's stream has one shard that never closes)."""
+        stale = time.monotonic() - self._described > self.SHARDS_REFRESH
+        closed = any(self._iterators.get(shard_id, "") is None for shard_id in self._shards or ())
+        if self._shards is None or stale or closed:
+            shards = self._client.describe_stream(StreamArn=arn)["StreamDescription"].get("Shards") or []
+            self._shards = [shard["ShardId"] for shard in shards]
+            self._described = time.monotonic()
+        return self._shards
+
     def poll_once(self) -> int:
-        """Read every shard to its current end; returns the number of stream records handed over."""
+        """Read every shard up to its end; returns the number of stream records handed over."""
         with self._lock, iam_record.function_scope(FUNCTION):
+            self.polls += 1
             if self._client is None:
                 self._client = streams_client(self.endpoint)
             if self.handler is None:
@@ -99,10 +126,8 @@ class RollupPoller:
             arn = self._stream()
             if arn is None:
                 return 0
-            shards = self._client.describe_stream(StreamArn=arn)["StreamDescription"].get("Shards") or []
             handed = 0
-            for shard in shards:
-                shard_id = shard["ShardId"]
+            for shard_id in self._shard_ids(arn):
                 if shard_id not in self._iterators:
                     self._iterators[shard_id] = self._client.get_shard_iterator(
                         StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
@@ -110,6 +135,7 @@ class RollupPoller:
             return handed
 
     def _drain_shard(self, arn: str, shard_id: str) -> int:
+        """Pages of this shard up to its end as of the last read: a page shorter than BATCH was the end."""
         handed = 0
         while self._iterators.get(shard_id):
             page = self._client.get_records(ShardIterator=self._iterators[shard_id], Limit=BATCH)
@@ -127,6 +153,8 @@ class RollupPoller:
                 break
             self._iterators[shard_id] = page.get("NextShardIterator")
             handed += len(records)
+            if len(records) < BATCH:  # the end, as of this read: what came meanwhile waits for the next poll
+                break
         self.records_seen += handed
         return handed
 
@@ -140,15 +168,18 @@ class RollupPoller:
                 return total
 
     def _run(self) -> None:
+        wait = self.interval
         while not self._stop.is_set():
             try:
-                self.poll_once()
+                handed = self.poll_once()
             except Exception as exc:  # noqa: BLE001 - a local poller keeps going, like Lambda's retries
                 logger.warning("usage rollup poll failed: %s: %s", type(exc).__name__, exc)
-                self._client, self._stream_arn, self._iterators = None, None, {}
-                self._stop.wait(max(self.interval, 1.0))
+                self._client, self._stream_arn, self._shards, self._iterators = None, None, None, {}
+                self._stop.wait(max(self.idle_interval, 1.0))
                 continue
-            self._stop.wait(self.interval)
+            # Records came: poll again after `interval`. None: stretch the wait, up to idle_interval.
+            wait = self.interval if handed else min(2 * wait, self.idle_interval)
+            self._stop.wait(wait)
 
     def start(self) -> RollupPoller:
         self._thread = threading.Thread(target=self._run, name="onysoft-rollup-poller", daemon=True)
