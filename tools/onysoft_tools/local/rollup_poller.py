@@ -5,13 +5,13 @@ hand each batch to functions/rollup/app.py's handler, as Lambda would (a `{"Reco
 In AWS the mapping reads the stream with the function's role, so the stream calls here are recorded as
 RollupFunction's (onysoft_tools.iam_record), like the handler's own calls.
 
-Restarts. The local gateway's journal replays item images straight into moto's tables (journal.put_image),
-which writes no stream records, and the Usage table's stream starts empty after a restart; the rollup's own
-items (totals and per-record markers) are journaled like every other write. So nothing is counted twice
-after a restart; and were a record read again (a retried batch, or a poller reading from the start), its
-marker makes it count once (onysoft.usage_rollup). A clean stop polls once more before moto stops; after
-`kill -9`, changes made in the last poll interval (one to two seconds) before it are not in the local totals (their
-stream records died with moto), though the records themselves are kept.
+Restarts. The local gateway's journal replays item images straight into moto's tables (journal.put_image); the
+Usage table's stream does not survive a restart, so the replay puts the Usage writes of the journal (everything
+since the last snapshot) on the stream again (journal._apply_images), and this poller, reading from the start,
+hands them over. The rollup's own items (totals and per-record markers) are journaled like every other write,
+so a record counted before the restart counts once (its marker, onysoft.usage_rollup), and one a `kill -9` kept
+the poller from reading is counted after it: a key's request count and spend stay exact. A clean stop polls
+once more before moto stops, and its snapshot starts the next journal empty.
 
 A batch the handler reports as failed (`batchItemFailures`) is read again from that sequence number, like
 Lambda's ReportBatchItemFailures.
