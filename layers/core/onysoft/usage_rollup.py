@@ -25,8 +25,8 @@ Two more things ride on the same fold (issue 16: they used to be writes on the r
 - the rate-limit window's tokens: the hold counted each request for all the tokens it may use
   (onysoft.rate_limits); when a record's final image is first counted, the window gets back what the
   request did not use (or is charged what it used beyond, for a provider that reported more). A plain ADD
-  after the batch's transaction, so a lost one leaves the window counting too much, never too little, and
-  only until the window ends.
+  after the batch's transaction, at most once per record (only once its marker says it is counted); a lost
+  one leaves the window counting what the hold counted, until the window ends.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def _give_back(given_back: dict[tuple[str, int], int]) -> None:
             continue
         try:
             rate_limits.give_back(counter_id, start, tokens)
-        except Exception:  # noqa: BLE001 - the window counts too much until it ends: never too little
+        except Exception:  # noqa: BLE001 - the window keeps what the holds counted, until it ends
             logger.warning("could not give a window its unused tokens", extra={"counter_id": counter_id})
 
 
