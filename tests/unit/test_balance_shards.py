@@ -184,3 +184,24 @@ def test_usage_records_spread_over_the_shards_partitions_and_list_newest_first(g
     assert seen == sorted(seen, key=lambda rid: created[rid], reverse=True)  # newest first across partitions
     newest = usage_shards.newest_first(get_account(account.account_id), limit=3)
     assert [r.request_id for r in newest] == seen[:3]
+
+
+@pytest.mark.parametrize(("rpm", "tpm"), [(3, 0), (0, 3)])
+def test_a_limit_smaller_than_the_shard_count_is_never_passed(gateway, rpm, tpm):
+    """8 shards, a limit of 3: five counters have a share of 0 and take nothing, not even a first request (an
+    absent counter passes `attribute_not_exists`): holds move to the three that have room, then 429."""
+    from onysoft import rate_limits
+
+    account, record, caller = sharded(8)
+    caller = CallerContext(**{**caller.__dict__, "rpm": rpm or 100_000, "tpm": tpm or 100_000_000})
+    window = rate_limits.current_window()
+    placed = []
+    for n in range(40):  # request ids that pick every shard first
+        try:
+            placed.append(hold(caller, record.key_hash, f"req_{n:024x}"))
+        except Exception as exc:  # noqa: BLE001
+            assert getattr(exc, "status", None) == 429, exc
+    assert len(placed) == 3
+    assert {h.shard for h in placed} == {0, 1, 2}  # the shards whose share is 1
+    used = rate_limits.read_usage(record.key_id, window, 8)
+    assert used.requests == 3 if rpm else used.tokens >= 3

@@ -64,6 +64,9 @@ def limits_of(caller: CallerContext) -> tuple[int, int]:
     return effective_limits(caller.key_type, caller.rpm, caller.tpm)
 
 
+_NEVER = RateLimitCounter.counter_id.does_not_exist() & RateLimitCounter.counter_id.exists()
+
+
 def share(limit: int, shards: int, shard: int) -> int:
     """Counter `shard`'s part of a limit split over `shards` counters: the parts add up to the limit."""
     shards = max(shards, 1)
@@ -76,11 +79,13 @@ def count_request(tx, caller: CallerContext, window: Window, shard: int, tokens:
     rpm, tpm = limits_of(caller)
     shards = max(caller.shards, 1)
     condition = None
-    if rpm:
-        condition = RateLimitCounter.requests.does_not_exist() | (RateLimitCounter.requests < share(rpm, shards, shard))
-    if tpm:
-        tokens_ok = RateLimitCounter.tokens.does_not_exist() | (RateLimitCounter.tokens < share(tpm, shards, shard))
-        condition = tokens_ok if condition is None else condition & tokens_ok
+    for limit, attribute in ((rpm, RateLimitCounter.requests), (tpm, RateLimitCounter.tokens)):
+        if not limit:
+            continue
+        part = share(limit, shards, shard)
+        # A counter whose share is 0 (a limit smaller than the shard count) takes nothing, not even a first one.
+        ok = attribute.does_not_exist() | (attribute < part) if part else _NEVER
+        condition = ok if condition is None else condition & ok
     tx.update(
         RateLimitCounter(counter_id=window.counter_id(caller.key_id, shard)),
         actions=[RateLimitCounter.requests.add(1), RateLimitCounter.tokens.add(tokens),
