@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import time
 import uuid
 from pathlib import Path
 
@@ -101,6 +102,18 @@ def settled(page) -> None:
 
 def key_row(page, name: str):
     return page.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
+
+
+def wait_until_counted(gateway: DevGateway, key: str, requests: int, timeout: float = 20.0) -> None:
+    """Until the usage rollup has counted the key's requests (its count in GET /v1/key): the usage totals the
+    dashboard shows are the rollup's, about a second behind (the local poller reads the stream every 1-2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = httpx.get(gateway.base_url + "/v1/key", headers={"Authorization": f"Bearer {key}"}).json()
+        if view.get("request_count") == requests:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the rollup did not count {requests} request(s) in {timeout:g} s")
 
 
 def chat(gateway: DevGateway, key: str) -> str:
@@ -230,6 +243,7 @@ def test_create_a_key_use_it_see_last_used_then_delete_it(gateway, open_page, tm
     assert key not in row.inner_text()
 
     assert chat(gateway, key)  # the OpenAI SDK, with the key the page showed
+    wait_until_counted(gateway, key, 1)
     page.reload()
     row = key_row(page, "laptop")
     last_used = row.locator("td.last-used time")
