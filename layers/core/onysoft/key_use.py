@@ -31,15 +31,22 @@ LAST_USED_EVERY = timedelta(seconds=1)
 logger = logging.getLogger("onysoft.key_use")
 
 
+def check(record: ApiKey | None, caller: CallerContext) -> ApiKey:
+    """The key item, if it is still active, unexpired and the one the authorizer saw; otherwise 401. The one
+    rule for every /v1 route (the billed ones here, GET /v1/key and /v1/models in proxy_app)."""
+    if record is None or not is_usable(record) or record.key_id != caller.key_id \
+            or record.account_id != caller.account_id:
+        raise errors.invalid_api_key()
+    return record
+
+
 def usable_key(key_hash: str, caller: CallerContext) -> ApiKey:
-    """The key item, if it is still active, unexpired and the one the authorizer saw; otherwise 401."""
+    """The key item, read strongly consistent, through `check`."""
     try:
         record = ApiKey.get(key_hash, consistent_read=True)
     except ApiKey.DoesNotExist:
-        raise errors.invalid_api_key() from None
-    if not is_usable(record) or record.key_id != caller.key_id or record.account_id != caller.account_id:
-        raise errors.invalid_api_key()
-    return record
+        record = None
+    return check(record, caller)
 
 
 def due(last_used_at: str | None, now: str) -> bool:

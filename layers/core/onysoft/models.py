@@ -178,7 +178,8 @@ class UsageRecord(GatewayModel):
 class RateLimitCounter(GatewayModel):
     Meta = _table_meta("ONYSOFT_TABLE_RATE_LIMITS")
 
-    counter_id = UnicodeAttribute(hash_key=True)  # "<key_id>#<window>" (rate) or "<key_id>#spend#<period>"
+    # "<key_id>#<window>" (rate; "<key_id>#<window>#<k>" for balance shard k >= 1) or "<key_id>#spend#<period>"
+    counter_id = UnicodeAttribute(hash_key=True)
     requests = NumberAttribute(null=True)
     tokens = NumberAttribute(null=True)
     spend_micros = NumberAttribute(null=True)

@@ -14,9 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import errors, forwarding, keys, rate_limits, spend_limits, telemetry
+from onysoft import errors, forwarding, key_use, keys, rate_limits, spend_limits, telemetry
 from onysoft.api_formats.messages import error_envelope
-from onysoft.api_keys import is_usable
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
 from onysoft.clock import parse_iso
@@ -55,8 +54,8 @@ def read_usable_key(key_hash: str, caller: CallerContext, counter_ids: tuple[str
     401 now."""
     record, account, counters, totals = get_key_and_account(key_hash, caller.account_id, counter_ids,
                                                             caller.key_id if with_totals else None)
-    if (record is None or account is None or not is_usable(record)
-            or record.key_id != caller.key_id or record.account_id != account.account_id):
+    record = key_use.check(record, caller)
+    if account is None:
         raise errors.invalid_api_key()
     return record, account, counters, totals
 

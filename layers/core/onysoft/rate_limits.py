@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from onysoft.caller import CallerContext
+from onysoft.dynamo import batch_get_raw
 from onysoft.key_types import KEY_TYPES
 from onysoft.models import RateLimitCounter
 
@@ -134,8 +135,6 @@ def summed(counters: dict[str, dict], key_id: str, window: Window, shards: int) 
 
 def read_counters(key_id: str, window: Window, shards: int) -> dict[str, dict]:
     """The key's counters for the window, strongly consistent, raw items by counter_id."""
-    from onysoft.dynamo import batch_get_raw
-
     return {item["counter_id"]["S"]: item for item in batch_get_raw(
         RateLimitCounter.Meta.table_name, [{"counter_id": {"S": c}} for c in window.counter_ids(key_id, shards)])}
 
