@@ -9,7 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from onysoft import billing, catalog, clock, forwarding, hold_sizing, money, upstream
+from onysoft import billing, catalog, clock, forwarding, hold_sizing, mock_provider, money, upstream
 from onysoft.accounts import get_account, top_up
 from onysoft.models import UsageRecord
 from tests.unit.conftest import FX, new_key
@@ -325,7 +325,10 @@ def test_embeddings_are_charged_what_the_provider_reports_even_above_the_hold(ga
 
 
 def test_a_stream_past_the_proxys_deadline_is_ended_and_billed_for_what_was_delivered(gateway, monkeypatch):
-    monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "0.35")
+    # The deadline counts from the request's start: it leaves the hold (slow on a loaded CI machine) time to finish,
+    # and a few 0.4 s chunks arrive before it, of the reply's 16.
+    monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "2.0")
+    monkeypatch.setitem(mock_provider.CHUNK_DELAY, "slow-stream", 0.4)
     account, _, headers = new_key("user")
     catalog.set_model("mock/slow-stream", input_usd_per_mtok="1", output_usd_per_mtok="2")
     catalog.catalog_cache.invalidate()
