@@ -49,3 +49,15 @@ def new_key(kind: str, amount: str = "100", **key_settings):
     return account, record, headers
 
 
+@pytest.fixture
+def moto_app():
+    """moto server's WSGI app in-process, with serial_moto's transaction patch (the local gateway's journal tests)."""
+    from moto.core.base_backend import BackendDict
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    from onysoft_tools.local import moto_transactions
+
+    moto_transactions.install()
+    BackendDict.reset()
+    yield DomainDispatcherApplication(create_backend_app)
+    BackendDict.reset()  # a "restart": moto's memory is gone, only the files remain

@@ -15,17 +15,6 @@ from onysoft_tools.local.journal import DurableState, Entry, StateError, call_ap
 TABLE = "j-counters"
 
 
-@pytest.fixture
-def moto_app():
-    from moto.core.base_backend import BackendDict
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
-    moto_transactions.install()
-    BackendDict.reset()
-    yield DomainDispatcherApplication(create_backend_app)
-    BackendDict.reset()  # a "restart": moto's memory is gone, only the files remain
-
-
 def restart():
     from moto.core.base_backend import BackendDict
 

@@ -78,8 +78,8 @@ def serialized_app(state: journal_module.DurableState | None = None, moto_app=No
                 else:
                     if state.wants_compaction():
                         done = state.compact()
-                        logger.info("journal compacted into the snapshot: %d items in %.2f s",
-                                    done["items"], done["seconds"])
+                        logger.info("journal compacted into the snapshot: %d items (%d expired ones deleted) in "
+                                    "%.2f s", done["items"], done["expired"], done["seconds"])
         start_response(status, headers)
         return [out]
 
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             with app.lock:  # a request still running on a thread ends first; none starts after
                 if not state.failed:
                     done = state.compact()
-                    logger.info("stopped: %d items compacted into %s in %.2f s", done["items"],
-                                state.snapshot_path, done["seconds"])
+                    logger.info("stopped: %d items compacted into %s (%d expired ones deleted) in %.2f s",
+                                done["items"], state.snapshot_path, done["expired"], done["seconds"])
                 state.failed = "stopped"
                 state.close()
                 # The snapshot is on disk: skip tearing down moto's heap object by object (seconds with

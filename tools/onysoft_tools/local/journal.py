@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onysoft_tools.local import moto_ttl
+
 logger = logging.getLogger("onysoft.journal")
 
 JOURNAL_FILE = "journal.log"
@@ -498,7 +500,7 @@ class DurableState:
 
         started = time.monotonic()
         tmp = self.snapshot_path.with_name(SNAPSHOT_FILE + ".tmp")
-        items = 0
+        items, expired = 0, 0
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
             handle.write(json.dumps({"format": SNAPSHOT_FORMAT, "absorbed": self.journal_id,
                                      "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
@@ -507,6 +509,7 @@ class DurableState:
             for account in list(dynamodb_backends.keys()):
                 for region, backend in list(dict.items(dynamodb_backends[account])):
                     for name, table in backend.tables.items():
+                        expired += moto_ttl.expire(table)  # moto keeps expired items: not into the snapshot
                         handle.write(json.dumps({"table": [account, region, name]}) + "\n")
                         for item in _items(table):
                             handle.write(json.dumps({"i": item.to_json()["Attributes"]}, separators=(",", ":"),
@@ -517,7 +520,7 @@ class DurableState:
         os.replace(tmp, self.snapshot_path)
         _fsync_dir(self.state_dir)
         self._new_journal()
-        return {"items": items, "seconds": round(time.monotonic() - started, 3)}
+        return {"items": items, "expired": expired, "seconds": round(time.monotonic() - started, 3)}
 
     def close(self) -> None:
         if self._fd is not None:
