@@ -205,3 +205,25 @@ def test_a_limit_smaller_than_the_shard_count_is_never_passed(gateway, rpm, tpm)
     assert {h.shard for h in placed} == {0, 1, 2}  # the shards whose share is 1
     used = rate_limits.read_usage(record.key_id, window, 8)
     assert used.requests == 3 if rpm else used.tokens >= 3
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_funds_are_never_gathered_where_the_keys_rate_counter_is_full(gateway, first):
+    """2 shards, rpm 2 (a share of 1 each), shard 0's used. A hold bigger than either shard but within the sum
+    must gather on shard 1: gathered on the fuller shard 0 it could not be held there (402 with money in the
+    account), and retrying shard 0 for room it lacks ended in a 429 with room on shard 1."""
+    from onysoft import rate_limits
+
+    account, record, caller = sharded(2, amount="80")
+    caller = CallerContext(**{**caller.__dict__, "rpm": 2})
+    def request_id(shard: int, name: str) -> str:  # one whose hold tries `shard` first
+        return next(f"{name}_{n}" for n in range(100) if balances.first_shard(f"{name}_{n}", 2) == shard)
+
+    small = hold(caller, record.key_hash, request_id(0, "req_small"))  # shard 0's share of the window, used
+    assert small.shard == 0
+    billing.release(small, code="test", message="released")
+    balances._apply(account.account_id, {0: 10_000_000, 1: -10_000_000})  # 50 and 30 TRY: the fuller is 0
+    big = hold(caller, record.key_hash, request_id(first, "req_big"), micros=70_000_000)
+    assert big.shard == 1
+    assert shard_balances(account.account_id) == {0: 10_000_000, 1: 0}  # 40 moved to 1, 70 held there
+    assert rate_limits.read_usage(record.key_id, rate_limits.current_window(), 2).requests == 2

@@ -137,10 +137,11 @@ def _gather(balances: dict[int, int], target: int, need: int) -> dict[int, int]:
     return deltas
 
 
-def consolidate(account_id: str, need: int) -> tuple[int, int | None]:
+def consolidate(account_id: str, need: int, avoid: set[int] = frozenset()) -> tuple[int, int | None]:
     """Make one shard cover `need` if the sum of the shards does (debts netted in the sum). Returns (sum,
     the shard that now covers it), or (sum, None) when the sum does not (nothing moved). Funds move in one
-    transaction; re-read and retried when a concurrent hold moved a shard in between."""
+    transaction; re-read and retried when a concurrent hold moved a shard in between. The target is never a
+    shard in `avoid` (the caller's key cannot use it now: its rate counter there is full) while another is left."""
     balance_sum = 0
     for _ in range(CONSOLIDATE_ATTEMPTS):
         account = Account.get(account_id, consistent_read=True)
@@ -153,7 +154,8 @@ def consolidate(account_id: str, need: int) -> tuple[int, int | None]:
             balances = {k: b + deltas.get(k, 0) for k, b in balances.items()}
         else:
             deltas = {}
-        target = max(range(count_of(account)), key=lambda k: (balances.get(k, 0), -k))
+        usable = [k for k in range(count_of(account)) if k not in avoid] or list(range(count_of(account)))
+        target = max(usable, key=lambda k: (balances.get(k, 0), -k))
         for k, d in _gather(balances, target, need).items():
             deltas[k] = deltas.get(k, 0) + d
         deltas = {k: d for k, d in deltas.items() if d}

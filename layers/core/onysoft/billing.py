@@ -207,9 +207,12 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                 if shards == 1 or refused.limit_room_micros is not None or consolidations == 2:
                     raise
                 tried.add(shard)
-                other = balances.next_shard(request_id, shards, tried) if len(tried) < 2 else None
+                # Never towards a shard whose rate counter is full: the key's requests may still have room
+                # on the others, and money gathered there could not be held (a 402 with money, or a 429 with room).
+                other = balances.next_shard(request_id, shards, tried | rate_full) if len(tried) < 2 else None
                 if other is None:  # gathered funds may be taken by a concurrent hold: gather at most twice
-                    balance_sum, target = balances.consolidate(caller.account_id, max(plan.micros, 1))
+                    balance_sum, target = balances.consolidate(caller.account_id, max(plan.micros, 1),
+                                                               avoid=rate_full)
                     consolidations += 1
                     if target is None:
                         raise HoldRefused(balance_sum, None) from None
