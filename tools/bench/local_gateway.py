@@ -42,6 +42,7 @@ class Gateway:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log = state_dir.parent / f"dev-{int(time.time() * 1000)}.log"
+        self.extra_env: dict[str, str] = {}  # for `onysoft dev` and the moto it starts (tools/bench/moto_memory.py)
 
     @property
     def base_url(self) -> str:
@@ -53,7 +54,7 @@ class Gateway:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [*onysoft_command(), "dev", "--port", str(self.port), "--state-dir", str(self.state_dir)], cwd=ROOT,
-                env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
+                env=clean_env(**self.extra_env), stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
 
         def up() -> bool:
             if self.process.poll() is not None:
