@@ -29,7 +29,12 @@ def test_it_counts_the_items_and_their_bytes_per_table(aws_tables):
     status, _headers, body = memory_probe.answer({"PATH_INFO": memory_probe.PATH, "QUERY_STRING": ""})
     report = json.loads(body)
     assert status == "200 OK"
-    assert report["tables"][ACCOUNTS] == {"items": 1, "json_bytes": len(json.dumps(item)), "stream_records": None}
+    accounts = report["tables"][ACCOUNTS]
+    assert (accounts["items"], accounts["json_bytes"], accounts["stream_records"]) == (1, len(json.dumps(item)), None)
+    # In moto's objects an item is several times its JSON: Item, its attrs dict, a DynamoType per attribute...
+    assert accounts["per_item"]["bytes"] > 3 * len(json.dumps(item))
+    assert accounts["per_item"]["objects"] >= 2 + 2 * len(item)
     assert report["tables"][USAGE]["items"] == 2
     assert report["tables"][USAGE]["stream_records"] == 2  # the Usage table has a stream (the rollup reads it)
+    assert report["tables"][USAGE]["per_stream_record"]["bytes"] > 0
     assert report["rss_bytes"] > 0 and report["gc_objects"] > 0

@@ -4,7 +4,8 @@
 (onysoft_tools.local.memory_probe); sequential mock/echo chat requests; at each checkpoint (after the rollup
 poller has caught up) the probe reports moto's RSS, items and bytes per table, moto's tracked instances and
 Python's objects by type. Prints the growth per request between the first and the last checkpoint, and with
-`--tracemalloc N` the top allocation sites that grew (tracemalloc snapshots compared, N frames each).
+`--tracemalloc N` (moto traces from the first checkpoint on, N frames each) the allocation sites of what was
+allocated after the first checkpoint and is still alive at the last, per request.
 
 Options: --requests 3000 --checkpoints 1000,3000 --tracemalloc 0 --malloc-arena-max N --out FILE.json
 """
@@ -24,9 +25,9 @@ import httpx
 from .local_gateway import Gateway, chats
 
 
-def probe(gateway: Gateway, dump: Path | None = None) -> dict:
+def probe(gateway: Gateway, dump: Path | None = None, trace: int = 0) -> dict:
     endpoint = gateway.env()["AWS_ENDPOINT_URL_DYNAMODB"]
-    params = {"dump": str(dump)} if dump else {}
+    params = {"dump": str(dump)} if dump else {"trace": str(trace)} if trace else {}
     response = httpx.get(endpoint + "/_onysoft/memory", params=params, timeout=600)
     response.raise_for_status()
     return response.json()
@@ -37,13 +38,18 @@ def settle(gateway: Gateway, seconds: float = 4.0) -> None:
     time.sleep(seconds)
 
 
-def top_growth(before: Path, after: Path, limit: int = 15) -> list[dict]:
-    old, new = tracemalloc.Snapshot.load(str(before)), tracemalloc.Snapshot.load(str(after))
-    out = []
-    for stat in new.compare_to(old, "traceback")[:limit]:
-        frames = [f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}" for frame in stat.traceback]
-        out.append({"size_diff": stat.size_diff, "count_diff": stat.count_diff, "traceback": frames[-8:]})
-    return out
+def top_growth(dump: Path, requests: int, limit: int = 20) -> dict:
+    """What was allocated after tracing started and is still alive: by line (the innermost frame), and the
+    largest by traceback."""
+    snapshot = tracemalloc.Snapshot.load(str(dump))
+    where = lambda frame: f"{frame.filename.split('site-packages/')[-1]}:{frame.lineno}"  # noqa: E731
+    by_line = [{"bytes_per_request": stat.size / requests, "blocks_per_request": stat.count / requests,
+                "at": where(stat.traceback[0])} for stat in snapshot.statistics("lineno")[:limit]]
+    by_traceback = [{"bytes_per_request": stat.size / requests, "blocks_per_request": stat.count / requests,
+                     "traceback": [where(frame) for frame in stat.traceback][-10:]}
+                    for stat in snapshot.statistics("traceback")[:limit // 2]]
+    return {"traced_bytes_per_request": sum(s.size for s in snapshot.statistics("filename")) / requests,
+            "by_line": by_line, "by_traceback": by_traceback}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         gateway = Gateway(workdir / "state")
         gateway.extra_env = {"ONYSOFT_DEV_MEMORY_PROBE": "1"}
-        if args.tracemalloc:
-            gateway.extra_env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
         if args.malloc_arena_max:
             gateway.extra_env["MALLOC_ARENA_MAX"] = args.malloc_arena_max
         gateway.start()
@@ -72,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 chats(gateway, key, checkpoint - done)  # + 10 warm-up requests each time
                 done = checkpoint
                 settle(gateway)
-                dump = workdir / f"trace-{checkpoint}.bin" if args.tracemalloc else None
-                point = probe(gateway, dump)
+                dump = workdir / f"trace-{checkpoint}.bin" if args.tracemalloc and points else None
+                point = probe(gateway, dump, trace=args.tracemalloc if not points else 0)
                 point["requests"] = checkpoint
                 point["dump"] = str(dump) if dump else None
                 points.append(point)
@@ -99,7 +103,8 @@ def summarize(points: list[dict], workdir: Path) -> dict:
         before = first["tables"].get(name, {"items": 0, "json_bytes": 0})
         tables[name] = {"items_per_request": per(before["items"], after["items"]),
                         "json_bytes_per_request": per(before["json_bytes"], after["json_bytes"]),
-                        "stream_records": after["stream_records"]}
+                        "stream_records": after["stream_records"], "per_item": after.get("per_item"),
+                        "per_stream_record": after.get("per_stream_record")}
     out = {
         "requests_between": n,
         "rss_bytes_per_request": per(first["rss_bytes"], last["rss_bytes"]),
@@ -117,8 +122,8 @@ def summarize(points: list[dict], workdir: Path) -> dict:
         out["malloc_in_use_bytes_per_request"] = per(first["mallinfo2"]["in_use"], last["mallinfo2"]["in_use"])
     if first.get("traced_bytes") is not None and last.get("traced_bytes") is not None:
         out["traced_bytes_per_request"] = per(first["traced_bytes"], last["traced_bytes"])
-    if first.get("dump") and last.get("dump"):
-        out["top_growth"] = top_growth(Path(first["dump"]), Path(last["dump"]))
+    if last.get("dump"):
+        out["alive_since_first_checkpoint"] = top_growth(Path(last["dump"]), n)
     return out
 
 

@@ -3,8 +3,9 @@
 `ONYSOFT_DEV_MEMORY_PROBE=1` in the environment of `onysoft dev` (moto inherits it) makes serial_moto answer
 `GET /_onysoft/memory` (under its lock, so nothing changes while it counts) with JSON: moto's resident memory,
 the items each table holds and their size as DynamoDB JSON, the stream's records and shard iterators, moto's
-per-class instance lists (`instances_tracked`), Python's object counts by type; and, when tracemalloc runs
-(`PYTHONTRACEMALLOC=N` starts it with N frames), `?dump=PATH` writes a tracemalloc snapshot there to compare.
+per-class instance lists (`instances_tracked`), Python's object counts by type; `?trace=N` starts tracemalloc
+(N frames) in moto only, and then `?dump=PATH` writes a snapshot there: every allocation made since and still
+alive, by traceback.
 `python -m tools.bench.moto_memory` drives it.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,40 @@ def rss_bytes() -> int:
     return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
+def deep_size(root: Any) -> tuple[int, int]:
+    """(bytes, objects) of `root` and everything it refers to through containers and instance attributes,
+    each object once (classes, modules and functions not counted)."""
+    import types
+
+    seen: set[int] = set()
+    stack = [root]
+    size = count = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        size += sys.getsizeof(obj)
+        count += 1
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        if hasattr(obj, "__dict__") and not isinstance(obj, (str, bytes, int, float)):
+            stack.append(vars(obj))
+    return size, count
+
+
+def _per_object(objects: list, sample: int = 200) -> dict[str, float] | None:
+    """Mean deep size of up to `sample` of `objects` (the newest)."""
+    picked = objects[-sample:]
+    if not picked:
+        return None
+    sizes = [deep_size(obj) for obj in picked]
+    return {"bytes": sum(s for s, _ in sizes) / len(sizes), "objects": sum(c for _, c in sizes) / len(sizes)}
+
+
 def _tables() -> dict[str, Any]:
     from moto.dynamodb.models import dynamodb_backends
 
@@ -46,7 +82,9 @@ def _tables() -> dict[str, Any]:
                 size = sum(len(json.dumps(item.to_json()["Attributes"], default=str)) for item in items)
                 shard = table.stream_shard
                 out[name] = {"items": len(items), "json_bytes": size,
-                             "stream_records": len(shard.items) if shard is not None else None}
+                             "stream_records": len(shard.items) if shard is not None else None,
+                             "per_item": _per_object(items),
+                             "per_stream_record": _per_object(shard.items) if shard is not None else None}
     return out
 
 
@@ -100,12 +138,14 @@ def report(query: str = "") -> dict[str, Any]:
         "gc_by_type": dict(by_type.most_common(25)),
         "tracemalloc": tracemalloc.is_tracing(),
     }
+    params = parse_qs(query)
     if tracemalloc.is_tracing():
         out["traced_bytes"] = tracemalloc.get_traced_memory()[0]
-        dump = parse_qs(query).get("dump")
-        if dump:
-            tracemalloc.take_snapshot().dump(dump[0])
-            out["dumped"] = dump[0]
+        if params.get("dump"):
+            tracemalloc.take_snapshot().dump(params["dump"][0])
+            out["dumped"] = params["dump"][0]
+    elif params.get("trace"):  # from now on: what is allocated after this and still alive shows in a dump
+        tracemalloc.start(int(params["trace"][0]))
     try:
         import ctypes
 
