@@ -279,8 +279,9 @@ def render(result: dict) -> str:
            f"{paused}; "
            "each is one request's pause, inside the p99 of its window or not at all."
            if compactions else "No compaction during the run."),
-        (f"- **moto server's memory** after the run: {c['moto_rss_mb']:,.0f} MB resident (the tables' items; the "
-         "stream keeps only what the rollup poller has not read yet).\n" if c.get("moto_rss_mb") else "")
+        (f"- **moto server's memory** after the run: {c['moto_rss_mb']:,.0f} MB resident (the items the tables "
+         "hold, as moto's Python objects; the stream keeps only what the rollup poller has not read yet; "
+         "`python -m tools.bench.moto_memory` breaks it down).\n" if c.get("moto_rss_mb") else "")
         + f"- **Start**, empty state dir (tables created, demo seed): {c['start_empty_s']:.1f} s. Clean stop after the "
         f"run (Ctrl-C; moto compacts into the snapshot): {c['stop_s']:.1f} s.",
         "",
