@@ -13,12 +13,11 @@ import pytest
 from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import StreamRecord
-from moto.dynamodbstreams.models import ShardIterator, dynamodbstreams_backends
-from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+from moto.dynamodbstreams.models import ShardIterator
 
 from onysoft import config
-from onysoft_tools.local import moto_streams, moto_transactions, moto_untracked
-from onysoft_tools.local.rollup_poller import streams_client
+from onysoft_tools.local import moto_transactions, moto_untracked
+from tests.unit.test_moto_streams import stream  # noqa: F401 - the patched stream, trimming after 5 records
 
 USAGE = config.table_name("ONYSOFT_TABLE_USAGE")
 ACCOUNTS = config.table_name("ONYSOFT_TABLE_ACCOUNTS")
@@ -87,33 +86,20 @@ def test_item_copies_stop_growing_with_requests(untracked):
     assert after <= before  # one account item, however many writes
 
 
-@pytest.fixture
-def stream(untracked, monkeypatch):
-    monkeypatch.setattr(DynamoDBStreamsHandler, "get_records", DynamoDBStreamsHandler.get_records)
-    moto_streams.install()
-    monkeypatch.setattr(moto_streams, "TRIM_AT", 5)
-    monkeypatch.setattr(moto_streams, "MAX_ITERATORS", 3)
-    client = streams_client()
-    arn = client.list_streams(TableName=USAGE)["Streams"][-1]["StreamArn"]
-    shard = client.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    return client, arn, shard
-
-
 def _usage(n: int) -> None:
     boto3.client("dynamodb", region_name="us-east-1").put_item(TableName=USAGE, Item={
         "account_id": {"S": "acct_s"}, "sk": {"S": f"2026-11-01T10:00:{n:02d}.000000Z#r{n}"},
         "key_id": {"S": "key_s"}, "status": {"S": "pending"}})
 
 
-def test_stream_records_and_iterators_the_reader_is_done_with_are_freed(stream):
-    client, arn, shard = stream
+def test_stream_records_and_iterators_the_reader_is_done_with_are_freed(untracked, stream):  # noqa: F811
+    client, arn, shard, stream_backend = stream  # trims after 5 records, keeps 3 iterators
     for n in range(12):
         _usage(n)
     table = dynamodb_backends["123456789012"]["us-east-1"].tables[USAGE]
     first_record = weakref.ref(table.stream_shard.items[0])
     iterator = client.get_shard_iterator(StreamArn=arn, ShardId=shard,
                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-    stream_backend = dynamodbstreams_backends["123456789012"]["us-east-1"]
     first_iterator = weakref.ref(stream_backend.shard_iterators[iterator])
     seen = 0
     for _ in range(8):
