@@ -42,6 +42,7 @@ class Gateway:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log = state_dir.parent / f"dev-{int(time.time() * 1000)}.log"
+        self.extra_env: dict[str, str] = {}  # for `onysoft dev` and the moto it starts (tools/bench/moto_memory.py)
 
     @property
     def base_url(self) -> str:
@@ -53,7 +54,7 @@ class Gateway:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [*onysoft_command(), "dev", "--port", str(self.port), "--state-dir", str(self.state_dir)], cwd=ROOT,
-                env=clean_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
+                env=clean_env(**self.extra_env), stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0)
 
         def up() -> bool:
             if self.process.poll() is not None:
@@ -278,8 +279,9 @@ def render(result: dict) -> str:
            f"{paused}; "
            "each is one request's pause, inside the p99 of its window or not at all."
            if compactions else "No compaction during the run."),
-        (f"- **moto server's memory** after the run: {c['moto_rss_mb']:,.0f} MB resident (the tables' items; the "
-         "stream keeps only what the rollup poller has not read yet).\n" if c.get("moto_rss_mb") else "")
+        (f"- **moto server's memory** after the run: {c['moto_rss_mb']:,.0f} MB resident (the items the tables "
+         "hold, as moto's Python objects; the stream keeps only what the rollup poller has not read yet; "
+         "`python -m tools.bench.moto_memory` breaks it down).\n" if c.get("moto_rss_mb") else "")
         + f"- **Start**, empty state dir (tables created, demo seed): {c['start_empty_s']:.1f} s. Clean stop after the "
         f"run (Ctrl-C; moto compacts into the snapshot): {c['stop_s']:.1f} s.",
         "",

@@ -14,6 +14,8 @@ More things make it behave like a database rather than a fixture:
   (which the lock above makes sound).
 - Per-request work moto repeats for nothing (listing its own package, re-parsing the same update expressions)
   is done once: `onysoft_tools.local.moto_hot_path`.
+- The objects moto creates per request (item copies, stream records, shard iterators) are not kept for life in
+  moto's instance lists: `onysoft_tools.local.moto_untracked`.
 - With `--state-dir`, every DynamoDB write is journaled before its answer goes back, and the state is loaded
   from the snapshot and journal at start and compacted at SIGTERM (`onysoft_tools.local.journal`).
 """
@@ -31,7 +33,7 @@ from pathlib import Path
 from werkzeug.wsgi import get_input_stream
 
 from onysoft_tools.local import journal as journal_module
-from onysoft_tools.local import moto_transactions
+from onysoft_tools.local import memory_probe, moto_transactions
 
 logger = logging.getLogger("onysoft.serial_moto")
 
@@ -60,7 +62,9 @@ def serialized_app(state: journal_module.DurableState | None = None, moto_app=No
             environ.pop("HTTP_TRANSFER_ENCODING", None)
             environ["wsgi.input_terminated"] = False
         with lock:  # the whole request, the body included, inside the lock
-            if journaled and state.failed:
+            if memory_probe.wants(environ):  # a diagnostic, off unless ONYSOFT_DEV_MEMORY_PROBE=1
+                status, headers, out = memory_probe.answer(environ)
+            elif journaled and state.failed:
                 status, headers, out = "500 INTERNAL SERVER ERROR", [("Content-Type", "application/x-amz-json-1.0")], \
                     JOURNAL_FAILED
             else:
@@ -118,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     from onysoft_tools.local import moto_hot_path
 
     moto_hot_path.install()  # per-request work moto repeats for nothing, done once
+    from onysoft_tools.local import moto_untracked
+
+    moto_untracked.install()  # moto's per-request objects freed when nothing refers to them (not kept for life)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server

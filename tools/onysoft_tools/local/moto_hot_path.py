@@ -69,6 +69,7 @@ def install() -> None:
             return parsed(expression_str)
         return stock_make(cls, expression_str)
 
+    make.parsed = parsed  # type: ignore[attr-defined] # its cache_info(), for onysoft_tools.local.memory_probe
     UpdateExpressionParser.make = classmethod(make)
     DepthFirstTraverser.nodes_to_be_processed = nodes_to_be_processed
     DepthFirstTraverser.process = process
