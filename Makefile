@@ -8,10 +8,11 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: venv dev test lint unit integration template-tests bench bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
 
+# pip is tried three times: a download cut short by the network (IncompleteRead) once failed a clean CI run.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	for try in 1 2 3; do $(BIN)/pip install --quiet --upgrade pip && break; [ $$try -lt 3 ] || exit 1; sleep 5; done
+	for try in 1 2 3; do $(BIN)/pip install --quiet -e '.[test]' && break; [ $$try -lt 3 ] || exit 1; sleep 5; done
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,7 +30,8 @@ test: lint chromium
 # The dashboard's browser tests drive Debian's chromium through Playwright (never `playwright install`: its
 # download host is not reachable on CI). Installed when missing; CI runs as root. Without it the tests fail.
 chromium:
-	@test -x $(CHROMIUM) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@test -x $(CHROMIUM) || for try in 1 2 3; do apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q chromium && break; [ $$try -lt 3 ] || exit 1; sleep 5; done
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
