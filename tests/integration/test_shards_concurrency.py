@@ -7,7 +7,8 @@ serialized: onysoft_tools/serial_moto.py), with the fake provider counting what 
   the hold has exactly one record (in its shard's Usage partition; the CLI lists them all, newest first), the key
   counters agree, the holds used many shards.
 - a hold bigger than every shard but smaller than the sum succeeds (the shards are consolidated first).
-- rpm on a key of a sharded account stays exact under concurrency (the rate counter is not sharded).
+- rpm on a key of a sharded account stays exact under concurrency (its rate counters follow the balance shards,
+  each with its share of the limit: docs/BILLING.md §1).
 """
 
 from __future__ import annotations

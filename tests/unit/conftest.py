@@ -61,3 +61,15 @@ def moto_app():
     BackendDict.reset()
     yield DomainDispatcherApplication(create_backend_app)
     BackendDict.reset()  # a "restart": moto's memory is gone, only the files remain
+
+
+@pytest.fixture(autouse=True)
+def one_rate_window(monkeypatch):
+    """A unit test runs inside one rate-limit minute: one that fills a window (rpm 3, then a 429) must not see
+    the next minute start on a loaded machine, whose fresh counters admit again (CI-flaky otherwise).
+    Only the current window is pinned: an explicit time still gets its own."""
+    from onysoft import rate_limits
+
+    real = rate_limits.current_window
+    pinned = real()
+    monkeypatch.setattr(rate_limits, "current_window", lambda now=None: pinned if now is None else real(now))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Collection
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
@@ -137,7 +138,7 @@ def _gather(balances: dict[int, int], target: int, need: int) -> dict[int, int]:
     return deltas
 
 
-def consolidate(account_id: str, need: int, avoid: set[int] = frozenset()) -> tuple[int, int | None]:
+def consolidate(account_id: str, need: int, avoid: Collection[int] = frozenset()) -> tuple[int, int | None]:
     """Make one shard cover `need` if the sum of the shards does (debts netted in the sum). Returns (sum,
     the shard that now covers it), or (sum, None) when the sum does not (nothing moved). Funds move in one
     transaction; re-read and retried when a concurrent hold moved a shard in between. The target is never a
