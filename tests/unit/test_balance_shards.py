@@ -216,6 +216,7 @@ def test_funds_are_never_gathered_where_the_keys_rate_counter_is_full(gateway, f
 
     account, record, caller = sharded(2, amount="80")
     caller = CallerContext(**{**caller.__dict__, "rpm": 2})
+
     def request_id(shard: int, name: str) -> str:  # one whose hold tries `shard` first
         return next(f"{name}_{n}" for n in range(100) if balances.first_shard(f"{name}_{n}", 2) == shard)
 
