@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test lint unit integration template-tests bench bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
+.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
 
 # pip is tried three times: a download cut short by the network (IncompleteRead) once failed a clean CI run.
 $(STAMP): pyproject.toml
@@ -41,6 +41,13 @@ integration: venv chromium
 
 template-tests: venv
 	$(BIN)/pytest -q tests/template
+
+# The integration suites RUNS times with BUSY cores kept busy by another process (tools/stress.py): a test that
+# passes alone and fails under load has a race or a timing assumption in it. `make test-stress RUNS=5`.
+RUNS ?= 5
+BUSY ?= 1
+test-stress: venv chromium
+	$(BIN)/python -m tools.stress --runs $(RUNS) --busy $(BUSY)
 
 # Not part of `make test`: overhead, cold starts, DynamoDB work and cost per request -> docs/BENCHMARKS.md
 # (about 20 minutes on 2 cores; loopback only). The bench group holds its extra dependencies, if any.
