@@ -294,3 +294,87 @@ def test_every_kind_of_item_write_replays_to_the_same_state(tmp_path, moto_app):
     state, app = started(tmp_path, moto_app)
     assert everything(app) == before
     state.close()
+
+
+def test_a_compaction_past_its_deadline_is_abandoned_and_loses_nothing(tmp_path, moto_app):
+    """A stop never waits on a large state (issue 21): past its deadline the compaction stops writing, the old
+    snapshot and the whole journal stay, and the next start replays the journal to the same state."""
+    import time
+
+    state, app = started(tmp_path, moto_app)
+    create_table(app)
+    for n in range(1500):
+        assert add(app, f"item-{n}", n).startswith("200")
+    state.compact()  # a snapshot of the first 1,500
+    for n in range(1500, 3000):
+        assert add(app, f"item-{n}", n).startswith("200")
+    snapshot_before = (tmp_path / journal.SNAPSHOT_FILE).read_bytes()
+    journal_before = (tmp_path / journal.JOURNAL_FILE).read_bytes()
+    done = state.compact(deadline=time.monotonic() - 1)  # already past: stops at its first check
+    assert done["abandoned"] and 1024 <= done["items"] < 3000
+    assert (tmp_path / journal.SNAPSHOT_FILE).read_bytes() == snapshot_before
+    assert (tmp_path / journal.JOURNAL_FILE).read_bytes() == journal_before
+    assert not (tmp_path / (journal.SNAPSHOT_FILE + ".tmp")).exists()
+    state.close()
+    restart()
+    state, app = started(tmp_path, moto_app)
+    assert state.stats["snapshot_items"] == 1500 and state.stats["journal_entries"] == 1500
+    assert [counter(app, f"item-{n}") for n in (0, 1499, 1500, 2999)] == [0, 1499, 1500, 2999]
+    assert state.compact(deadline=time.monotonic() + 60)["abandoned"] is False
+    state.close()
+
+
+def test_what_the_streams_reader_has_not_read_survives_a_compaction_and_a_restart(tmp_path, moto_app):
+    """A clean stop no longer waits for the rollup poller to read the stream: the records from where its last
+    read began go into the snapshot and back on the stream at the next start, images and order kept."""
+    from onysoft_tools.local import moto_streams
+
+    moto_streams.install()
+    state, app = started(tmp_path, moto_app)
+    status, _ = call(app, "CreateTable", {
+        "TableName": "j-streamed", "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}})
+    assert status.startswith("200"), status
+
+    def put(n: int) -> None:
+        assert call(app, "PutItem", {"TableName": "j-streamed",
+                                     "Item": {"id": {"S": f"r{n % 4}"}, "n": {"N": str(n)}}})[0].startswith("200")
+
+    def streams(operation: str, body: dict) -> dict:
+        entry = Entry(f"DynamoDBStreams_20120810.{operation}", "eu-west-1", "AKIDEXAMPLE", json.dumps(body).encode())
+        environ = replay_environ(entry)
+        environ["HTTP_HOST"] = "streams.dynamodb.eu-west-1.amazonaws.com"
+        status, _headers, out = call_app(app, environ)
+        assert status.startswith("200"), (status, out)
+        return json.loads(out)
+
+    def read_all() -> list[tuple[str, str, str | None]]:
+        arn = streams("ListStreams", {"TableName": "j-streamed"})["Streams"][-1]["StreamArn"]
+        shard = streams("DescribeStream", {"StreamArn": arn})["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams("GetShardIterator", {"StreamArn": arn, "ShardId": shard,
+                                                "ShardIteratorType": "TRIM_HORIZON"})["ShardIterator"]
+        page = streams("GetRecords", {"ShardIterator": iterator, "Limit": 1000})
+        return [(r["eventName"], r["dynamodb"]["NewImage"]["n"]["N"],
+                 r["dynamodb"].get("OldImage", {}).get("n", {}).get("N")) for r in page["Records"]]
+
+    for n in range(6):
+        put(n)
+    assert len(read_all()) == 6  # the reader's read began at the first record: all six may still be unread
+    arn = streams("ListStreams", {"TableName": "j-streamed"})["Streams"][-1]["StreamArn"]
+    shard = streams("DescribeStream", {"StreamArn": arn})["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams("GetShardIterator", {"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"})
+    first = streams("GetRecords", {"ShardIterator": iterator["ShardIterator"], "Limit": 4})
+    streams("GetRecords", {"ShardIterator": first["NextShardIterator"], "Limit": 1})  # the reader is at the 5th
+    for n in range(6, 8):
+        put(n)
+    done = state.compact()
+    assert done["stream_records"] == 4  # the 5th and 6th (its last read began there), the 7th and 8th
+    state.close()
+
+    restart()
+    state, app = started(tmp_path, moto_app)
+    assert state.stats["snapshot_stream_records"] == 4 and state.stats["journal_entries"] == 0
+    assert read_all() == [("MODIFY", "4", "0"), ("MODIFY", "5", "1"), ("MODIFY", "6", "2"), ("MODIFY", "7", "3")]
+    state.close()

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onysoft_tools.local import moto_ttl
+from onysoft_tools.local import moto_streams, moto_ttl
 
 logger = logging.getLogger("onysoft.journal")
 
@@ -366,9 +366,9 @@ class DurableState:
     def load(self) -> None:
         """Snapshot, then journal: the state as the last acknowledged write left it."""
         started = time.monotonic()
-        absorbed, items = None, 0
+        absorbed, items, stream_records = None, 0, 0
         if self.snapshot_path.is_file():
-            absorbed, items = self._load_snapshot()
+            absorbed, items, stream_records = self._load_snapshot()
         replayed, diverged, dropped = 0, 0, 0
         journal_id = None
         if self.journal_path.is_file():
@@ -392,24 +392,30 @@ class DurableState:
         else:
             self.journal_id = journal_id
             self._open_journal()
-        self.stats = {"snapshot_items": items, "journal_entries": replayed, "replay_failures": diverged,
-                      "dropped_bytes": dropped, "seconds": round(time.monotonic() - started, 3)}
+        self.stats = {"snapshot_items": items, "snapshot_stream_records": stream_records,
+                      "journal_entries": replayed, "replay_failures": diverged, "dropped_bytes": dropped,
+                      "seconds": round(time.monotonic() - started, 3)}
         if diverged:
             logger.warning("journal: %d of %d entries did not apply again (see above)", diverged, replayed)
 
-    def _load_snapshot(self) -> tuple[str | None, int]:
+    def _load_snapshot(self) -> tuple[str | None, int, int]:
         from moto.dynamodb.models import dynamodb_backends
 
         records = read_snapshot(self.snapshot_path)
         header = next(records)
         table = None
-        items = 0
+        items = stream_records = 0
         for record in records:
             if "i" in record:
                 if table is None:
                     raise StateError(f"{self.snapshot_path}: an item before its table")
                 put_image(table, record["i"])
                 items += 1
+            elif "s" in record:
+                if table is None:
+                    raise StateError(f"{self.snapshot_path}: a stream record before its table")
+                moto_streams.restore(table, [record["s"]])
+                stream_records += 1
             elif "table" in record:
                 account, region, name = record["table"]
                 backend = dynamodb_backends[account][region]
@@ -420,7 +426,7 @@ class DurableState:
                 entry = Entry(**{**record["request"], "body": record["request"]["body"].encode("utf-8")})
                 self._apply(entry)
                 self.schema.append(entry)
-        return header.get("absorbed"), items
+        return header.get("absorbed"), items, stream_records
 
     def _apply(self, entry: Entry) -> bool:
         if entry.target == ITEMS_TARGET:
@@ -494,13 +500,16 @@ class DurableState:
 
     # -------------------------------------------------------------- snapshot
 
-    def compact(self) -> dict:
-        """Write every table's items (and the schema requests) to a new snapshot, then start the journal over."""
+    def compact(self, deadline: float | None = None) -> dict:
+        """Write every table's items, the streams' unread records and the schema requests to a new snapshot, then
+        start the journal over. With a `deadline` (time.monotonic()), a compaction still writing then is
+        abandoned: the old snapshot and the whole journal stay as they were (nothing is lost; the next start
+        replays the journal), and the result says `abandoned`."""
         from moto.dynamodb.models import dynamodb_backends
 
         started = time.monotonic()
         tmp = self.snapshot_path.with_name(SNAPSHOT_FILE + ".tmp")
-        items, expired = 0, 0
+        items, expired, stream_records = 0, 0, 0
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
             handle.write(json.dumps({"format": SNAPSHOT_FORMAT, "absorbed": self.journal_id,
                                      "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
@@ -515,12 +524,22 @@ class DurableState:
                             handle.write(json.dumps({"i": item.to_json()["Attributes"]}, separators=(",", ":"),
                                                     default=_json_default) + "\n")
                             items += 1
+                            if deadline is not None and items % 1024 == 0 and time.monotonic() > deadline:
+                                handle.close()
+                                tmp.unlink(missing_ok=True)
+                                return {"abandoned": True, "items": items, "expired": expired,
+                                        "stream_records": 0, "seconds": round(time.monotonic() - started, 3)}
+                        for record in moto_streams.unread(table):  # what the rollup has not read yet
+                            handle.write(json.dumps({"s": record}, separators=(",", ":"),
+                                                    default=_json_default) + "\n")
+                            stream_records += 1
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.snapshot_path)
         _fsync_dir(self.state_dir)
         self._new_journal()
-        return {"items": items, "expired": expired, "seconds": round(time.monotonic() - started, 3)}
+        return {"abandoned": False, "items": items, "expired": expired, "stream_records": stream_records,
+                "seconds": round(time.monotonic() - started, 3)}
 
     def close(self) -> None:
         if self._fd is not None:

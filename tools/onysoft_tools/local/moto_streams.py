@@ -15,6 +15,12 @@ numbers and TRIM_HORIZON keep their meaning: like a stream's 24-hour trim in AWS
 points before what is kept gets TrimmedDataAccessException, as in AWS. Only the newest MAX_ITERATORS shard
 iterators are kept (AWS expires them after 15 minutes; the poller uses each once).
 
+Kept across restarts: a stream lives in moto's memory, so what its reader has not read yet when the journal is
+compacted (the records from where its last read started) goes into the snapshot with the table (`unread`) and
+back on the stream at the next start (`restore`): a stop, clean or not, never has to wait for the reader to
+catch up, and nothing the rollup has not counted is lost. The rollup counts a record once however often it
+sees it (its markers), so handing a record over twice costs a little work, never a wrong total.
+
 It relies on moto's internals (StreamShard.items and starting_sequence_number, the backend's shard_iterators),
 so it installs only on the moto range moto_transactions checks. Installed by onysoft_tools.serial_moto.
 """
@@ -33,6 +39,37 @@ def _default(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.timestamp()
     raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def unread(table: Any) -> list[dict]:
+    """The table's stream records from where its reader's last read started (all of them if it never read),
+    as JSON-ready dicts, oldest first."""
+    shard = table.stream_shard
+    if shard is None:
+        return []
+    read_from = max(getattr(shard, "onysoft_read_from", 0), shard.starting_sequence_number)
+    records = []
+    for record in shard.items[read_from - shard.starting_sequence_number:]:
+        copied = {**record.record, "dynamodb": dict(record.record["dynamodb"])}
+        copied["dynamodb"].pop("ApproximateCreationDateTime", None)  # set again when restored
+        records.append(copied)
+    return records
+
+
+def restore(table: Any, records: list[dict]) -> None:
+    """Put records `unread` saved back on the table's stream, with new sequence numbers after what it holds."""
+    from moto.core.utils import utcnow
+    from moto.dynamodb.models.table import StreamRecord
+
+    shard = table.stream_shard
+    if shard is None:
+        return
+    for saved in records:
+        record = StreamRecord.__new__(StreamRecord)
+        seq = len(shard.items) + shard.starting_sequence_number
+        record.record = {**saved, "dynamodb": {**saved["dynamodb"], "SequenceNumber": str(seq),
+                                               "ApproximateCreationDateTime": utcnow()}}
+        shard.items.append(record)
 
 
 def trim(backend: Any, iterator: Any) -> None:
@@ -71,6 +108,8 @@ def install() -> None:
             raise JsonRESTError("TrimmedDataAccessException",
                                 "the iterator points before the stream's oldest record (onysoft dev trims "
                                 "records its reader has consumed)")
+        # Where the reader is: what comes before this read has been handed over (a snapshot keeps the rest).
+        iterator.stream_shard.onysoft_read_from = int(iterator.sequence_number)
         page = self.backend.get_records(arn, limit)
         trim(self.backend, iterator)
         return json.dumps(page, default=_default)
