@@ -73,6 +73,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
+# Ctrl-C stops everything within 5 s (issue 21), whatever is open: requests in flight get GRACEFUL_SECONDS to end
+# (then uvicorn cancels them: a stream's relay still settles what it delivered, shielded from the cancellation),
+# the rollup poller up to 1 s to end a poll (what it has not read stays on the stream, and the snapshot keeps it),
+# and moto MOTO_STOP_SECONDS to compact (it abandons a compaction past serial_moto.STOP_COMPACTION_SECONDS and
+# keeps the journal whole; killed past this, it loses nothing acknowledged either: every write is journaled).
+GRACEFUL_SECONDS = 1.5
+MOTO_STOP_SECONDS = 2.5
+
+
+class _StopClock:
+    """When the stop began (the first signal) and how long each of its steps took, for the last line printed."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.steps: list[tuple[str, float]] = []
+
+    def begin(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def mark(self, step: str) -> None:
+        self.begin()
+        self.steps.append((step, time.monotonic()))
+        logger.info("stop: %s after %.2f s", step, self.steps[-1][1] - self.started)
+
+    def summary(self) -> str:
+        if self.started is None or not self.steps:
+            return ""
+        return f" in {self.steps[-1][1] - self.started:.1f} s"
+
+
+class _CancelledAtStop(logging.Filter):
+    """uvicorn logs a request it cancels at the end of its graceful period as an 'Exception in ASGI application':
+    at a stop that is the plan (the stream was settled), not an error worth a traceback on the terminal."""
+
+    def __init__(self, server) -> None:
+        super().__init__()
+        self.server = server
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import asyncio
+
+        cancelled = record.exc_info is not None and isinstance(record.exc_info[1], asyncio.CancelledError)
+        return not (cancelled and self.server.should_exit)
+
+
 class _Stop(Exception):  # noqa: N818 - a signal, not an error
     """SIGTERM/SIGHUP: leave the serve loop and clean up, like Ctrl-C."""
 
@@ -202,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
 
     from onysoft_tools.local import journal, legacy_state
 
+    stopping = _StopClock()
+
     moto = MotoServer(state / MOTO_LOG_FILE, state_dir=None if external else state,
                       verbose=bool(getattr(args, "verbose", False)))
     had_state = journal.has_state(state)  # before moto starts (and writes its journal)
@@ -248,8 +296,16 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         config = uvicorn.Config(gateway, log_level="info", access_log=True, lifespan="on",
-                                timeout_graceful_shutdown=5, log_config=_uvicorn_log_config(request_file))
-        server = uvicorn.Server(config)
+                                timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                                log_config=_uvicorn_log_config(request_file))
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame) -> None:  # Ctrl-C or SIGTERM: the stop's clock starts
+                stopping.begin()
+                super().handle_exit(sig, frame)
+
+        server = Server(config)
+        logging.getLogger("uvicorn.error").addFilter(_CancelledAtStop(server))
         base_url = env["ONYSOFT_GATEWAY_URL"]
         print(_banner(base_url, state, endpoint, demo, seeded, not external,
                       dashboard=_dashboard_banner(base_url, sign_ins)), flush=True)
@@ -258,7 +314,9 @@ def run(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, _Stop):
             pass
         finally:
+            stopping.mark("requests ended")
             poller.stop()
+            stopping.mark("rollup poller stopped")
         return 0
     except (KeyboardInterrupt, _Stop):
         return 130
@@ -271,12 +329,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         with contextlib.suppress(Exception):
             sock.close()
-        stopping = time.monotonic()
-        moto.stop()  # SIGTERM: moto compacts its journal into the snapshot
-        logger.info("moto server stopped in %.1f s", time.monotonic() - stopping)
+        moto.stop(grace=MOTO_STOP_SECONDS)  # SIGTERM: moto compacts its journal into the snapshot (bounded)
+        stopping.mark("moto server stopped")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        print("onysoft dev stopped.", file=sys.stderr, flush=True)
+        print(f"onysoft dev stopped{stopping.summary()}.", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ fake-timeout (5 s before answering), fake-cut (a stream that breaks after 3 chun
 fake-reset (the TCP connection is reset before any answer byte), fake-malformed-200 (HTTP 200 whose body
 is not JSON), fake-overrun (reports OVERRUN_COMPLETION output tokens, far above any small hold),
 fake-bill (bills what it was sent, as a provider would: see `bill`), fake-embed-greedy (embeddings that report
-GREEDY_EMBED_TOKENS tokens per input). No delay of its own otherwise.
+GREEDY_EMBED_TOKENS tokens per input), fake-endless-stream (a chunk every CHUNK_DELAY seconds for
+ENDLESS_SECONDS: a stream that is still open whenever the test needs one). No delay of its own otherwise.
 
 Run it in-process (`FakeUpstream().start()`, a thread) or as its own process:
 `python -m onysoft_tools.fake_provider --port N` prints `ready` when it listens.
@@ -34,7 +35,8 @@ from starlette.routing import Route
 UPSTREAM_KEY = "upstream-provider-secret"  # noqa: S105 - what the gateway is configured with; a loopback fake
 REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
 PROMPT_TOKENS = 17
-CHUNK_DELAY = 0.3  # slow-stream: seconds between chunks
+CHUNK_DELAY = 0.3  # slow-stream and endless-stream: seconds between chunks
+ENDLESS_SECONDS = 120.0  # endless-stream: how long it goes on
 OVERRUN_COMPLETION = 5_000
 GREEDY_EMBED_TOKENS = 1_000
 IMAGE_TOKENS = 1_000  # fake-bill: what one image, audio or file part costs (the catalog says --tokens-per-image)
@@ -124,12 +126,15 @@ class FakeUpstream:
 
             async def events():
                 base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
-                for index, word in enumerate(REPLY):
+                words = REPLY
+                if model == "fake-endless-stream":
+                    words = [REPLY[i % len(REPLY)] for i in range(int(ENDLESS_SECONDS / CHUNK_DELAY))]
+                for index, word in enumerate(words):
                     if model == "fake-cut" and index == 3:
                         raise RuntimeError("the fake provider drops the connection")
                     chunk = {**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
                     yield f"data: {json.dumps(chunk)}\n\n"
-                    if model == "fake-slow-stream":
+                    if model in ("fake-slow-stream", "fake-endless-stream"):
                         await asyncio.sleep(CHUNK_DELAY)
                 done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
                 yield f"data: {json.dumps(done)}\n\n"

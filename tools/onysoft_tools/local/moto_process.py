@@ -120,7 +120,8 @@ class MotoServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace: float = 60.0) -> None:
-        """SIGTERM (moto compacts its journal into the snapshot, seconds for a large state), then SIGKILL."""
+        """SIGTERM (moto compacts its journal into the snapshot, abandoning it past serial_moto's bound), then
+        SIGKILL after `grace` seconds: every acknowledged write is in the journal already, so a kill loses none."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -132,7 +133,7 @@ class MotoServer:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
-                process.wait(grace)
+                process.wait()
         else:
             process.wait()
 

@@ -10,8 +10,9 @@ Usage table's stream does not survive a restart, so the replay puts the Usage wr
 since the last snapshot) on the stream again (journal._apply_images), and this poller, reading from the start,
 hands them over. The rollup's own items (totals and per-record markers) are journaled like every other write,
 so a record counted before the restart counts once (its marker, onysoft.usage_rollup), and one a `kill -9` kept
-the poller from reading is counted after it: a key's request count and spend stay exact. A clean stop polls
-once more before moto stops, and its snapshot starts the next journal empty.
+the poller from reading is counted after it: a key's request count and spend stay exact. A compaction (a clean
+stop's, or a large journal's) keeps the stream records the poller has not read in the snapshot, and the next start
+puts them back on the stream (onysoft_tools.local.moto_streams): so a stop never waits for the poller to catch up.
 
 A batch the handler reports as failed (`batchItemFailures`) is read again from that sequence number, like
 Lambda's ReportBatchItemFailures.
@@ -186,15 +187,9 @@ class RollupPoller:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop polling, after a last poll: a clean stop leaves nothing uncounted (the stream does not survive a
-        restart). Call it while moto is still up."""
+    def stop(self, wait: float = 1.0) -> None:
+        """Stop polling: wait up to `wait` seconds for a poll under way to end. No last poll: what the poller has
+        not read stays on the stream, and a compaction keeps it for the next start (see the module's doc)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(5)
-            if self._thread.is_alive():  # stuck in a poll: do not wait for it twice
-                return
-        try:
-            self.poll_once()
-        except Exception as exc:  # noqa: BLE001 - stopping anyway
-            logger.warning("usage rollup: last poll failed: %s: %s", type(exc).__name__, exc)
+            self._thread.join(wait)
