@@ -13,6 +13,7 @@ Rate-limit windows are aligned to the UTC minute: each burst starts only with en
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -84,15 +85,22 @@ def upstream_tags(upstream: FakeUpstream, tags: set[str]) -> list[str]:
     return [t for t in (tag_of(r["body"]) for r in upstream.requests) if t in tags]
 
 
-def _reset_within(seconds: float, at: float, until: float | None) -> bool:
-    """A reset (or Retry-After) stated at some time between the request's start `at` and its answer `until`:
-    between the minute's seconds left then (whole seconds, rounded up; 2.5 s after `at` when not known)."""
-    until = at + 2.5 if until is None else until
-    return seconds_left_in_minute(until) - 1.5 <= seconds <= seconds_left_in_minute(at) + 1.5
+CLOCK_SLACK = 0.01  # the test and the gateway read the same clock (one machine); this covers float rounding only
+
+
+def _reset_within(seconds: float, at: float, until: float) -> bool:
+    """A reset (or Retry-After) the gateway computed at some instant between the request's start `at` and its
+    answer `until` (the same machine's clock): the minute's seconds left at that instant, rounded up to whole
+    seconds ('17s'), or cut to whole milliseconds below one second ('250ms'); Retry-After is at least 1. So it lies
+    between the seconds left at `until` (less a millisecond) and those at `at` rounded up. No margin for load: a
+    slow answer only widens [at, until]."""
+    low = seconds_left_in_minute(until) - 0.001 - CLOCK_SLACK
+    high = max(math.ceil(seconds_left_in_minute(at) + CLOCK_SLACK), 1)
+    return low <= seconds <= high
 
 
 def check_limit_headers(response: httpx.Response, *, rpm: int, tpm: int, at: float,
-                        until: float | None = None) -> tuple[int, int]:
+                        until: float) -> tuple[int, int]:
     """Every x-ratelimit-* header OpenAI sends, well formed and consistent; (remaining requests, tokens)."""
     h = response.headers
     assert h["x-ratelimit-limit-requests"] == str(rpm)
@@ -107,7 +115,7 @@ def check_limit_headers(response: httpx.Response, *, rpm: int, tpm: int, at: flo
 
 
 def check_rate_limited(response: httpx.Response, at: float, *, which: str, limit: int,
-                       until: float | None = None) -> dict:
+                       until: float) -> dict:
     """A 429 from the key's own limit, field by field."""
     error = check_envelope(response, 429, "rate_limit_exceeded")
     assert error["type"] == "requests" and error["param"] is None
@@ -164,15 +172,17 @@ def test_rpm_3_counts_down_then_refuses_the_4th_without_an_upstream_call(dev, up
         for i in range(3):
             started = time.time()
             response = client.post("/v1/chat/completions", json=chat_body(f"rpm3-{i}-{uuid.uuid4().hex}"))
+            ended = time.time()
             assert response.status_code == 200, response.text
-            remaining.append(check_limit_headers(response, rpm=3, tpm=5000, at=started)[0])
+            remaining.append(check_limit_headers(response, rpm=3, tpm=5000, at=started, until=ended)[0])
         # Each was counted for all it might use; the usage rollup gives back the rest (about a second).
         tables.settled_counter(f"{key['key_id']}#{window}", 3 * (PROMPT_TOKENS + len(REPLY)))
         seen = len(upstream.requests)
         started = time.time()
         refused = client.post("/v1/chat/completions", json=chat_body("rpm3-4th"))
-        check_rate_limited(refused, started, which="requests", limit=3)
-        assert check_limit_headers(refused, rpm=3, tpm=5000, at=started) == (0, 5000 - 3 * 25)
+        ended = time.time()
+        check_rate_limited(refused, started, which="requests", limit=3, until=ended)
+        assert check_limit_headers(refused, rpm=3, tpm=5000, at=started, until=ended) == (0, 5000 - 3 * 25)
         assert len(upstream.requests) == seen
         view = client.get("/v1/key")
     assert remaining == [2, 1, 0]
