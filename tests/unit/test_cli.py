@@ -366,6 +366,18 @@ def test_catalog_set_defaults_provider_and_upstream_from_the_model(cli_json):
     assert models["acme/fast"]["enabled"] is False and models["openai/gpt-4o-mini"]["provider"] == "openai"
 
 
+def test_catalog_set_several_models_at_the_same_prices(cli, cli_json):
+    both = cli_json("catalog", "set", "openai/a", "mistral/b", "--input-usd-per-mtok", "1",
+                    "--output-usd-per-mtok", "3", "--max-output-tokens", "500")
+    assert [(m["model"], m["provider"], m["upstream_model"]) for m in both["models"]] == [
+        ("openai/a", "openai", "a"), ("mistral/b", "mistral", "b")]
+    assert all(m["max_output_tokens"] == 500 and Decimal(m["output_usd_per_mtok"]) == 3 for m in both["models"])
+    # One upstream name cannot be every model's.
+    assert_usage_error(cli("catalog", "set", "openai/c", "openai/d", "--input-usd-per-mtok", "1",
+                           "--output-usd-per-mtok", "3", "--upstream-model", "gpt-4o"))
+    assert {m["model"] for m in cli_json("catalog", "list")["models"]} == {"openai/a", "mistral/b"}
+
+
 @pytest.mark.parametrize("bad", [["gpt-4o", "1", "2"], ["openai/", "1", "2"], ["openai/x", "-1", "2"],
                                  ["openai/x", "1", "abc"], ["openai/x", "nan", "1"]])
 def test_catalog_set_rejects_bad_input(cli, bad):

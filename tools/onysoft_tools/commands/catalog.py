@@ -10,18 +10,8 @@ from onysoft.operations.access import cli_operator
 from .output import UsageError, fields, output, table
 
 
-def set_(args: argparse.Namespace) -> int:
-    for flag, value in (("--max-output-tokens", args.max_output_tokens), ("--tokens-per-image", args.tokens_per_image)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be a positive number")
-    view = catalog.set_model(
-        cli_operator(), args.model, input_usd_per_mtok=args.input_usd_per_mtok,
-        output_usd_per_mtok=args.output_usd_per_mtok, provider=args.provider, upstream_model=args.upstream_model,
-        enabled=not args.disable, max_output_tokens=args.max_output_tokens,
-        cached_input_usd_per_mtok=args.cached_input_usd_per_mtok,
-        cache_write_usd_per_mtok=args.cache_write_usd_per_mtok, tokens_per_image=args.tokens_per_image,
-    )
-    return output(args, view, lambda: fields([
+def _model_fields(view: dict) -> list[tuple[str, object]]:
+    return [
         ("model", view["model"]), ("provider", view["provider"]), ("upstream_model", view["upstream_model"]),
         ("input", f"{view['input_usd_per_mtok']} USD / 1M tokens"),
         ("output", f"{view['output_usd_per_mtok']} USD / 1M tokens"),
@@ -30,7 +20,26 @@ def set_(args: argparse.Namespace) -> int:
         ("enabled", view["enabled"]), ("max_output_tokens", view["max_output_tokens"] or "default"),
         ("tokens_per_image", view["tokens_per_image"] or "default"),
         ("updated_at", view["updated_at"]),
-    ]))
+    ]
+
+
+def set_(args: argparse.Namespace) -> int:
+    """One MODEL: its view (`--json`: the model's object). Several, with the same prices: `{"models": [...]}`."""
+    for flag, value in (("--max-output-tokens", args.max_output_tokens), ("--tokens-per-image", args.tokens_per_image)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive number")
+    if len(args.model) > 1 and (args.provider or args.upstream_model):
+        raise UsageError("--provider and --upstream-model name one model's upstream: set one MODEL at a time")
+    views = [catalog.set_model(
+        cli_operator(), model, input_usd_per_mtok=args.input_usd_per_mtok,
+        output_usd_per_mtok=args.output_usd_per_mtok, provider=args.provider, upstream_model=args.upstream_model,
+        enabled=not args.disable, max_output_tokens=args.max_output_tokens,
+        cached_input_usd_per_mtok=args.cached_input_usd_per_mtok,
+        cache_write_usd_per_mtok=args.cache_write_usd_per_mtok, tokens_per_image=args.tokens_per_image,
+    ) for model in args.model]
+    if len(views) == 1:
+        return output(args, views[0], lambda: fields(_model_fields(views[0])))
+    return output(args, {"models": views}, lambda: "\n\n".join(fields(_model_fields(v)) for v in views))
 
 
 def list_(args: argparse.Namespace) -> int:
@@ -63,7 +72,8 @@ def register(commands, leaf) -> None:
     group = commands.add_parser("catalog", help="models and their prices")
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = leaf(sub, "set", set_, "add or change a model's USD prices per million tokens")
-    p.add_argument("model", metavar="MODEL", help="provider/model, e.g. openai/gpt-4o-mini")
+    p.add_argument("model", metavar="MODEL", nargs="+",
+                   help="provider/model, e.g. openai/gpt-4o-mini (several: the same prices for each)")
     p.add_argument("--input-usd-per-mtok", required=True, metavar="X")
     p.add_argument("--output-usd-per-mtok", required=True, metavar="Y")
     p.add_argument("--provider", metavar="P", help="default: MODEL's part before the /")
