@@ -9,7 +9,6 @@ from onysoft.operations.access import cli_operator
 
 from .output import UsageError, fields, output, table
 
-
 COUNT_FLAGS = ("max_output_tokens", "tokens_per_image", "tokens_per_audio", "tokens_per_document",
                "tier_above_tokens")
 PRICE_FLAGS = ("cached_input_usd_per_mtok", "cache_write_usd_per_mtok", "audio_input_usd_per_mtok",
