@@ -2,7 +2,7 @@
 
     onysoft dev ...                                   the local gateway (onysoft_tools.dev)
     onysoft accounts create|show|topup|update|list    balances
-    onysoft keys create|update|list|delete            API keys (the plaintext is shown once, at creation)
+    onysoft keys create|update|list|rotate|delete     API keys (a plaintext is shown once: at creation, rotation)
     onysoft usage --account ID                        usage records, newest first
     onysoft catalog set|list                          models and their USD prices per million tokens
     onysoft fx set|show                               the USD→TRY rate

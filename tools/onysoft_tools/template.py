@@ -178,16 +178,23 @@ def create_tables(client: Any, tpl: dict[str, Any], names: dict[str, str]) -> li
             client.create_table(**definition)
         except client.exceptions.ResourceInUseException:
             _enable_stream(client, definition)  # a table made before the template gave it a stream
+            _enable_ttl(client, definition["TableName"], ttl_attribute(tpl, logical_by_name[definition["TableName"]]))
             continue
         table = definition["TableName"]
         client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        attribute = ttl_attribute(tpl, logical_by_name[table])
-        if attribute:
-            client.update_time_to_live(
-                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
-            )
+        _enable_ttl(client, table, ttl_attribute(tpl, logical_by_name[table]))
         created.append(table)
     return created
+
+
+def _enable_ttl(client: Any, table: str, attribute: str | None) -> None:
+    """The table's TTL as the template says (also on a table made before the template gave it one)."""
+    if not attribute:
+        return
+    current = client.describe_time_to_live(TableName=table).get("TimeToLiveDescription") or {}
+    if current.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") and current.get("AttributeName") == attribute:
+        return
+    client.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
 
 
 # ---------------------------------------------------------------------------------------------- API

@@ -6,7 +6,7 @@ single BatchGetItem is impossible without a key that encodes its account).
 """
 
 from onysoft import clock, keys
-from onysoft.api_keys import find_by_hash, is_usable
+from onysoft.api_keys import find_by_hash, refusal
 from onysoft.caller import CallerContext
 from onysoft.models import Account
 
@@ -27,8 +27,9 @@ def authorize(authorization_header: str | None) -> CallerContext:
     record = find_by_hash(keys.hash_key(key))
     if record is None:
         raise Denied("unknown")
-    if not is_usable(record, clock.now_iso()):
-        raise Denied(record.status if record.status != "active" else "expired", record.key_id)
+    why = refusal(record, clock.now_iso())  # an old secret of a rotated key passes until its grace ends
+    if why is not None:
+        raise Denied(why, record.key_id)
     try:
         account = Account.get(record.account_id, consistent_read=True)
     except Account.DoesNotExist:
