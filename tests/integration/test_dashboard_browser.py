@@ -334,6 +334,35 @@ def test_rotate_a_key_the_new_one_shown_once_the_old_one_until_its_grace(gateway
     assert [e["detail"]["previous_display"] for e in rotations] == [old["display"], new[:11] + "…" + new[-4:]]
 
 
+def test_a_key_github_found_in_public_has_a_banner_saying_where(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Leak journey")
+    leaked = gateway.cli_json("keys", "create", "--account", account, "--name", "committed")
+    gateway.known_keys.add(leaked["key"])
+    url = f"https://github.com/octocat/hello/blob/{secrets.token_hex(4)}/settings.py"
+    raw, headers = gateway.github.report({"token": leaked["key"], "type": "onysoft_api_key", "url": url,
+                                          "source": "content"})
+    answer = httpx.post(gateway.base_url + "/secret-scanning/github", content=raw,
+                        headers={"Content-Type": "application/json", **headers})
+    assert answer.json()[0]["label"] == "true_positive"
+    email = sign_in_as(gateway, f"user:{account}")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, email)
+    banner = page.locator("[data-banner=leaked]")
+    expect(banner).to_have_count(1)
+    expect(banner).to_contain_text("“committed”")
+    expect(banner).to_contain_text("was found in public and revoked")
+    expect(banner.get_by_role("link", name=url)).to_have_attribute("href", url)
+    row = key_row(page, "committed")
+    expect(row).to_contain_text("leaked")
+    expect(row.get_by_role("button", name="Rotate")).to_have_count(0)  # revoked for good: delete it, make a new one
+    screenshot(watched, tmp_path, "leaked-key", full_page=False)
+    row.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog", name="Delete key?").get_by_role("button", name="Delete").click()
+    expect(page.locator("[data-banner=leaked]")).to_have_count(0)
+    expect(key_row(page, "committed")).to_have_count(0)
+
+
 def test_usage_chart_table_and_csv_export(gateway, open_page, tmp_path):
     account = new_account(gateway, name="Usage journey")
     key = gateway.cli_json("keys", "create", "--account", account, "--name", "batch")["key"]

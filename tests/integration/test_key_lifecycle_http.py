@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from onysoft import clock
+from onysoft import clock, keys
+from tests.helpers import GitHubSigner
 from tests.integration.conftest import DevGateway
 from tests.integration.ledger import Tables, check_envelope
 
@@ -24,8 +25,17 @@ CHAT = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
-def life(tmp_path_factory):
-    dev = DevGateway(tmp_path_factory.mktemp("life") / "state").start()
+def signer(tmp_path_factory) -> GitHubSigner:
+    """GitHub's signing key, stood in for: its public key in the file the gateway reads them from."""
+    return GitHubSigner(tmp_path_factory.mktemp("github") / "secret-scanning-keys.json")
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory, signer):
+    dev = DevGateway(tmp_path_factory.mktemp("life") / "state", extra_env={
+        "ONYSOFT_GITHUB_SECRET_SCANNING_KEYS": str(signer.keys_file),
+        "ONYSOFT_DEV_KEY_EXPIRY_SECONDS": "1",  # KeyExpiryFunction's schedule, locally (15 minutes in AWS)
+    }).start()
     try:
         yield dev
     finally:
@@ -119,3 +129,81 @@ def test_during_the_grace_both_secrets_work_and_a_retried_rotation_makes_one_sec
     items = Tables(life).keys.scan()["Items"]
     assert len([i for i in items if i["key_id"] == key["key_id"]]) == 2  # two secrets, not three
     assert len(events_of(life, "Key Rotated", key["key_id"])) == 1
+
+
+def wait_for_events(gw: DevGateway, detail_type: str, key_id: str, count: int = 1, timeout: float = 30.0) -> list:
+    """The key's events of a type once there are `count` of them (a scheduled run or a report writes them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = events_of(gw, detail_type, key_id)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------- leaked keys
+
+
+def report(gw: DevGateway, raw: bytes, headers: dict) -> httpx.Response:
+    return httpx.post(gw.base_url + "/secret-scanning/github", content=raw,
+                      headers={"Content-Type": "application/json", **headers}, timeout=30)
+
+
+def match(token: str, url: str = "https://github.com/octocat/hello/blob/0a1b2c3/settings.py") -> dict:
+    return {"token": token, "type": "onysoft_api_key", "url": url, "source": "content"}
+
+
+def test_a_signed_github_report_revokes_a_live_key_at_once(life, signer):
+    account, key = funded_key(life)
+    assert chat(life, key["key"]).status_code == 200  # the authorizer's Allow is now cached for this header
+    url = f"https://github.com/octocat/hello/blob/{uuid.uuid4().hex[:7]}/settings.py"
+    answer = report(life, *signer.report(match(key["key"], url)))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == [{"token_hash": keys.hash_key(key["key"]), "token_type": "onysoft_api_key",
+                              "label": "true_positive"}]
+    # The very next request: its cached Allow notwithstanding, the proxy's re-read refuses it.
+    error = check_envelope(chat(life, key["key"]), 401, "key_leaked")
+    assert url in error["message"]
+    # Where no answer is cached (Anthropic's routes, every request authorized; here with x-api-key), the
+    # authorizer itself denies, and API Gateway's ACCESS_DENIED response carries its code and message.
+    denied = httpx.post(life.base_url + "/v1/messages", headers={"x-api-key": key["key"]},
+                        json={"model": "mock/echo", "max_tokens": 5, "messages": CHAT}, timeout=30)
+    assert denied.status_code == 401 and denied.headers["x-amzn-errortype"] == "AccessDeniedException"
+    assert denied.json()["error"]["code"] == "key_leaked" and url in denied.json()["error"]["message"]
+    [event] = wait_for_events(life, "Key Leaked", key["key_id"])
+    assert event["detail"]["url"] == url and event["detail"]["account_id"] == account["account_id"]
+    assert key["key"] not in json.dumps(event)
+    listed = life.cli_json("keys", "list", "--account", account["account_id"])["keys"]
+    assert [(k["key_id"], k["status"], k["leak_url"]) for k in listed] == [(key["key_id"], "leaked", url)]
+    # Delivered again (GitHub retries): the same answer, nothing more revoked or told.
+    again = report(life, *signer.report(match(key["key"], url)))
+    assert again.json() == answer.json()
+    assert len(events_of(life, "Key Leaked", key["key_id"])) == 1
+
+
+def test_a_bad_signature_or_an_unknown_key_id_revokes_nothing_and_unknown_tokens_are_false_positives(life, signer):
+    _, key = funded_key(life)
+    raw, headers = signer.report(match(key["key"]))
+    forged = GitHubSigner(signer.keys_file.with_name("forger.json"), key_identifier=signer.key_identifier)
+    for bad in ({**headers, "Github-Public-Key-Signature": forged.sign(raw)},
+                {**headers, "Github-Public-Key-Identifier": "not-one-of-githubs"}, {}):
+        refused = report(life, raw, bad)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_signature"
+    assert chat(life, key["key"]).status_code == 200  # still live
+    unknown = keys.generate_key()
+    answer = report(life, *signer.report(match(unknown), match("AKIAIOSFODNN7EXAMPLE")))
+    assert [f["label"] for f in answer.json()] == ["false_positive", "false_positive"]
+    assert events_of(life, "Key Leaked", key["key_id"]) == []
+
+
+# ------------------------------------------------------------------------------------------- expiry notices
+
+
+def test_an_expiring_key_is_told_once_then_told_it_expired(life):
+    _, key = funded_key(life, "--expires-in", "4s")
+    [expiring] = wait_for_events(life, "Key Expiring", key["key_id"])
+    assert expiring["detail"]["notice"] == "1d" and expiring["detail"]["expires_at"] == key["expires_at"]
+    [expired] = wait_for_events(life, "Key Expired", key["key_id"])
+    assert clock.parse_iso(expired["time"]) >= clock.parse_iso(key["expires_at"])
+    check_envelope(chat(life, key["key"]), 401, "invalid_api_key")
+    assert len(events_of(life, "Key Expiring", key["key_id"])) == 1  # once, across every run since

@@ -297,6 +297,9 @@ def run(args: argparse.Namespace) -> int:
         from onysoft_tools.local.rollup_poller import RollupPoller  # RollupFunction's stream, as Lambda reads it
 
         poller = RollupPoller(names["UsageTable"], endpoint=endpoint).start()
+        from onysoft_tools.local.schedules import Schedules  # KeyExpiryFunction, as EventBridge Scheduler runs it
+
+        schedules = Schedules(tpl).start()
         _functions_log_to(request_file)
         import uvicorn
 
@@ -320,8 +323,9 @@ def run(args: argparse.Namespace) -> int:
             pass
         finally:
             stopping.mark("requests ended")
+            schedules.stop()
             poller.stop()
-            stopping.mark("rollup poller stopped")
+            stopping.mark("rollup poller and schedules stopped")
         return 0
     except (KeyboardInterrupt, _Stop):
         return 130

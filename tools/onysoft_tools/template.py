@@ -213,7 +213,7 @@ class Route:
 class AuthorizerSettings:
     name: str
     function: str
-    identity_header: str = "Authorization"
+    identity_header: str | None = "Authorization"  # None: no identity source (then no cache: ttl_seconds 0)
     ttl_seconds: int = DEFAULT_AUTHORIZER_TTL
 
 
@@ -293,11 +293,15 @@ def authorizer_settings(
     if "UserPoolArn" in config:
         raise ValueError(f"{name} is a Cognito authorizer: use cognito_authorizer()")
     identity = config.get("Identity") or {}
-    headers = identity.get("Headers") or ["Authorization"]
+    headers = identity.get("Headers") or []
     ttl = resolve(identity.get("ReauthorizeEvery", DEFAULT_AUTHORIZER_TTL), tpl, parameters)
+    if len(headers) > 1 or any(identity.get(k) for k in ("QueryStrings", "StageVariables", "Context")):
+        raise ValueError(f"{name}: only one identity header, or none, is modelled locally")
+    if not headers and int(ttl) != 0:
+        raise ValueError(f"{name}: an authorizer without identity sources cannot cache (ReauthorizeEvery must be 0)")
     return AuthorizerSettings(
         name=name, function=_ref_target(config.get("FunctionArn")) or "",
-        identity_header=str(headers[0]), ttl_seconds=int(ttl),
+        identity_header=str(headers[0]) if headers else None, ttl_seconds=int(ttl),
     )
 
 
@@ -355,20 +359,22 @@ def _unquote(value: str) -> str:
 
 
 _CONTEXT_VARIABLE = re.compile(
-    r"\$(?:\{context\.(?P<braced>[A-Za-z.]+)\}|context\.(?P<plain>error\.messageString|error\.message"
-    r"|httpMethod|path|requestId))"
+    r"\$(?:\{context\.(?P<braced>[A-Za-z_.]+)\}|context\.(?P<plain>error\.messageString|error\.message"
+    r"|httpMethod|path|requestId|authorizer\.[A-Za-z_][A-Za-z0-9_]*))"
 )
 
 
 def render_gateway_response(
     resp: GatewayResponse, *, message: str, http_method: str, path: str, request_id: str,
-    status: int | None = None,
+    status: int | None = None, authorizer: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) as API Gateway would answer with this gateway response.
 
     `$context.error.messageString` becomes the message as a quoted JSON string, `$context.error.message`
-    the raw message; `$context.httpMethod`, `$context.path` and `$context.requestId` their values. Other
-    variables stay as written (VTL renders unknown references literally). `status` overrides resp.status.
+    the raw message; `$context.httpMethod`, `$context.path` and `$context.requestId` their values;
+    `$context.authorizer.<key>` the value of that key in the context a Lambda authorizer returned (as is, not
+    escaped; empty when absent). Other variables stay as written (VTL renders unknown references literally).
+    `status` overrides resp.status.
     """
     values = {
         "error.messageString": json.dumps(message, ensure_ascii=False),
@@ -379,7 +385,10 @@ def render_gateway_response(
     }
 
     def substitute(match: re.Match[str]) -> str:
-        return values.get(match.group("braced") or match.group("plain"), match.group(0))
+        name = match.group("braced") or match.group("plain")
+        if name.startswith("authorizer."):
+            return str((authorizer or {}).get(name.removeprefix("authorizer."), ""))
+        return values.get(name, match.group(0))
 
     body = _CONTEXT_VARIABLE.sub(substitute, resp.template)
     return (status if status is not None else resp.status), dict(resp.headers), body.encode("utf-8")

@@ -20,6 +20,7 @@ DELETED = "deleted"
 ROTATED = "rotated"  # an old secret of a rotated key: works until its grace_until, then 401
 LEAKED = "leaked"  # revoked by a leak report (onysoft.leaks): 401 key_leaked
 MAX_GRACE_SECONDS = 30 * 86400  # a longer grace would defeat the rotation
+WATCH = "watch"  # expiry_watch: the key is in the by_expiry index until it is told it expired (onysoft.key_expiry)
 
 
 class KeyNotFound(LookupError):
@@ -65,6 +66,7 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
         rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
         spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
         fallbacks=list(fallbacks) if fallbacks else None,
+        expiry_watch=WATCH if expires_at else None,
     )
     writes.save(record, ApiKey.key_hash.does_not_exist(), companions)
     return CreatedKey(plaintext, record)
@@ -176,7 +178,8 @@ def rotate_key(key_id: str, grace_seconds: int, companions: writes.Companions = 
     for name in _CARRIED_OVER:
         setattr(new, name, getattr(record, name))
     retire = [ApiKey.status.set(ROTATED), ApiKey.rotated_at.set(rotated_at), ApiKey.grace_until.set(grace_until),
-              ApiKey.purge_at.set(int(grace_end.timestamp()) + 1), ApiKey.previous_display.remove()]
+              ApiKey.purge_at.set(int(grace_end.timestamp()) + 1), ApiKey.previous_display.remove(),
+              ApiKey.expiry_watch.remove()]  # the key's expiry notices follow its current secret
     # An older secret still in its grace ends no later than this one: a rotation with grace "now" stops them all.
     capped = [(old, [ApiKey.grace_until.set(grace_until), ApiKey.purge_at.set(int(grace_end.timestamp()) + 1)])
               for old in records if old.status == ROTATED and (old.grace_until or "") > grace_until]
@@ -192,7 +195,7 @@ def rotate_key(key_id: str, grace_seconds: int, companions: writes.Companions = 
 # What a new secret's item takes from the key's current item: everything but the secret and the rotation.
 _CARRIED_OVER = ("key_id", "name", "key_type", "account_id", "currency", "status", "created_at", "last_used_at",
                  "expires_at", "spend_limit_micros", "limit_reset", "request_count", "spend_micros", "rpm", "tpm",
-                 "models", "fallbacks")
+                 "models", "fallbacks", "expiry_watch", "expiry_notified")
 
 
 UNSET = object()  # "leave as it is" for update_key_settings; None means "remove"
@@ -224,11 +227,15 @@ def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expi
         if field == "models":
             value = list(value) if value else None
         actions.append(attribute.remove() if value is None else attribute.set(value))
+    notices = []
+    if "expires_at" in changes:  # a new expiry gets its notices anew (the current secret's item only); none, none
+        notices = [ApiKey.expiry_notified.remove(),
+                   ApiKey.expiry_watch.set(WATCH) if changes["expires_at"] else ApiKey.expiry_watch.remove()]
     if actions:
         now = clock.now_iso()
         in_grace = [(old, actions) for old in records if old.status == ROTATED and (old.grace_until or "") > now]
         try:
-            writes.update(record, actions, ApiKey.status == ACTIVE, also=in_grace)
+            writes.update(record, actions + notices, ApiKey.status == ACTIVE, also=in_grace)
         except writes.ConditionFailed:
             raise KeyNotFound(f"key {key_id!r} is no longer active") from None
     return record

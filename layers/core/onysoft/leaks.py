@@ -1,7 +1,9 @@
-"""Leaked keys: what a key revoked by a leak report answers (401 `key_leaked`, saying where it was found).
+"""Leaked keys: what a key revoked by a leak report (onysoft.secret_scanning) answers: 401 `key_leaked`, with a
+message that says when and where it was found. Small on purpose: the authorizer imports it.
 
-A leaked key's items have status `leaked`, `leaked_at`, `leak_url` (where GitHub found it; may be empty) and
-`leak_source` (GitHub's `source`: content, commit, issue_comment…).
+A leaked key's current item has status `leaked`, `leaked_at`, `leak_url` (where GitHub found it; may be empty)
+and `leak_source` (GitHub's `source`: content, commit, issue_comment…). An old secret of a rotated key reported
+while in its grace keeps status `rotated`, with the same three fields and its grace ended.
 """
 
 import re

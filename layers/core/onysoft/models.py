@@ -94,9 +94,14 @@ class ApiKey(GatewayModel):
     leaked_at = UnicodeAttribute(null=True)
     leak_url = UnicodeAttribute(null=True)
     leak_source = UnicodeAttribute(null=True)
+    # Expiry notices (onysoft.key_expiry): `expiry_watch` ("watch") puts a key with an expiry in the sparse
+    # by_expiry index until it is told it expired; `expiry_notified` is the last notice sent (7d, 1d, expired).
+    expiry_watch = UnicodeAttribute(null=True)
+    expiry_notified = UnicodeAttribute(null=True)
 
     by_account = _index("by_account", KeysOnlyProjection(), "account_id", "created_at")
     by_key_id = _index("by_key_id", KeysOnlyProjection(), "key_id")
+    by_expiry = _index("by_expiry", KeysOnlyProjection(), "expiry_watch", "expires_at")
 
 
 class Account(GatewayModel):
