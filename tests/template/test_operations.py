@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(60)
 
 TABLES = ("ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable", "CatalogTable")
 FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction", "RollupFunction",
-             "SecretScanningFunction", "KeyExpiryFunction")
+             "SecretScanningFunction", "KeyExpiryFunction", "KeyMailFunction")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ DYNAMODB_ALLOWED = {
     "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Scan",
     "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams",
 }
-OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage", "events:PutEvents"}
+OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage", "events:PutEvents", "cognito-idp:ListUsers",
+                 "ses:SendEmail"}
 BUFFERED_URI = re.compile(r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/\$\{(\w+)\.Arn\}"
                           r"/invocations$")
 STREAM_URI = re.compile(
@@ -318,6 +319,22 @@ def test_stage_name(tpl, cfn):
 EVENT_EMITTERS = {"DashboardFunction", "SecretScanningFunction", "KeyExpiryFunction"}
 
 
+def test_the_optional_mail_subscriber_listens_to_the_bus_only_when_a_sender_is_given(cfn):
+    function = cfn["Resources"]["KeyMailFunction"]
+    assert function["Condition"] == "SendKeyMail"
+    assert cfn["Conditions"]["SendKeyMail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationSenderEmail"}, ""]}]}
+    assert cfn["Parameters"]["NotificationSenderEmail"]["Default"] == ""  # no mail unless asked for
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["ONYSOFT_MAIL_FROM"] == {"Ref": "NotificationSenderEmail"}
+    assert variables["ONYSOFT_USER_POOL_ID"] == {"Ref": "DashboardUserPool"}
+    [rule] = [r for r in _of_type(cfn, "AWS::Events::Rule").values()
+              if r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["KeyMailFunction", "Arn"]}]
+    assert rule["Condition"] == "SendKeyMail"
+    assert rule["Properties"]["EventBusName"] == {"Ref": "EventBus"}
+    assert rule["Properties"]["EventPattern"] == {"source": ["onysoft"]}
+    assert cfn["Resources"]["KeyMailLogGroup"]["Condition"] == "SendKeyMail"
+
+
 def test_the_event_bus_is_in_every_functions_environment_and_only_emitters_may_put_events(cfn):
     (bus_id,) = _of_type(cfn, "AWS::Events::EventBus")
     assert bus_id == "EventBus"
@@ -374,7 +391,8 @@ def test_function_policies_are_least_privilege(cfn):
     expiry_schedule_role = all_roles.pop("KeyExpiryFunctionEveryFifteenMinutesRole")
     assert {a for st in _statements(expiry_schedule_role) for a in _as_list(st["Action"])} == {"lambda:InvokeFunction"}
     assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole", "DashboardFunctionRole",
-                          "RollupFunctionRole", "SecretScanningFunctionRole", "KeyExpiryFunctionRole"}
+                          "RollupFunctionRole", "SecretScanningFunctionRole", "KeyExpiryFunctionRole",
+                          "KeyMailFunctionRole"}
     granted: dict[str, dict[str, set[str]]] = {}
     for role_id, role in roles.items():
         assert role["Properties"]["ManagedPolicyArns"] == [
@@ -394,6 +412,13 @@ def test_function_policies_are_least_privilege(cfn):
                     granted.setdefault(role_id, {}).setdefault(action, set()).update(tables)
             elif actions == ["events:PutEvents"]:  # the stack's bus only (test_the_event_bus_…)
                 assert resources == [{"Fn::GetAtt": ["EventBus", "Arn"]}]
+            elif actions == ["cognito-idp:ListUsers"]:  # the mail subscriber: the dashboard's pool only
+                assert role_id == "KeyMailFunctionRole"
+                assert resources == [{"Fn::GetAtt": ["DashboardUserPool", "Arn"]}]
+            elif actions == ["ses:SendEmail"]:  # the mail subscriber: this account's SES identities
+                assert role_id == "KeyMailFunctionRole"
+                assert resources == [
+                    {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*"}]
             elif actions == ["sqs:SendMessage"]:  # the rollup's on-failure destination, its own queue only
                 assert role_id == "RollupFunctionRole"
                 assert resources == [{"Fn::GetAtt": ["RollupFailureQueue", "Arn"]}]
@@ -444,6 +469,7 @@ def test_function_policies_are_least_privilege(cfn):
         "dynamodb:UpdateItem": {"ApiKeysTable"}, "dynamodb:Query": {"ApiKeysTable"},
         "dynamodb:PutItem": {"UsageTable"},
     }
+    assert granted["KeyMailFunctionRole"] == {"dynamodb:GetItem": {"AccountsTable"}}  # + ListUsers, SendEmail
     # Expiry notices: the watched keys (a sparse index), their items, the notice each got.
     assert granted["KeyExpiryFunctionRole"] == {
         "dynamodb:Query": {"ApiKeysTable"}, "dynamodb:BatchGetItem": {"ApiKeysTable"},

@@ -139,3 +139,15 @@ def test_put_events_is_checked_on_the_bus_each_entry_names(cfn, monkeypatch):
     # No function may put events on another bus.
     assert iam_policy.check(cfn, [_record("AuthorizerFunction", "events:PutEvents", "EventBus", kind="event-bus")],
                             check_unused=False).denied
+
+
+def test_the_mail_subscribers_calls_are_checked_on_the_pool_and_the_sender(cfn):
+    assert list(iam_record.needs("cognito-idp", "ListUsers", {"UserPoolId": "us-east-1_abc"})) == [
+        ("cognito-idp:ListUsers", "userpool", "us-east-1_abc")]
+    assert list(iam_record.needs("ses", "SendEmail", {"FromEmailAddress": "keys@x.example"})) == [
+        ("ses:SendEmail", "ses-identity", "keys@x.example")]
+    calls = [_record("KeyMailFunction", "cognito-idp:ListUsers", "DashboardUserPool", kind="userpool"),
+             _record("KeyMailFunction", "ses:SendEmail", "keys@x.example", kind="ses-identity")]
+    assert iam_policy.check(cfn, calls, check_unused=False).ok
+    assert iam_policy.check(cfn, [_record("DashboardFunction", "cognito-idp:ListUsers", "DashboardUserPool",
+                                          kind="userpool")], check_unused=False).denied

@@ -160,8 +160,8 @@ def _stream_table(params: dict[str, Any]) -> str | None:
 
 def needs(service: str, operation: str, params: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(IAM action, resource kind, resource name) IAM evaluates for one API call. Resource kinds: `table`
-    (name or name/index/<index>), `secret` (name or ARN), `event-bus` (name or ARN), `*` (no resource-level
-    check)."""
+    (name or name/index/<index>), `secret` (name or ARN), `event-bus` (name or ARN), `userpool` (id),
+    `ses-identity` (the sender address), `*` (no resource-level check)."""
     if service == "dynamodb":
         if operation in _STREAM_OPERATIONS:  # DynamoDB Streams (signs as dynamodb): a table's stream
             table = _stream_table(params)
@@ -187,6 +187,10 @@ def needs(service: str, operation: str, params: dict[str, Any]) -> Iterator[tupl
     elif service == "events" and operation == "PutEvents":  # IAM checks each entry's bus (default: "default")
         for entry in params.get("Entries") or []:
             yield "events:PutEvents", "event-bus", str(entry.get("EventBusName") or "default")
+    elif service == "cognito-idp" and params.get("UserPoolId"):
+        yield f"cognito-idp:{operation}", "userpool", str(params["UserPoolId"])
+    elif service == "ses" and operation == "SendEmail" and params.get("FromEmailAddress"):  # SES v2: the sender
+        yield "ses:SendEmail", "ses-identity", str(params["FromEmailAddress"])
     else:
         yield f"{service}:{operation}", "*", "*"
 
@@ -205,6 +209,8 @@ def _on_call(params: dict, model: Any, **kwargs: Any) -> None:
             name = tables.get(table, f"?{table}") + slash + rest
         elif kind == "event-bus":
             name = buses.get(name.rsplit("/", 1)[-1], f"?{name}")
+        elif kind == "userpool":  # the pool the function's environment names is the template's DashboardUserPool
+            name = "DashboardUserPool" if name == os.environ.get("ONYSOFT_USER_POOL_ID") else f"?{name}"
         key = (function, action, kind, name)
         with _lock:
             if key in _seen:
