@@ -103,7 +103,7 @@ build: $(SAM_STAMP)
 	  python3.13 --version && \
 	  $(SAM) validate --lint && \
 	  $(SAM) build
-	$(PYTHON) tools/onysoft_tools/arm64_check.py .aws-sam/build --require pydantic_core
+	$(PYTHON) tools/onysoft_tools/arm64_check.py .aws-sam/build --require pydantic_core --require cryptography/hazmat/bindings
 
 deploy-dev: build
 	$(SAM) deploy --config-env dev

@@ -73,3 +73,39 @@ def key_totals(key_id: str):
 
     roll_up()
     return read([key_id]).get(key_id, KeyTotals())
+
+
+class GitHubSigner:
+    """A stand-in for GitHub's secret-scanning signing key: its public key in the JSON GitHub's meta endpoint
+    serves (written to `keys_file`, what ONYSOFT_GITHUB_SECRET_SCANNING_KEYS names), and reports signed as GitHub
+    signs them (ECDSA P-256, SHA-256 over the raw body, the DER signature in base64)."""
+
+    def __init__(self, keys_file, key_identifier: str = "test-key-1"):
+        import json
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.key_identifier = key_identifier
+        self.private_key = ec.generate_private_key(ec.SECP256R1())
+        pem = self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        self.keys_file = keys_file
+        keys_file.write_text(json.dumps({"public_keys": [
+            {"key_identifier": key_identifier, "key": pem, "is_current": True}]}))
+
+    def sign(self, raw: bytes, private_key=None) -> str:
+        import base64
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        return base64.b64encode((private_key or self.private_key).sign(raw, ec.ECDSA(hashes.SHA256()))).decode()
+
+    def report(self, *matches: dict) -> tuple[bytes, dict[str, str]]:
+        """A report's raw body (as GitHub sends it: a JSON array) and its two signature headers."""
+        import json
+
+        raw = json.dumps(list(matches), separators=(",", ":")).encode()
+        return raw, {"Github-Public-Key-Identifier": self.key_identifier,
+                     "Github-Public-Key-Signature": self.sign(raw)}

@@ -22,10 +22,10 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
-from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from onysoft import errors, money, principals
+from onysoft import errors, expiry, money, principals
 from onysoft.audit import Actor
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts, keys, paging
@@ -113,6 +113,13 @@ class KeyCreate(BaseModel):
     spend_limit: Decimal | None = Field(None, gt=0, le=1_000_000_000, decimal_places=6,
                                         description="most this key may spend, in the account's currency; default: "
                                                     "no limit but the balance")
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace: str = Field("24h", max_length=20, description="how long the old secret keeps working: a duration like "
+                                                         "90s, 15m, 12h, 30d (at most 30d), or `now`")
 
 
 class ErrorDetail(BaseModel):
@@ -224,6 +231,25 @@ def create_key(account_id: str, body: KeyCreate):
             responses=_responses(200, "The deleted key's record", 404))
 def delete_key(key_id: str) -> dict:
     return keys.delete_key(_actor(), key_id)
+
+
+@app.post("/dashboard/keys/<key_id>/rotate",
+          summary="Rotate an API key: a new secret (in the response: shown once), the same key id, limits and "
+                  "history; the old secret works until the grace ends",
+          responses=_responses(200, "The key with its new secret (`key`); a replay: `key` null, header "
+                                    "`Idempotent-Replayed: true`", 404, 409))
+def rotate_key(key_id: str, body: Annotated[KeyRotate | None, Body()] = None,
+               idempotency_key: Annotated[str | None, Header(
+                   description="Optional. A retry with the same key makes no second secret; the same key with "
+                               "another grace is a 409.")] = None):
+    wanted = (body or KeyRotate()).grace
+    try:
+        grace = 0 if wanted.strip().lower() in ("now", "0") else expiry.parse_duration(wanted)
+    except ValueError:
+        raise errors.bad_request("grace must be a duration like 90s, 15m, 12h or 30d, or 'now'", "grace") from None
+    view, replayed = keys.rotate_key(_actor(), key_id, grace_seconds=grace, idempotency_key=idempotency_key)
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(status_code=200, content_type="application/json", body=json.dumps(view), headers=headers)
 
 
 @app.get("/dashboard/accounts/<account_id>/usage",

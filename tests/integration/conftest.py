@@ -103,6 +103,7 @@ class DevGateway:
     children: list[int] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ONYSOFT_PROVIDER_OPENAI_BASE_URL
     own_process_group: bool = False  # kill -9 tests: the gateway leads a process group of its own
+    github: object = None  # a GitHubSigner whose reports this gateway takes (the session gateway's)
 
     @property
     def base_url(self) -> str:
@@ -197,8 +198,15 @@ class DevGateway:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory) -> DevGateway:
-    """One local gateway for the session: yields it (base_url, keys by type, state_dir, dev.env…)."""
-    dev = DevGateway(tmp_path_factory.mktemp("onysoft") / "state").start()
+    """One local gateway for the session: yields it (base_url, keys by type, state_dir, dev.env…). It takes
+    GitHub's secret-scanning reports signed by `gateway.github` (tests/helpers.GitHubSigner)."""
+    from tests.helpers import GitHubSigner
+
+    signer = GitHubSigner(tmp_path_factory.mktemp("github") / "secret-scanning-keys.json")
+    dev = DevGateway(tmp_path_factory.mktemp("onysoft") / "state",
+                     extra_env={"ONYSOFT_GITHUB_SECRET_SCANNING_KEYS": str(signer.keys_file)})
+    dev.github = signer
+    dev.start()
     try:
         yield dev
     finally:

@@ -7,6 +7,7 @@ the next model, charge that model and say so; the books of every account balance
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import uuid
 from decimal import Decimal
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -52,7 +54,9 @@ def funded(gw: DevGateway, kind: str = "partner_project", amount: str = "20", *k
 
 
 def balance(gw: DevGateway, account_id: str) -> int:
-    return gw.cli_json("accounts", "show", account_id)["balance_micros"]
+    """What `onysoft accounts show` says (the sum of the balance shards), read from the tables directly: a CLI
+    process per reading cost ~1 s on a loaded machine."""
+    return Tables(gw).balance(account_id)
 
 
 def expected(account: dict, prices: tuple[Decimal, Decimal], prompt: int, completion: int, cached: int = 0,
@@ -68,9 +72,25 @@ def oai(gw: DevGateway, key: dict) -> openai.OpenAI:
     return openai.OpenAI(api_key=key["key"], base_url=gw.base_url + "/v1", max_retries=0, timeout=30)
 
 
-def claude(gw: DevGateway, key: dict | str) -> anthropic.Anthropic:
+# How an Anthropic client hands over the key: `api_key=` (this SDK, 2.x: as a Bearer token), `auth_token=` (a
+# Bearer token in every version), and `x-api-key` (Anthropic's own header: the SDK before 2.0 with api_key=, Claude
+# Code with ANTHROPIC_API_KEY, the Vercel AI SDK's Anthropic provider). The gateway takes all three on /v1/messages.
+# `auth_token=` sends what `api_key=` sends with this SDK (a Bearer token): the call shapes are run with `api_key=`
+# and with `x-api-key`; `auth_token` is checked by Claude Code's environment test (ANTHROPIC_AUTH_TOKEN).
+AUTH_MODES = ("api_key", "x-api-key")
+
+
+def claude(gw: DevGateway, key: dict | str, auth: str = "api_key") -> anthropic.Anthropic:
     token = key if isinstance(key, str) else key["key"]
-    return anthropic.Anthropic(auth_token=token, base_url=gw.base_url, max_retries=0, timeout=30)
+    common = dict(base_url=gw.base_url, max_retries=0, timeout=30)
+    if auth == "api_key":
+        return anthropic.Anthropic(api_key=token, **common)
+    if auth == "auth_token":
+        return anthropic.Anthropic(auth_token=token, **common)
+    # Only x-api-key: no Authorization header at all (what API Gateway's cached authorizer would refuse).
+    client = anthropic.Anthropic(api_key=None, auth_token=None, default_headers={"x-api-key": token}, **common)
+    assert client.api_key is None and client.auth_token is None
+    return client
 
 
 # ------------------------------------------------------------------------------------------- /v1/responses
@@ -114,10 +134,11 @@ def test_responses_that_would_store_state_at_the_provider_are_refused(gw):
 # ------------------------------------------------------------------------------------------- /v1/messages
 
 
+@pytest.mark.parametrize("auth", AUTH_MODES)
 @pytest.mark.parametrize("stream", [False, True])
-def test_messages_with_the_anthropic_sdk_price_cache_writes_then_reads(gw, stream):
+def test_messages_with_the_anthropic_sdk_price_cache_writes_then_reads(gw, stream, auth):
     account, key = funded(gw)
-    client = claude(gw, key)
+    client = claude(gw, key, auth)
     system = [{"type": "text", "text": f"context {uuid.uuid4().hex} " + "alpha " * 30,
                "cache_control": {"type": "ephemeral"}}]
     charges, usages = [], []
@@ -143,28 +164,35 @@ def test_messages_with_the_anthropic_sdk_price_cache_writes_then_reads(gw, strea
     assert (usages[0].cache_creation_input_tokens, usages[0].cache_read_input_tokens) == (32, 0)
     assert (usages[1].cache_creation_input_tokens, usages[1].cache_read_input_tokens) == (0, 32)
     assert charges[1] < charges[0]  # a cache read costs less than a cache write
+    # count_tokens: the provider's count of the same request, what the call reported as its whole input, free.
+    counted = client.messages.count_tokens(model=PRICED, system=system,
+                                           messages=[{"role": "user", "content": "hello from claude"}])
+    assert counted.input_tokens == prompt
     records = check_ledger(Tables(gw), account["account_id"])
+    assert len(records) == 2  # the count left no usage record
     assert sorted(int(r.get("cache_write_tokens", 0)) for r in records) == [0, 32]
     assert sorted(int(r.get("cached_tokens", 0)) for r in records) == [0, 32]
     assert {r["endpoint"] for r in records} == {"messages"}
 
 
-def test_the_anthropic_sdk_raises_its_own_exception_for_each_gateway_error(gw):
+@pytest.mark.parametrize("auth", AUTH_MODES)
+def test_the_anthropic_sdk_raises_its_own_exception_for_each_gateway_error(gw, auth):
     account, key = funded(gw)
     message = [{"role": "user", "content": "x"}]
     cases = [  # (client, request, exception, status, Anthropic error type or None for API Gateway's own body)
-        (claude(gw, "sk-ony-" + "0" * 48), {"model": PRICED}, anthropic.AuthenticationError, 401, None),
-        (claude(gw, key), {"model": "mock/nope"}, anthropic.NotFoundError, 404, "not_found_error"),
-        (claude(gw, key), {"model": PRICED, "max_tokens": 0}, anthropic.BadRequestError, 400,
+        (claude(gw, "sk-ony-" + "0" * 48, auth), {"model": PRICED}, anthropic.AuthenticationError, 401, None),
+        (claude(gw, key, auth), {"model": "mock/nope"}, anthropic.NotFoundError, 404, "not_found_error"),
+        (claude(gw, key, auth), {"model": PRICED, "max_tokens": 0}, anthropic.BadRequestError, 400,
          "invalid_request_error"),
-        (claude(gw, key), {"model": "mock/rate-limited"}, anthropic.RateLimitError, 429, "rate_limit_error"),
-        (claude(gw, key), {"model": "mock/error-500"}, anthropic.InternalServerError, 502, "api_error"),
-        (claude(gw, key), {"model": "mock/timeout"}, anthropic.InternalServerError, 504, "timeout_error"),
+        (claude(gw, key, auth), {"model": "mock/rate-limited"}, anthropic.RateLimitError, 429, "rate_limit_error"),
+        (claude(gw, key, auth), {"model": "mock/error-500"}, anthropic.InternalServerError, 502, "api_error"),
+        (claude(gw, key, auth), {"model": "mock/timeout"}, anthropic.InternalServerError, 504, "timeout_error"),
     ]
     limited_account, limited = funded(gw, "partner_project", "20", "--models", "mock/echo")
-    cases.append((claude(gw, limited), {"model": PRICED}, anthropic.PermissionDeniedError, 403, "permission_error"))
+    cases.append((claude(gw, limited, auth), {"model": PRICED}, anthropic.PermissionDeniedError, 403,
+                  "permission_error"))
     poor_account, poor = funded(gw, "partner_project", "0.000001")
-    cases.append((claude(gw, poor), {"model": PRICED}, anthropic.APIStatusError, 402, "billing_error"))
+    cases.append((claude(gw, poor, auth), {"model": PRICED}, anthropic.APIStatusError, 402, "billing_error"))
     for client, request, exception, status, kind in cases:
         with pytest.raises(exception) as raised:
             client.messages.create(**{"max_tokens": 10, "messages": message, **request})
@@ -173,30 +201,60 @@ def test_the_anthropic_sdk_raises_its_own_exception_for_each_gateway_error(gw):
         assert error.body["type"] == "error" and error.body["error"]["message"], error.body
         if kind:  # the proxy's errors: exactly Anthropic's envelope
             assert error.body == {"type": "error", "error": {"type": kind, "message": error.body["error"]["message"]}}
+    for client in (claude(gw, "sk-ony-" + "0" * 48, auth), claude(gw, limited, auth)):  # count_tokens' key checks
+        with pytest.raises((anthropic.AuthenticationError, anthropic.PermissionDeniedError)):
+            client.messages.count_tokens(model=PRICED, messages=message)
     rpm_account, rpm_key = funded(gw, "partner_project", "20", "--rpm", "1")
     wait_for_window_room(10)  # both calls in one UTC-minute window
-    claude(gw, rpm_key).messages.create(model=PRICED, max_tokens=10, messages=message)
+    claude(gw, rpm_key, auth).messages.create(model=PRICED, max_tokens=10, messages=message)
     with pytest.raises(anthropic.RateLimitError) as limited_out:
-        claude(gw, rpm_key).messages.create(model=PRICED, max_tokens=10, messages=message)
+        claude(gw, rpm_key, auth).messages.create(model=PRICED, max_tokens=10, messages=message)
     assert int(limited_out.value.response.headers["retry-after"]) >= 1
+    with pytest.raises(anthropic.RateLimitError):  # count_tokens counts in the key's rpm too
+        claude(gw, rpm_key, auth).messages.count_tokens(model=PRICED, messages=message)
     for each in (account, limited_account, poor_account, rpm_account):
         check_ledger(Tables(gw), each["account_id"])
 
 
-def test_claude_codes_environment_reaches_the_gateway(gw):
-    """ANTHROPIC_BASE_URL + ANTHROPIC_AUTH_TOKEN, as the README sets them for Claude Code: the SDK reads both."""
+@pytest.mark.parametrize("variable", ["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"])
+def test_claude_codes_environment_reaches_the_gateway(gw, variable):
+    """ANTHROPIC_BASE_URL and the key in ANTHROPIC_API_KEY (the README's Claude Code setup; nothing else) or
+    ANTHROPIC_AUTH_TOKEN: the SDK reads them from the environment."""
     account, key = funded(gw)
     script = ("import anthropic; m = anthropic.Anthropic(max_retries=0).messages.create(model='mock/echo', "
               "max_tokens=20, messages=[{'role': 'user', 'content': 'from the environment'}]); "
               "print(m.content[0].text)")
-    env = clean_env(ANTHROPIC_BASE_URL=gw.base_url, ANTHROPIC_AUTH_TOKEN=key["key"])
-    env.pop("ANTHROPIC_API_KEY", None)
+    env = {k: v for k, v in clean_env(ANTHROPIC_BASE_URL=gw.base_url).items() if not k.startswith("ANTHROPIC_")
+           or k == "ANTHROPIC_BASE_URL"}
+    env[variable] = key["key"]
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
                             check=False, cwd=os.getcwd())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Mock reply to: from the environment — the end."
     [record] = check_ledger(Tables(gw), account["account_id"])
     assert record["status"] == "settled" and record["endpoint"] == "messages"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_x_api_key_alone_reaches_the_messages_route_as_claude_code_sends_it(gw, stream):
+    """The headers Claude Code sends with ANTHROPIC_API_KEY (x-api-key, anthropic-version, its beta), raw: no
+    Authorization header. On an OpenAI route the same header is no key (401 before any function runs)."""
+    account, key = funded(gw)
+    headers = {"x-api-key": key["key"], "anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"}
+    body = {"model": "mock/echo", "max_tokens": 20, "stream": stream,
+            "messages": [{"role": "user", "content": "hello there"}]}
+    with httpx.stream("POST", gw.base_url + "/v1/messages", headers=headers, json=body, timeout=30) as answer:
+        content = answer.read()
+    assert answer.status_code == 200, content
+    assert (b"message_stop" in content) if stream else (json.loads(content)["content"][0]["text"])
+    counted = httpx.post(gw.base_url + "/v1/messages/count_tokens", headers=headers,
+                         json={k: v for k, v in body.items() if k not in ("max_tokens", "stream")}, timeout=30)
+    assert counted.status_code == 200 and counted.json()["input_tokens"] > 0
+    refused = httpx.post(gw.base_url + "/v1/chat/completions", headers=headers,
+                         json={"model": "mock/echo", "messages": body["messages"]}, timeout=30)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    [record] = check_ledger(Tables(gw), account["account_id"])
+    assert record["status"] == "settled" and record["stream"] == str(stream).lower()
 
 
 # ------------------------------------------------------------------------------------------- fallbacks

@@ -265,6 +265,104 @@ def test_create_a_key_use_it_see_last_used_then_delete_it(gateway, open_page, tm
     expect(page.get_by_role("table").filter(has_text="key delete").first).to_be_visible()  # the audit log
 
 
+def test_rotate_a_key_the_new_one_shown_once_the_old_one_until_its_grace(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Rotation journey")
+    old = gateway.cli_json("keys", "create", "--account", account, "--name", "ci", "--rpm", "25")
+    soon = gateway.cli_json("keys", "create", "--account", account, "--name", "nightly", "--expires-in", "3d")
+    gateway.known_keys.update({old["key"], soon["key"]})
+    email = sign_in_as(gateway, f"user:{account}")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, email)
+    # A key that expires within 7 days gets a banner that says when, and what to do.
+    banner = page.locator("[data-banner=expiring]")
+    expect(banner).to_have_count(1)
+    expect(banner).to_contain_text("nightly")
+    expect(banner).to_contain_text("expires in 3 days")
+
+    row = key_row(page, "ci")
+    row.get_by_role("button", name="Rotate").click()
+    dialog = page.get_by_role("dialog", name="Rotate key?")
+    expect(dialog).to_contain_text("ci")
+    expect(dialog.get_by_label("Old key keeps working")).to_be_focused()
+    expect(dialog.get_by_label("Old key keeps working")).to_have_value("24h")  # the default
+    dialog.get_by_label("Old key keeps working").select_option(label="1 hour")
+    dialog.get_by_role("button", name="Rotate").click()
+    shown = page.get_by_role("dialog", name="Your new key")
+    key_field = shown.get_by_label("API key")
+    expect(key_field).to_have_value(re.compile(r"^sk-ony-[0-9a-f]{48}$"))
+    new = key_field.input_value()
+    gateway.known_keys.add(new)
+    assert new != old["key"]
+    expect(shown.get_by_label("In a shell")).to_have_value(f"export ONYSOFT_API_KEY={new}")
+    expect(shown.get_by_role("button", name="Copy", exact=True)).to_be_visible()
+    expect(shown).to_contain_text(f"The old key {old['display']} keeps working until")
+    screenshot(watched, tmp_path, "rotate-key", full_page=False)
+    # Both secrets work now, as the same key (id, limits), with the OpenAI SDK.
+    for secret in (old["key"], new):
+        assert chat(gateway, secret)
+        view = httpx.get(gateway.base_url + "/v1/key", headers={"Authorization": f"Bearer {secret}"}).json()
+        assert (view["key_id"], view["rpm"]) == (old["key_id"], 25)
+    shown.get_by_role("button", name="Done").click()  # closing forgets the new key
+    expect(shown).to_be_hidden()
+    assert new not in page.evaluate("[...document.querySelectorAll('input')].map((i) => i.value).join(' ')")
+    row = key_row(page, "ci")
+    expect(row).to_contain_text(new[:11])  # its display form now
+    expect(row).to_contain_text(f"{old['display']} works until")
+    expect(row).to_contain_text("Rotated")
+    expect(row).to_contain_text("25 req/min")
+    screenshot(watched, tmp_path, "rotated-keys", full_page=False)
+
+    # Rotated again with "Stop now": every older secret stops at once; the newest one works.
+    row.get_by_role("button", name="Rotate").click()
+    dialog = page.get_by_role("dialog", name="Rotate key?")
+    dialog.get_by_label("Old key keeps working").select_option(label="Stop now")
+    dialog.get_by_role("button", name="Rotate").click()
+    shown = page.get_by_role("dialog", name="Your new key")
+    expect(shown.get_by_label("API key")).to_have_value(re.compile(r"^sk-ony-[0-9a-f]{48}$"))
+    newest = shown.get_by_label("API key").input_value()
+    gateway.known_keys.add(newest)
+    expect(shown).to_contain_text("stopped working now")
+    page.keyboard.press("Escape")
+    for secret in (old["key"], new):
+        refused = httpx.get(gateway.base_url + "/v1/key", headers={"Authorization": f"Bearer {secret}"})
+        assert refused.status_code == 401
+    assert chat(gateway, newest)
+    expect(key_row(page, "ci")).not_to_contain_text("works until")
+    rotations = [e for e in gateway.cli_json("events")["events"]
+                 if e["detail"].get("key_id") == old["key_id"] and e["detail-type"] == "Key Rotated"]
+    assert [e["detail"]["previous_display"] for e in rotations] == [old["display"], new[:11] + "…" + new[-4:]]
+
+
+def test_a_key_github_found_in_public_has_a_banner_saying_where(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Leak journey")
+    leaked = gateway.cli_json("keys", "create", "--account", account, "--name", "committed")
+    gateway.known_keys.add(leaked["key"])
+    url = f"https://github.com/octocat/hello/blob/{secrets.token_hex(4)}/settings.py"
+    raw, headers = gateway.github.report({"token": leaked["key"], "type": "onysoft_api_key", "url": url,
+                                          "source": "content"})
+    answer = httpx.post(gateway.base_url + "/secret-scanning/github", content=raw,
+                        headers={"Content-Type": "application/json", **headers})
+    assert answer.json()[0]["label"] == "true_positive"
+    email = sign_in_as(gateway, f"user:{account}")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, email)
+    banner = page.locator("[data-banner=leaked]")
+    expect(banner).to_have_count(1)
+    expect(banner).to_contain_text("“committed”")
+    expect(banner).to_contain_text("was found in public and revoked")
+    expect(banner.get_by_role("link", name=url)).to_have_attribute("href", url)
+    row = key_row(page, "committed")
+    expect(row).to_contain_text("leaked")
+    expect(row.get_by_role("button", name="Rotate")).to_have_count(0)  # revoked for good: delete it, make a new one
+    screenshot(watched, tmp_path, "leaked-key", full_page=False)
+    row.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog", name="Delete key?").get_by_role("button", name="Delete").click()
+    expect(page.locator("[data-banner=leaked]")).to_have_count(0)
+    expect(key_row(page, "committed")).to_have_count(0)
+
+
 def test_usage_chart_table_and_csv_export(gateway, open_page, tmp_path):
     account = new_account(gateway, name="Usage journey")
     key = gateway.cli_json("keys", "create", "--account", account, "--name", "batch")["key"]

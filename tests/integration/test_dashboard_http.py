@@ -202,7 +202,8 @@ def _request(route: template.Route, account: str, key_id: str) -> tuple[str, dic
     body = {"POST /dashboard/accounts": {"kind": "partner_customer"},
             "PATCH /dashboard/accounts/{account_id}": {"name": "taken"},
             "POST /dashboard/accounts/{account_id}/topup": {"amount": "1"},
-            "POST /dashboard/accounts/{account_id}/keys": {"name": "sneaky"}}.get(f"{route.method} {route.path}")
+            "POST /dashboard/accounts/{account_id}/keys": {"name": "sneaky"},
+            "POST /dashboard/keys/{key_id}/rotate": {"grace": "now"}}.get(f"{route.method} {route.path}")
     params = {"account_id": account} if route.path == "/dashboard/audit" else {}
     return path, {"json": body, "params": params} if body is not None else {"params": params}
 
@@ -215,7 +216,7 @@ def test_every_route_needs_a_token_and_hides_other_tenants(gateway, user):
     partner = token(gateway, "partner:someone-else")
     expired = expired_copy(user[1])  # the user's own token, one minute past its expiry
     routes = _routes()
-    assert len(routes) == 12  # 9 API routes behind the authorizer; docs, the app's files and config.json
+    assert len(routes) == 13  # 10 API routes behind the authorizer; docs, the app's files and config.json
     for route in routes:
         if route.authorizer is None:
             continue

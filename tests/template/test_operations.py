@@ -12,7 +12,8 @@ from onysoft_tools import iam_policy
 pytestmark = pytest.mark.timeout(60)
 
 TABLES = ("ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable", "CatalogTable")
-FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction", "RollupFunction")
+FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction", "RollupFunction",
+             "SecretScanningFunction", "KeyExpiryFunction", "KeyMailFunction")
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,22 @@ def _stage(cfn: dict) -> dict:
 
 
 def test_stage_throttling_comes_from_parameters_and_covers_every_method(cfn):
-    [settings] = _stage(cfn)["Properties"]["MethodSettings"]
+    settings, secret_scanning = _stage(cfn)["Properties"]["MethodSettings"]
     assert settings["ResourcePath"] == "/*" and settings["HttpMethod"] == "*"
     assert settings["ThrottlingRateLimit"] == {"Ref": "ThrottlingRateLimit"}
     assert settings["ThrottlingBurstLimit"] == {"Ref": "ThrottlingBurstLimit"}
     assert settings["LoggingLevel"] == "OFF" and settings["DataTraceEnabled"] is False  # no headers in logs
     for name in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
         assert cfn["Parameters"][name]["Type"] == "Number" and cfn["Parameters"][name]["Default"] > 0
+    # GitHub's public leak-report route: throttled on its own, well below the stage ("/" is "~1" in the path).
+    assert (secret_scanning["ResourcePath"], secret_scanning["HttpMethod"]) == ("/~1secret-scanning~1github", "POST")
+    assert secret_scanning["ThrottlingRateLimit"] == {"Ref": "SecretScanningThrottlingRateLimit"}
+    assert secret_scanning["ThrottlingBurstLimit"] == {"Ref": "SecretScanningThrottlingBurstLimit"}
+    assert secret_scanning["LoggingLevel"] == "OFF" and secret_scanning["DataTraceEnabled"] is False
+    own = {name: cfn["Parameters"][f"SecretScanningThrottling{name}"]["Default"]
+           for name in ("RateLimit", "BurstLimit")}
+    assert 0 < own["RateLimit"] < cfn["Parameters"]["ThrottlingRateLimit"]["Default"]
+    assert 0 < own["BurstLimit"] < cfn["Parameters"]["ThrottlingBurstLimit"]["Default"]
 
 
 def test_access_log_is_json_with_the_callers_ids_and_never_a_key(cfn):

@@ -35,7 +35,8 @@ DYNAMODB_ALLOWED = {
     "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Scan",
     "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams",
 }
-OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage"}
+OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage", "events:PutEvents", "cognito-idp:ListUsers",
+                 "ses:SendEmail"}
 BUFFERED_URI = re.compile(r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/\$\{(\w+)\.Arn\}"
                           r"/invocations$")
 STREAM_URI = re.compile(
@@ -156,11 +157,37 @@ def test_api_gateway_may_invoke_the_authorizer(cfn):
         p["Properties"] for p in _of_type(cfn, "AWS::Lambda::Permission").values()
         if json.dumps(p["Properties"]["FunctionName"]).count("AuthorizerFunction")
     ]
-    assert len(permissions) == 1
-    (permission,) = permissions
-    assert permission["Action"] == "lambda:InvokeFunction"
-    assert permission["Principal"] == "apigateway.amazonaws.com"
-    assert "/authorizers/*" in json.dumps(permission["SourceArn"])
+    assert len(permissions) == 2  # one per authorizer that runs it: KeyAuthorizer, AnthropicKeyAuthorizer
+    for permission in permissions:
+        assert permission["Action"] == "lambda:InvokeFunction"
+        assert permission["Principal"] == "apigateway.amazonaws.com"
+        assert "/authorizers/*" in json.dumps(permission["SourceArn"])
+
+
+ANTHROPIC_ROUTES = {("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens")}
+
+
+def test_anthropics_routes_take_the_key_from_either_header_through_an_uncached_authorizer(cfn, tpl):
+    """x-api-key (Claude Code, the Vercel AI SDK) or Authorization: one authorizer with no identity source (a
+    cached one would require its header and key its cache on it), never API Gateway's own API-key check."""
+    schemes = _security_schemes(_rest_api_body(cfn))
+    anthropic = schemes["AnthropicKeyAuthorizer"]["x-amazon-apigateway-authorizer"]
+    assert anthropic["type"] == "request" and "identitySource" not in anthropic
+    assert anthropic["authorizerResultTtlInSeconds"] == 0
+    key = schemes["KeyAuthorizer"]["x-amazon-apigateway-authorizer"]
+    assert anthropic["authorizerUri"] == key["authorizerUri"]  # the same function
+    assert reader.authorizer_settings(tpl, name="AnthropicKeyAuthorizer") == reader.AuthorizerSettings(
+        name="AnthropicKeyAuthorizer", function="AuthorizerFunction", identity_header=None, ttl_seconds=0)
+    routes = {(m, p): op for p, m, op in _methods(_rest_api_body(cfn))}
+    for route in ANTHROPIC_ROUTES:
+        assert routes[route]["security"] == [{"AnthropicKeyAuthorizer": []}], route  # authorized, never open
+    for (method, path), operation in routes.items():
+        # No usage-plan API key anywhere: API Gateway would read x-api-key itself and refuse our sk-ony- keys.
+        assert not any("api_key" in requirement for requirement in operation.get("security", [])), (method, path)
+    (api,) = _of_type(cfn, "AWS::ApiGateway::RestApi").values()
+    assert api["Properties"].get("ApiKeySourceType", "HEADER") == "HEADER"
+    assert "x-amazon-apigateway-api-key-source" not in _rest_api_body(cfn)
+    assert not _of_type(cfn, "AWS::ApiGateway::UsagePlan") and not _of_type(cfn, "AWS::ApiGateway::ApiKey")
 
 
 # ------------------------------------------------------------------------------------------- routes
@@ -175,16 +202,33 @@ def test_every_method_streams_through_the_proxy_and_uses_the_authorizer(cfn):
         assert integration["type"] == "aws_proxy" and integration["httpMethod"] == "POST"
         assert integration["responseTransferMode"] == "STREAM", (method, path)
         assert STREAM_URI.match(integration["uri"]["Fn::Sub"]).group(1) == "ProxyFunction", integration["uri"]
-        assert operation["security"] == [{"KeyAuthorizer": []}], (method, path)
+        expected = "AnthropicKeyAuthorizer" if (method, path) in ANTHROPIC_ROUTES else "KeyAuthorizer"
+        assert operation["security"] == [{expected: []}], (method, path)
     assert "/healthz" not in body["paths"]
-    assert {path.split("/")[1] for path, _, _ in _methods(body)} == {"v1", "dashboard"}
+    assert {path.split("/")[1] for path, _, _ in _methods(body)} == {"v1", "dashboard", "secret-scanning"}
+
+
+def test_the_secret_scanning_route_is_public_buffered_and_its_own_function(cfn):
+    """GitHub signs its reports and sends no credential of ours: no authorizer (the function checks the
+    signature before anything else); the stage throttles it apart (tests/template/test_operations.py)."""
+    body = _rest_api_body(cfn)
+    [(path, method, operation)] = [m for m in _methods(body) if m[0].startswith("/secret-scanning")]
+    assert (method, path) == ("POST", "/secret-scanning/github")
+    assert operation["security"] == [{"NONE": []}]
+    integration = operation["x-amazon-apigateway-integration"]
+    assert integration["type"] == "aws_proxy" and "responseTransferMode" not in integration
+    assert BUFFERED_URI.match(integration["uri"]["Fn::Sub"]).group(1) == "SecretScanningFunction"
+    function = cfn["Resources"]["SecretScanningFunction"]["Properties"]
+    assert function["Timeout"] < 30  # GitHub waits 30 s
+    assert "cryptography" in (ROOT / "functions" / "secret_scanning" / "requirements.txt").read_text()
+    assert "cryptography" not in (ROOT / "layers" / "core" / "requirements.txt").read_text()  # its own cost
 
 
 def test_dashboard_routes_use_cognito_and_do_not_stream(cfn):
     body = _rest_api_body(cfn)
     methods = [(path, method, operation) for path, method, operation in _methods(body)
                if path.startswith("/dashboard")]
-    assert len(methods) == 13
+    assert len(methods) == 14
     # Opened by a browser before anyone signs in, and holding no data: Swagger UI, the web app's files and the
     # public sign-in settings (the app client id). Everything else needs the user pool's ID token.
     public = {("GET", "/dashboard/docs"), ("GET", "/dashboard"), ("GET", "/dashboard/static/{file}"),
@@ -269,6 +313,47 @@ def test_stage_name(tpl, cfn):
     assert stage["Properties"]["StageName"] == {"Ref": "StageName"}
 
 
+# ------------------------------------------------------------------------------------------- events
+
+# The functions that emit key and balance events (onysoft.events), and so may put events on the bus.
+EVENT_EMITTERS = {"DashboardFunction", "SecretScanningFunction", "KeyExpiryFunction"}
+
+
+def test_the_optional_mail_subscriber_listens_to_the_bus_only_when_a_sender_is_given(cfn):
+    function = cfn["Resources"]["KeyMailFunction"]
+    assert function["Condition"] == "SendKeyMail"
+    assert cfn["Conditions"]["SendKeyMail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationSenderEmail"}, ""]}]}
+    assert cfn["Parameters"]["NotificationSenderEmail"]["Default"] == ""  # no mail unless asked for
+    variables = function["Properties"]["Environment"]["Variables"]
+    assert variables["ONYSOFT_MAIL_FROM"] == {"Ref": "NotificationSenderEmail"}
+    assert variables["ONYSOFT_USER_POOL_ID"] == {"Ref": "DashboardUserPool"}
+    [rule] = [r for r in _of_type(cfn, "AWS::Events::Rule").values()
+              if r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["KeyMailFunction", "Arn"]}]
+    assert rule["Condition"] == "SendKeyMail"
+    assert rule["Properties"]["EventBusName"] == {"Ref": "EventBus"}
+    assert rule["Properties"]["EventPattern"] == {"source": ["onysoft"]}
+    assert cfn["Resources"]["KeyMailLogGroup"]["Condition"] == "SendKeyMail"
+
+
+def test_the_event_bus_is_in_every_functions_environment_and_only_emitters_may_put_events(cfn):
+    (bus_id,) = _of_type(cfn, "AWS::Events::EventBus")
+    assert bus_id == "EventBus"
+    assert cfn["Resources"][bus_id]["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-events"}
+    for logical_id, function in _of_type(cfn, "AWS::Lambda::Function").items():
+        assert function["Properties"]["Environment"]["Variables"]["ONYSOFT_EVENT_BUS"] == {"Ref": bus_id}, logical_id
+    putters = {}
+    for role_id, role in _of_type(cfn, "AWS::IAM::Role").items():
+        for statement in _statements(role):
+            if any(a.startswith("events:") for a in _as_list(statement["Action"])):
+                assert _as_list(statement["Action"]) == ["events:PutEvents"], statement
+                assert _as_list(statement["Resource"]) == [{"Fn::GetAtt": [bus_id, "Arn"]}], statement  # this bus only
+                putters[role_id.removesuffix("Role")] = statement
+    assert set(putters) == EVENT_EMITTERS
+    outputs = cfn["Outputs"]
+    assert outputs["EventBusName"]["Value"] == {"Ref": bus_id}
+    assert outputs["EventBusArn"]["Value"] == {"Fn::GetAtt": [bus_id, "Arn"]}
+
+
 # ------------------------------------------------------------------------------------------- IAM
 
 
@@ -303,8 +388,11 @@ def test_function_policies_are_least_privilege(cfn):
     assert logging_role["Properties"]["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"}]
     roles = all_roles
+    expiry_schedule_role = all_roles.pop("KeyExpiryFunctionEveryFifteenMinutesRole")
+    assert {a for st in _statements(expiry_schedule_role) for a in _as_list(st["Action"])} == {"lambda:InvokeFunction"}
     assert set(roles) == {"AuthorizerFunctionRole", "ProxyFunctionRole", "SweeperFunctionRole", "DashboardFunctionRole",
-                          "RollupFunctionRole"}
+                          "RollupFunctionRole", "SecretScanningFunctionRole", "KeyExpiryFunctionRole",
+                          "KeyMailFunctionRole"}
     granted: dict[str, dict[str, set[str]]] = {}
     for role_id, role in roles.items():
         assert role["Properties"]["ManagedPolicyArns"] == [
@@ -322,6 +410,15 @@ def test_function_policies_are_least_privilege(cfn):
                 assert tables <= set(TABLES), tables
                 for action in actions:
                     granted.setdefault(role_id, {}).setdefault(action, set()).update(tables)
+            elif actions == ["events:PutEvents"]:  # the stack's bus only (test_the_event_bus_…)
+                assert resources == [{"Fn::GetAtt": ["EventBus", "Arn"]}]
+            elif actions == ["cognito-idp:ListUsers"]:  # the mail subscriber: the dashboard's pool only
+                assert role_id == "KeyMailFunctionRole"
+                assert resources == [{"Fn::GetAtt": ["DashboardUserPool", "Arn"]}]
+            elif actions == ["ses:SendEmail"]:  # the mail subscriber: this account's SES identities
+                assert role_id == "KeyMailFunctionRole"
+                assert resources == [
+                    {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*"}]
             elif actions == ["sqs:SendMessage"]:  # the rollup's on-failure destination, its own queue only
                 assert role_id == "RollupFunctionRole"
                 assert resources == [{"Fn::GetAtt": ["RollupFailureQueue", "Arn"]}]
@@ -365,6 +462,19 @@ def test_function_policies_are_least_privilege(cfn):
     }
     assert {r["Fn::Sub"] for st in _statements(roles["RollupFunctionRole"]) for r in _as_list(st["Resource"])
             if "Fn::Sub" in r} == {"${UsageTable.Arn}/stream/*"}
+    # Leak reports: the reported keys (by hash) and a key's other secrets; the revocation; the audit record in its
+    # transaction; the owner's account for the audit's scope. Nothing of balances, usage records or the catalog.
+    assert granted["SecretScanningFunctionRole"] == {
+        "dynamodb:BatchGetItem": {"ApiKeysTable"}, "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable"},
+        "dynamodb:UpdateItem": {"ApiKeysTable"}, "dynamodb:Query": {"ApiKeysTable"},
+        "dynamodb:PutItem": {"UsageTable"},
+    }
+    assert granted["KeyMailFunctionRole"] == {"dynamodb:GetItem": {"AccountsTable"}}  # + ListUsers, SendEmail
+    # Expiry notices: the watched keys (a sparse index), their items, the notice each got.
+    assert granted["KeyExpiryFunctionRole"] == {
+        "dynamodb:Query": {"ApiKeysTable"}, "dynamodb:BatchGetItem": {"ApiKeysTable"},
+        "dynamodb:UpdateItem": {"ApiKeysTable"},
+    }
     mapping = cfn["Resources"]["RollupStreamMapping"]["Properties"]
     assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["UsageTable", "StreamArn"]}
     assert mapping["BisectBatchOnFunctionError"] is True and mapping["MaximumRetryAttempts"] <= 10
@@ -376,6 +486,9 @@ def test_function_policies_are_least_privilege(cfn):
     }
     assert dashboard_indexes == {"${ApiKeysTable.Arn}/index/by_account", "${ApiKeysTable.Arn}/index/by_key_id",
                                  "${AccountsTable.Arn}/index/by_owner"}
+    for role, index in (("SecretScanningFunctionRole", "by_key_id"), ("KeyExpiryFunctionRole", "by_expiry")):
+        assert {r["Fn::Sub"] for st in _statements(roles[role]) for r in _as_list(st["Resource"])
+                if "Fn::Sub" in r} == {f"${{ApiKeysTable.Arn}}/index/{index}"}, role
 
 
 def test_proxy_runs_under_the_lambda_web_adapter(cfn):
@@ -397,7 +510,7 @@ def test_proxy_runs_under_the_lambda_web_adapter(cfn):
 
 
 @pytest.mark.parametrize("response_type, status", [
-    ("UNAUTHORIZED", 401), ("ACCESS_DENIED", 403), ("MISSING_AUTHENTICATION_TOKEN", 404),
+    ("UNAUTHORIZED", 401), ("ACCESS_DENIED", 401), ("MISSING_AUTHENTICATION_TOKEN", 404),
     ("REQUEST_TOO_LARGE", 413), ("THROTTLED", 429), ("AUTHORIZER_FAILURE", 500),
     ("INTEGRATION_FAILURE", 502), ("INTEGRATION_TIMEOUT", 504), ("DEFAULT_4XX", None), ("DEFAULT_5XX", None),
 ])
@@ -410,8 +523,9 @@ def test_gateway_responses_answer_in_openai_envelope(cfn, tpl, response_type, st
     assert local.headers["Content-Type"] == "application/json"
 
     message = 'Invalid request body: "model" is required \\ tab\t'
+    revoked = {"error_code": "key_leaked", "error_message": "This API key was revoked: found at https://x/y?z=1"}
     got_status, headers, body = reader.render_gateway_response(
-        local, message=message, http_method="POST", path="/prod/v1/nope", request_id="req-123",
+        local, message=message, http_method="POST", path="/prod/v1/nope", request_id="req-123", authorizer=revoked,
     )
     assert got_status == (status or {"DEFAULT_4XX": 400, "DEFAULT_5XX": 500}[response_type])
     assert headers["Content-Type"] == "application/json"
@@ -424,6 +538,10 @@ def test_gateway_responses_answer_in_openai_envelope(cfn, tpl, response_type, st
     assert "$context" not in error["message"]
     if response_type == "UNAUTHORIZED":
         assert error["code"] == "invalid_api_key" and "Bearer sk-ony-" in error["message"]
+        assert "x-api-key: sk-ony-" in error["message"]
+    if response_type == "ACCESS_DENIED":  # a leaked key: the authorizer's Deny says why, in its context
+        assert (error["code"], error["message"]) == (revoked["error_code"], revoked["error_message"])
+        assert headers["WWW-Authenticate"] == "Bearer"
     if response_type == "MISSING_AUTHENTICATION_TOKEN":
         assert error["code"] == "unknown_url" and "POST /prod/v1/nope" in error["message"]
     if response_type == "DEFAULT_4XX":
@@ -441,6 +559,10 @@ def test_render_substitutes_like_api_gateway():
     )
     assert status == 415 and headers == {"Content-Type": "text/plain"}
     assert body.decode() == '"a \\"b\\""|a "b"|GET|/p|r|$context.other'
+    resp = reader.GatewayResponse(status=401, template="$context.authorizer.error_code|$context.authorizer.missing|")
+    _, _, body = reader.render_gateway_response(resp, message="m", http_method="GET", path="/p", request_id="r",
+                                                authorizer={"error_code": "key_leaked"})
+    assert body.decode() == "key_leaked||"
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -490,6 +612,8 @@ def test_tables_round_trip_through_moto(tpl):
     assert key("ApiKeysTable") == [("key_hash", "HASH")]
     assert key("ApiKeysTable", "by_account") == [("account_id", "HASH"), ("created_at", "RANGE")]
     assert key("ApiKeysTable", "by_key_id") == [("key_id", "HASH")]
+    assert key("ApiKeysTable", "by_expiry") == [("expiry_watch", "HASH"), ("expires_at", "RANGE")]
+    assert reader.ttl_attribute(tpl, "ApiKeysTable") == "purge_at"  # a rotated key's old secret, after its grace
     assert key("AccountsTable") == [("account_id", "HASH")]
     assert key("AccountsTable", "by_owner") == [("owner", "HASH"), ("account_id", "RANGE")]
     assert key("UsageTable") == [("account_id", "HASH"), ("sk", "RANGE")]

@@ -81,3 +81,71 @@ def test_the_scheduled_sweeper_closes_a_hold_its_invocation_left_open(gateway, m
     assert record.hold_state is None and record.status != "pending"
     [emf] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
     assert emf["StaleHoldsFound"] == [1] and emf["StaleHoldsSettled"] == [1] and emf["OpenHoldsOlderThan30Min"] == [0]
+
+
+# ------------------------------------------------------------------------------------------- key events (EventBridge)
+
+@pytest.fixture
+def event_bus(aws_tables, monkeypatch):
+    """The stack's bus in moto (named as the template's Globals name it to every function), with a rule that
+    sends every `onysoft` event to a queue: returns a function reading what arrived."""
+    import boto3
+
+    from onysoft import events
+
+    monkeypatch.delenv(events.FILE_ENV, raising=False)
+    monkeypatch.setenv(events.BUS_ENV, "onysoft-test-events")
+    events._clients.clear()
+    bus = boto3.client("events", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    bus.create_event_bus(Name="onysoft-test-events")
+    queue = sqs.create_queue(QueueName="onysoft-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus.put_rule(Name="all", EventBusName="onysoft-test-events", EventPattern=json.dumps({"source": ["onysoft"]}))
+    bus.put_targets(Rule="all", EventBusName="onysoft-test-events", Targets=[{"Id": "q", "Arn": arn}])
+
+    def received() -> list[dict]:
+        messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+    yield received
+    events._clients.clear()
+
+
+def test_the_dashboard_puts_key_rotated_on_the_bus(event_bus):
+    from tests.unit.test_dashboard import make_event
+
+    _, record, _ = new_key("user")
+    dashboard = load_function_module("dashboard")
+    event = make_event("POST", "/dashboard/keys/{key_id}/rotate", path_params={"key_id": record.key_id},
+                       body={"grace": "1h"}, principal=f"user:{record.account_id}")
+    assert dashboard.handler(event, None)["statusCode"] == 200
+    [rotated] = event_bus()
+    assert (rotated["detail-type"], rotated["detail"]["key_id"]) == ("Key Rotated", record.key_id)
+
+
+def test_the_secret_scanning_function_puts_key_leaked_on_the_bus(event_bus, tmp_path, monkeypatch):
+    from onysoft import github_signatures
+    from tests.helpers import GitHubSigner
+
+    signer = GitHubSigner(tmp_path / "keys.json")
+    monkeypatch.setenv(github_signatures.KEYS_FILE_ENV, str(signer.keys_file))
+    monkeypatch.setattr(github_signatures, "public_keys", github_signatures.PublicKeys())
+    _, record, headers = new_key("user")
+    raw, signed = signer.report({"token": headers["authorization"].removeprefix("Bearer "), "type": "onysoft_api_key",
+                                 "url": "https://github.com/o/r/blob/x/f.py", "source": "content"})
+    answer = load_function_module("secret_scanning").handler(
+        {"headers": signed, "body": raw.decode(), "isBase64Encoded": False}, None)
+    assert answer["statusCode"] == 200
+    [leaked] = event_bus()
+    assert (leaked["detail-type"], leaked["detail"]["key_id"]) == ("Key Leaked", record.key_id)
+
+
+def test_the_scheduled_key_expiry_function_puts_key_expiring_on_the_bus(event_bus):
+    from onysoft import expiry
+
+    _, record, _ = new_key("user", expires_at=expiry.expires_in("2d"))
+    result = load_function_module("key_expiry").handler({"source": "aws.scheduler"}, None)
+    assert result["7d"] == 1
+    [expiring] = event_bus()
+    assert (expiring["detail-type"], expiring["detail"]["notice"]) == ("Key Expiring", "7d")

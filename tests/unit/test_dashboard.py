@@ -29,6 +29,7 @@ ROUTES = [
     ("GET", "/dashboard/accounts/{account_id}/keys"),
     ("POST", "/dashboard/accounts/{account_id}/keys"),
     ("DELETE", "/dashboard/keys/{key_id}"),
+    ("POST", "/dashboard/keys/{key_id}/rotate"),
     ("GET", "/dashboard/accounts/{account_id}/usage"),
     ("GET", "/dashboard/audit"),
 ]
@@ -322,6 +323,7 @@ def _route_call(world, method: str, resource: str, account: str | None, key: str
         ("PATCH", "/dashboard/accounts/{account_id}"): {"name": "mine now"},
         ("POST", "/dashboard/accounts/{account_id}/topup"): {"amount": "1"},
         ("POST", "/dashboard/accounts/{account_id}/keys"): {"name": "sneaky"},
+        ("POST", "/dashboard/keys/{key_id}/rotate"): {"grace": "1h"},
     }.get((method, resource))
     query = {"account_id": account} if resource == "/dashboard/audit" else None
     return call(method, resource, principal, path_params=params or None, body=body, query=query)

@@ -2,12 +2,13 @@
 
     onysoft dev ...                                   the local gateway (onysoft_tools.dev)
     onysoft accounts create|show|topup|update|list    balances
-    onysoft keys create|update|list|delete            API keys (the plaintext is shown once, at creation)
+    onysoft keys create|update|list|rotate|delete     API keys (a plaintext is shown once: at creation, rotation)
     onysoft usage --account ID                        usage records, newest first
     onysoft catalog set|list                          models and their USD prices per million tokens
     onysoft fx set|show                               the USD→TRY rate
     onysoft sweep [--older-than 15m]                  close stale holds now (what the scheduled sweeper does)
     onysoft users create | token                      dashboard sign-ins (the Cognito user pool)
+    onysoft events [--follow]                         key and balance events (locally: <state dir>/events.jsonl)
 
 Every command is parse → operation → render: the commands (onysoft_tools.commands, one module per concept)
 call onysoft.operations as the operator (audited with actor_sub cli:<user>@<host>) and print its views.
@@ -33,12 +34,12 @@ from onysoft.catalog import CatalogError
 from onysoft.errors import GatewayError
 from onysoft.money import MoneyError
 from onysoft_tools import settings
-from onysoft_tools.commands import accounts, catalog, keys, sweep, usage, users
+from onysoft_tools.commands import accounts, catalog, events, keys, sweep, usage, users
 from onysoft_tools.commands.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, UsageError
 
 # Each module adds its commands to the parser; a new command group is one more entry here.
 REGISTRARS = (accounts.register, keys.register, usage.register, catalog.register, sweep.register, users.register,
-              catalog.register_fx)
+              catalog.register_fx, events.register)
 
 
 # ---------------------------------------------------------------------------------------------- parser

@@ -103,6 +103,15 @@ def table_env(tpl: dict[str, Any] | None = None) -> dict[str, str]:
     return env
 
 
+def event_bus_env(tpl: dict[str, Any] | None = None) -> dict[str, str]:
+    """{event bus logical id: environment variable} from the Globals' `NAME: !Ref SomeBus` entries."""
+    tpl = tpl if tpl is not None else _default_template()
+    buses = _resources(tpl, "AWS::Events::EventBus")
+    variables = ((((tpl.get("Globals") or {}).get("Function") or {}).get("Environment") or {}).get("Variables")) or {}
+    return {value["Ref"]: name for name, value in variables.items()
+            if isinstance(value, dict) and value.get("Ref") in buses}
+
+
 def __getattr__(name: str) -> Any:
     # TABLE_ENV is read from the template on first use (module import stays free of file I/O).
     if name == "TABLE_ENV":
@@ -169,16 +178,23 @@ def create_tables(client: Any, tpl: dict[str, Any], names: dict[str, str]) -> li
             client.create_table(**definition)
         except client.exceptions.ResourceInUseException:
             _enable_stream(client, definition)  # a table made before the template gave it a stream
+            _enable_ttl(client, definition["TableName"], ttl_attribute(tpl, logical_by_name[definition["TableName"]]))
             continue
         table = definition["TableName"]
         client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-        attribute = ttl_attribute(tpl, logical_by_name[table])
-        if attribute:
-            client.update_time_to_live(
-                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute}
-            )
+        _enable_ttl(client, table, ttl_attribute(tpl, logical_by_name[table]))
         created.append(table)
     return created
+
+
+def _enable_ttl(client: Any, table: str, attribute: str | None) -> None:
+    """The table's TTL as the template says (also on a table made before the template gave it one)."""
+    if not attribute:
+        return
+    current = client.describe_time_to_live(TableName=table).get("TimeToLiveDescription") or {}
+    if current.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") and current.get("AttributeName") == attribute:
+        return
+    client.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute})
 
 
 # ---------------------------------------------------------------------------------------------- API
@@ -197,7 +213,7 @@ class Route:
 class AuthorizerSettings:
     name: str
     function: str
-    identity_header: str = "Authorization"
+    identity_header: str | None = "Authorization"  # None: no identity source (then no cache: ttl_seconds 0)
     ttl_seconds: int = DEFAULT_AUTHORIZER_TTL
 
 
@@ -277,11 +293,15 @@ def authorizer_settings(
     if "UserPoolArn" in config:
         raise ValueError(f"{name} is a Cognito authorizer: use cognito_authorizer()")
     identity = config.get("Identity") or {}
-    headers = identity.get("Headers") or ["Authorization"]
+    headers = identity.get("Headers") or []
     ttl = resolve(identity.get("ReauthorizeEvery", DEFAULT_AUTHORIZER_TTL), tpl, parameters)
+    if len(headers) > 1 or any(identity.get(k) for k in ("QueryStrings", "StageVariables", "Context")):
+        raise ValueError(f"{name}: only one identity header, or none, is modelled locally")
+    if not headers and int(ttl) != 0:
+        raise ValueError(f"{name}: an authorizer without identity sources cannot cache (ReauthorizeEvery must be 0)")
     return AuthorizerSettings(
         name=name, function=_ref_target(config.get("FunctionArn")) or "",
-        identity_header=str(headers[0]), ttl_seconds=int(ttl),
+        identity_header=str(headers[0]) if headers else None, ttl_seconds=int(ttl),
     )
 
 
@@ -339,20 +359,22 @@ def _unquote(value: str) -> str:
 
 
 _CONTEXT_VARIABLE = re.compile(
-    r"\$(?:\{context\.(?P<braced>[A-Za-z.]+)\}|context\.(?P<plain>error\.messageString|error\.message"
-    r"|httpMethod|path|requestId))"
+    r"\$(?:\{context\.(?P<braced>[A-Za-z_.]+)\}|context\.(?P<plain>error\.messageString|error\.message"
+    r"|httpMethod|path|requestId|authorizer\.[A-Za-z_][A-Za-z0-9_]*))"
 )
 
 
 def render_gateway_response(
     resp: GatewayResponse, *, message: str, http_method: str, path: str, request_id: str,
-    status: int | None = None,
+    status: int | None = None, authorizer: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) as API Gateway would answer with this gateway response.
 
     `$context.error.messageString` becomes the message as a quoted JSON string, `$context.error.message`
-    the raw message; `$context.httpMethod`, `$context.path` and `$context.requestId` their values. Other
-    variables stay as written (VTL renders unknown references literally). `status` overrides resp.status.
+    the raw message; `$context.httpMethod`, `$context.path` and `$context.requestId` their values;
+    `$context.authorizer.<key>` the value of that key in the context a Lambda authorizer returned (as is, not
+    escaped; empty when absent). Other variables stay as written (VTL renders unknown references literally).
+    `status` overrides resp.status.
     """
     values = {
         "error.messageString": json.dumps(message, ensure_ascii=False),
@@ -363,7 +385,10 @@ def render_gateway_response(
     }
 
     def substitute(match: re.Match[str]) -> str:
-        return values.get(match.group("braced") or match.group("plain"), match.group(0))
+        name = match.group("braced") or match.group("plain")
+        if name.startswith("authorizer."):
+            return str((authorizer or {}).get(name.removeprefix("authorizer."), ""))
+        return values.get(name, match.group(0))
 
     body = _CONTEXT_VARIABLE.sub(substitute, resp.template)
     return (status if status is not None else resp.status), dict(resp.headers), body.encode("utf-8")

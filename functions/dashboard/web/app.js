@@ -1,7 +1,7 @@
 // The Onysoft dashboard: a buildless ES module on the dashboard API (same stage, relative URLs).
 // Sign-in is Cognito's InitiateAuth (USER_PASSWORD_AUTH) called from the browser; the ID token goes to the API
 // as `Authorization: Bearer`. Tokens live in sessionStorage (this tab only) so a reload stays signed in; a new
-// API key lives only in the create dialog's fields and is wiped when the dialog closes.
+// API key lives only in the create (or rotate) dialog's fields and is wiped when the dialog closes.
 
 const SESSION_KEY = "onysoft.dashboard.session";
 const REFRESH_MARGIN_MS = 5 * 60 * 1000; // refresh the ID token five minutes before it expires
@@ -10,7 +10,9 @@ const $ = (id) => document.getElementById(id);
 const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
   accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
+  rotating: null,
 };
+const EXPIRING_WITHIN_MS = 7 * 86400 * 1000; // a banner for a key that expires within 7 days
 
 // ------------------------------------------------------------------------------------------- helpers
 
@@ -354,29 +356,131 @@ function limitsText(key) {
   return parts.length ? parts.join(" · ") : "Type defaults";
 }
 
+function keyLabel(key) { return `“${key.name || key.display}” (${key.display})`; }
+
+function isExpired(key) { return Boolean(key.expires_at) && new Date(key.expires_at).getTime() <= Date.now(); }
+
+function inGrace(key) { return Boolean(key.grace_until) && new Date(key.grace_until).getTime() > Date.now(); }
+
+function keyBanners() {
+  // Leaked keys (revoked by a leak report) and keys that expire within 7 days, or have expired: said once, above
+  // the table, in words (not only a colour), with what to do.
+  const banners = [];
+  for (const key of state.keys) {
+    if (key.status === "leaked") {
+      banners.push(h("div", { class: "banner danger", "data-banner": "leaked", "data-key-id": key.key_id },
+        h("strong", {}, `Key ${keyLabel(key)} was found in public and revoked`),
+        key.leaked_at ? ` on ${exactTime(key.leaked_at)}` : "", ". ",
+        key.leak_url ? ["It was found at ", h("a", { href: key.leak_url, rel: "noreferrer noopener", target: "_blank" },
+          key.leak_url), ". "] : "",
+        "Requests with it are refused. Create a new key, and remove this one from your code and its history."));
+    } else if (key.status === "active" && key.expires_at) {
+      const left = new Date(key.expires_at).getTime() - Date.now();
+      if (left <= 0) {
+        banners.push(h("div", { class: "banner warn", "data-banner": "expired", "data-key-id": key.key_id },
+          h("strong", {}, `Key ${keyLabel(key)} expired`), ` ${relativeTime(key.expires_at)} (${exactTime(key.expires_at)}). `,
+          "Requests with it are refused."));
+      } else if (left <= EXPIRING_WITHIN_MS) {
+        banners.push(h("div", { class: "banner warn", "data-banner": "expiring", "data-key-id": key.key_id },
+          h("strong", {}, `Key ${keyLabel(key)} expires ${relativeTime(key.expires_at)}`),
+          ` (${exactTime(key.expires_at)}). Rotate it or create a new one before then.`));
+      }
+    }
+  }
+  $("key-banners").replaceChildren(...banners);
+}
+
+function keyStatus(key) {
+  const status = isExpired(key) && key.status === "active" ? "expired" : key.status;
+  const cell = [h("span", { class: `badge ${status}` }, status)];
+  if (key.rotated_at) {
+    cell.push(h("div", { class: "muted small-text" }, "Rotated ", timeNode(key.rotated_at, { relativeForm: true })));
+  }
+  if (key.previous_display && inGrace(key)) {
+    cell.push(h("div", { class: "muted small-text grace" }, h("span", { class: "mono" }, key.previous_display),
+      " works until ", timeNode(key.grace_until),
+      key.previous_last_used_at ? ["; last used ", timeNode(key.previous_last_used_at, { relativeForm: true })] : ""));
+  }
+  return cell;
+}
+
 function renderKeys() {
   const tbody = $("keys-table").tBodies[0];
   loaded(tbody);
+  keyBanners();
   if (!state.keys.length) {
     emptyRow(tbody, 8, "No keys yet. Create one with “Create key”.");
     return;
   }
   tbody.replaceChildren(...state.keys.map((key) => {
     const nameId = `key-name-${key.key_id}`;
-    return h("tr", { "data-key-id": key.key_id },
+    const usable = key.status === "active" && !isExpired(key);
+    return h("tr", { "data-key-id": key.key_id, class: key.status === "leaked" ? "leaked" : null },
       h("td", { id: nameId }, key.name || h("span", { class: "muted" }, "(no name)")),
       h("td", { class: "mono" }, key.display),
       h("td", {}, key.type.replace("_", " ")),
       h("td", {}, timeNode(key.created_at, { relativeForm: true })),
       h("td", { class: "last-used" }, timeNode(key.last_used_at, { relativeForm: true, never: "Never" })),
-      h("td", {}, h("span", { class: `badge ${key.status}` }, key.status)),
+      h("td", { class: "status" }, keyStatus(key)),
       h("td", {}, limitsText(key)),
-      h("td", {}, h("button", {
-        type: "button", class: "secondary small", "aria-describedby": nameId,
-        onclick: () => openDelete(key),
-      }, "Delete")),
+      h("td", { class: "actions" }, h("div", { class: "row-actions" },
+        usable ? h("button", {
+          type: "button", class: "secondary small", "aria-describedby": nameId,
+          onclick: () => openRotate(key),
+        }, "Rotate") : null,
+        key.status !== "deleted" ? h("button", {
+          type: "button", class: "secondary small", "aria-describedby": nameId,
+          onclick: () => openDelete(key),
+        }, "Delete") : null)),
     );
   }));
+}
+
+function openRotate(key) {
+  state.rotating = key;
+  $("rotate-form").reset();
+  $("rotate-form").hidden = false;
+  $("rotated").hidden = true;
+  $("rotate-dialog").setAttribute("aria-labelledby", "rotate-title");
+  $("rotate-text").textContent = `${keyLabel(key)} gets a new secret. Its id, name, limits and usage stay as they are.`;
+  fieldError("rotate-error", "");
+  $("rotate-dialog").showModal();
+  $("rotate-grace").focus();
+}
+
+function wipeRotated() {
+  // Like the create dialog: the new key is never kept once the dialog closes.
+  $("rotated-key").value = "";
+  $("rotated-export").value = "";
+  $("rotated-copy-status").textContent = "";
+  state.rotating = null;
+}
+
+async function rotateKey(event) {
+  event.preventDefault();
+  const key = state.rotating;
+  const grace = $("rotate-grace").value;
+  // One key per click: a retried request (the network, a proxy) makes no second secret; another click rotates again.
+  const idempotencyKey = crypto.randomUUID();
+  try {
+    const rotated = await busy($("confirm-rotate"), () => api("POST", `keys/${encodeURIComponent(key.key_id)}/rotate`,
+      { body: { grace }, headers: { "Idempotency-Key": idempotencyKey } }));
+    $("rotate-form").hidden = true;
+    $("rotated").hidden = false;
+    $("rotate-dialog").setAttribute("aria-labelledby", "rotated-title");
+    $("rotated-grace").textContent = grace === "now"
+      ? `The old key ${rotated.previous_display} stopped working now.`
+      : `The old key ${rotated.previous_display} keeps working until ${exactTime(rotated.grace_until)}.`;
+    $("rotated-key").value = rotated.key;
+    $("rotated-export").value = `export ONYSOFT_API_KEY=${rotated.key}`;
+    $("rotated-key").focus();
+    $("rotated-key").select();
+    announce("Key rotated. Copy the new key now: it is shown only once.");
+    await loadKeys();
+    loadAudit().catch(report);
+  } catch (error) {
+    fieldError("rotate-error", error.message);
+  }
 }
 
 function openCreate() {
@@ -430,20 +534,20 @@ async function createKey(event) {
   }
 }
 
-async function copyFrom(inputId) {
+async function copyFrom(inputId, statusId = "copy-status") {
   const text = $(inputId).value;
   try {
     await navigator.clipboard.writeText(text);
-    $("copy-status").textContent = "Copied to the clipboard.";
+    $(statusId).textContent = "Copied to the clipboard.";
   } catch {
     $(inputId).select();
-    $("copy-status").textContent = "Copying is blocked here: the text is selected, press Ctrl+C (⌘C).";
+    $(statusId).textContent = "Copying is blocked here: the text is selected, press Ctrl+C (⌘C).";
   }
 }
 
 function openDelete(key) {
   state.deleting = key;
-  $("delete-text").textContent = `“${key.name || key.display}” (${key.display}) stops working at once. This cannot be undone.`;
+  $("delete-text").textContent = `${keyLabel(key)} stops working at once. This cannot be undone.`;
   fieldError("delete-error", "");
   $("delete-dialog").showModal();
   $("delete-dialog").querySelector("[data-close]").focus();
@@ -711,6 +815,10 @@ function wire() {
   $("copy-key").addEventListener("click", () => copyFrom("new-key"));
   $("copy-export").addEventListener("click", () => copyFrom("export-line"));
   $("confirm-delete").addEventListener("click", confirmDelete);
+  $("rotate-form").addEventListener("submit", rotateKey);
+  $("rotate-dialog").addEventListener("close", wipeRotated);
+  $("copy-rotated").addEventListener("click", () => copyFrom("rotated-key", "rotated-copy-status"));
+  $("copy-rotated-export").addEventListener("click", () => copyFrom("rotated-export", "rotated-copy-status"));
   for (const button of document.querySelectorAll("dialog [data-close]")) {
     button.addEventListener("click", () => button.closest("dialog").close());
   }

@@ -1,6 +1,6 @@
 """The audit log: who did what to which account or key, and when.
 
-Every key creation and deletion, account creation, markup change and top-up made through
+Every key creation, rotation and deletion, account creation, markup change and top-up made through
 onysoft.operations (the dashboard, or the onysoft CLI acting as `operator` with its user@host as `actor_sub`)
 leaves one record, written twice to the Usage table (no table of its own), in the same transaction as the
 action itself (onysoft.writes):
@@ -31,6 +31,8 @@ ACCOUNT_UPDATE = "account.update"
 ACCOUNT_TOPUP = "account.topup"
 KEY_CREATE = "key.create"
 KEY_DELETE = "key.delete"
+KEY_ROTATE = "key.rotate"
+KEY_LEAKED = "key.leaked"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,17 @@ def on_key_create(actor: Actor, account: Account):
 
 def on_key_delete(actor: Actor, account: Account):
     return _on_key(actor, KEY_DELETE, account)
+
+
+def on_key_rotate(actor: Actor, account: Account, grace_seconds: int):
+    """Companions for the rotation's transaction, given the new secret's item: both display forms, the grace."""
+    def companions(new: ApiKey) -> list[AuditRecord]:
+        return entries(actor, KEY_ROTATE, account, key_id=new.key_id, details={
+            "name": new.name, "type": new.key_type, "display": new.display,
+            "previous_display": new.previous_display, "grace_seconds": grace_seconds, "grace_until": new.grace_until,
+        })
+
+    return companions
 
 
 def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None = None,

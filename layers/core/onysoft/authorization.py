@@ -1,34 +1,44 @@
-"""The authorizer's decision: a Bearer header → the caller's context, or a denial with a reason.
+"""The authorizer's decision: a key (Bearer, or x-api-key on Anthropic's routes) → the caller's context, or a
+denial with a reason.
 
 Reads the key record (by the key's SHA-256) and then its account: the account cannot be addressed
 before the key record names it, so this is two GetItems on an authorizer cache miss (DESIGN.md's
 single BatchGetItem is impossible without a key that encodes its account).
 """
 
-from onysoft import clock, keys
-from onysoft.api_keys import find_by_hash, is_usable
+from onysoft import clock, keys, leaks
+from onysoft.api_keys import LEAKED, find_by_hash, refusal
 from onysoft.caller import CallerContext
 from onysoft.models import Account
 
 
 class Denied(Exception):
-    """The request must get 401. `reason` is for logs: it never holds the key."""
+    """The request must get 401. `reason` is for logs: it never holds the key. A leaked key's denial carries the
+    message its 401 shows (where the key was found): the authorizer answers it with a Deny policy whose context
+    the gateway response (ACCESS_DENIED) renders."""
 
-    def __init__(self, reason: str, key_id: str | None = None):
+    def __init__(self, reason: str, key_id: str | None = None, message: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.key_id = key_id
+        self.message = message
 
 
-def authorize(authorization_header: str | None) -> CallerContext:
-    key = keys.bearer_key(authorization_header)
+def authorize(authorization_header: str | None, x_api_key: str | None = None, *,
+              anthropic: bool = False) -> CallerContext:
+    """The caller of a request: its key from `Authorization: Bearer`, or (`anthropic`: the route serves Anthropic's
+    API) from `x-api-key` when there is no Authorization header (keys.request_key)."""
+    key = keys.request_key(authorization_header, x_api_key, anthropic=anthropic)
     if key is None:
         raise Denied("malformed")  # decided before any DynamoDB call
     record = find_by_hash(keys.hash_key(key))
     if record is None:
         raise Denied("unknown")
-    if not is_usable(record, clock.now_iso()):
-        raise Denied(record.status if record.status != "active" else "expired", record.key_id)
+    why = refusal(record, clock.now_iso())  # an old secret of a rotated key passes until its grace ends
+    if why == LEAKED:
+        raise Denied(why, record.key_id, leaks.revoked_message(record))
+    if why is not None:
+        raise Denied(why, record.key_id)
     try:
         account = Account.get(record.account_id, consistent_read=True)
     except Account.DoesNotExist:

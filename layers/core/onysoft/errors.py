@@ -34,6 +34,11 @@ def invalid_api_key(message: str = INVALID_KEY_MESSAGE) -> GatewayError:
     return GatewayError(401, message, "invalid_request_error", "invalid_api_key")
 
 
+def key_leaked(message: str) -> GatewayError:
+    """A key revoked by a leak report (onysoft.leaks): 401, its own code, and a message that says where it was."""
+    return GatewayError(401, message, "invalid_request_error", "key_leaked")
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", code, param)
 

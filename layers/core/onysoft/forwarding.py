@@ -112,6 +112,7 @@ def _parse_body(raw: bytes, endpoint: str) -> dict:
     if not isinstance(model, str) or not model:
         raise errors.bad_request("You must provide a model parameter, like 'openai/gpt-4o-mini'.", "model",
                                  "missing_model")
+    body["model"] = api_formats.get(endpoint).qualified_model(model)
     api_formats.get(endpoint).check_shape(body)
     return body
 

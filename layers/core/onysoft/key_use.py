@@ -21,8 +21,8 @@ from datetime import timedelta
 
 from pynamodb.exceptions import UpdateError
 
-from onysoft import clock, errors
-from onysoft.api_keys import is_usable
+from onysoft import clock, errors, leaks
+from onysoft.api_keys import LEAKED, refusal
 from onysoft.caller import CallerContext
 from onysoft.models import ApiKey
 
@@ -32,10 +32,16 @@ logger = logging.getLogger("onysoft.key_use")
 
 
 def check(record: ApiKey | None, caller: CallerContext) -> ApiKey:
-    """The key item, if it is still active, unexpired and the one the authorizer saw; otherwise 401. The one
-    rule for every /v1 route (the billed ones here, GET /v1/key and /v1/models in proxy_app)."""
-    if record is None or not is_usable(record) or record.key_id != caller.key_id \
-            or record.account_id != caller.account_id:
+    """The key item, if it may authenticate now (api_keys.refusal: active and unexpired, or an old secret
+    within its grace, exactly to the microsecond) and is the one the authorizer saw; otherwise 401 (a leaked key:
+    `key_leaked`, saying where it was found). The one rule for every /v1 route (the billed ones here,
+    GET /v1/key, /v1/models and count_tokens in proxy_app)."""
+    if record is None or record.key_id != caller.key_id or record.account_id != caller.account_id:
+        raise errors.invalid_api_key()
+    why = refusal(record)
+    if why == LEAKED:
+        raise errors.key_leaked(leaks.revoked_message(record))
+    if why is not None:
         raise errors.invalid_api_key()
     return record
 

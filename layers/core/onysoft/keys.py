@@ -45,3 +45,19 @@ def bearer_key(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not is_well_formed(token):
         return None
     return token
+
+
+# Where Anthropic's API is served: there a key may also come as `x-api-key: sk-ony-…` (Anthropic's own header,
+# which its clients send: Claude Code with ANTHROPIC_API_KEY, the Vercel AI SDK, Anthropic's SDKs before 2.0).
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+
+
+def request_key(authorization: str | None, x_api_key: str | None, *, anthropic: bool) -> str | None:
+    """The key a request carries, or None. An Authorization header decides when there is one (a request with
+    both headers is judged by Authorization alone: one rule in the authorizer and the proxy, never two keys);
+    without it, on Anthropic's routes, `x-api-key` holding exactly one well-formed key (no scheme word)."""
+    if authorization is not None:
+        return bearer_key(authorization)
+    if not anthropic or x_api_key is None or len(x_api_key) > 200:
+        return None
+    return x_api_key if is_well_formed(x_api_key) else None

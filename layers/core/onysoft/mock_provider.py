@@ -121,6 +121,8 @@ class MockTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("mock upstream did not answer", request=request)
         if path == "/responses":
             return self._responses(body, name)
+        if path == "/count_tokens":  # Anthropic's free count: what /messages would report as its whole input
+            return _json(200, {"input_tokens": _prompt_tokens(body, "/messages")})
         if path == "/messages":
             return self._messages(body, name)
         return self._chat(body, name)

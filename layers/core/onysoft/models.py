@@ -82,9 +82,26 @@ class ApiKey(GatewayModel):
     tpm = NumberAttribute(null=True)
     models = ListAttribute(of=UnicodeAttribute, null=True)
     fallbacks = ListAttribute(of=UnicodeAttribute, null=True)  # default fallback models, tried in order
+    # Rotation (onysoft.api_keys.rotate_key). The key's current item: when it last got a new secret, until when
+    # the secret before works, and that secret's display form. An old secret's item (status `rotated`): when it
+    # was replaced, when its grace ends (then 401), and `purge_at`, the table's TTL attribute (epoch seconds):
+    # DynamoDB deletes the item after its grace.
+    rotated_at = UnicodeAttribute(null=True)
+    grace_until = UnicodeAttribute(null=True)
+    previous_display = UnicodeAttribute(null=True)
+    purge_at = NumberAttribute(null=True)
+    # A leak report revoked it (onysoft.leaks; status `leaked`): when, where the secret was found, and how.
+    leaked_at = UnicodeAttribute(null=True)
+    leak_url = UnicodeAttribute(null=True)
+    leak_source = UnicodeAttribute(null=True)
+    # Expiry notices (onysoft.key_expiry): `expiry_watch` ("watch") puts a key with an expiry in the sparse
+    # by_expiry index until it is told it expired; `expiry_notified` is the last notice sent (7d, 1d, expired).
+    expiry_watch = UnicodeAttribute(null=True)
+    expiry_notified = UnicodeAttribute(null=True)
 
     by_account = _index("by_account", KeysOnlyProjection(), "account_id", "created_at")
     by_key_id = _index("by_key_id", KeysOnlyProjection(), "key_id")
+    by_expiry = _index("by_expiry", KeysOnlyProjection(), "expiry_watch", "expires_at")
 
 
 class Account(GatewayModel):

@@ -30,7 +30,7 @@ logger = logging.getLogger("onysoft.proxy")
 telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
 
 
-ANTHROPIC_PATHS = ("/v1/messages",)  # errors in Anthropic's envelope, so its SDK raises the right exception
+ANTHROPIC_PATHS = keys.ANTHROPIC_PATHS  # errors in Anthropic's envelope, so its SDK raises the right exception
 RELAYS_CLOSE_SECONDS = 2.0  # at a stop: a relay's drain ends within 0.25 s, then one settle transaction
 
 
@@ -41,8 +41,11 @@ def _error_response(error: errors.GatewayError, path: str = "") -> Response:
 
 
 def caller_of(request: Request) -> tuple[str, CallerContext]:
-    """The key's hash and the authorizer's context, or 401. The key itself is hashed, never kept."""
-    key = keys.bearer_key(request.headers.get("authorization"))
+    """The key's hash and the authorizer's context, or 401. The key is read by the authorizer's rule (Bearer, or
+    x-api-key on Anthropic's routes): the secret the authorizer judged is the one re-read before the hold. The
+    key itself is hashed, never kept."""
+    key = keys.request_key(request.headers.get("authorization"), request.headers.get("x-api-key"),
+                           anthropic=request.url.path in keys.ANTHROPIC_PATHS)
     caller = from_request_context_header(request.headers.get(REQUEST_CONTEXT_HEADER))
     if key is None or caller is None:
         raise errors.invalid_api_key()
@@ -118,6 +121,14 @@ chat_completions, embeddings = billed("chat.completions"), billed("embeddings")
 responses, messages = billed("responses"), billed("messages")
 
 
+async def messages_count_tokens(request: Request) -> Response:
+    """Anthropic's count_tokens: the provider's count, never charged (onysoft.count_tokens)."""
+    from onysoft.count_tokens import count_tokens
+
+    key_hash, caller = caller_of(request)
+    return await count_tokens(request, key_hash, caller)
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -165,6 +176,7 @@ def create_app() -> Starlette:
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/responses", responses, methods=["POST"]),
             Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", messages_count_tokens, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],
         exception_handlers={

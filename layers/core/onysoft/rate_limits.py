@@ -143,6 +143,41 @@ def read_usage(key_id: str, window: Window, shards: int = 1) -> Usage:
     return summed(read_counters(key_id, window, shards), key_id, window, shards)
 
 
+def count_unbilled(caller: CallerContext, window: Window, counters: dict[str, dict]) -> Usage:
+    """Count one request that holds nothing (count_tokens) in the key's window: one request, no tokens, only if a
+    counter has room for a request under rpm (tpm is not its concern: it uses no tokens). A conditional
+    UpdateItem, not a transaction: there is nothing else to write.
+    Returns the window's use after it; a full window raises the 429 (`exceeded`)."""
+    from pynamodb.exceptions import UpdateError
+
+    rpm, _ = limits_of(caller)
+    shards = max(caller.shards, 1)
+    full: set[int] = set()
+    while True:
+        shard = 0 if not rpm else next(
+            (k for k in range(shards) if k not in full and usage_from_item(
+                counters.get(window.counter_id(caller.key_id, k))).requests < share(rpm, shards, k)), None)
+        if shard is None:
+            raise exceeded(caller, summed(counters, caller.key_id, window, shards), window)
+        part = share(rpm, shards, shard) if rpm else 0
+        condition = (RateLimitCounter.requests.does_not_exist() | (RateLimitCounter.requests < part)) if rpm else None
+        counter_id = window.counter_id(caller.key_id, shard)
+        try:
+            RateLimitCounter(counter_id=counter_id).update(
+                actions=[RateLimitCounter.requests.add(1),
+                         RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window.start + TTL_SECONDS)],
+                condition=condition)
+        except UpdateError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            full.add(shard)  # taken meanwhile: another shard, if one has room
+            counters = read_counters(caller.key_id, window, shards)
+            continue
+        raw = counters.setdefault(counter_id, {})
+        raw["requests"] = {"N": str(int(raw.get("requests", {}).get("N", 0)) + 1)}
+        return summed(counters, caller.key_id, window, shards)
+
+
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: '1s', '6m0s', '250ms'."""
     if seconds < 1:

@@ -1,4 +1,4 @@
-"""`onysoft keys create|update|list|delete`: API keys (the plaintext is shown once, at creation)."""
+"""`onysoft keys create|update|list|rotate|delete`: API keys (a plaintext is shown once: at creation, at rotation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from onysoft.operations import catalog, keys
 from onysoft.operations.access import cli_operator
 
 from .output import UsageError, fields, output, table, warn
-from .values import expiry, model_list, parse_amount
+from .values import expiry, model_list, parse_amount, parse_duration
 
 
 def create(args: argparse.Namespace) -> int:
@@ -48,6 +48,35 @@ def list_(args: argparse.Namespace) -> int:
           v["expires_at"], v["request_count"], f"{v['spend']} {v['currency']}"] for v in views],
         right=(8, 9),
     ) if views else f"No {'' if args.all else 'active '}keys on {args.account}.")
+
+
+DEFAULT_GRACE = "24h"
+
+
+def parse_grace(text: str) -> int:
+    """--grace: a duration (90s, 15m, 12h, 30d) or `now` (0: the old secret stops at once)."""
+    if text.strip().lower() in ("now", "0"):
+        return 0
+    return parse_duration(text, "--grace")
+
+
+def rotate(args: argparse.Namespace) -> int:
+    grace = parse_grace(args.grace)
+    view, replayed = keys.rotate_key(cli_operator(), args.key_id, grace_seconds=grace,
+                                     idempotency_key=args.idempotency_key)
+    if replayed:
+        warn(f"key {view['key_id']} was already rotated with this idempotency key: no new secret was made (the one "
+             "made then was shown once, then; if it was lost, rotate again with a new idempotency key)")
+
+    def human() -> str:
+        if replayed:
+            return f"Key {view['key_id']} ({view['display']}): already rotated at {view['rotated_at']}."
+        until = "stopped working now" if grace == 0 else f"keeps working until {view['grace_until']}"
+        return (f"Rotated key {view['key_id']} ({view['name'] or 'unnamed'}): same id, limits and history.\n"
+                f"The previous secret {view['previous_display']} {until}.\n\nNew key:\n\n    {view['key']}\n\n"
+                "This key will not be shown again: store it now (clients read it from ONYSOFT_API_KEY).")
+
+    return output(args, view, human)
 
 
 def delete(args: argparse.Namespace) -> int:
@@ -111,7 +140,7 @@ def _limit_options(parser: argparse.ArgumentParser, *, changing: bool) -> None:
 
 
 def register(commands, leaf) -> None:
-    group = commands.add_parser("keys", help="create, list and delete API keys")
+    group = commands.add_parser("keys", help="create, list, rotate and delete API keys")
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = leaf(sub, "create", create, "create a key (its type follows the account's kind); the key is shown once")
     p.add_argument("--account", required=True, metavar="ACCOUNT_ID")
@@ -126,5 +155,12 @@ def register(commands, leaf) -> None:
     p = leaf(sub, "list", list_, "list an account's keys (display form only)")
     p.add_argument("--account", required=True, metavar="ACCOUNT_ID")
     p.add_argument("--all", action="store_true", help="include deleted keys")
+    p = leaf(sub, "rotate", rotate, "give a key a new secret (shown once), keeping its id, limits and history; the "
+                                    "old secret works until the grace ends")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--grace", default=DEFAULT_GRACE, metavar="DURATION",
+                   help=f"how long the old secret keeps working, like 90s, 15m, 12h or 30d (at most 30d), or 'now' "
+                        f"(default {DEFAULT_GRACE})")
+    p.add_argument("--idempotency-key", metavar="KEY", help="a retry with the same key makes no second secret")
     p = leaf(sub, "delete", delete, "delete a key: it stops working at once")
     p.add_argument("key_id", metavar="KEY_ID")

@@ -235,7 +235,8 @@ class LocalApiGateway:
 
     # -------------------------------------------------------------- gateway responses
 
-    async def _gateway_response(self, send, request: _Request, response_type: str, message: str) -> None:
+    async def _gateway_response(self, send, request: _Request, response_type: str, message: str,
+                                authorizer: dict | None = None) -> None:
         response = self.responses.get(response_type)
         default = self.responses.get("DEFAULT_5XX" if response_type.startswith(("AUTHORIZER", "INTEGRATION"))
                                      else "DEFAULT_4XX")
@@ -249,7 +250,7 @@ class LocalApiGateway:
             status, headers, body = template.render_gateway_response(
                 chosen, message=message, http_method=request.method, path=request.path,
                 request_id=request.request_id,
-                status=None if response is not None else status_of.get(response_type),
+                status=None if response is not None else status_of.get(response_type), authorizer=authorizer,
             )
         raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         raw_headers += [(b"content-length", str(len(body)).encode()),
@@ -311,18 +312,22 @@ class LocalApiGateway:
             "requestContext": self._request_context(request),
         }
 
-    async def _authorize(self, request: _Request) -> dict | tuple[str, str]:
-        """The authorizer's context (plus principalId), or (gateway response type, message)."""
+    async def _authorize(self, request: _Request) -> dict | tuple:
+        """The authorizer's context (plus principalId), or (gateway response type, message[, authorizer
+        context])."""
         from starlette.concurrency import run_in_threadpool
 
         if request.route.authorizer in self.cognito:
             return await self._authorize_cognito(request, self.cognito[request.route.authorizer])
         settings_ = self.authorizers[request.route.authorizer]
-        identity = request.header(settings_.identity_header)
-        if not identity:  # API Gateway answers 401 itself, without calling the authorizer
-            return ("UNAUTHORIZED", "Unauthorized")
-        cache_key = (settings_.name, hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest())
-        cached = self._auth_cache.get(cache_key)
+        if settings_.identity_header is None:  # no identity source: called for every request, nothing cached
+            identity, cache_key = None, None
+        else:
+            identity = request.header(settings_.identity_header)
+            if not identity:  # API Gateway answers 401 itself, without calling the authorizer
+                return ("UNAUTHORIZED", "Unauthorized")
+            cache_key = (settings_.name, hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest())
+        cached = self._auth_cache.get(cache_key) if cache_key else None
         started = time.monotonic()
         if cached is not None and cached.expires > time.monotonic():
             policy = cached.policy
@@ -345,12 +350,14 @@ class LocalApiGateway:
                                            and isinstance(policy.get("policyDocument"), dict)):
                 logger.error("authorizer returned no valid policy (request %s)", request.request_id)
                 return ("AUTHORIZER_CONFIGURATION_ERROR", "Authorizer configuration error")
-            if settings_.ttl_seconds > 0:
+            if settings_.ttl_seconds > 0 and cache_key:
                 self._auth_cache[cache_key] = _CachedAuth(time.monotonic() + settings_.ttl_seconds, policy)
         if policy is None:
             return ("UNAUTHORIZED", "Unauthorized")
         if not policy_allows(policy, self._method_arn(request)):
-            return ("ACCESS_DENIED", "User is not authorized to access this resource")
+            # A Deny's context is in the gateway response's $context.authorizer (API Gateway passes it there).
+            return ("ACCESS_DENIED", "User is not authorized to access this resource",
+                    {k: _context_value(v) for k, v in (policy.get("context") or {}).items()})
         context = {k: _context_value(v) for k, v in (policy.get("context") or {}).items()}
         context["principalId"] = str(policy["principalId"])
         context["integrationLatency"] = int((time.monotonic() - started) * 1000)

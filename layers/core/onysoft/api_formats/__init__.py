@@ -48,6 +48,10 @@ class ApiFormat:
     def validate(self, body: dict) -> None:
         hold_sizing.validate(self.endpoint, body)
 
+    def qualified_model(self, name: str) -> str:
+        """The catalog's `provider/model` name a request's `model` stands for (on OpenAI's routes: itself)."""
+        return name
+
     def upstream_body(self, body: dict, price: ModelPrice, provider: Provider, output_limit: int) -> dict:
         outgoing = dict(body)
         outgoing["model"] = price.upstream_model

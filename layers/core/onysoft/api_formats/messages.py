@@ -13,6 +13,7 @@
   other than standard, and one-hour cache writes (`cache_control.ttl` "1h", priced at 2× input where the catalog
   holds one cache-write price, the 5-minute one). Client tools Anthropic expands (bash, text editor, computer)
   add the prompt tokens providers.json says they add.
+- A bare model name (`claude-opus-4-8`, what Claude Code sends by default) means `anthropic/<name>`.
 - Errors are Anthropic's envelope, {"type": "error", "error": {"type", "message"}}, with the same statuses, so
   the anthropic SDK raises the matching exception (AuthenticationError, RateLimitError…).
 """
@@ -74,8 +75,16 @@ class MessagesTally(sse.StreamTally):
         self.delta_seen = False
 
 
+NATIVE_PROVIDER = "anthropic"  # whose names Anthropic's clients send bare (Claude Code: `claude-opus-4-8`)
+
+
 class Messages(ApiFormat):
     endpoint = "messages"
+
+    def qualified_model(self, name: str) -> str:
+        """A bare model name (no `provider/`) is Anthropic's: Claude Code, configured with nothing but
+        ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL, asks for its default model by Anthropic's name."""
+        return name if "/" in name else f"{NATIVE_PROVIDER}/{name}"
 
     def check_shape(self, body: dict) -> None:
         messages = body.get("messages")

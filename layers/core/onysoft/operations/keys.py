@@ -1,8 +1,22 @@
 """Key operations: list, create (the plaintext returned once), change limits, delete; and a key's state."""
 
-from onysoft import accounts, api_keys, audit, balances, expiry, rate_limits, spend_limits, usage_rollup
+from pynamodb.exceptions import TransactWriteError
+
+from onysoft import (
+    accounts,
+    api_keys,
+    audit,
+    balances,
+    events,
+    expiry,
+    idempotency,
+    rate_limits,
+    spend_limits,
+    usage_rollup,
+    writes,
+)
 from onysoft.audit import Actor
-from onysoft.errors import bad_request
+from onysoft.errors import GatewayError, bad_request
 from onysoft.models import ApiKey
 from onysoft.operations import access
 from onysoft.operations.views import KeyState, key_view
@@ -20,20 +34,27 @@ def key_state(record: ApiKey, shards: int) -> KeyState:
     return KeyState(rate_limits.read_usage(record.key_id, window, shards), window, spent)
 
 
-def _view(record: ApiKey) -> dict:
+def _view(record: ApiKey, previous: ApiKey | None = None, secrets: list[ApiKey] | tuple = ()) -> dict:
     """One key's view, with its totals (one read)."""
-    return key_view(record, totals=usage_rollup.key_totals([record.key_id]).get(record.key_id, KeyTotals()))
+    return key_view(record, totals=usage_rollup.key_totals([record.key_id]).get(record.key_id, KeyTotals()),
+                    previous=previous, secrets=secrets)
 
 
 def list_keys(actor: Actor, account_id: str, *, include_deleted: bool = False, with_state: bool = False) -> dict:
     """An account's keys, oldest first; `with_state` adds each key's limits and their use now (a read each)."""
     account = access.account(actor, account_id)
-    records = sorted(api_keys.list_keys(account.account_id, include_deleted=include_deleted),
-                     key=lambda r: (r.created_at, r.key_id))
+    every = api_keys.list_records(account.account_id)
+    records = sorted((r for r in every if r.status != api_keys.ROTATED
+                      and (include_deleted or r.status in api_keys.LISTED)), key=lambda r: (r.created_at, r.key_id))
     totals = usage_rollup.key_totals(r.key_id for r in records)
     shards = balances.count_of(account)
-    return {"keys": [key_view(r, totals=totals.get(r.key_id, KeyTotals()),
-                              state=key_state(r, shards) if with_state else None) for r in records]}
+    views = []
+    for r in records:
+        secrets = [o for o in every if o.key_id == r.key_id]
+        views.append(key_view(r, totals=totals.get(r.key_id, KeyTotals()),
+                              state=key_state(r, shards) if with_state else None,
+                              previous=api_keys.previous_of(secrets), secrets=secrets))
+    return {"keys": views}
 
 
 def _future_iso(expires_at: str | None) -> str | None:
@@ -81,9 +102,59 @@ def update_key(actor: Actor, key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET,
 
 
 def delete_key(actor: Actor, key_id: str) -> dict:
-    _, account = access.key(actor, key_id)
+    record, account = access.key(actor, key_id, active_only=False)
+    if record.status not in api_keys.LISTED:  # already deleted
+        raise access.key_not_found(key_id)
     try:
         deleted = api_keys.delete_key(key_id, companions=audit.on_key_delete(actor, account))
     except api_keys.KeyNotFound:
         raise access.key_not_found(key_id) from None
     return _view(deleted)
+
+
+ROTATE = "rotate"  # the idempotency keys' operation name
+
+
+def rotate_key(actor: Actor, key_id: str, *, grace_seconds: int,
+               idempotency_key: str | None = None) -> tuple[dict, bool]:
+    """Give the key a new secret, shown once (`key` in the view); the old one works `grace_seconds` more.
+    (the view, whether this was a replay: a rotation retried with the same idempotency key makes no second
+    secret; its answer is the key as it is, `key` null, since a secret is never stored to be shown again)."""
+    record, account = access.key(actor, key_id)
+    request = {"key_id": key_id, "grace_seconds": grace_seconds}
+    companions = audit.on_key_rotate(actor, account, grace_seconds)
+    if idempotency_key is not None:
+        try:
+            idempotency.check_key(idempotency_key)
+        except ValueError as exc:
+            raise bad_request(str(exc), "Idempotency-Key") from None
+        companions = writes.together(
+            companions, idempotency.marker(account.account_id, ROTATE, idempotency_key, request))
+    try:
+        rotated = api_keys.rotate_key(key_id, grace_seconds, companions=companions)
+    except accounts.AccountError as exc:
+        raise bad_request(str(exc), "grace") from None
+    except (api_keys.KeyNotFound, api_keys.RotationConflict, TransactWriteError) as exc:
+        if idempotency_key is not None and _is_replay(account.account_id, idempotency_key, request):
+            records = api_keys.records_of_key(key_id)
+            return {"key": None, **_view(api_keys.current_of(records), api_keys.previous_of(records), records)}, True
+        if isinstance(exc, api_keys.KeyNotFound):
+            raise access.key_not_found(key_id) from None
+        if isinstance(exc, api_keys.RotationConflict):
+            raise GatewayError(409, f"Key {key_id} changed while it was being rotated (another rotation, a deletion "
+                                    "or a leak report): look at it and try again.", "invalid_request_error",
+                               "key_changed", "key_id") from None
+        raise
+    events.emit(events.KEY_ROTATED, events.about_key(
+        rotated.record, previous_display=rotated.record.previous_display, rotated_at=rotated.record.rotated_at,
+        grace_until=rotated.record.grace_until, grace_seconds=grace_seconds))
+    # The plaintext key is in this answer and nowhere else, ever.
+    return {"key": rotated.plaintext, **_view(rotated.record, previous=None if grace_seconds == 0 else record)}, False
+
+
+def _is_replay(account_id: str, idempotency_key: str, request: dict) -> bool:
+    try:
+        return idempotency.is_replay(account_id, ROTATE, idempotency_key, request)
+    except idempotency.KeyReused as exc:
+        raise GatewayError(409, str(exc), "invalid_request_error", "idempotency_key_reused",
+                           "Idempotency-Key") from None

@@ -55,11 +55,16 @@ class KeyState:
 
 
 def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = None,
-             state: KeyState | None = None) -> dict:
+             state: KeyState | None = None, previous: ApiKey | None = None,
+             secrets: list[ApiKey] | tuple = ()) -> dict:
     """A key as every list shows it: the display form, never the key nor its hash. Its request count and
     spend are the usage rollup's totals (onysoft.usage_rollup: counted off the request path, current within
     the rollup's lag). With its account, the balance it charges; with its state, its effective limits and
-    its use of them (`limits`, `usage`)."""
+    its use of them (`limits`, `usage`). Rotation: when the key last got a new secret, the previous secret's
+    display form and until when it works (`grace_until`; on an old secret's own item, read by `GET /v1/key`
+    with that secret: status `rotated`, until when it works), and with `previous` (that old secret's item) when
+    it was last used. A leaked key: when, and where it was found. `secrets`: every item of the key, when the caller
+    read them: its `last_used_at` is then the last use of any of its secrets (old ones write their own item)."""
     spend = totals.spend_micros
     spend_limit = _int(record.spend_limit_micros)
     view = {
@@ -72,7 +77,7 @@ def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = Non
         "account_id": record.account_id,
         "currency": record.currency,
         "created_at": record.created_at,
-        "last_used_at": record.last_used_at or None,
+        "last_used_at": max((r.last_used_at for r in (record, *secrets) if r.last_used_at), default=None),
         "expires_at": record.expires_at or None,
         "deleted_at": record.deleted_at or None,
         "request_count": totals.requests,
@@ -85,6 +90,13 @@ def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = Non
         "spend_limit": money.format_micros(spend_limit) if spend_limit is not None else None,
         "spend_limit_micros": spend_limit,
         "limit_reset": record.limit_reset or None,
+        "rotated_at": record.rotated_at or None,
+        "grace_until": record.grace_until or None,
+        "previous_display": record.previous_display or None,
+        "previous_last_used_at": (previous.last_used_at or None) if previous is not None else None,
+        "leaked_at": record.leaked_at or None,
+        "leak_url": record.leak_url or None,
+        "leak_source": record.leak_source or None,
     }
     if account is not None:
         balance = balances.total(account)  # the sum of the account's balance shards
