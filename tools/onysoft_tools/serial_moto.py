@@ -39,8 +39,8 @@ from onysoft_tools.local import memory_probe, moto_transactions
 logger = logging.getLogger("onysoft.serial_moto")
 
 # The longest a clean stop spends compacting (onysoft dev's Ctrl-C budget is 5 s in all): past it, the journal is
-# left whole for the next start to replay. A state of ~50,000 items compacts in about that time on 2 cores.
-STOP_COMPACTION_SECONDS = 2.0
+# left whole for the next start to replay.
+STOP_COMPACTION_SECONDS = 1.5
 
 JOURNAL_FAILED = (b'{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError",'
                   b'"message":"onysoft dev: the local journal could not be written; restart onysoft dev"}')

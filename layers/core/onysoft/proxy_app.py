@@ -31,7 +31,7 @@ telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
 
 
 ANTHROPIC_PATHS = keys.ANTHROPIC_PATHS  # errors in Anthropic's envelope, so its SDK raises the right exception
-RELAYS_CLOSE_SECONDS = 2.0  # at a stop: a relay's drain ends within 0.25 s, then one settle transaction
+RELAYS_CLOSE_SECONDS = 1.0  # at a stop: a relay's drain ends within 0.25 s, then one settle transaction
 
 
 def _error_response(error: errors.GatewayError, path: str = "") -> Response:
