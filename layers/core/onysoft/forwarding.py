@@ -305,8 +305,9 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     if fmt.streams and body.get("stream"):
         # A whole answer to a stream request is no stream: 502 (what it cost is read from it if it says).
         content, ended = await _read_answer(response, deadline_at)
-        await run_in_threadpool(settle, hold, _usage_of_answer(content, hold, fmt), 200, ended or "not_a_stream")
-        raise _with_headers(_malformed(provider), headers)
+        usage = _usage_of_answer(content, hold, fmt)
+        await run_in_threadpool(settle, hold, usage, 200, ended or "not_a_stream")
+        raise _with_headers(_malformed(provider, usage), headers)
     return await _relay_whole(response, provider, hold, fmt, headers, deadline_at, rename)
 
 
@@ -383,10 +384,14 @@ def _with_headers(error: errors.GatewayError, headers: dict) -> errors.GatewayEr
     return error
 
 
-def _malformed(provider: Provider) -> errors.GatewayError:
-    return errors.GatewayError(502, f"The {provider.name} provider sent a malformed response. The request was "
-                                    "charged as the provider answered it.", "upstream_error",
-                               "upstream_malformed_response")
+def _malformed(provider: Provider, usage: Usage | None) -> errors.GatewayError:
+    """A 200 that is no usable answer. It cost what the provider's usage says, when it says it, else the hold."""
+    error = errors.GatewayError(502, f"The {provider.name} provider sent a malformed response.", "upstream_error",
+                                "upstream_malformed_response")
+    if usage is None:
+        return upstream.charged(error)
+    error.message += " It was charged the usage the provider reported."
+    return error
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
@@ -444,7 +449,7 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     if ended:
         raise _with_headers(_ended_early(provider, ended), headers)
     if not isinstance(payload, dict):
-        raise _with_headers(_malformed(provider), headers)  # a 200 that is not a JSON object is no answer
+        raise _with_headers(_malformed(provider, usage), headers)  # a 200 that is not a JSON object is no answer
     if rename:
         payload = api_formats.rename_model(payload, rename)
         content = json.dumps(payload).encode()
@@ -553,7 +558,7 @@ async def _answer_from_stream(response: httpx.Response, provider: Provider, hold
         raise _with_headers(_ended_early(provider, "too_large"), headers)
     answer = assembler.answer() if (usage is not None or fmt.stream_complete(tally)) else None
     if answer is None:
-        raise _with_headers(_ended_early(provider, ended) if ended else _malformed(provider), headers)
+        raise _with_headers(_ended_early(provider, ended) if ended else _malformed(provider, usage), headers)
     if rename:
         answer = api_formats.rename_model(answer, rename)
     return Response(json.dumps(answer).encode(), status_code=200, media_type="application/json", headers=headers)
