@@ -256,6 +256,11 @@ class UsageRollup(GatewayModel):
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     charge_micros = NumberAttribute(default=0)  # settled charges only
+    # Settled records' USD figures and debts (issue 26; onysoft.usage_rollup): absent on totals from before it.
+    charge_usd_micros = NumberAttribute(null=True)  # the charges in USD at the rates pinned on the records
+    provider_cost_usd_micros = NumberAttribute(null=True)  # what the providers billed, USD
+    costed = NumberAttribute(null=True)  # settled records counted in the two above (settled - costed: missing)
+    overrun_micros = NumberAttribute(null=True)  # the part of the charges beyond their holds: debts
 
 
 class RollupMarker(GatewayModel):
@@ -276,6 +281,10 @@ class RollupMarker(GatewayModel):
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     charge_micros = NumberAttribute(default=0)
+    charge_usd_micros = NumberAttribute(null=True)  # issue 26: absent on markers written before it (0)
+    provider_cost_usd_micros = NumberAttribute(null=True)
+    costed = NumberAttribute(null=True)
+    overrun_micros = NumberAttribute(null=True)
     expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
 
 
