@@ -242,3 +242,36 @@ def test_totals_counted_before_the_usd_figures_say_how_many_requests_they_miss(l
     assert (row["settled"], row["charged_micros"], row["uncosted_requests"]) == (1, 57270, 1)
     assert (row["charged_usd_micros"], row["provider_cost_usd_micros"]) == (0, 0)
     assert margin()["totals"]["uncosted_requests"] == 1
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """`onysoft ARGS --state-dir <empty dir>` in-process against the ledger's tables: (exit code, stdout, stderr)."""
+    from onysoft.config import TABLE_ENV_DEFAULTS
+    from onysoft_tools.cli import main
+
+    for name in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL", "ONYSOFT_STATE_DIR", *TABLE_ENV_DEFAULTS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([*args, "--state-dir", str(tmp_path / "state")])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_onysoft_report_margin_prints_the_same_report(ledger, cli):
+    import json
+
+    code, out, err = cli("report", "margin", "--from", D1, "--to", D2, "--by", "partner", "--json")
+    assert code == 0, err
+    assert json.loads(out) == margin("partner")
+    code, out, _ = cli("report", "margin", "--from", D1, "--to", D2)
+    assert code == 0
+    assert "Margin by account, 2026-03-10 to 2026-03-11" in out
+    assert "0.020885" in out and "34.82%" in out  # the total margin, USD, and its share of the charges
+    code, out, err = cli("report", "margin", "--from", D2, "--to", D1)
+    assert (code, out) == (2, "") and err.startswith("onysoft: error:") and "from" in err
