@@ -30,6 +30,7 @@ from onysoft.audit import Actor
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts, keys, paging
 from onysoft.operations.audit_log import audit_log as read_audit_log
+from onysoft.operations.reports import margin_report
 from onysoft.operations.usage import usage as read_usage
 
 logger = Logger()
@@ -248,6 +249,17 @@ def audit_log(
     limit: Annotated[int | None, Query(ge=1, le=paging.MAX_PAGE)] = None,
 ) -> dict:
     return read_audit_log(_actor(), account_id=account_id, cursor=cursor, limit=limit)
+
+
+@app.get("/dashboard/reports/margin",
+         summary="Margin by partner, account, model or day (operator: everything; a partner: its own revenue)",
+         responses=_responses(200, '{"rows": [...], "totals": {...}} over whole UTC days', 403))
+def margin(
+    from_: Annotated[str, Query(alias="from", description="first UTC day, YYYY-MM-DD")],
+    to: Annotated[str, Query(description="last UTC day, YYYY-MM-DD (included)")],
+    by: Annotated[str, Query(description="partner, account, model or day")] = "account",
+) -> dict:
+    return margin_report(_actor(), start=from_, end=to, by=by)
 
 
 # ---------------------------------------------------------------------------------------------- errors

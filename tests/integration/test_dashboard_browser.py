@@ -409,3 +409,76 @@ def test_the_operator_tops_up_once_per_click_even_when_the_request_is_delivered_
     assert gateway.cli_json("accounts", "show", account)["balance_micros"] == 13_500_000
     assert sent[2]["idempotency-key"] != first_key
     screenshot(watched, tmp_path, "operator")
+
+
+def element_screenshot(watched: WatchedPage, tmp_path: Path, name: str, locator) -> None:
+    """One part of the page (a section), here and, when refreshing them, in docs/screenshots."""
+    locator.screenshot(path=str(tmp_path / f"{name}.png"))
+    target = os.environ.get(SCREENSHOT_DIR_ENV)
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        locator.screenshot(path=str(Path(target) / f"{name}.png"))
+
+
+def dollars(amount: str) -> str:
+    """A decimal string as the page shows USD: `$`, at least 2 and at most 6 decimals (no trailing zeros)."""
+    whole, _, fraction = amount.partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def test_the_operator_sees_the_margin_chart_and_a_partner_only_its_revenue(gateway, open_page, tmp_path):
+    partner = f"p-{secrets.token_hex(3)}"
+    customer = new_account(gateway, "partner_customer", name="Margin customer", owner=partner)
+    direct = new_account(gateway, name="Margin direct user")
+    for account, requests in ((customer, 2), (direct, 1)):
+        key = gateway.cli_json("keys", "create", "--account", account, "--name", "m")["key"]
+        gateway.known_keys.add(key)
+        for _ in range(requests):
+            chat(gateway, key)
+        wait_until_counted(gateway, key, requests)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    start = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 29 * 86400))
+    expected = {row["account_id"]: row for row in
+                gateway.cli_json("report", "margin", "--from", start, "--to", today, "--by", "account")["rows"]}
+    assert expected[customer]["requests"] == 2 and expected[customer]["margin_usd_micros"] > 0
+
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, "operator"))
+    section = page.get_by_role("region", name="Margin", exact=True)
+    expect(section.get_by_role("heading", name="Margin")).to_be_visible()
+    chart = section.get_by_role("img", name=re.compile(r"^Margin by account, .*: charged \$"))
+    expect(chart).to_be_visible()
+    table = section.get_by_role("table", name=re.compile("^Margin by account"))
+    row = table.get_by_role("row").filter(has_text=customer)
+    cells = row.get_by_role("cell")
+    expect(row.get_by_role("rowheader")).to_have_text(f"Margin customer{customer}")  # the name, its id below
+    expect(cells.nth(1)).to_have_text("2")  # requests
+    expect(cells.nth(3)).to_have_text(dollars(expected[customer]["charged_usd"]))
+    expect(cells.nth(4)).to_have_text(dollars(expected[customer]["provider_cost_usd"]))
+    expect(cells.nth(5)).to_have_text(dollars(expected[customer]["margin_usd"]))
+    expect(cells.nth(6)).to_have_text(f"{expected[customer]['margin_pct']}%")
+    section.get_by_label("Group by").select_option("partner")
+    section.get_by_role("button", name="Show margin").click()
+    expect(section.get_by_role("table", name=re.compile("^Margin by partner"))
+           .get_by_role("row").filter(has_text=partner)).to_be_visible()
+    expect(section.get_by_role("img", name=re.compile(r"^Margin by partner"))).to_be_visible()
+    section.get_by_label("Group by").select_option("account")
+    section.get_by_role("button", name="Show margin").click()
+    expect(section.get_by_role("table", name=re.compile("^Margin by account"))).to_be_visible()
+    settled(page)
+    element_screenshot(watched, tmp_path, "margin", page.locator("#margin"))
+
+    partner_page = open_page()
+    page = partner_page.page
+    sign_in(partner_page, gateway, sign_in_as(gateway, f"partner:{partner}"))
+    section = page.get_by_role("region", name="Revenue", exact=True)
+    table = section.get_by_role("table", name=re.compile("^Revenue by account"))
+    expect(table.get_by_role("row").filter(has_text=customer)).to_be_visible()
+    expect(table.get_by_role("row")).to_have_count(2)  # the header and its one customer
+    expect(table.get_by_role("columnheader", name="Provider cost (USD)")).to_have_count(0)
+    expect(section.get_by_role("img", name=re.compile(r"^Revenue by account"))).to_be_visible()
+    report_calls = [body for url, _, body in partner_page.responses if "/reports/margin" in url]
+    assert report_calls and all(b'"provider_cost_usd_micros": null' in body or
+                                b'"provider_cost_usd_micros":null' in body for body in report_calls)
+    assert direct.encode() not in b"".join(report_calls)

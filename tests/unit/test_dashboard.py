@@ -31,6 +31,7 @@ ROUTES = [
     ("DELETE", "/dashboard/keys/{key_id}"),
     ("GET", "/dashboard/accounts/{account_id}/usage"),
     ("GET", "/dashboard/audit"),
+    ("GET", "/dashboard/reports/margin"),
 ]
 DOCS = ("GET", "/dashboard/docs")
 

@@ -275,3 +275,20 @@ def test_onysoft_report_margin_prints_the_same_report(ledger, cli):
     assert "0.020885" in out and "34.82%" in out  # the total margin, USD, and its share of the charges
     code, out, err = cli("report", "margin", "--from", D2, "--to", D1)
     assert (code, out) == (2, "") and err.startswith("onysoft: error:") and "from" in err
+
+
+def test_the_dashboard_answers_the_same_report_and_a_partner_its_own(ledger):
+    import json
+
+    from tests.unit.test_dashboard import call
+
+    status, body = call("GET", "/dashboard/reports/margin", "operator", query={"from": D1, "to": D2, "by": "model"})
+    assert status == 200 and body == json.loads(json.dumps(margin("model")))
+    status, body = call("GET", "/dashboard/reports/margin", "partner:partner-a", query={"from": D1, "to": D2})
+    assert status == 200 and {r["account_id"] for r in body["rows"]} == {ledger["partner_project"],
+                                                                        ledger["partner_customer"]}
+    assert body["totals"]["margin_usd_micros"] is None
+    status, body = call("GET", "/dashboard/reports/margin", f"user:{ledger['user']}", query={"from": D1, "to": D2})
+    assert status == 403 and body["error"]["code"] == "permission_denied"
+    status, body = call("GET", "/dashboard/reports/margin", "operator", query={"from": D1, "to": D2, "by": "key"})
+    assert status == 400 and body["error"]["param"] == "by"

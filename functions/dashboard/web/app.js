@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
   accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
+  margin: null,
 };
 
 // ------------------------------------------------------------------------------------------- helpers
@@ -199,7 +200,8 @@ function signOut(message) {
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
   if (accessToken) cognito("GlobalSignOut", { AccessToken: accessToken }).catch(() => {});
-  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null });
+  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null, margin: null });
+  $("margin").hidden = true;
   $("who").hidden = true;
   $("sign-out").hidden = true;
   $("password").value = "";
@@ -263,6 +265,7 @@ async function loadAccounts(keepSelection = true) {
   who.hidden = false;
   renderAccounts();
   renderNewAccountForm();
+  showMargin();
   const still = keepSelection && state.accounts.some((a) => a.account_id === state.accountId);
   if (!still) state.accountId = state.accounts.length ? state.accounts[0].account_id : null;
   await selectAccount(state.accountId);
@@ -583,6 +586,152 @@ async function exportCsv(event) {
   announce(`Exported ${rows.length - 1} usage records.`);
 }
 
+// ------------------------------------------------------------------------------------------- margin
+
+// The operator's margin (every account: charged, provider cost, margin) and a partner's revenue (its own
+// accounts: what they were charged; the providers' cost and the platform's margin are not the partner's).
+const GROUP_LABEL = { account: "Account", partner: "Partner", model: "Model", day: "Day" };
+const GROUP_FIELD = { account: "account_id", partner: "partner", model: "model", day: "day" };
+const MARGIN_CHART_ROWS = 40;
+
+function showMargin() {
+  const allowed = state.kind === "operator" || state.kind === "partner";
+  const section = $("margin");
+  const first = section.hidden && allowed;
+  section.hidden = !allowed;
+  if (!allowed) return;
+  $("margin-title").textContent = state.kind === "operator" ? "Margin" : "Revenue";
+  $("margin-scope").textContent = state.kind === "operator"
+    ? "Every account: what was charged, what the providers billed, and the margin, in USD at the rates pinned on each request."
+    : "Your customers and projects: what each was charged, and in USD at the rates pinned on each request.";
+  if (first) {
+    const today = new Date();
+    $("margin-from").value = isoDay(new Date(today.getTime() - 29 * 86400000));
+    $("margin-to").value = isoDay(today);
+    loadMargin().catch(report);
+  }
+}
+
+async function loadMargin() {
+  const tbody = $("margin-table").tBodies[0];
+  loading(tbody, 8);
+  $("margin-chart").replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  const query = new URLSearchParams({ from: $("margin-from").value, to: $("margin-to").value, by: $("margin-by").value });
+  try {
+    state.margin = await api("GET", `reports/margin?${query}`);
+  } catch (error) {
+    loaded(tbody);
+    emptyRow(tbody, 8, "The report could not be loaded.");
+    $("margin-chart").replaceChildren();
+    throw error;
+  }
+  renderMargin();
+}
+
+function usd(amount) { return money(amount, "USD", { precise: true }); }
+
+function pct(value) { return value === null || value === undefined ? "—" : `${value}%`; }
+
+function groupName(report, row) {
+  const value = row[GROUP_FIELD[report.by]];
+  if (report.by === "account") return row.name ? `${row.name} (${value})` : value;
+  if (report.by === "partner") return value || "Platform (no partner)";
+  return value || "(unknown)";
+}
+
+function groupCell(report, row) {
+  // An account: its name, and its id below (both in the row header's accessible name).
+  if (report.by !== "account" || !row.name) return [groupName(report, row)];
+  return [row.name, h("br"), h("span", { class: "mono muted small-id" }, row.account_id)];
+}
+
+function chartName(report, row) {
+  return report.by === "account" && row.name ? row.name : groupName(report, row);
+}
+
+function renderMargin() {
+  const report = state.margin;
+  const showCost = report.scope === "platform";
+  const label = GROUP_LABEL[report.by];
+  $("margin-caption").textContent = `${showCost ? "Margin" : "Revenue"} by ${label.toLowerCase()}, ${report.from} to ${report.to}`;
+  const columns = [label, "Currency", "Requests", "Charged", "Charged (USD)"];
+  if (showCost) columns.push("Provider cost (USD)", "Margin (USD)", "Margin %");
+  $("margin-table").tHead.rows[0].replaceChildren(...columns.map((name, i) => h("th", { scope: "col", class: i >= 2 ? "num" : null }, name)));
+  const tbody = $("margin-table").tBodies[0];
+  loaded(tbody);
+  if (!report.rows.length) emptyRow(tbody, columns.length, "No usage in these days.");
+  else {
+    tbody.replaceChildren(...report.rows.map((row) => h("tr", {},
+      h("th", { scope: "row", class: report.by === "model" ? "mono" : null }, ...groupCell(report, row)),
+      h("td", {}, row.currency),
+      h("td", { class: "num" }, row.requests.toLocaleString("en-US")),
+      h("td", { class: "num" }, money(row.charged, row.currency, { precise: true })),
+      h("td", { class: "num" }, usd(row.charged_usd)),
+      ...(showCost ? [
+        h("td", { class: "num" }, usd(row.provider_cost_usd)),
+        h("td", { class: row.margin_usd_micros < 0 ? "num loss" : "num" }, usd(row.margin_usd)),
+        h("td", { class: "num" }, pct(row.margin_pct)),
+      ] : []),
+    )));
+  }
+  const totals = report.totals;
+  const item = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
+  const charged = totals.charged_by_currency.map((c) => money(c.charged, c.currency, { precise: true })).join(" + ") || "—";
+  $("margin-totals").replaceChildren(
+    item("Requests", totals.requests.toLocaleString("en-US")),
+    item("Charged", charged),
+    item("Charged (USD)", usd(totals.charged_usd)),
+    ...(showCost ? [item("Provider cost (USD)", usd(totals.provider_cost_usd)),
+      item("Margin (USD)", `${usd(totals.margin_usd)} (${pct(totals.margin_pct)})`)] : []),
+  );
+  const note = $("margin-note");
+  note.hidden = !totals.uncosted_requests;
+  note.textContent = totals.uncosted_requests ? `${totals.uncosted_requests} settled requests were counted before USD figures were kept: their charges are in “Charged” only.` : "";
+  renderMarginChart(report, showCost);
+}
+
+function renderMarginChart(report, showCost) {
+  const chart = $("margin-chart");
+  const rows = report.rows.slice(0, MARGIN_CHART_ROWS);
+  if (!rows.length) { chart.replaceChildren(); return; }
+  // One bar per row: its charges in USD; for the operator split into what the providers billed and the margin
+  // (a loss, where the providers billed more, shown past the charges in red).
+  const width = 720; const labelWidth = 230; const barRow = 22; const top = 26; const right = 10;
+  const height = top + rows.length * barRow + 6;
+  const value = (micros) => Math.max(0, Number(micros));
+  const max = Math.max(1, ...rows.map((r) => Math.max(value(r.charged_usd_micros), showCost ? value(r.provider_cost_usd_micros) : 0)));
+  const scale = (micros) => ((width - labelWidth - right) * value(micros)) / max;
+  const bars = rows.map((row, i) => {
+    const y = top + i * barRow;
+    const name = `${chartName(report, row)} · ${row.currency}`;
+    const parts = [svg("text", { class: "row-label", x: labelWidth - 6, y: y + 14, "text-anchor": "end" }, name.length > 34 ? `${name.slice(0, 33)}…` : name)];
+    const x = labelWidth;
+    const charged = row.charged_usd_micros;
+    let summary = `${name}: ${row.requests} requests, charged ${usd(row.charged_usd)}`;
+    if (showCost) {
+      const cost = row.provider_cost_usd_micros;
+      parts.push(svg("rect", { class: "cost", x, y: y + 3, width: scale(Math.min(cost, charged)), height: barRow - 6 }));
+      if (charged > cost) parts.push(svg("rect", { class: "margin", x: x + scale(cost), y: y + 3, width: scale(charged - cost), height: barRow - 6 }));
+      if (cost > charged) parts.push(svg("rect", { class: "loss", x: x + scale(charged), y: y + 3, width: scale(cost - charged), height: barRow - 6 }));
+      summary += `, provider cost ${usd(row.provider_cost_usd)}, margin ${usd(row.margin_usd)} (${pct(row.margin_pct)})`;
+    } else {
+      parts.push(svg("rect", { class: "charged", x, y: y + 3, width: scale(charged), height: barRow - 6 }));
+    }
+    return svg("g", {}, svg("title", {}, summary), ...parts);
+  });
+  const legend = showCost ? [
+    svg("rect", { class: "cost", x: labelWidth, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 16, y: 16 }, "Provider cost"),
+    svg("rect", { class: "margin", x: labelWidth + 110, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 126, y: 16 }, "Margin"),
+    svg("rect", { class: "loss", x: labelWidth + 190, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 206, y: 16 }, "Loss"),
+  ] : [svg("rect", { class: "charged", x: labelWidth, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 16, y: 16 }, "Charged (USD)")];
+  const totals = report.totals;
+  const title = showCost
+    ? `Margin by ${report.by}, ${report.from} to ${report.to}: charged ${usd(totals.charged_usd)}, provider cost ${usd(totals.provider_cost_usd)}, margin ${usd(totals.margin_usd)} (${pct(totals.margin_pct)})`
+    : `Revenue by ${report.by}, ${report.from} to ${report.to}: charged ${usd(totals.charged_usd)}`;
+  chart.replaceChildren(svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-labelledby": "margin-chart-title" },
+    svg("title", { id: "margin-chart-title" }, title), ...legend, ...bars));
+}
+
 // ------------------------------------------------------------------------------------------- audit
 
 function detailValue(value) {
@@ -720,6 +869,7 @@ function wire() {
   $("new-account-form").addEventListener("submit", createAccount);
   $("markup-form").addEventListener("submit", saveMarkup);
   $("topup-form").addEventListener("submit", topUp);
+  $("margin-form").addEventListener("submit", (event) => { event.preventDefault(); loadMargin().catch(report); });
 }
 
 async function start() {
