@@ -157,7 +157,7 @@ def _actor() -> Actor:
     event = app.current_event.raw_event
     claims = _claims(event)
     return Actor(principals.from_claims(claims), sub=claims.get("sub"),
-                 request_id=(event.get("requestContext") or {}).get("requestId"))
+                 request_id=(event.get("requestContext") or {}).get("requestId"), email=claims.get("email"))
 
 
 def _error(exc: errors.GatewayError) -> Response:

@@ -2,7 +2,7 @@
 
 import secrets
 
-from onysoft import balances, clock, writes
+from onysoft import balances, clock, topups, writes
 from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
 from onysoft.models import Account
 
@@ -60,12 +60,15 @@ def _check_shards(shards: int) -> None:
         raise AccountError(str(exc)) from None
 
 
-def top_up(account_id: str, amount_micros: int, companions: writes.Companions = None) -> Account:
-    """Add to the balance and to the top-up total in one atomic update (a sharded account: one transaction
-    over its shards, debts paid first, the rest spread evenly)."""
+def top_up(account_id: str, amount_micros: int, companions: writes.Companions = None,
+           made_by: topups.MadeBy | None = None) -> Account:
+    """Add to the balance and to the top-up total in one transaction with the top-up's ledger record
+    (onysoft.topups: what statements list; `made_by` says who, default "system"); a sharded account: over its
+    shards, debts paid first, the rest spread evenly."""
     if amount_micros <= 0:
         raise AccountError("a top-up must be a positive amount")
     account = get_account(account_id)
+    companions = writes.together(companions, topups.record_of(amount_micros, made_by))
     if balances.max_of(account) > 1:
         parts = balances.spread(amount_micros, balances.read(account), balances.count_of(account))
         try:

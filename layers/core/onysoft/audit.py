@@ -35,11 +35,12 @@ KEY_DELETE = "key.delete"
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting: the principal, the signed-in person (Cognito `sub`) and the API request id."""
+    """Who is acting: the principal, the signed-in person (Cognito `sub`, email) and the API request id."""
 
     principal: Principal
     sub: str | None = None
     request_id: str | None = None
+    email: str | None = None  # the signed-in person's (the ID token's `email`): top-up records name them
 
 
 def partition_of(principal: Principal) -> str:

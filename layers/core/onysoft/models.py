@@ -237,6 +237,38 @@ class IdempotencyRecord(GatewayModel):
     at = UnicodeAttribute()  # not `created_at`: no attribute of an index key here
 
 
+class TopUpRecord(GatewayModel):
+    """One top-up, written in the same transaction as the balance change (onysoft.topups): what the monthly
+    statements list. In the Usage table under `topup#<account_id>` partitions, never an account id; no `key_id`,
+    `hold_state` or `created_at`, so in no index and never usage."""
+
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
+
+    account_id = UnicodeAttribute(hash_key=True)  # topup#<account_id>
+    sk = UnicodeAttribute(range_key=True)  # <at>#<topup_id>: a month's top-ups are one Query
+    topup_id = UnicodeAttribute()
+    at = UnicodeAttribute()
+    amount_micros = NumberAttribute()
+    currency = UnicodeAttribute()
+    actor = UnicodeAttribute()  # the principal that made it (operator), or "system" (a direct call: seeding)
+    actor_sub = UnicodeAttribute(null=True)  # the person: Cognito `sub`, or cli:<user>@<host>
+    actor_email = UnicodeAttribute(null=True)  # the person's email, from the ID token
+    idempotency_key = UnicodeAttribute(null=True)
+    request_id = UnicodeAttribute(null=True)
+
+
+class StatementRecord(GatewayModel):
+    """A closed month's statement, as it was first issued (onysoft.statements): it never changes. In the Usage
+    table under `stmt#<account_id>` partitions, like the audit log; in no index."""
+
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
+
+    account_id = UnicodeAttribute(hash_key=True)  # stmt#<account_id>
+    sk = UnicodeAttribute(range_key=True)  # YYYY-MM
+    document = UnicodeAttribute()  # the statement, JSON
+    closed_at = UnicodeAttribute()  # when it was issued (frozen)
+
+
 class UsageRollup(GatewayModel):
     """An account's (`acct#<account_id>`) or a key's (`key#<key_id>`) usage on one UTC day for one model, kept
     by the rollup function from the Usage table's stream (onysoft.usage_rollup); the dashboard's totals."""
@@ -297,6 +329,8 @@ _MODEL_TABLE_ENV = {
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",
     AuditRecord: "ONYSOFT_TABLE_USAGE",  # shares the Usage table (its own partition keys)
     IdempotencyRecord: "ONYSOFT_TABLE_USAGE",  # likewise
+    TopUpRecord: "ONYSOFT_TABLE_USAGE",  # likewise
+    StatementRecord: "ONYSOFT_TABLE_USAGE",  # likewise
     UsageRollup: "ONYSOFT_TABLE_USAGE_ROLLUPS",
     RollupMarker: "ONYSOFT_TABLE_USAGE_ROLLUPS",  # shares the rollups table (its own partition keys)
 }

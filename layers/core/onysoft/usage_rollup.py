@@ -64,7 +64,8 @@ CHUNK = 16
 KEY_TOTAL_SK = "total"
 ATTEMPTS = 5
 MARKER_TTL_SECONDS = 7 * 24 * 3600  # a stream keeps records 24 h: no duplicate can come later than that
-_NOT_USAGE = ("audit#", "idem#")  # the Usage table's other items (onysoft.audit, onysoft.idempotency)
+# The Usage table's other items (onysoft.audit, onysoft.idempotency, onysoft.topups, onysoft.statements)
+_NOT_USAGE = ("audit#", "idem#", "topup#", "stmt#")
 MARKER_PREFIX, MARKER_SK = "rec#", "counted"  # a marker's key: rec#<account_id>#<usage sk>, "counted"
 
 

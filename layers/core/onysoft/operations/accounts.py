@@ -2,7 +2,7 @@
 
 from pynamodb.exceptions import TransactWriteError
 
-from onysoft import accounts, audit, idempotency, writes
+from onysoft import accounts, audit, idempotency, topups, writes
 from onysoft.audit import Actor
 from onysoft.errors import GatewayError, bad_request
 from onysoft.key_types import ACCOUNT_KINDS
@@ -91,8 +91,10 @@ def top_up(actor: Actor, account_id: str, amount_micros: int,
             raise bad_request(str(exc), "Idempotency-Key") from None
         companions = writes.together(
             companions, idempotency.marker(account.account_id, "topup", idempotency_key, request))
+    made_by = topups.MadeBy(actor=str(actor.principal), sub=actor.sub, email=actor.email,
+                            request_id=actor.request_id, idempotency_key=idempotency_key)
     try:
-        updated = accounts.top_up(account.account_id, amount_micros, companions=companions)
+        updated = accounts.top_up(account.account_id, amount_micros, companions=companions, made_by=made_by)
     except accounts.AccountError as exc:
         raise bad_request(str(exc), "amount") from None
     except TransactWriteError:
