@@ -31,6 +31,8 @@ from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts, keys, paging
 from onysoft.operations.audit_log import audit_log as read_audit_log
 from onysoft.operations.reports import margin_report
+from onysoft.operations.statements import statement as read_statement
+from onysoft.operations.statements import to_csv as statement_csv
 from onysoft.operations.usage import usage as read_usage
 
 logger = Logger()
@@ -239,6 +241,22 @@ def usage(
     limit: Annotated[int | None, Query(ge=1, le=paging.MAX_PAGE)] = None,
 ) -> dict:
     return read_usage(_actor(), account_id, start=from_, end=to, key_id=key_id, cursor=cursor, limit=limit)
+
+
+@app.get("/dashboard/accounts/<account_id>/statement",
+         summary="An account's statement for a month: opening balance, top-ups, charges, debts, closing balance",
+         responses=_responses(200, "The statement (JSON), or its lines as CSV with ?format=csv", 404))
+def statement(
+    account_id: str,
+    month: Annotated[str, Query(description="YYYY-MM (UTC)")],
+    format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",  # noqa: A002
+):
+    document = read_statement(_actor(), account_id, month)
+    if format == "json":
+        return document
+    filename = f"statement-{document['account_id']}-{document['month']}.csv"
+    return Response(status_code=200, content_type="text/csv; charset=utf-8", body=statement_csv(document),
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @app.get("/dashboard/audit", summary="The audit log of your accounts and keys, newest first",

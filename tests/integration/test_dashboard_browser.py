@@ -482,3 +482,58 @@ def test_the_operator_sees_the_margin_chart_and_a_partner_only_its_revenue(gatew
     assert report_calls and all(b'"provider_cost_usd_micros": null' in body or
                                 b'"provider_cost_usd_micros":null' in body for body in report_calls)
     assert direct.encode() not in b"".join(report_calls)
+
+
+def test_a_statement_page_printable_with_its_csv(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Defter Kırtasiye", topup="100")
+    operator = gateway.cli_json("token", "--principal", "operator")["token"]
+    added = httpx.post(f"{gateway.base_url}/dashboard/accounts/{account}/topup", json={"amount": "25"}, timeout=15,
+                       headers={"Authorization": f"Bearer {operator}", "Idempotency-Key": "invoice-2026-0042"})
+    assert added.status_code == 200, added.text
+    key = gateway.cli_json("keys", "create", "--account", account, "--name", "shop")["key"]
+    gateway.known_keys.add(key)
+    for _ in range(2):
+        chat(gateway, key)
+    wait_until_counted(gateway, key, 2)
+    month = time.strftime("%Y-%m", time.gmtime())
+    expected = gateway.cli_json("statement", account, "--month", month)
+    assert expected["closing_balance_micros"] == (expected["opening_balance_micros"] + expected["topups_micros"]
+                                                  - expected["charges_micros"])
+    assert expected["charges_micros"] > 0 and expected["topups_micros"] == 125_000_000
+
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, f"user:{account}"))
+    statement = page.get_by_role("region", name="Statement", exact=True)
+    expect(statement.get_by_label("Month")).to_have_value(month)
+    statement.get_by_role("button", name="Show statement").click()
+    sheet = page.get_by_role("article", name=re.compile(r"^Statement · Defter Kırtasiye · "))
+    expect(sheet).to_be_visible()
+    summary = sheet.get_by_role("definition")
+    expect(summary.nth(1)).to_have_text("₺125.00")  # top-ups
+    charges = expected["charges"].rstrip("0")
+    expect(summary.nth(2)).to_have_text(re.compile(rf"^₺{re.escape(charges)}0*$"))
+    lines = sheet.get_by_role("table", name="Lines")
+    expect(lines.get_by_role("row")).to_have_count(1 + len(expected["lines"]))
+    topup = lines.get_by_role("row").filter(has_text="invoice-2026-0042")
+    expect(topup.get_by_role("cell").nth(3)).to_have_text("₺25.00")
+    expect(topup.get_by_role("cell").nth(5)).to_have_text("operator")  # the principal; the person is the platform's
+    expect(lines.get_by_role("row").filter(has_text="Charges: mock/echo").get_by_role("cell").nth(2)).to_have_text("2")
+    expect(sheet.get_by_role("table", name="Charges by key").get_by_role("row").filter(has_text="shop")).to_be_visible()
+
+    with page.expect_download() as download_info:
+        sheet.get_by_role("button", name="Download CSV").click()
+    downloaded = Path(download_info.value.path()).read_text()
+    rows = [line.split(",") for line in downloaded.strip().splitlines()]
+    assert rows[0][:3] == ["type", "date", "description"]
+    ledger = [r for r in rows[1:] if r[0] != "key_charges"]
+    assert sum(int(r[7]) for r in ledger[:-1]) == int(ledger[-1][7]) == expected["closing_balance_micros"]
+
+    element_screenshot(watched, tmp_path, "statement", sheet)
+
+    page.emulate_media(media="print")  # what the Print button prints: the statement alone
+    expect(page.get_by_role("heading", name="Accounts")).to_be_hidden()
+    expect(sheet.get_by_role("button", name="Print")).to_be_hidden()
+    expect(sheet.get_by_role("heading")).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(tmp_path / "statement-print.png"))

@@ -303,3 +303,25 @@ def test_onysoft_statement_prints_json_and_csv(on_march_4th, monkeypatch, tmp_pa
     assert code == 0 and "Closing balance" in out and february["closing_balance"] in out
     code, out, err = run("--json", "--csv")
     assert code == 2 and out == "" and err.startswith("onysoft: error:")
+
+
+def test_the_dashboard_serves_the_statement_as_json_and_csv(on_march_4th):
+    from tests.unit.test_dashboard import call, dashboard_app, make_event
+
+    account_id = on_march_4th["account_id"]
+    route = "/dashboard/accounts/{account_id}/statement"
+    status, body = call("GET", route, f"user:{account_id}", path_params={"account_id": account_id},
+                        query={"month": FEB})
+    assert status == 200 and body == statement(on_march_4th, FEB, Actor(Principal("user", account_id)))
+    event = make_event("GET", route, path_params={"account_id": account_id}, query={"month": FEB, "format": "csv"},
+                       principal="operator")
+    response = dashboard_app.handler(event, None)
+    assert response["statusCode"] == 200
+    response["headers"] = response.get("headers") or {k: v[0] for k, v in response["multiValueHeaders"].items()}
+    assert response["headers"]["Content-Type"].startswith("text/csv")
+    assert f'filename="statement-{account_id}-{FEB}.csv"' in response["headers"]["Content-Disposition"]
+    assert response["body"] == statement_ops.to_csv(statement(on_march_4th, FEB))
+    status, body = call("GET", route, "partner:p1", path_params={"account_id": account_id}, query={"month": FEB})
+    assert status == 404
+    status, body = call("GET", route, "operator", path_params={"account_id": account_id}, query={"month": "2026"})
+    assert status == 400 and body["error"]["param"] == "month"

@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
   accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
-  margin: null,
+  margin: null, statement: null,
 };
 
 // ------------------------------------------------------------------------------------------- helpers
@@ -53,11 +53,11 @@ function money(amount, currency, { precise = false } = {}) {
   return format.format(String(amount));
 }
 
-function balanceNode(amount, currency) {
+function balanceNode(amount, currency, { precise = false } = {}) {
   const negative = String(amount).trim().startsWith("-");
-  if (!negative) return h("span", { class: "balance" }, money(amount, currency));
+  if (!negative) return h("span", { class: "balance" }, money(amount, currency, { precise }));
   const owed = String(amount).trim().slice(1);
-  return h("span", { class: "balance debt" }, `Debt: ${money(owed, currency)}`);
+  return h("span", { class: "balance debt" }, `Debt: ${money(owed, currency, { precise })}`);
 }
 
 const relative = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
@@ -333,6 +333,9 @@ async function selectAccount(accountId) {
   $("markup-input").value = account.markup_pct;
   $("topup-form").hidden = state.kind !== "operator";
   $("topup-hint").textContent = `in ${account.currency}`;
+  $("statement-sheet").hidden = true;
+  state.statement = null;
+  if (!$("statement-month").value) $("statement-month").value = new Date().toISOString().slice(0, 7);
   await Promise.all([loadKeys(), loadUsage(), loadAudit()]);
 }
 
@@ -732,6 +735,92 @@ function renderMarginChart(report, showCost) {
     svg("title", { id: "margin-chart-title" }, title), ...legend, ...bars));
 }
 
+// ------------------------------------------------------------------------------------------- statement
+
+// A month's statement: opening balance, each top-up (who, idempotency key), charges by model and by key, debts,
+// closing balance (closing = opening + top-ups − charges). Printable (the page prints the statement alone).
+const MONTH_NAME = new Intl.DateTimeFormat("en-GB", { month: "long", year: "numeric", timeZone: "UTC" });
+
+async function loadStatement() {
+  const month = $("statement-month").value;
+  if (!/^\d{4}-\d{2}$/.test(month)) { showAlert("Choose a month."); $("statement-month").focus(); return; }
+  const query = new URLSearchParams({ month });
+  state.statement = await api("GET", `accounts/${encodeURIComponent(state.accountId)}/statement?${query}`);
+  showAlert("");
+  renderStatement();
+}
+
+function renderStatement() {
+  const doc = state.statement;
+  const currency = doc.currency;
+  const amount = (value, extra = {}) => h("span", { class: "balance", ...extra }, money(value, currency, { precise: true }));
+  $("statement-sheet").hidden = false;
+  $("statement-heading").textContent = `Statement · ${doc.name || doc.account_id} · ${MONTH_NAME.format(new Date(`${doc.month}-01T00:00:00Z`))}`;
+  $("statement-status").textContent = doc.status === "closed"
+    ? `Closed: final. Account ${doc.account_id}, ${currency}; UTC days ${doc.from.slice(0, 10)} to ${doc.to.slice(0, 10)} (excluded).`
+    : `Open: the month is not over (or not two days past), so these figures may still change. Account ${doc.account_id}, ${currency}.`;
+  const item = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
+  $("statement-summary").replaceChildren(
+    item("Opening balance", balanceNode(doc.opening_balance, currency, { precise: true })),
+    item("Top-ups", amount(doc.topups)),
+    item("Charges", amount(doc.charges)),
+    item("Closing balance", balanceNode(doc.closing_balance, currency, { precise: true })),
+    item("Debts (overruns)", amount(doc.debts)),
+    item("Requests", `${doc.requests.toLocaleString("en-US")} (${doc.failed_requests} failed, free)`),
+  );
+  const lines = $("statement-lines").tBodies[0];
+  lines.replaceChildren(...doc.lines.map((line) => {
+    const total = line.type === "opening_balance" || line.type === "closing_balance";
+    return h("tr", { class: total ? "total" : null },
+      h("td", {}, statementDate(doc, line)),
+      h(total ? "th" : "td", total ? { scope: "row" } : {}, line.description,
+        line.debt_micros ? h("span", { class: "muted" }, ` (debt ${money(line.debt, currency, { precise: true })})`) : null),
+      h("td", { class: "num" }, line.requests === undefined ? "" : line.requests.toLocaleString("en-US")),
+      h("td", { class: line.amount_micros < 0 ? "num amount negative" : "num amount" }, money(line.amount, currency, { precise: true })),
+      h("td", { class: "mono" }, line.idempotency_key || ""),
+      h("td", {}, line.type === "topup" ? (line.made_by_person ? `${line.made_by} (${line.made_by_person})` : line.made_by) : ""),
+    );
+  }));
+  const keys = $("statement-keys").tBodies[0];
+  if (!doc.charges_by_key.length) emptyRow(keys, 4, "No charges this month.");
+  else {
+    keys.replaceChildren(...doc.charges_by_key.map((key) => h("tr", {},
+      h("td", { class: "mono" }, key.display), h("td", {}, key.name || "—"),
+      h("td", { class: "num" }, key.requests.toLocaleString("en-US")),
+      h("td", { class: "num" }, money(key.charge, currency, { precise: true })),
+    )));
+  }
+  announce(`Statement for ${doc.month} loaded.`);
+}
+
+const DAY_NAME = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeZone: "UTC" });
+
+function statementDate(doc, line) {
+  // The balances are the month's ends (its first instant, and the last before the next month's); top-ups have
+  // their time; charges are the month's.
+  if (line.type === "opening_balance") return `Start of ${DAY_NAME.format(new Date(doc.from))}`;
+  if (line.type === "closing_balance") return `End of ${DAY_NAME.format(new Date(new Date(doc.to).getTime() - 1))}`;
+  return line.date ? timeNode(line.date) : h("span", { class: "muted" }, "in the month");
+}
+
+async function downloadStatementCsv(event) {
+  const doc = state.statement;
+  await busy(event.currentTarget, async () => {
+    if (state.session.expiresAt - Date.now() < 60_000) await refreshSession();
+    const query = new URLSearchParams({ month: doc.month, format: "csv" });
+    const response = await fetch(`accounts/${encodeURIComponent(doc.account_id)}/statement?${query}`,
+      { headers: { Authorization: `Bearer ${state.session.idToken}` } });
+    if (!response.ok) throw new ApiError(response.status, `The CSV could not be downloaded (${response.status}).`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = h("a", { href: url, download: `statement-${doc.account_id}-${doc.month}.csv` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  });
+  announce(`Downloaded the statement for ${doc.month} as CSV.`);
+}
+
 // ------------------------------------------------------------------------------------------- audit
 
 function detailValue(value) {
@@ -870,6 +959,9 @@ function wire() {
   $("markup-form").addEventListener("submit", saveMarkup);
   $("topup-form").addEventListener("submit", topUp);
   $("margin-form").addEventListener("submit", (event) => { event.preventDefault(); loadMargin().catch(report); });
+  $("statement-form").addEventListener("submit", (event) => { event.preventDefault(); loadStatement().catch(report); });
+  $("statement-print").addEventListener("click", () => window.print());
+  $("statement-csv").addEventListener("click", (event) => downloadStatementCsv(event).catch(report));
 }
 
 async function start() {
