@@ -35,7 +35,7 @@ DYNAMODB_ALLOWED = {
     "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem", "dynamodb:Scan",
     "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams",
 }
-OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage"}
+OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage", "events:PutEvents"}
 BUFFERED_URI = re.compile(r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/\$\{(\w+)\.Arn\}"
                           r"/invocations$")
 STREAM_URI = re.compile(
@@ -269,6 +269,31 @@ def test_stage_name(tpl, cfn):
     assert stage["Properties"]["StageName"] == {"Ref": "StageName"}
 
 
+# ------------------------------------------------------------------------------------------- events
+
+# The functions that emit key and balance events (onysoft.events), and so may put events on the bus.
+EVENT_EMITTERS: set[str] = set()
+
+
+def test_the_event_bus_is_in_every_functions_environment_and_only_emitters_may_put_events(cfn):
+    (bus_id,) = _of_type(cfn, "AWS::Events::EventBus")
+    assert bus_id == "EventBus"
+    assert cfn["Resources"][bus_id]["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-events"}
+    for logical_id, function in _of_type(cfn, "AWS::Lambda::Function").items():
+        assert function["Properties"]["Environment"]["Variables"]["ONYSOFT_EVENT_BUS"] == {"Ref": bus_id}, logical_id
+    putters = {}
+    for role_id, role in _of_type(cfn, "AWS::IAM::Role").items():
+        for statement in _statements(role):
+            if any(a.startswith("events:") for a in _as_list(statement["Action"])):
+                assert _as_list(statement["Action"]) == ["events:PutEvents"], statement
+                assert _as_list(statement["Resource"]) == [{"Fn::GetAtt": [bus_id, "Arn"]}], statement  # this bus only
+                putters[role_id.removesuffix("Role")] = statement
+    assert set(putters) == EVENT_EMITTERS
+    outputs = cfn["Outputs"]
+    assert outputs["EventBusName"]["Value"] == {"Ref": bus_id}
+    assert outputs["EventBusArn"]["Value"] == {"Fn::GetAtt": [bus_id, "Arn"]}
+
+
 # ------------------------------------------------------------------------------------------- IAM
 
 
@@ -322,6 +347,8 @@ def test_function_policies_are_least_privilege(cfn):
                 assert tables <= set(TABLES), tables
                 for action in actions:
                     granted.setdefault(role_id, {}).setdefault(action, set()).update(tables)
+            elif actions == ["events:PutEvents"]:  # the stack's bus only (test_the_event_bus_…)
+                assert resources == [{"Fn::GetAtt": ["EventBus", "Arn"]}]
             elif actions == ["sqs:SendMessage"]:  # the rollup's on-failure destination, its own queue only
                 assert role_id == "RollupFunctionRole"
                 assert resources == [{"Fn::GetAtt": ["RollupFailureQueue", "Arn"]}]

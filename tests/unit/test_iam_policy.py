@@ -121,3 +121,21 @@ def test_calls_inside_a_handler_are_recorded_as_its_function(aws_tables):
     # Not a template function: the conformance check must ignore this self-test, so remove it again.
     iam_record.forget("IamSelfTestFunction")
     assert not [r for r in iam_record.read_records(iam_record.directory()) if r["function"] == "IamSelfTestFunction"]
+
+
+def test_put_events_is_checked_on_the_bus_each_entry_names(cfn, monkeypatch):
+    entries = {"Entries": [{"EventBusName": "stack-events"}, {"EventBusName": "arn:aws:events:r:1:event-bus/x"},
+                           {}]}
+    assert list(iam_record.needs("events", "PutEvents", entries)) == [
+        ("events:PutEvents", "event-bus", "stack-events"),
+        ("events:PutEvents", "event-bus", "arn:aws:events:r:1:event-bus/x"),
+        ("events:PutEvents", "event-bus", "default")]
+    # A bus named in the environment is recorded by the template's logical id, as tables are.
+    monkeypatch.setenv("ONYSOFT_EVENT_BUS", "stack-events")
+    assert iam_record._bus_logical_ids() == {"stack-events": "EventBus"}
+    call = iam_policy.call_from_record(_record("AnyFunction", "events:PutEvents", "EventBus", kind="event-bus"))
+    assert call.resource == "arn:aws:events:us-east-1:123456789012:event-bus/EventBus"
+    assert iam_policy.resource_arn(cfn, "EventBus") == call.resource
+    # No function may put events on another bus.
+    assert iam_policy.check(cfn, [_record("AuthorizerFunction", "events:PutEvents", "EventBus", kind="event-bus")],
+                            check_unused=False).denied

@@ -7,7 +7,8 @@ What it runs, in this order:
 3. on the first run only, a seed: catalog, a USD→TRY rate, one demo account and key per key type;
 4. the dashboard's user pool and app client from template.yaml on moto's cognito-idp, with demo sign-ins
    (onysoft_tools.local.cognito), and `<state dir>/dev.env`, the connection settings the CLI reads;
-5. an HTTP server (uvicorn) with an ASGI app that behaves like the deployed API Gateway stage: the
+5. `<state dir>/events.jsonl`, where key and balance events go (onysoft.events; `onysoft events` shows them);
+6. an HTTP server (uvicorn) with an ASGI app that behaves like the deployed API Gateway stage: the
    template's routes, its Lambda REQUEST authorizer (the real `functions/authorizer` handler on a real
    REQUEST event, its answer cached for ReauthorizeEvery seconds), its gateway responses, and the real
    proxy ASGI app (`functions/proxy/app.py`) called the way the Lambda Web Adapter calls it.
@@ -41,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from onysoft import events
 from onysoft_tools import iam_record, settings, template
 from onysoft_tools.local import cognito as local_cognito
 from onysoft_tools.local import moto_process, seeding
@@ -210,6 +212,7 @@ def _banner(base_url: str, state: Path, endpoint: str, demo: list[DemoKey], seed
         f"  state dir:   {state}" + ("" if persisted else "   (tables live in the given DynamoDB endpoint)"),
         f"  DynamoDB:    {endpoint}",
         f"  CLI:         onysoft --state-dir {state} accounts|keys|usage|catalog|fx …",
+        f"  events:      {state / events.FILE_NAME}   (onysoft events --follow)",
         "",
     ]
     if demo:
@@ -260,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         moto_endpoint = moto.start()  # the user pool lives there even when DynamoDB is elsewhere
         endpoint = external or moto_endpoint
         env = moto_process.connection_env(endpoint, host, port)
+        # Key and balance events go to a file here (onysoft.events), the gateway's and the CLI's alike (dev.env).
+        env[events.FILE_ENV] = str(state / events.FILE_NAME)
         os.environ.update(env)
         os.environ.pop("AWS_PROFILE", None)
         os.environ.pop("AWS_SESSION_TOKEN", None)

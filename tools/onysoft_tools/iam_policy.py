@@ -83,6 +83,8 @@ def resource_arn(cfn: dict, logical_id: str) -> str:
     kind = (cfn["Resources"].get(logical_id) or {}).get("Type", "")
     if kind == "AWS::DynamoDB::Table":
         return f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{logical_id}"
+    if kind == "AWS::Events::EventBus":
+        return f"arn:{PARTITION}:events:{REGION}:{ACCOUNT}:event-bus/{logical_id}"
     service = kind.split("::")[1].lower() if kind.count("::") == 2 else "unknown"
     return f"arn:{PARTITION}:{service}:{REGION}:{ACCOUNT}:{logical_id}"
 
@@ -197,6 +199,8 @@ def call_from_record(record: dict) -> Call:
     elif kind == "secret":
         arn = name if name.startswith("arn:") else \
             f"arn:{PARTITION}:secretsmanager:{REGION}:{ACCOUNT}:secret:{name}{SECRET_SUFFIX}"
+    elif kind == "event-bus":
+        arn = f"arn:{PARTITION}:events:{REGION}:{ACCOUNT}:event-bus/{name}"
     else:
         arn = "*"
     return Call(record["function"], record["action"], arn, record.get("test", ""))

@@ -138,6 +138,13 @@ def _table_logical_ids() -> dict[str, str]:
     return {config.table_name(env_var): logical_id for logical_id, env_var in template.TABLE_ENV.items()}
 
 
+def _bus_logical_ids() -> dict[str, str]:
+    """Event bus name in this process's environment -> the template's logical id (Globals' `VAR: !Ref Bus`)."""
+    from onysoft_tools import template
+
+    return {os.environ[var]: logical_id for logical_id, var in template.event_bus_env().items() if os.environ.get(var)}
+
+
 _STREAM_OPERATIONS = {"ListStreams", "DescribeStream", "GetShardIterator", "GetRecords"}
 _STREAM_ARN = re.compile(r"arn:[^:]+:dynamodb:[^:]*:[^:]*:table/([^/]+)/stream/")
 
@@ -153,7 +160,8 @@ def _stream_table(params: dict[str, Any]) -> str | None:
 
 def needs(service: str, operation: str, params: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(IAM action, resource kind, resource name) IAM evaluates for one API call. Resource kinds: `table`
-    (name or name/index/<index>), `secret` (name or ARN), `*` (no resource-level check)."""
+    (name or name/index/<index>), `secret` (name or ARN), `event-bus` (name or ARN), `*` (no resource-level
+    check)."""
     if service == "dynamodb":
         if operation in _STREAM_OPERATIONS:  # DynamoDB Streams (signs as dynamodb): a table's stream
             table = _stream_table(params)
@@ -176,6 +184,9 @@ def needs(service: str, operation: str, params: dict[str, Any]) -> Iterator[tupl
             yield f"dynamodb:{operation}", "*", "*"
     elif service == "secretsmanager" and params.get("SecretId"):
         yield f"secretsmanager:{operation}", "secret", str(params["SecretId"])
+    elif service == "events" and operation == "PutEvents":  # IAM checks each entry's bus (default: "default")
+        for entry in params.get("Entries") or []:
+            yield "events:PutEvents", "event-bus", str(entry.get("EventBusName") or "default")
     else:
         yield f"{service}:{operation}", "*", "*"
 
@@ -186,11 +197,14 @@ def _on_call(params: dict, model: Any, **kwargs: Any) -> None:
         return
     service = model.service_model.signing_name or model.service_model.endpoint_prefix
     tables = _table_logical_ids() if service == "dynamodb" else {}
+    buses = _bus_logical_ids() if service == "events" else {}
     lines = []
     for action, kind, name in needs(service, model.name, params):
         if kind == "table":
             table, slash, rest = name.partition("/")  # <table>, <table>/index/<index>, <table>/stream/*
             name = tables.get(table, f"?{table}") + slash + rest
+        elif kind == "event-bus":
+            name = buses.get(name.rsplit("/", 1)[-1], f"?{name}")
         key = (function, action, kind, name)
         with _lock:
             if key in _seen:

@@ -103,6 +103,15 @@ def table_env(tpl: dict[str, Any] | None = None) -> dict[str, str]:
     return env
 
 
+def event_bus_env(tpl: dict[str, Any] | None = None) -> dict[str, str]:
+    """{event bus logical id: environment variable} from the Globals' `NAME: !Ref SomeBus` entries."""
+    tpl = tpl if tpl is not None else _default_template()
+    buses = _resources(tpl, "AWS::Events::EventBus")
+    variables = ((((tpl.get("Globals") or {}).get("Function") or {}).get("Environment") or {}).get("Variables")) or {}
+    return {value["Ref"]: name for name, value in variables.items()
+            if isinstance(value, dict) and value.get("Ref") in buses}
+
+
 def __getattr__(name: str) -> Any:
     # TABLE_ENV is read from the template on first use (module import stays free of file I/O).
     if name == "TABLE_ENV":
