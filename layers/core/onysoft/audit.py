@@ -78,9 +78,14 @@ def on_account_create(actor: Actor):
     })
 
 
-def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None):
+def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None,
+                      alert_below_micros: int | None = None):
     """Only what changes is recorded; a change to nothing records nothing."""
     changes = {}
+    before = int(account.alert_below_micros) if account.alert_below_micros is not None else 0
+    if alert_below_micros is not None and alert_below_micros != before:
+        changes["alert_below"] = {"from": money.format_micros(before) if before else None,
+                                  "to": money.format_micros(alert_below_micros) if alert_below_micros else None}
     if markup_bp is not None and markup_bp != int(account.markup_bp):
         changes["markup_pct"] = {"from": money.markup_pct(int(account.markup_bp)), "to": money.markup_pct(markup_bp)}
     if name is not None and name != (account.name or ""):

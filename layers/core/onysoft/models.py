@@ -102,6 +102,10 @@ class Account(GatewayModel):
     # Balance shards (onysoft.balances): absent = 1, today's layout (the balance above is shard 0).
     shards = NumberAttribute(null=True)  # how many shards holds and top-ups use now (1–64)
     shards_max = NumberAttribute(null=True)  # the most ever set: every view and consolidation reads 0 … max-1
+    # Balance alerts (onysoft.balance_alerts): the threshold, and when each alert fired (absent: armed).
+    alert_below_micros = NumberAttribute(null=True)  # Balance Low below this, in the account's currency
+    alert_low_at = UnicodeAttribute(null=True)  # Balance Low fired (a top-up to the threshold re-arms it)
+    alert_exhausted_at = UnicodeAttribute(null=True)  # Balance Exhausted fired (a top-up above zero re-arms it)
 
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
 
@@ -141,6 +145,7 @@ class UsageRecord(GatewayModel):
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
     rate_tokens = NumberAttribute(null=True)  # the tokens it was counted for there (the rollup gives back the rest)
     spend_period = UnicodeAttribute(null=True)  # the key's spend-limit period the hold counts against
+    spend_limit_micros = NumberAttribute(null=True)  # that limit, as it was then (onysoft.balance_alerts)
     charge_micros = NumberAttribute(default=0)
     uncharged_micros = NumberAttribute(null=True)  # records from before overruns became debts (issue 10)
     overrun = UnicodeAttribute(null=True)  # "true": the provider reported more than the hold; charged in full
@@ -183,6 +188,7 @@ class RateLimitCounter(GatewayModel):
     requests = NumberAttribute(null=True)
     tokens = NumberAttribute(null=True)
     spend_micros = NumberAttribute(null=True)
+    limit_reached_at = UnicodeAttribute(null=True)  # a spend counter: Spend Limit Reached fired (once a period)
     expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
 
 
@@ -293,6 +299,9 @@ class UsageRollup(GatewayModel):
     provider_cost_usd_micros = NumberAttribute(null=True)  # what the providers billed, USD
     costed = NumberAttribute(null=True)  # settled records counted in the two above (settled - costed: missing)
     overrun_micros = NumberAttribute(null=True)  # the part of the charges beyond their holds: debts
+    # An account's all-time item (`acct#<account_id>`, "total"): when it was opened, at the account's creation.
+    # Absent: the account is older than the item (issue 26), whose totals then miss its earlier requests.
+    opened = UnicodeAttribute(null=True)
 
 
 class RollupMarker(GatewayModel):

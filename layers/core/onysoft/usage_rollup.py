@@ -26,9 +26,11 @@ records counted before issue 26 added nothing to these, so `settled - costed` sa
 debt (`overrun_micros`, the part of the charge beyond its hold). Each is an integer fixed per record and kept on
 its marker, so a total is exactly the sum of its records' figures and a marker can take back what it added.
 
-Two more things ride on the same fold (issue 16: they used to be writes on the request path):
+More rides on the same fold (issue 16: they used to be writes on the request path):
 - a key's all-time totals (`key#<key_id>`, "total"): its request count (every request that got a hold) and
   its spend (settled charges), what every key view shows (`key_totals`);
+- an account's all-time totals (`acct#<account_id>`, "total", issue 26): its settled charges, which with its
+  top-ups make its ledger balance, what balance alerts compare with their threshold (onysoft.balance_alerts);
 - the rate-limit window's tokens: the hold counted each request for all the tokens it may use
   (onysoft.rate_limits); when a record's final image is first counted, the window gets back what the
   request did not use (or is charged what it used beyond, for a provider that reported more). A plain ADD
@@ -58,10 +60,10 @@ FIELDS = ("requests", "pending", "settled", "failed", "prompt_tokens", "completi
 # Settled records only (issue 26): the margin's USD figures and the statements' debts (module doc).
 MONEY_FIELDS = ("charge_usd_micros", "provider_cost_usd_micros", "costed", "overrun_micros")
 ALL_FIELDS = FIELDS + MONEY_FIELDS
-# Usage records per transaction: 16 markers + at most 5 totals each (account and key day items, old and new,
-# and the key's all-time item) = 96, under TransactWriteItems' 100.
-CHUNK = 16
-KEY_TOTAL_SK = "total"
+# Usage records per transaction: 14 markers + at most 6 totals each (account and key day items, old and new,
+# the key's and the account's all-time items) = 98, under TransactWriteItems' 100.
+CHUNK = 14
+KEY_TOTAL_SK = "total"  # a key's all-time item's sort key; an account's too (issue 26)
 ATTEMPTS = 5
 MARKER_TTL_SECONDS = 7 * 24 * 3600  # a stream keeps records 24 h: no duplicate can come later than that
 # The Usage table's other items (onysoft.audit, onysoft.idempotency, onysoft.topups, onysoft.statements)
@@ -188,9 +190,17 @@ def changes_of(records: Iterable[dict]) -> list[Change]:
 
 def totals_keys(account_id: str, counted: Counted) -> list[tuple[str, str]]:
     """The totals items one record counts in: its account's and its key's, for its day, currency and model;
-    and its key's all-time total."""
+    and its key's and its account's all-time totals (the account's: its ledger, onysoft.balance_alerts)."""
     sk = f"{counted.day}#{counted.currency}#{counted.model}"
-    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk), (f"key#{counted.key_id}", KEY_TOTAL_SK)]
+    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk), (f"key#{counted.key_id}", KEY_TOTAL_SK),
+            (f"acct#{account_id}", KEY_TOTAL_SK)]
+
+
+def opened_account_total(account_id: str, currency: str, at: str) -> UsageRollup:
+    """An account's all-time item as it is created with the account (onysoft.accounts): `opened` says its
+    totals count every request the account ever made."""
+    return UsageRollup(pk=f"acct#{account_id}", sk=KEY_TOTAL_SK, account_id=account_id, currency=currency,
+                       opened=at)
 
 
 class RollupConflict(Exception):

@@ -42,7 +42,18 @@ def account_view(account: Account) -> dict:
         "markup_bp": int(account.markup_bp),
         "shards": balances.count_of(account),
         "created_at": account.created_at,
+        **_alert_fields(account),
     }
+
+
+def _alert_fields(account: Account) -> dict:
+    """The Balance Low threshold (null: none) and the alert the account is in now (onysoft.balance_alerts:
+    `exhausted`, `low` or null), as fired and not yet re-armed by a top-up: what the dashboard's banner shows."""
+    threshold = _int(account.alert_below_micros)
+    state = "exhausted" if account.alert_exhausted_at else "low" if account.alert_low_at else None
+    return {"alert_below": money.format_micros(threshold) if threshold is not None else None,
+            "alert_below_micros": threshold, "balance_alert": state,
+            "balance_alert_since": account.alert_exhausted_at or account.alert_low_at or None}
 
 
 @dataclass(frozen=True)
