@@ -96,6 +96,8 @@ class AccountUpdate(BaseModel):
 
     markup_pct: MarkupPct | None = None
     name: Name | None = None
+    alert_below: Annotated[Decimal, Field(ge=0, le=1_000_000_000, decimal_places=6)] | None = Field(
+        None, description="a Balance Low event when the balance crosses below this (the account's currency); 0: none")
 
 
 class TopUp(BaseModel):
@@ -189,10 +191,13 @@ def create_account(body: AccountCreate):
     return account, 201
 
 
-@app.patch("/dashboard/accounts/<account_id>", summary="Change an account's markup (partner, operator) or name",
+@app.patch("/dashboard/accounts/<account_id>",
+           summary="Change an account's markup (partner, operator), name or balance alert threshold",
            responses=_responses(200, "The account", 403, 404))
 def update_account(account_id: str, body: AccountUpdate) -> dict:
-    return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name)
+    alert = None if body.alert_below is None else int(body.alert_below * money.MICROS_PER_UNIT)
+    return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name,
+                                   alert_below_micros=alert)
 
 
 @app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",

@@ -537,3 +537,27 @@ def test_a_statement_page_printable_with_its_csv(gateway, open_page, tmp_path):
     expect(sheet.get_by_role("heading")).to_be_visible()
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(tmp_path / "statement-print.png"))
+
+
+def test_a_person_sets_a_balance_alert_and_the_banner_says_when_it_fired(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Alert journey", topup="10")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, f"user:{account}"))
+    banner = page.get_by_role("region", name="Balance alerts")
+    expect(banner).to_be_hidden()
+    form = page.get_by_role("form", name="Balance alert")
+    form.get_by_label("Alert below").fill("25")  # above the balance: the alert is in force at once (no event)
+    form.get_by_role("button", name="Save alert").click()
+    expect(banner).to_be_visible()
+    expect(banner.get_by_role("listitem")).to_have_text(
+        "Alert journey: balance low (₺10.00), below its alert at ₺25.00.")
+    assert gateway.cli_json("accounts", "show", account)["alert_below_micros"] == 25_000_000
+    settled(page)
+    screenshot(watched, tmp_path, "balance-alert", full_page=False)
+    gateway.cli_json("accounts", "topup", account, "20")  # to 30: above the alert, re-armed
+    page.reload()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    settled(page)
+    expect(banner).to_be_hidden()
+    expect(page.get_by_role("form", name="Balance alert").get_by_label("Alert below")).to_have_value("25")

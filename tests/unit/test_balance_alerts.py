@@ -279,3 +279,33 @@ def test_in_aws_the_alerts_go_to_the_event_bus(gateway, monkeypatch):
     received = sorted((json.loads(m["Body"])["detail-type"], json.loads(m["Body"])["detail"].get("key_id"))
                       for m in messages)
     assert received == [("Balance Low", None), ("Spend Limit Reached", limited.key_id)]
+
+
+def test_partners_set_alerts_for_their_customers_and_people_for_their_own_accounts(aws_tables):
+    from onysoft import accounts, audit
+    from onysoft.principals import Principal
+    from tests.unit.test_dashboard import call
+
+    customer = accounts.create_account("partner_customer", owner="p1", name="Kahve")
+    other = accounts.create_account("partner_customer", owner="p2")
+    own = accounts.create_account("user")
+    route = "/dashboard/accounts/{account_id}"
+    status, body = call("PATCH", route, "partner:p1", path_params={"account_id": customer.account_id},
+                        body={"alert_below": "12.5"})
+    assert status == 200 and (body["alert_below"], body["alert_below_micros"]) == ("12.500000", 12_500_000)
+    assert body["balance_alert"] == "low"  # its balance (0) is below already: the banner says so, no event
+    status, _ = call("PATCH", route, "partner:p1", path_params={"account_id": other.account_id},
+                     body={"alert_below": "1"})
+    assert status == 404
+    status, body = call("PATCH", route, f"user:{own.account_id}", path_params={"account_id": own.account_id},
+                        body={"alert_below": "5"})
+    assert status == 200 and body["alert_below_micros"] == 5 * TRY
+    status, body = call("PATCH", route, f"user:{own.account_id}", path_params={"account_id": own.account_id},
+                        body={"alert_below": "-1"})
+    assert status == 400 and body["error"]["param"] == "alert_below"
+    status, body = call("PATCH", route, f"user:{own.account_id}", path_params={"account_id": own.account_id},
+                        body={"alert_below": "0"})
+    assert status == 200 and body["alert_below"] is None and body["balance_alert"] is None
+    changes = [json.loads(r.details) for r in audit.iter_all(Principal("operator"))
+               if r.target_account_id == customer.account_id and r.action == "account.update"]
+    assert changes == [{"alert_below": {"from": None, "to": "12.500000"}}]

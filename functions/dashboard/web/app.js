@@ -265,6 +265,7 @@ async function loadAccounts(keepSelection = true) {
   who.hidden = false;
   renderAccounts();
   renderNewAccountForm();
+  renderAlertsBanner();
   showMargin();
   const still = keepSelection && state.accounts.some((a) => a.account_id === state.accountId);
   if (!still) state.accountId = state.accounts.length ? state.accounts[0].account_id : null;
@@ -296,6 +297,26 @@ function renderAccounts() {
       onclick: () => selectAccount(account.account_id).catch(report),
     }, "Open")),
   )));
+}
+
+const BANNER_MAX = 5;
+
+function renderAlertsBanner() {
+  // The accounts whose balance alert fired and no top-up has re-armed yet (the API's `balance_alert`):
+  // exhausted (zero or a debt) first.
+  const alerted = state.accounts.filter((a) => a.balance_alert)
+    .sort((a, b) => (a.balance_alert === "exhausted" ? 0 : 1) - (b.balance_alert === "exhausted" ? 0 : 1));
+  const banner = $("alerts-banner");
+  banner.hidden = !alerted.length;
+  const items = alerted.slice(0, BANNER_MAX).map((account) => {
+    const name = account.name || account.account_id;
+    const balance = money(account.balance, account.currency, { precise: true });
+    return account.balance_alert === "exhausted"
+      ? h("li", { class: "exhausted" }, `${name}: balance exhausted (${balance}). Requests are refused until a top-up.`)
+      : h("li", {}, `${name}: balance low (${balance}), below its alert at ${money(account.alert_below, account.currency)}.`);
+  });
+  if (alerted.length > BANNER_MAX) items.push(h("li", {}, `and ${alerted.length - BANNER_MAX} more.`));
+  $("alerts-list").replaceChildren(...items);
 }
 
 function renderNewAccountForm() {
@@ -333,6 +354,8 @@ async function selectAccount(accountId) {
   $("markup-input").value = account.markup_pct;
   $("topup-form").hidden = state.kind !== "operator";
   $("topup-hint").textContent = `in ${account.currency}`;
+  $("alert-hint").textContent = `in ${account.currency}; empty or 0: no alert`;
+  $("alert-below").value = account.alert_below ? account.alert_below.replace(/\.?0+$/, "") : "";
   $("statement-sheet").hidden = true;
   state.statement = null;
   if (!$("statement-month").value) $("statement-month").value = new Date().toISOString().slice(0, 7);
@@ -891,6 +914,23 @@ async function saveMarkup(event) {
   } catch (error) { report(error); }
 }
 
+async function saveAlert(event) {
+  event.preventDefault();
+  const value = $("alert-below").value.trim() || "0";
+  if (!/^[0-9]+(\.[0-9]{1,6})?$/.test(value)) {
+    showAlert("The alert is an amount like 50 or 12.50 (0: no alert).");
+    $("alert-below").focus();
+    return;
+  }
+  try {
+    const account = await busy(event.submitter, () => api("PATCH", `accounts/${encodeURIComponent(state.accountId)}`,
+      { body: { alert_below: value } }));
+    showAlert("");
+    announce(account.alert_below ? `You will be alerted below ${money(account.alert_below, account.currency)}.` : "Balance alert removed.");
+    await loadAccounts();
+  } catch (error) { report(error); }
+}
+
 async function topUp(event) {
   event.preventDefault();
   const amount = $("topup-amount").value.trim();
@@ -958,6 +998,7 @@ function wire() {
   $("new-account-form").addEventListener("submit", createAccount);
   $("markup-form").addEventListener("submit", saveMarkup);
   $("topup-form").addEventListener("submit", topUp);
+  $("alert-form").addEventListener("submit", saveAlert);
   $("margin-form").addEventListener("submit", (event) => { event.preventDefault(); loadMargin().catch(report); });
   $("statement-form").addEventListener("submit", (event) => { event.preventDefault(); loadStatement().catch(report); });
   $("statement-print").addEventListener("click", () => window.print());
