@@ -59,10 +59,11 @@ def at(day: str, time: str) -> datetime:
     return datetime.fromisoformat(f"{day}T{time}+00:00").astimezone(UTC)
 
 
-@pytest.fixture
-def ledger(aws_tables, monkeypatch):
+@pytest.fixture(scope="module")
+def ledger(module_tables):
+    """Written once for the module (the tests read it; the one that changes an item puts it back)."""
     now = {"at": at(D1, "00:00:00")}
-    monkeypatch.setattr(clock, "utc_now", lambda: now["at"])
+    module_tables.setattr(clock, "utc_now", lambda: now["at"])
     accounts = {
         "user": create_account("user", name="Ayşe"),
         "project": create_account("project", owner="org-1", markup_bp=2000),
@@ -224,7 +225,7 @@ def test_users_and_org_admins_have_no_margin_report(ledger, principal):
     ("2026-03-10", "2026-03-11T00:00:00Z", "account", "to"), ("2025-01-01", "2026-03-11", "account", "from"),
     ("2026-03-10", "2026-03-11", "key", "by"),
 ])
-def test_bad_ranges_and_groupings_are_400(aws_tables, start, end, by, param):
+def test_bad_ranges_and_groupings_are_400(ledger, start, end, by, param):
     with pytest.raises(GatewayError) as refused:
         margin(by, start=start, end=end)
     assert (refused.value.status, refused.value.param) == (400, param)
@@ -236,12 +237,17 @@ def test_totals_counted_before_the_usd_figures_say_how_many_requests_they_miss(l
     from onysoft.models import UsageRollup
 
     item = next(UsageRollup.query(f"acct#{ledger['project']}"))
+    kept = (item.charge_usd_micros, item.provider_cost_usd_micros, item.costed)
     item.update(actions=[UsageRollup.charge_usd_micros.remove(), UsageRollup.provider_cost_usd_micros.remove(),
                          UsageRollup.costed.remove()])
-    row = next(r for r in margin()["rows"] if r["account_id"] == ledger["project"])
-    assert (row["settled"], row["charged_micros"], row["uncosted_requests"]) == (1, 57270, 1)
-    assert (row["charged_usd_micros"], row["provider_cost_usd_micros"]) == (0, 0)
-    assert margin()["totals"]["uncosted_requests"] == 1
+    try:
+        row = next(r for r in margin()["rows"] if r["account_id"] == ledger["project"])
+        assert (row["settled"], row["charged_micros"], row["uncosted_requests"]) == (1, 57270, 1)
+        assert (row["charged_usd_micros"], row["provider_cost_usd_micros"]) == (0, 0)
+        assert margin()["totals"]["uncosted_requests"] == 1
+    finally:  # the module's books, as they were
+        item.update(actions=[UsageRollup.charge_usd_micros.set(kept[0]),
+                             UsageRollup.provider_cost_usd_micros.set(kept[1]), UsageRollup.costed.set(kept[2])])
 
 
 @pytest.fixture

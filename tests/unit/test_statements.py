@@ -37,27 +37,11 @@ def at(text: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def tables():
-    """moto's in-process DynamoDB with the template's tables, for the whole module: the books are written once
-    (a hundred and more calls); every test sets the clock it reads them at."""
-    import boto3
-    from moto import mock_aws
-
-    from onysoft import config
-    from onysoft.models import bind_tables
-    from onysoft_tools import template
-
-    with pytest.MonkeyPatch.context() as patch, mock_aws():
-        for name in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"):
-            patch.delenv(name, raising=False)
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        names = {logical: config.table_name(env) for logical, env in template.TABLE_ENV.items()}
-        for definition in template.table_definitions(template.load_template(), names):
-            client.create_table(**definition)
-        bind_tables()
-        now = {"at": at("2026-01-20 09:00:00")}
-        patch.setattr(clock, "utc_now", lambda: now["at"])
-        yield now
+def tables(module_tables):
+    """The books are written once for the module; every test sets the clock it reads them at."""
+    now = {"at": at("2026-01-20 09:00:00")}
+    module_tables.setattr(clock, "utc_now", lambda: now["at"])
+    return now
 
 
 @pytest.fixture(scope="module")
