@@ -30,7 +30,6 @@ from starlette.responses import Response, StreamingResponse
 
 from onysoft import (
     api_formats,
-    balance_alerts,
     billing,
     errors,
     fallbacks,
@@ -171,6 +170,8 @@ def _refused(caller: CallerContext, needed: int, refused: billing.HoldRefused, k
     error = billing.refusal_error(caller, needed, refused)
     if error.code == "key_spend_limit_reached" and key is not None and not refused.limit_flagged:
         try:
+            from onysoft import balance_alerts  # only here: nothing of it on a request that is served
+
             balance_alerts.mark_limit_reached(key, spend_limits.period_start(caller.limit_reset),
                                               refused.limit_spent_micros or 0, caller.spend_limit_micros)
         except Exception:  # noqa: BLE001 - an event never fails the request
