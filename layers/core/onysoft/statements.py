@@ -117,6 +117,8 @@ def _charges_by_model(account: Account, start: datetime, end: datetime) -> list[
     first_day, last_day = _days(start, end)
     by_model: dict[str, ModelCharges] = {}
     for item in usage_rollup.read_days(f"acct#{account.account_id}", first_day, last_day):
+        if not int(item.requests or 0):  # counts nothing now (a fallback's hold moved to the model that answered)
+            continue
         charges = by_model.setdefault(item.model or "", ModelCharges(item.model or ""))
         charges.requests += int(item.requests or 0)
         charges.settled += int(item.settled or 0)
