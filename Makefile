@@ -24,8 +24,16 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/cfn-lint template.yaml
 
+# Every test but the IAM check on two workers (a file's tests stay on one worker: they share its gateway), then the
+# IAM check alone over what they all recorded (it must run after every other test; tests/conftest.py).
+# --durations: the slowest tests, in CI's log (make test's time is watched).
+IAM_RECORD := $(CURDIR)/.pytest-iam
+WORKERS ?= 2
 test: lint chromium
-	$(BIN)/pytest -q --durations=20  # the slowest tests, in CI's log: make test's time is watched
+	rm -rf $(IAM_RECORD) && mkdir -p $(IAM_RECORD)
+	ONYSOFT_IAM_RECORD=$(IAM_RECORD) $(BIN)/pytest -q -n $(WORKERS) --dist loadfile --durations=20 \
+		--ignore=tests/test_iam_conformance.py
+	ONYSOFT_IAM_RECORD=$(IAM_RECORD) ONYSOFT_IAM_WHOLE_SUITE=1 $(BIN)/pytest -q tests/test_iam_conformance.py
 
 # The dashboard's browser tests drive Debian's chromium through Playwright (never `playwright install`: its
 # download host is not reachable on CI). Installed when missing; CI runs as root. Without it the tests fail.
@@ -101,4 +109,4 @@ deploy-dev: build
 	$(SAM) deploy --config-env dev
 
 clean:
-	rm -rf $(VENV) .tools .aws-sam .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .aws-sam .pytest_cache .ruff_cache .pytest-iam .stress

@@ -90,7 +90,7 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
 
     alarms = _of_type(cfn, "AWS::CloudWatch::Alarm")
     assert set(alarms) == {"ServerErrorRateAlarm", "SettleFailuresAlarm", "StaleHoldsAlarm", "DynamoDbThrottlingAlarm",
-                           "RollupLagAlarm"}
+                           "RollupLagAlarm", "FxRateStaleAlarm"}
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     service = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
@@ -103,6 +103,12 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
         assert props["Namespace"] == namespace and props["MetricName"] == metric
         assert props["Dimensions"] == [{"Name": "service", "Value": service}]
         assert f'"{metric}"' in source  # emitted by onysoft.telemetry under exactly this name
+    stale_fx = alarms["FxRateStaleAlarm"]["Properties"]
+    assert (stale_fx["Namespace"], stale_fx["MetricName"]) == (namespace, "FxRateStale") and '"FxRateStale"' in source
+    assert stale_fx["Dimensions"] == [{"Name": "service", "Value": service}, {"Name": "pair", "Value": "USDTRY"}]
+    proxy_env = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]
+    assert (proxy_env["ONYSOFT_FX_WARN_AGE_HOURS"], proxy_env["ONYSOFT_FX_MAX_AGE_HOURS"]) == (
+        {"Ref": "FxWarnAgeHours"}, {"Ref": "FxMaxAgeHours"})
     errors = alarms["ServerErrorRateAlarm"]["Properties"]
     assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == ("AWS/ApiGateway", "5XXError", "Average")
     throttled = alarms["DynamoDbThrottlingAlarm"]["Properties"]["Metrics"]

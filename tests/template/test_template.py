@@ -579,9 +579,9 @@ def test_proxy_events_carry_the_authorizer_context(name, path, tpl):
 
 
 def test_the_proxys_deadline_comes_before_its_function_timeout(cfn):
-    """The proxy ends a long stream and settles it before Lambda would kill it (onysoft.forwarding)."""
-    from onysoft import forwarding
+    """The proxy ends a long stream and settles it before Lambda would kill it (onysoft.deadline)."""
+    from onysoft import deadline
 
     timeout = cfn["Resources"]["ProxyFunction"]["Properties"]["Timeout"]
-    assert timeout == forwarding.FUNCTION_TIMEOUT_SECONDS
-    assert 0 < forwarding.deadline_seconds() <= timeout - 10
+    assert timeout == deadline.FUNCTION_TIMEOUT_SECONDS
+    assert 0 < deadline.deadline_seconds() <= timeout - 10

@@ -184,12 +184,6 @@ def records(account_id: str) -> list[UsageRecord]:
     return list(UsageRecord.query(account_id))
 
 
-def charge(prompt: int, completion: int, cached: int = 0, writes: int = 0, fx: Decimal = FX) -> int:
-    cost = (money.usd_cost(prompt - cached - writes, PRICE_IN) + money.usd_cost(cached, CACHED_IN)
-            + money.usd_cost(writes, CACHE_WRITE) + money.usd_cost(completion, PRICE_OUT))
-    return money.charge_micros(cost, 5000, fx)
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_responses_are_billed_from_their_usage_and_sent_with_store_false_and_the_held_limit(gateway, provider,
                                                                                           stream):
@@ -204,7 +198,7 @@ def test_responses_are_billed_from_their_usage_and_sent_with_store_false_and_the
     [record] = records(account.account_id)
     assert record.endpoint == "responses" and record.hold_output_tokens == 50 and record.usage_estimated is None
     assert (record.prompt_tokens, record.completion_tokens, record.cached_tokens) == (10, 7, 4)
-    assert record.charge_micros == charge(10, 7, cached=4)
+    assert record.charge_micros == 4358  # (6 × 2 + 4 × 0.5 + 7 × 8) µUSD × 1.5 × 41.5 = 4,357.5, rounded up
     assert get_account(account.account_id).balance_micros == 100_000_000 - record.charge_micros
 
 
@@ -223,7 +217,7 @@ def test_messages_are_billed_with_cache_reads_and_writes_at_their_prices(gateway
     assert sent["headers"]["anthropic-beta"] == "claude-code-20250219"  # betas that change no price only
     [record] = records(account.account_id)
     assert (record.prompt_tokens, record.cached_tokens, record.cache_write_tokens) == (18, 6, 2)
-    assert record.charge_micros == charge(18, 7, cached=6, writes=2)
+    assert record.charge_micros == 5229  # (10 × 2 + 6 × 0.5 + 2 × 2.5 + 7 × 8) µUSD × 1.5 × 41.5
 
 
 @pytest.mark.parametrize("usage", [{"output_tokens": -7}, {"input_tokens": "10"}, {"cache_read_input_tokens": 10 ** 30},
@@ -314,7 +308,7 @@ def test_a_fallback_holds_for_the_most_expensive_and_charges_the_model_that_answ
     assert record.hold_micros == expensive
     assert record.model == "openai/gpt-r" and record.requested_model == "openai/gpt-r-down"
     assert record.input_usd_per_mtok == str(PRICE_IN) and record.fallback_attempts == ["openai/gpt-r-down: 503"]
-    assert record.charge_micros == charge(10, 7, cached=4)
+    assert record.charge_micros == 4358  # (6 × 2 + 4 × 0.5 + 7 × 8) µUSD × 1.5 × 41.5 = 4,357.5, rounded up
     assert get_account(account.account_id).balance_micros == 100_000_000 - record.charge_micros
 
 
@@ -362,3 +356,33 @@ def test_a_models_array_that_is_not_one_is_a_400(gateway, provider, models):
     response = gateway.post("/v1/chat/completions", headers=headers, json={
         "model": "openai/gpt-r", "models": models, "messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 400 and response.json()["error"]["param"] == "models"
+
+
+def test_anthropics_client_tools_add_the_prompt_tokens_they_cost(gateway, provider):
+    """Anthropic expands its bash, text editor and computer tools into prompt tokens the body does not show
+    (~1.3k a probe saw unbilled); and any tool adds its tool-use system prompt: both are in the hold."""
+    account, _, headers = new_key("user")
+    body = {"model": "anthropic/claude-t", "max_tokens": 10, "messages": [{"role": "user", "content": "ls"}],
+            "tools": [{"type": "bash_20250124", "name": "bash"},
+                      {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+                      {"name": "mine", "input_schema": {"type": "object"}}]}  # a custom tool: no type
+    raw = json.dumps(body).encode()
+    response = gateway.post("/v1/messages", headers={**headers, "content-type": "application/json"}, content=raw)
+    assert response.status_code == 200, response.text
+    [record] = records(account.account_id)
+    assert record.hold_prompt_tokens == len(raw) + 400 + 300 + 800  # tools present, bash, text editor
+
+
+@pytest.mark.parametrize("block", [
+    {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}},
+    {"type": "image", "source": {"type": "file", "file_id": "file_1"}},
+    {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}},
+    {"type": "container_upload", "file_id": "f"}])
+def test_messages_refuse_content_the_catalog_cannot_bound(gateway, provider, block):
+    account, _, headers = new_key("user")
+    response = gateway.post("/v1/messages", headers=headers, json={
+        "model": "anthropic/claude-t", "max_tokens": 10,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "read"}, block]}]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert provider.sent == [] and records(account.account_id) == []

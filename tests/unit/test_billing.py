@@ -29,6 +29,13 @@ def records(account_id: str) -> list[UsageRecord]:
     return list(UsageRecord.query(account_id))
 
 
+# "hello there gateway" to mock/echo: 6 prompt tokens (3 words + 3 for the message), 9 completion tokens ("Mock
+# reply to: hello there gateway — the end."): 6 × 1.25 + 9 × 2.5 = 30 USD per million = 0.00003 USD. Worked out by
+# hand, never by the code under test: 0.00003 × 1.5 × 41.5 = 0.0018675 TRY → 1,868 µ (rounded up); × 1.5 = 45 µUSD;
+# × 1.3 × 41.5 = 0.0016185 TRY → 1,619 µ.
+EXPECTED_CHARGE = {"user": 1868, "project": 1868, "partner_project": 45, "partner_customer": 1619}
+
+
 @pytest.mark.parametrize("kind", ["user", "project", "partner_project", "partner_customer"])
 def test_each_key_type_pays_exact_cost_times_markup_times_fx(gateway, kind):
     account, record, headers = new_key(kind)
@@ -37,14 +44,14 @@ def test_each_key_type_pays_exact_cost_times_markup_times_fx(gateway, kind):
     response = gateway.post("/v1/chat/completions", json=body, headers=headers)
     assert response.status_code == 200, response.text
     usage = response.json()["usage"]
-    charge = expected_charge(int(account.markup_bp), account.currency, usage["prompt_tokens"],
-                             usage["completion_tokens"])
-    assert charge > 0
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (6, 9)
+    charge = EXPECTED_CHARGE[kind]
     after = get_account(account.account_id)
     assert before - after.balance_micros == charge
     [usage_record] = records(account.account_id)
     assert usage_record.status == "settled" and usage_record.hold_state is None
     assert usage_record.charge_micros == charge
+    assert Decimal(usage_record.provider_cost_usd) == Decimal("0.00003")
     assert usage_record.fx_rate == (str(FX) if account.currency == "TRY" else "1")
     assert usage_record.request_id == response.headers["x-onysoft-request-id"]
     key = find_by_key_id(record.key_id)
@@ -77,30 +84,55 @@ def test_stream_keeps_usage_chunk_when_client_asked(gateway):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
 
 
-@pytest.mark.parametrize(("model", "status"), [("mock/error-500", 502), ("mock/timeout", 504)])
-def test_failed_upstream_call_costs_nothing(gateway, model, status):
+def test_an_upstream_error_status_costs_nothing(gateway):
+    """The provider refused before doing any work (an HTTP error status, no output): it bills nothing, nor do we."""
     account, record, headers = new_key("partner_project")
     before = get_account(account.account_id).balance_micros
     response = gateway.post("/v1/chat/completions", headers=headers,
-                            json={"model": model, "messages": [{"role": "user", "content": "x"}]})
-    assert response.status_code == status
+                            json={"model": "mock/error-500", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
     assert set(response.json()["error"]) == {"message", "type", "code", "param"}
+    assert "Nothing was charged" in response.json()["error"]["message"]
     assert get_account(account.account_id).balance_micros == before
     [usage_record] = records(account.account_id)
     assert usage_record.status == "failed" and usage_record.charge_micros == 0 and usage_record.error_code
 
 
-def test_cut_stream_is_charged_for_what_was_delivered_and_marked_estimated(gateway):
+def test_a_timeout_after_the_send_is_charged_the_hold(gateway):
+    """The request left; the provider may finish it and bill the platform: its usage cannot be known, so the call
+    is charged its hold, marked estimated (it was free before issue 22)."""
+    account, record, headers = new_key("partner_project")
+    before = get_account(account.account_id).balance_micros
+    response = gateway.post("/v1/chat/completions", headers=headers, json={
+        "model": "mock/timeout", "max_tokens": 100, "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "upstream_timeout" and "charged its hold" in error["message"]
+    [usage_record] = records(account.account_id)
+    assert (usage_record.status, usage_record.usage_estimated, usage_record.estimate_reason) == (
+        "settled", "true", "upstream_timeout")
+    assert usage_record.charge_micros == usage_record.hold_micros > 0
+    assert (usage_record.prompt_tokens, usage_record.completion_tokens) == (
+        usage_record.hold_prompt_tokens, usage_record.hold_output_tokens) == (usage_record.hold_prompt_tokens, 100)
+    assert before - get_account(account.account_id).balance_micros == usage_record.charge_micros
+
+
+def test_a_cut_stream_is_charged_its_hold_and_the_client_is_told(gateway):
     account, _, headers = new_key("user")
     before = get_account(account.account_id).balance_micros
-    body = {"model": "mock/cut-stream", "stream": True, "messages": [{"role": "user", "content": "a b c d e f"}]}
-    with pytest.raises(Exception):  # noqa: B017 - the client sees the stream end abruptly or short
-        response = gateway.post("/v1/chat/completions", json=body, headers=headers)
-        assert "[DONE]" not in response.text
-        raise RuntimeError("stream ended without [DONE]")
+    body = {"model": "mock/cut-stream", "stream": True, "max_tokens": 50,
+            "messages": [{"role": "user", "content": "a b c d e f"}]}
+    response = gateway.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200  # the stream had started
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    error = json.loads(events[-1])["error"]  # the stream's last event says why it ended
+    assert error["code"] == "upstream_cut" and "charged its hold" in error["message"]
     [usage_record] = records(account.account_id)
-    assert usage_record.status == "settled" and usage_record.usage_estimated == "true"
-    assert 0 < usage_record.charge_micros < usage_record.hold_micros
+    assert (usage_record.status, usage_record.usage_estimated, usage_record.estimate_reason) == (
+        "settled", "true", "cut")
+    assert usage_record.charge_micros == usage_record.hold_micros
+    assert usage_record.completion_tokens == 50
     assert before - get_account(account.account_id).balance_micros == usage_record.charge_micros
 
 
@@ -235,7 +267,8 @@ def test_open_holds_are_spread_over_shards_and_the_sweeper_finds_every_one(gatew
     assert {r.status for r in records(account.account_id)} == {"failed"}
 
 
-def test_malformed_200_from_the_provider_is_a_502_and_costs_nothing(gateway, monkeypatch):
+def test_a_malformed_200_is_a_502_and_charged_the_hold(gateway, monkeypatch):
+    """A 200 is the provider saying it did the work; one whose body says nothing usable still cost the platform."""
     import httpx
 
     from onysoft import upstream
@@ -251,19 +284,21 @@ def test_malformed_200_from_the_provider_is_a_502_and_costs_nothing(gateway, mon
                             json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_malformed_response"
-    assert get_account(account.account_id).balance_micros == 100_000_000
     [usage_record] = records(account.account_id)
-    assert usage_record.status == "failed" and usage_record.upstream_status == 200
+    assert (usage_record.status, usage_record.usage_estimated) == ("settled", "true")
+    assert usage_record.charge_micros == usage_record.hold_micros
+    assert get_account(account.account_id).balance_micros == 100_000_000 - usage_record.hold_micros
 
 
-def test_a_json_200_to_a_stream_request_is_a_502_and_costs_nothing(gateway, monkeypatch):
+def test_a_json_200_to_a_stream_request_is_a_502_charged_what_it_reports(gateway, monkeypatch):
     import httpx
 
     from onysoft import upstream
 
     class NotAStream(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request):
-            return httpx.Response(200, json={"id": "x", "choices": []})
+            return httpx.Response(200, json={"id": "x", "choices": [], "usage": {
+                "prompt_tokens": 40, "completion_tokens": 8, "total_tokens": 48}})
 
     monkeypatch.setattr(upstream, "client_for", lambda provider: httpx.AsyncClient(transport=NotAStream()))
     account, _, headers = new_key("partner_customer")
@@ -271,32 +306,33 @@ def test_a_json_200_to_a_stream_request_is_a_502_and_costs_nothing(gateway, monk
         "model": "mock/echo", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_malformed_response"
-    assert get_account(account.account_id).balance_micros == 100_000_000
     [usage_record] = records(account.account_id)
-    assert usage_record.status == "failed" and usage_record.upstream_status == 200
+    assert usage_record.status == "settled" and usage_record.usage_estimated is None
+    # 40 × 1.25 + 8 × 2.5 = 70 USD per million: 0.00007 × 1.3 × 41.5 = 0.0037765 TRY → 3,777 µ.
+    assert (usage_record.prompt_tokens, usage_record.completion_tokens, usage_record.charge_micros) == (40, 8, 3777)
 
 
-def test_a_200_without_usage_is_billed_on_an_estimate_not_the_bound(gateway, monkeypatch):
-    import json as json_module
-
+def test_a_stream_without_usage_is_charged_the_hold(gateway, monkeypatch):
     import httpx
 
     from onysoft import upstream
 
     class NoUsage(httpx.AsyncBaseTransport):
         async def handle_async_request(self, request):
-            body = {"id": "x", "object": "chat.completion", "choices": [
-                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "a" * 40}}]}
-            return httpx.Response(200, content=json_module.dumps(body).encode())
+            chunks = [{"id": "x", "choices": [{"index": 0, "delta": {"content": "a" * 40}}]},
+                      {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+            raw = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+            return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
 
     monkeypatch.setattr(upstream, "client_for", lambda provider: httpx.AsyncClient(transport=NoUsage()))
     account, _, headers = new_key("partner_project")
-    response = gateway.post("/v1/chat/completions", headers=headers,
-                            json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
-    assert response.status_code == 200
+    response = gateway.post("/v1/chat/completions", headers=headers, json={
+        "model": "mock/echo", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200  # the answer arrived whole: the client gets it
+    assert response.json()["choices"][0]["message"]["content"] == "a" * 40
     [usage_record] = records(account.account_id)
-    assert usage_record.usage_estimated == "true" and usage_record.completion_tokens == 10
-    assert usage_record.charge_micros < usage_record.hold_micros
+    assert (usage_record.usage_estimated, usage_record.estimate_reason) == ("true", "no_usage")
+    assert usage_record.completion_tokens == 30 and usage_record.charge_micros == usage_record.hold_micros
 
 
 def test_models_list_comes_from_the_catalog_cache(gateway, monkeypatch):

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from onysoft import clock, keys
+from onysoft.provider_usage import Usage
 from onysoft_tools.cli import main
 
 KEY_PATTERN = re.compile(r"^sk-ony-[0-9a-f]{48}$")
@@ -387,10 +388,13 @@ def test_catalog_set_rejects_bad_input(cli, bad):
 
 
 def test_fx_set_and_show(cli, cli_json):
-    assert cli_json("fx", "show") == {"pair": "USDTRY", "rate": None, "updated_at": None}
+    assert cli_json("fx", "show") == {"pair": "USDTRY", "rate": None, "updated_at": None, "age_hours": None,
+                                      "state": "missing"}
     fx = cli_json("fx", "set", "USDTRY", "41.5")
     assert fx["pair"] == "USDTRY" and Decimal(fx["rate"]) == Decimal("41.5") and fx["updated_at"].endswith("Z")
-    assert cli_json("fx", "show") == fx
+    assert (fx["state"], fx["age_hours"]) == ("fresh", 0)
+    assert {k: v for k, v in cli_json("fx", "show").items() if k != "age_hours"} == {
+        k: v for k, v in fx.items() if k != "age_hours"}
     from onysoft import catalog
 
     assert catalog.get_fx("USDTRY")[0] == Decimal("41.5")
@@ -489,8 +493,8 @@ def test_cli_actions_leave_audit_records_as_the_platform(cli_json, cli):
     assert len(list(audit.iter_all(principals.parse("operator")))) == 5
 
 
-def test_sweep_closes_stale_holds_now(cli, cli_json):
-    from onysoft import billing, catalog, hold_sizing
+def test_sweep_closes_stale_holds_now(cli, cli_json, monkeypatch):
+    from onysoft import billing, catalog, clock, hold_sizing
     from onysoft.api_keys import find_by_key_id
     from onysoft.caller import CallerContext
 
@@ -501,19 +505,25 @@ def test_sweep_closes_stale_holds_now(cli, cli_json):
     factors = hold_sizing.ChargeFactors(price, 5000, Decimal(1), "")
     caller = CallerContext(key_id=key.key_id, key_type=key.key_type, account_id=account["account_id"],
                            currency="USD", markup_bp=5000)
-    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(100, 10))
-    for request_id in ("req_sent", "req_unsent"):
-        hold = billing.place_hold(request_id=request_id, key_hash=key.key_hash, caller=caller, plan=plan,
-                                  factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
-        if request_id == "req_sent":
-            billing.mark_sent(hold)
-    assert cli_json("sweep") == {"settled": 0, "released": 0, "already_closed": 0, "close_failures": 0,
-                                 "older_than_seconds": 1200}
-    assert cli_json("sweep", "--older-than", "15m")["older_than_seconds"] == 900
-    swept = cli_json("sweep", "--older-than", "0s")
-    assert (swept["settled"], swept["released"], swept["close_failures"]) == (1, 1, 0)
-    view = cli_json("accounts", "show", account["account_id"])
-    assert view["balance_micros"] == 10_000_000 - factors.charge_micros(100, 0)
+    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(Usage(100, 10)))
+    two_hours_ago = clock.to_iso(clock.utc_now() - timedelta(hours=2))
+    with monkeypatch.context() as old:  # holds placed two hours ago: stale for any sweep
+        old.setattr(clock, "now_iso", lambda: two_hours_ago)
+        for request_id in ("req_sent", "req_unsent"):
+            hold = billing.place_hold(request_id=request_id, key_hash=key.key_hash, caller=caller, plan=plan,
+                                      factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
+            if request_id == "req_sent":
+                billing.mark_sent(hold)
+    # Never below the proxy's deadline (870 s by default) plus a minute: a younger hold may still be in flight.
+    code, _, err = cli("sweep", "--older-than", "15m")
+    assert code == 2 and "at least 930 s" in err
+    assert cli_json("sweep", "--older-than", "3h") == {"settled": 0, "released": 0, "already_closed": 0,
+                                                      "close_failures": 0, "older_than_seconds": 10800}
+    swept = cli_json("sweep")  # 20 minutes
+    assert (swept["settled"], swept["released"], swept["close_failures"], swept["older_than_seconds"]) == (
+        1, 1, 0, 1200)
+    # The sent one is charged its whole hold: 100 prompt tokens at $1/M and 10 output at $2/M, +50%: 180 µUSD.
+    assert cli_json("accounts", "show", account["account_id"])["balance_micros"] == 10_000_000 - 180
     code, out, _ = cli("sweep")  # without --json: a summary for people
     assert code == 0 and "released" in out and "1200 s" in out
     code, _, err = cli("sweep", "--older-than", "soon")

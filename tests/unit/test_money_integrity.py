@@ -12,6 +12,7 @@ import pytest
 from onysoft import billing, catalog, clock, forwarding, hold_sizing, mock_provider, money, upstream
 from onysoft.accounts import get_account, top_up
 from onysoft.models import UsageRecord
+from onysoft.provider_usage import Usage
 from tests.unit.conftest import FX, new_key
 
 PRICE_IN, PRICE_OUT = Decimal("2"), Decimal("8")
@@ -21,9 +22,10 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 class Recorder(httpx.AsyncBaseTransport):
     """An OpenAI-compatible provider that records each body it gets and reports the usage it is given
-    (a dict, or a function of the body it received)."""
+    (a dict, or a function of the body it received). It streams when asked (the gateway always asks), unless
+    `stream` says otherwise (False: a provider that ignores the request and answers whole)."""
 
-    def __init__(self, usage=None, stream: bool = False, content: str = "fine"):
+    def __init__(self, usage=None, stream: bool | None = None, content: str = "fine"):
         self.sent: list[dict] = []
         self.usage = usage if usage is not None else {"prompt_tokens": 5, "completion_tokens": 3,
                                                       "total_tokens": 8}
@@ -36,7 +38,8 @@ class Recorder(httpx.AsyncBaseTransport):
         if request.url.path.endswith("/embeddings"):
             return httpx.Response(200, json={"object": "list", "data": [{"object": "embedding", "index": 0,
                                                                           "embedding": [0.1]}], "usage": usage})
-        if not self.stream:
+        stream = body.get("stream") if self.stream is None else self.stream  # as asked, unless told otherwise
+        if not stream:
             return httpx.Response(200, json={"id": "x", "object": "chat.completion", "choices": [
                 {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": self.content}}],
                 "usage": usage})
@@ -73,11 +76,6 @@ def provider(gateway, monkeypatch):
 
 def records(account_id: str) -> list[UsageRecord]:
     return list(UsageRecord.query(account_id))
-
-
-def charge_of(prompt: int, completion: int, markup_bp: int = 5000, fx: Decimal = FX) -> int:
-    cost = money.usd_cost(prompt, PRICE_IN) + money.usd_cost(completion, PRICE_OUT)
-    return money.charge_micros(cost, markup_bp, fx)
 
 
 def chat(gateway, headers, **body):
@@ -166,6 +164,10 @@ def test_billing_numbers_that_are_not_whole_numbers_in_range_are_a_400_before_an
     ("web_search_options", {}), ("prediction", {"type": "content", "content": "x"}),
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("plugins", [{"id": "web"}]),  # `models` is no longer here: fallbacks are a feature (issue 15)
+    # what a probe got through to the upstream before the allow-list (issue 22, 4):
+    ("provider", {"order": ["some-pricier-host"], "allow_fallbacks": True}),  # OpenRouter's routing
+    ("search_parameters", {"mode": "on"}),  # xAI live search, billed per source
+    ("transforms", ["middle-out"]), ("route", "fallback"), ("extra_body", {"x": 1}), ("anything_new", 1),
 ])
 def test_fields_that_change_the_providers_price_are_refused(gateway, provider, field, value):
     account, _, headers = new_key("user")
@@ -174,6 +176,27 @@ def test_fields_that_change_the_providers_price_are_refused(gateway, provider, f
     assert response.json()["error"]["param"] == field
     assert response.json()["error"]["code"] == "unpriced_option"
     assert provider.sent == [] and records(account.account_id) == []
+
+
+@pytest.mark.parametrize("tool", [{"type": "browser_search"}, {"type": "code_interpreter"},
+                                  {"type": "web_search_preview"}, {"type": "web_search"}, {"type": "mcp"}, "bash"])
+def test_tools_billed_per_use_are_refused(gateway, provider, tool):
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model="openai/gpt-test", tools=[
+        {"type": "function", "function": {"name": "f", "parameters": {}}}, tool])
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "tools[1]"
+    assert response.json()["error"]["code"] == "unpriced_option"
+    assert provider.sent == [] and records(account.account_id) == []
+
+
+def test_store_true_is_refused_and_store_never_goes_upstream(gateway, provider):
+    account, _, headers = new_key("user")
+    refused = chat(gateway, headers, model="openai/gpt-test", store=True)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "stateful_option"
+    assert chat(gateway, headers, model="openai/gpt-test", store=False, max_tokens=5).status_code == 200
+    [sent] = provider.sent
+    assert "store" not in sent  # absent is false at OpenAI: tenant prompts are never kept in the platform's account
 
 
 @pytest.mark.parametrize("tier", ["auto", "default", None])
@@ -187,29 +210,54 @@ def test_standard_service_tiers_pass(gateway, provider, tier):
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
-AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
-FILE = {"type": "file", "file": {"file_id": "file-abc"}}
+AUDIO_DATA = "UklGR" + "A" * 995  # 1,000 characters of base64: its bytes are the audio's, not text
+AUDIO = {"type": "input_audio", "input_audio": {"data": AUDIO_DATA, "format": "wav"}}
+PDF_DATA = "data:application/pdf;base64," + "J" * 1972  # 2,000 characters
+DOCUMENT = {"type": "file", "file": {"file_data": PDF_DATA, "filename": "a.pdf"}}
+STORED_FILE = {"type": "file", "file": {"file_id": "file-abc"}}
 
 
-def test_each_image_audio_and_file_part_adds_the_models_catalog_bound(gateway, provider):
-    account, _, headers = new_key("user")
+def _bounded_model() -> None:
+    """gpt-test with a bound for every media kind: image 700, audio 300 (audio input at 40 USD/M), document 5,000."""
+    catalog.set_model("openai/gpt-test", input_usd_per_mtok=str(PRICE_IN), output_usd_per_mtok=str(PRICE_OUT),
+                      max_output_tokens=1000, tokens_per_image=700, tokens_per_audio=300,
+                      audio_input_usd_per_mtok="40", tokens_per_document=5000)
+    catalog.catalog_cache.invalidate()
+
+
+def test_each_media_part_adds_its_kinds_catalog_bound_and_audio_is_held_at_its_price(gateway, provider):
+    _bounded_model()
+    account, _, headers = new_key("partner_project")  # USD, 50%: no FX in the arithmetic below
     body = {"model": "openai/gpt-test", "max_tokens": 10, "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "what is this"}, IMAGE, AUDIO, FILE]}]}
+        {"role": "user", "content": [{"type": "text", "text": "what is this"}, IMAGE, AUDIO, DOCUMENT]}]}
     raw = json.dumps(body).encode()
     response = gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"},
                             content=raw)
     assert response.status_code == 200, response.text
     [record] = records(account.account_id)
-    assert record.hold_prompt_tokens == len(raw) + 3 * 700
+    text = len(raw) - 1000 - 2000  # the base64 payloads are bounded by their parts, not counted as text
+    assert record.hold_prompt_tokens == text + 700 + 300 + 5000
+    assert (record.media_parts, record.hold_audio_tokens) == (3, 300)
+    # text and the image and document bounds at 2 USD/M, audio at 40, 10 output at 8; +50%, rounded up:
+    # ((text + 5700) × 2 + 300 × 40 + 10 × 8) × 1.5 micro-USD.
+    assert record.hold_micros == ((text + 5700) * 2 + 300 * 40 + 80) * 3 // 2 + ((text + 5700) * 2 + 12080) % 2
 
 
-def test_a_model_without_a_bound_uses_the_default_per_part(gateway, provider):
+@pytest.mark.parametrize(("part", "why"), [
+    (IMAGE, "no bound for image"), (DOCUMENT, "no bound for document"), (AUDIO, "no price"),
+    (STORED_FILE, "stored at the provider"),
+    ({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}, "part type 'video_url'"),
+    ({"type": "document_url", "document_url": "https://example.com/a.pdf"}, "part type 'document_url'")])
+def test_a_part_the_model_cannot_bound_is_refused_before_any_hold(gateway, provider, part, why):
+    """mock/test-max's catalog entry has no media bounds: whatever the form (inline, by URL), a part whose tokens
+    cannot be bounded never reaches the provider (there was one flat 4,096-token bound for every part before)."""
     account, _, headers = new_key("user")
-    body = {"model": "mock/test-max", "max_tokens": 10, "messages": [{"role": "user", "content": [IMAGE, IMAGE]}]}
-    raw = json.dumps(body).encode()
-    gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"}, content=raw)
-    [record] = records(account.account_id)
-    assert record.hold_prompt_tokens == len(raw) + 2 * hold_sizing.DEFAULT_TOKENS_PER_IMAGE
+    response = chat(gateway, headers, model="mock/test-max", max_tokens=10,
+                    messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}])
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("unpriced_option", "messages[0].content[1]") and why in error["message"]
+    assert provider.sent == [] and records(account.account_id) == []
 
 
 def test_parts_the_balance_cannot_cover_get_402_and_never_reach_the_upstream(gateway, provider):
@@ -261,7 +309,7 @@ def test_reasoning_reported_beside_the_completion_is_billed_as_output(gateway, p
     assert chat(gateway, headers, model="openai/gpt-test", max_tokens=500).status_code == 200
     [record] = records(account.account_id)
     assert record.completion_tokens == 405
-    assert record.charge_micros == charge_of(10, 405, fx=Decimal(1))
+    assert record.charge_micros == 4890  # 10 × 2 + 405 × 8 = 3,260 µUSD, × 1.5
 
 
 @pytest.mark.parametrize("usage", [
@@ -292,7 +340,7 @@ def test_usage_above_the_hold_is_charged_in_full_as_a_debt_and_refuses_until_a_t
     account, key, headers = new_key("user", amount="10", tpm=10**9)  # 4M tokens: not a rate-limit test
     assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
     [record] = records(account.account_id)
-    charge = charge_of(10, 4_000_000)
+    charge = 1_992_001_245  # (10 × 2 + 4,000,000 × 8) µUSD × 1.5 × 41.5, exact
     assert record.charge_micros == charge > record.hold_micros
     assert record.overrun == "true" and record.overrun_micros == charge - record.hold_micros
     balance = get_account(account.account_id).balance_micros
@@ -324,7 +372,7 @@ def test_embeddings_are_charged_what_the_provider_reports_even_above_the_hold(ga
 # ---------------------------------------------------------------------------------------------- 6. never free
 
 
-def test_a_stream_past_the_proxys_deadline_is_ended_and_billed_for_what_was_delivered(gateway, monkeypatch):
+def test_a_stream_past_the_proxys_deadline_is_ended_and_charged_its_hold(gateway, monkeypatch):
     # The deadline counts from the request's start: it leaves the hold (slow on a loaded CI machine) time to finish,
     # and a few 0.4 s chunks arrive before it, of the reply's 16.
     monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "2.0")
@@ -332,19 +380,20 @@ def test_a_stream_past_the_proxys_deadline_is_ended_and_billed_for_what_was_deli
     account, _, headers = new_key("user")
     catalog.set_model("mock/slow-stream", input_usd_per_mtok="1", output_usd_per_mtok="2")
     catalog.catalog_cache.invalidate()
-    response = chat(gateway, headers, model="mock/slow-stream", stream=True,
+    response = chat(gateway, headers, model="mock/slow-stream", stream=True, max_tokens=20,
                     messages=[{"role": "user", "content": "one two three four five six seven eight nine ten"}])
     assert response.status_code == 200
     assert "[DONE]" not in response.text and "gateway_deadline" in response.text
     [record] = records(account.account_id)
-    assert record.status == "settled" and record.usage_estimated == "true"
-    assert 0 < record.completion_tokens < 15
+    assert (record.status, record.usage_estimated, record.estimate_reason) == ("settled", "true", "deadline")
+    # Its usage never came: the provider may bill all it was allowed, so the call is charged the hold.
+    assert record.completion_tokens == 20 and record.charge_micros == record.hold_micros
     assert get_account(account.account_id).balance_micros == 100_000_000 - record.charge_micros
 
 
 def test_the_default_deadline_is_the_function_timeout_minus_a_margin(monkeypatch):
     monkeypatch.delenv("ONYSOFT_PROXY_DEADLINE_SECONDS", raising=False)
-    assert forwarding.deadline_seconds() == forwarding.FUNCTION_TIMEOUT_SECONDS - forwarding.DEADLINE_MARGIN_SECONDS
+    assert forwarding.deadline_seconds() == 870  # the function's 900 s timeout minus a 30 s margin
     monkeypatch.setenv("ONYSOFT_PROXY_DEADLINE_SECONDS", "12.5")
     assert forwarding.deadline_seconds() == 12.5
 
@@ -366,7 +415,7 @@ def test_a_settle_that_fails_is_retried_and_never_released(gateway, provider, mo
     assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10, stream=stream).status_code == 200
     [record] = records(account.account_id)
     assert failures["left"] == 0
-    assert record.status == "settled" and record.charge_micros == charge_of(5, 3)
+    assert record.status == "settled" and record.charge_micros == 2117  # (5 × 2 + 3 × 8) × 1.5 × 41.5 = 2,116.5 ↑
 
 
 def test_a_settle_that_keeps_failing_leaves_the_hold_for_the_sweeper_to_settle(gateway, provider, monkeypatch):
@@ -390,7 +439,8 @@ def test_a_settle_that_keeps_failing_leaves_the_hold_for_the_sweeper_to_settle(g
     assert close_stale_holds(now_iso=later)["settled"] == 1
     [record] = records(account.account_id)
     assert record.status == "settled" and record.usage_estimated == "true"
-    assert record.charge_micros == charge_of(record.hold_prompt_tokens, 0) > 0
+    assert (record.completion_tokens, record.estimate_reason) == (10, "stale_hold")  # the whole hold
+    assert record.charge_micros == record.hold_micros > 0
 
 
 def _stale_hold(account, key, request_id: str, sent: bool) -> billing.Hold:
@@ -400,7 +450,7 @@ def _stale_hold(account, key, request_id: str, sent: bool) -> billing.Hold:
     caller = CallerContext(key_id=key.key_id, key_type="user", account_id=account.account_id, currency="TRY",
                            markup_bp=5000)
     plan = hold_sizing.HoldPlan(prompt_tokens=300, output_tokens=100, client_set_output_limit=True,
-                                micros=factors.charge_micros(300, 100))
+                                micros=factors.charge_micros(Usage(300, 100)))
     hold = billing.place_hold(request_id=request_id, key_hash=key.key_hash, caller=caller, plan=plan,
                               factors=factors, endpoint="chat.completions", stream=True, model="mock/echo")
     if sent:
@@ -408,7 +458,7 @@ def _stale_hold(account, key, request_id: str, sent: bool) -> billing.Hold:
     return hold
 
 
-def test_the_sweeper_settles_a_sent_hold_on_its_prompt_bound_and_releases_only_an_unsent_one(gateway):
+def test_the_sweeper_charges_a_sent_hold_in_full_and_releases_only_an_unsent_one(gateway):
     from onysoft.sweeper import close_stale_holds
 
     account, key, _ = new_key("user")
@@ -420,9 +470,10 @@ def test_the_sweeper_settles_a_sent_hold_on_its_prompt_bound_and_releases_only_a
     by_id = {r.request_id: r for r in records(account.account_id)}
     sent, unsent = by_id["req_sent"], by_id["req_never_sent"]
     assert sent.status == "settled" and sent.usage_estimated == "true" and sent.error_code is None
-    assert (sent.prompt_tokens, sent.completion_tokens) == (300, 0)
-    expected = money.charge_micros(money.usd_cost(300, Decimal("1.25")), 5000, FX)
-    assert sent.charge_micros == expected
+    assert (sent.prompt_tokens, sent.completion_tokens) == (300, 100)
+    # 300 × 1.25 + 100 × 2.5 = 625 USD per million: 0.000625 × 1.5 × 41.5 = 0.03890625 TRY → 38,907 µ (rounded up).
+    expected = 38907
+    assert sent.charge_micros == expected == sent.hold_micros
     assert unsent.status == "failed" and unsent.error_code == "stale_hold" and unsent.charge_micros == 0
     assert get_account(account.account_id).balance_micros == 100_000_000 - expected
 
@@ -489,7 +540,7 @@ def test_the_sweepers_role_may_write_every_table_its_closes_write(gateway):
     factors = hold_sizing.ChargeFactors(catalog.get_model("mock/echo"), 5000, FX, "")
     caller = CallerContext(key_id=key.key_id, key_type="user", account_id=account.account_id, currency="TRY",
                            markup_bp=5000, spend_limit_micros=50_000_000, limit_reset="daily")
-    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(100, 10))
+    plan = hold_sizing.HoldPlan(100, 10, True, factors.charge_micros(Usage(100, 10)))
     for request_id, sent in (("req_a", True), ("req_b", False)):
         hold = billing.place_hold(request_id=request_id, key_hash=key_hash, caller=caller, plan=plan,
                                   factors=factors, endpoint="chat.completions", stream=False, model="mock/echo")
@@ -520,3 +571,189 @@ def test_the_sweepers_role_may_write_every_table_its_closes_write(gateway):
     # The key item is not written by a close since issue 16 (its count and spend are the usage rollup's).
     assert {table_of[name] for name in written} == {"UsageTable", "AccountsTable", "RateLimitsTable"}
     assert {table_of[name] for name in written} <= allowed
+
+
+def test_a_client_that_hangs_up_mid_stream_is_settled_before_its_request_ends(gateway):
+    """The race behind holds left open at a stop (issue 21: test_dev_stop saw two): when the client goes away while
+    the relay is waiting to hand it the next chunk, Starlette leaves the relay generator suspended, and its
+    `finally` (the settle) ran only when the generator was finalized — at a garbage collection, or at the event
+    loop's shutdown, or never if the process was killed first. Here the exception that ended the request is kept,
+    so nothing collects the generator before the loop shuts down (seen before the fix: settled then, too late to
+    read the provider's usage, so charged the whole hold). The settle must run inside the request, and since the
+    client hung up before the provider's usage, the gateway reads on to it: the call costs exactly that usage."""
+    import asyncio
+
+    from onysoft import proxy_app
+
+    account, _, headers = new_key("user")
+    body = json.dumps({"model": "mock/echo", "stream": True, "max_tokens": 50,
+                       "messages": [{"role": "user", "content": "one two three four five"}]}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+             + [(b"content-type", b"application/json")]}
+    sent: list[dict] = []
+    delivered = False
+
+    async def receive() -> dict:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)  # the client never says it left: its next write just fails
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and any(m["type"] == "http.response.body" for m in sent):
+            raise OSError("the client is gone")
+        sent.append(message)
+
+    kept: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await proxy_app.app(scope, receive, send)
+        except BaseException as exc:  # noqa: BLE001 - kept, frames and all
+            kept.append(exc)
+
+    asyncio.run(run())
+    assert kept, "the request should have ended with the client's disconnect"
+    [record] = records(account.account_id)
+    assert record.status == "settled", "the hang-up left the hold open until the generator is collected"
+    assert record.usage_estimated is None  # read on after the hang-up, to the provider's own usage
+    assert (record.prompt_tokens, record.completion_tokens) == (8, 11)
+
+
+# ---------------------------------------------------------------------------------------------- 7. FX has an age
+
+
+def _rate_set(hours_ago: float) -> None:
+    from onysoft.models import CatalogEntry
+
+    at = clock.to_iso(clock.utc_now() - timedelta(hours=hours_ago))
+    CatalogEntry(kind="fx", id="USDTRY", rate="41.5", updated_at=at).save()
+    catalog.catalog_cache.invalidate()
+
+
+def test_a_usd_try_rate_past_its_hard_age_refuses_try_holds_with_503(gateway, provider):
+    _rate_set(hours_ago=7 * 24 + 1)  # the default hard age is 7 days
+    account, _, headers = new_key("user")  # TRY
+    response = chat(gateway, headers, model="openai/gpt-test", max_tokens=10)
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "fx_rate_stale" and "169 hours" in error["message"]
+    assert provider.sent == [] and records(account.account_id) == []
+    assert get_account(account.account_id).balance_micros == 100_000_000
+    _, _, usd = new_key("partner_project")  # a USD account converts nothing: it goes on
+    assert chat(gateway, usd, model="openai/gpt-test", max_tokens=10).status_code == 200
+
+
+def test_a_rate_past_its_warning_age_still_serves_and_is_reported(gateway, provider, monkeypatch, caplog):
+    monkeypatch.setenv("ONYSOFT_FX_WARN_AGE_HOURS", "2")
+    monkeypatch.setenv("ONYSOFT_FX_MAX_AGE_HOURS", "10")
+    _rate_set(hours_ago=3)
+    _, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    assert "fx rate past its warning age" in caplog.text
+    _rate_set(hours_ago=11)
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 503
+
+
+# ---------------------------------------------------------------------------------------------- 8. usage the catalog
+# prices apart: audio input, long-context tiers, output seen only in the total (issue 22, 5). Literal amounts.
+
+
+def test_audio_input_tokens_are_priced_at_the_audio_price(gateway, provider):
+    _bounded_model()  # audio input at 40 USD/M, text at 2, output at 8
+    provider.usage = {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010,
+                      "prompt_tokens_details": {"audio_tokens": 600}}
+    account, _, headers = new_key("user")  # TRY, 50%
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    [record] = records(account.account_id)
+    # 400 text × 2 + 600 audio × 40 + 10 × 8 = 24,880 µUSD; × 1.5 × 41.5 = 1,548,780 µ TRY (exact).
+    assert (record.audio_tokens, record.charge_micros) == (600, 1_548_780)
+
+
+def test_audio_reported_for_output_is_not_believed(gateway, provider):
+    provider.usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                      "completion_tokens_details": {"audio_tokens": 3}}
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    [record] = records(account.account_id)
+    assert record.usage_estimated == "true" and record.charge_micros == record.hold_micros
+
+
+def test_a_long_context_tier_holds_and_charges_at_the_tiers_prices(gateway, provider):
+    catalog.set_model("openai/gpt-long", input_usd_per_mtok="2", output_usd_per_mtok="8", tier_above_tokens=1000,
+                      tier_input_usd_per_mtok="4", tier_output_usd_per_mtok="16")
+    catalog.catalog_cache.invalidate()
+    account, _, headers = new_key("partner_project")  # USD, 50%
+    long_text = "x" * 1200
+    body = {"model": "openai/gpt-long", "max_tokens": 10, "messages": [{"role": "user", "content": long_text}]}
+    raw = json.dumps(body).encode()
+    provider.usage = {"prompt_tokens": 1100, "completion_tokens": 10, "total_tokens": 1110}
+    response = gateway.post("/v1/chat/completions", headers={**headers, "content-type": "application/json"},
+                            content=raw)
+    assert response.status_code == 200, response.text
+    provider.usage = {"prompt_tokens": 900, "completion_tokens": 10, "total_tokens": 910}
+    assert chat(gateway, headers, model="openai/gpt-long", max_tokens=10).status_code == 200
+    tiered, base = sorted(records(account.account_id), key=lambda r: -int(r.prompt_tokens))
+    # The prompt bound (the body's bytes) is above 1,000: held at the tier, (bytes × 4 + 10 × 16) × 1.5.
+    assert tiered.hold_prompt_tokens == len(raw) > 1000
+    assert tiered.hold_micros == (len(raw) * 4 + 160) * 3 // 2
+    # 1,100 prompt tokens are in the tier: 1,100 × 4 + 10 × 16 = 4,560 µUSD, × 1.5 = 6,840.
+    assert tiered.charge_micros == 6840 and tiered.tier_above_tokens == 1000
+    # 900 are not: 900 × 2 + 10 × 8 = 1,880, × 1.5 = 2,820.
+    assert base.charge_micros == 2820
+
+
+def test_output_counted_only_in_the_total_is_billed_as_output(gateway, provider):
+    """405 thinking tokens a provider reports only in total_tokens (a probe got them unbilled before)."""
+    provider.usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 525}
+    account, _, headers = new_key("partner_project")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=500).status_code == 200
+    [record] = records(account.account_id)
+    # completion 525 − 100 = 425: 100 × 2 + 425 × 8 = 3,600 µUSD, × 1.5 = 5,400.
+    assert (record.completion_tokens, record.charge_micros) == (425, 5400)
+
+
+def test_a_settle_retried_after_a_failure_sends_the_same_transaction(gateway, provider, monkeypatch):
+    """A retry under the same client request token must carry the same parameters (else DynamoDB answers
+    IdempotentParameterMismatch when the first attempt had in fact committed): one settled_at for every attempt."""
+    calls = []
+    real = billing.settle
+
+    def flaky(hold, usage, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise RuntimeError("the answer to the first attempt was lost")
+        return real(hold, usage, **kwargs)
+
+    monkeypatch.setattr(billing, "settle", flaky)
+    account, _, headers = new_key("user")
+    assert chat(gateway, headers, model="openai/gpt-test", max_tokens=10).status_code == 200
+    assert len(calls) == 2 and calls[0] == calls[1] and calls[0]["settled_at"]
+    [record] = records(account.account_id)
+    assert record.settled_at == calls[0]["settled_at"]
+
+
+def test_logprobs_that_cannot_fit_an_assembled_answer_are_refused(gateway, provider):
+    account, _, headers = new_key("user")
+    response = chat(gateway, headers, model="mock/test-max", logprobs=True, top_logprobs=20, n=128)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "response_too_large"
+    assert provider.sent == [] and records(account.account_id) == []
+    streamed = chat(gateway, headers, model="openai/gpt-test", logprobs=True, top_logprobs=20, n=4, stream=True)
+    assert streamed.status_code == 200  # a stream is never assembled: no limit
+
+
+def test_an_answer_too_large_to_assemble_is_charged_and_the_client_told(gateway, provider, monkeypatch):
+    monkeypatch.setattr(forwarding, "MAX_ANSWER_BYTES", 300)
+    provider.content = "y" * 1000
+    account, _, headers = new_key("partner_project")
+    response = chat(gateway, headers, model="openai/gpt-test", max_tokens=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "response_too_large"
+    [record] = records(account.account_id)
+    # Read to its end for the usage all the same: charged exactly 5 × 2 + 3 × 8 = 34 µUSD, × 1.5 = 51.
+    assert (record.usage_estimated, record.charge_micros) == (None, 51)

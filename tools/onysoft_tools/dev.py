@@ -76,11 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # Ctrl-C stops everything within 5 s (issue 21), whatever is open: requests in flight get GRACEFUL_SECONDS to end
-# (then uvicorn cancels them: a stream's relay still settles what it delivered, shielded from the cancellation),
+# (then uvicorn cancels them: a stream's relay still settles, shielded from the cancellation, charging its hold
+# when the provider's usage has not come: onysoft.forwarding stops reading within 0.25 s once the app is stopping),
 # the rollup poller up to 1 s to end a poll (what it has not read stays on the stream, and the snapshot keeps it),
 # and moto MOTO_STOP_SECONDS to compact (it abandons a compaction past serial_moto.STOP_COMPACTION_SECONDS and
 # keeps the journal whole; killed past this, it loses nothing acknowledged either: every write is journaled).
-GRACEFUL_SECONDS = 1.5
+GRACEFUL_SECONDS = 1.0
 MOTO_STOP_SECONDS = 2.5
 
 

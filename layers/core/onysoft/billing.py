@@ -162,7 +162,8 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         output_usd_per_mtok=str(factors.price.output_usd_per_mtok),
         cached_input_usd_per_mtok=str(factors.price.cached_input_price),
         cache_write_usd_per_mtok=str(factors.price.cache_write_price),
-        media_parts=plan.media_parts or None, tokens_per_image=plan.tokens_per_image or None,
+        media_parts=plan.media_parts or None, hold_audio_tokens=plan.audio_tokens or None,
+        **_price_extras(factors.price),
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
         rate_tokens=plan.rate_tokens, spend_period=period or None, sent_at=now if sending else None,
         spend_limit_micros=caller.spend_limit_micros if period else None,
@@ -306,18 +307,29 @@ def mark_sent(hold: Hold) -> None:
             raise
 
 
-def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> int:
+def _price_extras(price) -> dict:
+    """The prices and tier a charge may use beyond input, output and cache: on the record only when the model has
+    them, so every charge is recomputable from its record."""
+    extras = {"audio_input_usd_per_mtok": price.audio_input_usd_per_mtok, "tier_above_tokens": price.tier_above_tokens,
+              "tier_input_usd_per_mtok": price.tier_input_usd_per_mtok,
+              "tier_output_usd_per_mtok": price.tier_output_usd_per_mtok}
+    return {name: (value if isinstance(value, int) else str(value)) for name, value in extras.items()
+            if value is not None}
+
+
+def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None, settled_at: str | None = None,
+           reason: str = "") -> int:
     """Charge exactly what the usage costs; give back the rest of the hold. Returns the charge in micro-units.
 
     A charge above the hold (the provider reported more than the gateway held for) is charged in full: the
-    balance goes down by the overrun too, below zero if need be, and the record says `overrun`.
+    balance goes down by the overrun too, below zero if need be, and the record says `overrun`. `settled_at`:
+    the same on every retry of one settle (the same transaction token must carry the same parameters);
+    `reason`: why an estimated usage was estimated.
     """
     factors = hold.factors
-    charge = factors.charge_micros(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                   usage.cache_write_tokens)
-    cost = factors.provider_cost_usd(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                     usage.cache_write_tokens)
-    now = clock.now_iso()
+    charge = factors.charge_micros(usage)
+    cost = factors.provider_cost_usd(usage)
+    now = settled_at or clock.now_iso()
     record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
     record_actions = [
         UsageRecord.status.set(SETTLED), UsageRecord.hold_state.remove(),
@@ -327,11 +339,14 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None) -> i
     ]
     for attribute, count in ((UsageRecord.cached_tokens, usage.cached_tokens),
                              (UsageRecord.cache_write_tokens, usage.cache_write_tokens),
-                             (UsageRecord.reasoning_tokens, usage.reasoning_tokens)):
+                             (UsageRecord.reasoning_tokens, usage.reasoning_tokens),
+                             (UsageRecord.audio_tokens, usage.audio_tokens)):
         if count:
             record_actions.append(attribute.set(count))
     if usage.estimated:
         record_actions.append(UsageRecord.usage_estimated.set("true"))
+        if reason:
+            record_actions.append(UsageRecord.estimate_reason.set(reason[:100]))
     if charge > hold.micros:
         record_actions += [UsageRecord.overrun.set("true"), UsageRecord.overrun_micros.set(charge - hold.micros)]
     if upstream_status is not None:
@@ -381,6 +396,11 @@ def _fallback_actions(hold: Hold) -> list:
                     UsageRecord.output_usd_per_mtok.set(str(price.output_usd_per_mtok)),
                     UsageRecord.cached_input_usd_per_mtok.set(str(price.cached_input_price)),
                     UsageRecord.cache_write_usd_per_mtok.set(str(price.cache_write_price))]
+        extras = _price_extras(price)
+        for name in ("audio_input_usd_per_mtok", "tier_above_tokens", "tier_input_usd_per_mtok",
+                     "tier_output_usd_per_mtok"):
+            attribute = getattr(UsageRecord, name)
+            actions.append(attribute.set(extras[name]) if name in extras else attribute.remove())
         if hold.requested_model and hold.requested_model != hold.answered_model:
             actions.append(UsageRecord.requested_model.set(hold.requested_model))
     return actions
@@ -417,10 +437,14 @@ def hold_from_record(record: UsageRecord) -> Hold:
     price = ModelPrice(record.model or "", record.provider or "", record.upstream_model or "",
                        Decimal(record.input_usd_per_mtok or "0"), Decimal(record.output_usd_per_mtok or "0"),
                        True, "", cached_input_usd_per_mtok=price_or_none(record.cached_input_usd_per_mtok),
-                       cache_write_usd_per_mtok=price_or_none(record.cache_write_usd_per_mtok))
+                       cache_write_usd_per_mtok=price_or_none(record.cache_write_usd_per_mtok),
+                       audio_input_usd_per_mtok=price_or_none(record.audio_input_usd_per_mtok),
+                       tier_above_tokens=int(record.tier_above_tokens) if record.tier_above_tokens else None,
+                       tier_input_usd_per_mtok=price_or_none(record.tier_input_usd_per_mtok),
+                       tier_output_usd_per_mtok=price_or_none(record.tier_output_usd_per_mtok))
     factors = ChargeFactors(price, int(record.markup_bp or 0), Decimal(record.fx_rate or "1"), record.fx_rate_at or "")
     plan = HoldPlan(int(record.hold_prompt_tokens or 0), int(record.hold_output_tokens or 0), True,
-                    int(record.hold_micros or 0))
+                    int(record.hold_micros or 0), audio_tokens=int(record.hold_audio_tokens or 0))
     account_id = record.account_id.split("#", 1)[0]  # the record may sit in a shard's partition
     return Hold(record.request_id, account_id, record.sk, record.key_hash or "", record.key_id,
                 int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "",

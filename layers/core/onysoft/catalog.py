@@ -3,8 +3,9 @@
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from onysoft import clock
+from onysoft import clock, money
 from onysoft.models import CatalogEntry
+from onysoft.provider_usage import Usage
 
 MODEL = "model"
 FX = "fx"
@@ -16,6 +17,8 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class ModelPrice:
+    """A model's prices (USD per million tokens) and the bounds a hold is sized on (docs/BILLING.md)."""
+
     model: str
     provider: str
     upstream_model: str
@@ -26,7 +29,16 @@ class ModelPrice:
     max_output_tokens: int | None = None  # the most output a hold covers and the gateway sends upstream
     cached_input_usd_per_mtok: Decimal | None = None  # None: cached input is priced as input
     cache_write_usd_per_mtok: Decimal | None = None  # None: cache writes are priced as input
-    tokens_per_image: int | None = None  # the prompt bound of one image, audio or file part
+    # The prompt tokens one media part may cost, by kind; a kind without a bound is refused (hold_sizing).
+    tokens_per_image: int | None = None
+    tokens_per_audio: int | None = None
+    tokens_per_document: int | None = None
+    audio_input_usd_per_mtok: Decimal | None = None  # audio input tokens; None: audio input is refused
+    # Long-context tier: a request whose prompt is above `tier_above_tokens` is priced wholly at the tier's prices
+    # (Gemini 2.5 Pro above 200k, Claude's 1M context); its cached reads and cache writes at the tier's input price.
+    tier_above_tokens: int | None = None
+    tier_input_usd_per_mtok: Decimal | None = None
+    tier_output_usd_per_mtok: Decimal | None = None
 
     @property
     def cached_input_price(self) -> Decimal:
@@ -35,6 +47,31 @@ class ModelPrice:
     @property
     def cache_write_price(self) -> Decimal:
         return self.input_usd_per_mtok if self.cache_write_usd_per_mtok is None else self.cache_write_usd_per_mtok
+
+    def media_bound(self, kind: str) -> int | None:
+        """The catalog's bound for one media part of `kind` (image | audio | document); None: not accepted."""
+        if kind == "audio" and self.audio_input_usd_per_mtok is None:
+            return None  # audio tokens the catalog cannot price are never sent
+        return {"image": self.tokens_per_image, "audio": self.tokens_per_audio,
+                "document": self.tokens_per_document}.get(kind)
+
+    def in_tier(self, prompt_tokens: int) -> bool:
+        return self.tier_above_tokens is not None and prompt_tokens > self.tier_above_tokens
+
+    def cost_usd(self, usage: Usage) -> Decimal:
+        """What the provider bills for `usage` at these prices: uncached text input, cached reads, cache writes
+        and audio input (all within prompt_tokens), and output (reasoning included). Exact, in USD."""
+        text_in, output = self.input_usd_per_mtok, self.output_usd_per_mtok
+        cached, writes = self.cached_input_price, self.cache_write_price
+        if self.in_tier(usage.prompt_tokens):
+            text_in = self.tier_input_usd_per_mtok if self.tier_input_usd_per_mtok is not None else text_in
+            output = self.tier_output_usd_per_mtok if self.tier_output_usd_per_mtok is not None else output
+            cached = writes = text_in
+        audio = self.audio_input_usd_per_mtok if self.audio_input_usd_per_mtok is not None else text_in
+        uncached = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens - usage.audio_tokens
+        return (money.usd_cost(uncached, text_in) + money.usd_cost(usage.cached_tokens, cached)
+                + money.usd_cost(usage.cache_write_tokens, writes) + money.usd_cost(usage.audio_tokens, audio)
+                + money.usd_cost(usage.completion_tokens, output))
 
 
 def _decimal(text: str, what: str) -> Decimal:
@@ -54,25 +91,38 @@ def split_model_name(model: str) -> tuple[str, str]:
     return provider, upstream
 
 
+COUNTS = ("max_output_tokens", "tokens_per_image", "tokens_per_audio", "tokens_per_document", "tier_above_tokens")
+OPTIONAL_PRICES = ("cached_input_usd_per_mtok", "cache_write_usd_per_mtok", "audio_input_usd_per_mtok",
+                   "tier_input_usd_per_mtok", "tier_output_usd_per_mtok")
+
+
 def set_model(model: str, *, input_usd_per_mtok: str, output_usd_per_mtok: str,
               provider: str | None = None, upstream_model: str | None = None, enabled: bool = True,
-              max_output_tokens: int | None = None, cached_input_usd_per_mtok: str | None = None,
-              cache_write_usd_per_mtok: str | None = None, tokens_per_image: int | None = None) -> ModelPrice:
-    for what, count in (("max output tokens", max_output_tokens), ("tokens per image", tokens_per_image)):
+              **options) -> ModelPrice:
+    """Add or replace a model. `options`: the COUNTS (positive whole numbers) and OPTIONAL_PRICES (decimal
+    strings) of ModelPrice; absent ones are unset."""
+    unknown = set(options) - set(COUNTS) - set(OPTIONAL_PRICES)
+    if unknown:
+        raise TypeError(f"unknown catalog options: {sorted(unknown)}")
+    for name in COUNTS:
+        count = options.get(name)
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
-            raise CatalogError(f"{what} must be a positive whole number, got {count!r}")
+            raise CatalogError(f"{name.replace('_', ' ')} must be a positive whole number, got {count!r}")
+    tier = [options.get(name) for name in ("tier_above_tokens", "tier_input_usd_per_mtok", "tier_output_usd_per_mtok")]
+    if any(v is not None for v in tier) and any(v is None for v in tier):
+        raise CatalogError("a long-context tier needs all three: tier above tokens, tier input and output prices")
+    if (options.get("audio_input_usd_per_mtok") is None) != (options.get("tokens_per_audio") is None):
+        raise CatalogError("audio input needs both its price and its bound per part (tokens per audio)")
     default_provider, default_upstream = split_model_name(model)
+    prices = {name: None if options.get(name) is None else str(_decimal(options[name], name.replace("_", " ")))
+              for name in OPTIONAL_PRICES}
     entry = CatalogEntry(
         kind=MODEL, id=model, provider=provider or default_provider,
         upstream_model=upstream_model or default_upstream,
         input_usd_per_mtok=str(_decimal(input_usd_per_mtok, "input price")),
         output_usd_per_mtok=str(_decimal(output_usd_per_mtok, "output price")),
         enabled="true" if enabled else "false", updated_at=clock.now_iso(),
-        max_output_tokens=max_output_tokens, tokens_per_image=tokens_per_image,
-        cached_input_usd_per_mtok=None if cached_input_usd_per_mtok is None
-        else str(_decimal(cached_input_usd_per_mtok, "cached input price")),
-        cache_write_usd_per_mtok=None if cache_write_usd_per_mtok is None
-        else str(_decimal(cache_write_usd_per_mtok, "cache write price")),
+        **{name: options.get(name) for name in COUNTS}, **prices,
     )
     entry.save()
     return _to_price(entry)
@@ -83,10 +133,8 @@ def _to_price(entry: CatalogEntry) -> ModelPrice:
         model=entry.id, provider=entry.provider, upstream_model=entry.upstream_model,
         input_usd_per_mtok=Decimal(entry.input_usd_per_mtok), output_usd_per_mtok=Decimal(entry.output_usd_per_mtok),
         enabled=entry.enabled == "true", created_at=entry.updated_at or "",
-        max_output_tokens=int(entry.max_output_tokens) if entry.max_output_tokens else None,
-        cached_input_usd_per_mtok=_optional_decimal(entry.cached_input_usd_per_mtok),
-        cache_write_usd_per_mtok=_optional_decimal(entry.cache_write_usd_per_mtok),
-        tokens_per_image=int(entry.tokens_per_image) if entry.tokens_per_image else None,
+        **{name: int(getattr(entry, name)) if getattr(entry, name) else None for name in COUNTS},
+        **{name: _optional_decimal(getattr(entry, name)) for name in OPTIONAL_PRICES},
     )
 
 

@@ -1,15 +1,23 @@
 """POST /v1/chat/completions, /v1/embeddings, /v1/responses and /v1/messages: validate, hold, forward, settle.
 
 One path for every route; what differs between the APIs (body checks, the output limit's field, headers,
-where the usage is) is onysoft.api_formats. The body goes upstream as the client sent it, but for the model
-name (the provider's), the stream usage option (always asked for, so a stream is always billed) and the output
-limit, which belongs to the gateway: exactly one, in the provider's field, equal to the held output per answer
-(hold_sizing). The client's key never goes upstream. With fallbacks (onysoft.fallbacks) the models are tried
-in order under one hold.
+where the usage is, how a whole answer is assembled) is onysoft.api_formats. What goes upstream is what the
+route's allow-list lets through (onysoft.request_policy), the model name (the provider's), the output limit, which
+belongs to the gateway (exactly one, in the provider's field, equal to the held output per answer: hold_sizing),
+and, where the API streams, always a stream with its usage: a client that asked for a whole answer gets one
+assembled from it (onysoft.answer_assembly). The client's key never goes upstream. With fallbacks
+(onysoft.fallbacks) the models are tried in order under one hold.
 
-A call that reached the upstream is never free: a deadline before the function's timeout ends a long stream
-and settles what was delivered; a settle that fails is retried and, failing still, left pending for the
-sweeper to settle (never released).
+What a call costs is decided in one place, `settle` (docs/BILLING.md, "The platform never pays more than it
+charged"):
+- never sent (no connection could be made) or refused by the provider before doing any work (an HTTP error
+  status): nothing, the hold is released; only then is a fallback tried;
+- sent, and the provider's usage is known (its final usage event, and numbers that make sense): exactly that;
+- sent, and the usage cannot be known (a timeout after the send, a stream cut or gone silent, the proxy's
+  deadline, an answer too large to keep or not JSON, usage that makes no sense): the hold — the bound the client
+  agreed to — marked estimated. A client that hangs up does not make the usage unknown: the gateway keeps
+  reading the provider (within the deadline) until its usage arrives.
+A settle that fails is retried and, failing still, left pending for the sweeper, which charges the hold.
 """
 
 import asyncio
@@ -17,7 +25,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -31,10 +38,12 @@ from starlette.responses import Response, StreamingResponse
 from onysoft import (
     api_formats,
     billing,
+    clock,
     errors,
     fallbacks,
-    provider_usage,
+    fx_age,
     rate_limits,
+    request_policy,
     spend_limits,
     sse,
     telemetry,
@@ -42,27 +51,27 @@ from onysoft import (
 )
 from onysoft.caller import CallerContext
 from onysoft.catalog import ModelPrice, catalog_cache
-from onysoft.hold_sizing import ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
+from onysoft.deadline import deadline_seconds
+from onysoft.hold_sizing import MAX_ANSWER_BYTES, ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
 from onysoft.key_use import note_use, usable_key
 from onysoft.models import ApiKey
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
 from onysoft.request_ids import current_request_id
+from onysoft.request_policy import InputBound
 from onysoft.retries import Backoff, retry
 
 logger = logging.getLogger("onysoft.forwarding")
 MODEL_HEADER = "x-onysoft-model"  # the model that answered, by the gateway's name (fallbacks)
 MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's request payload limit (API Gateway's own 10 MB never applies)
-FUNCTION_TIMEOUT_SECONDS = 900  # template.yaml's ProxyFunction Timeout (a template test keeps them equal)
-DEADLINE_MARGIN_SECONDS = 30  # time to settle and answer before Lambda would end the invocation
+ERROR_BODY_BYTES = 64 * 1024  # what is read of a provider's error answer (its message, for a 4xx)
 SETTLE_ATTEMPTS = 5
+STOP_POLL_SECONDS = 0.25  # how often a drain after a hang-up looks whether the process is stopping
 
 
-def deadline_seconds() -> float:
-    """How long one request may last in the proxy: ONYSOFT_PROXY_DEADLINE_SECONDS, or the function's timeout
-    minus a margin."""
-    configured = os.environ.get("ONYSOFT_PROXY_DEADLINE_SECONDS")
-    return float(configured) if configured else float(FUNCTION_TIMEOUT_SECONDS - DEADLINE_MARGIN_SECONDS)
+# Set when the process is stopping (the app's lifespan shutdown): a drain after a client's hang-up then stops
+# reading and charges the hold, rather than keep the process up until the provider ends.
+stopping = False
 
 
 def _finite_float(text: str) -> float:
@@ -97,12 +106,14 @@ def _parse_body(raw: bytes, endpoint: str) -> dict:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model the request may be answered by: its charge factors, provider and the provider's key."""
+    """One model the request may be answered by: its charge factors, provider, the provider's key, and what the
+    body's media and tools add to its prompt bound there (its allow-list passed)."""
 
     model: str
     factors: ChargeFactors
     provider: Provider
     provider_key: str
+    bound: InputBound
 
 
 def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
@@ -120,6 +131,7 @@ def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
         logger.error("no USDTRY rate in the catalog")
         raise errors.GatewayError(500, "The gateway has no USD→TRY rate configured. Nothing was charged.",
                                   "server_error", "fx_rate_missing")
+    fx_age.check("USDTRY", fx[1])
     return ChargeFactors(price, caller.markup_bp, fx[0], fx[1])
 
 
@@ -133,9 +145,9 @@ def _provider_and_key(price: ModelPrice) -> tuple[Provider, str]:
                                   "upstream_error", "provider_unavailable") from None
 
 
-def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: str) -> list[Candidate]:
-    """Every model the request may go to, each checked as `model` is (404, 403, provider), before the hold; a
-    key's default fallback that fails a check is skipped."""
+def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: str, body: dict) -> list[Candidate]:
+    """Every model the request may go to, each checked as `model` is (404, 403, provider, the route's allow-list
+    for that provider and model), before the hold; a key's default fallback that fails a check is skipped."""
     found = []
     for name, required in names:
         try:
@@ -144,12 +156,13 @@ def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: 
             if not provider.serves(endpoint):
                 raise errors.bad_request(f"The model '{name}' is not offered on this route (its provider "
                                          f"'{provider.name}' does not serve it).", "model", "model_not_supported")
+            bound = request_policy.check(endpoint, body, provider, factors.price)
         except errors.GatewayError:
             if required:
                 raise
             logger.warning("key's default fallback skipped", extra={"model": name, "key_id": caller.key_id})
             continue
-        found.append(Candidate(name, factors, provider, key))
+        found.append(Candidate(name, factors, provider, key, bound))
     return found
 
 
@@ -219,14 +232,15 @@ async def forward(request: Request, endpoint: str, key_hash: str, caller: Caller
 
 async def _forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:
     started = time.monotonic()
+    deadline_at = started + deadline_seconds()
     fmt = api_formats.get(endpoint)
     raw = await request.body()
     body = _parse_body(raw, endpoint)
     telemetry.note(model=body.get("model"))
     fmt.validate(body)
     names = fallbacks.candidates(body, caller, endpoint)
-    candidates = await run_in_threadpool(_candidates, names, caller, endpoint)
-    plans = [plan_hold(endpoint, body, len(raw), c.factors) for c in candidates]
+    candidates = await run_in_threadpool(_candidates, names, caller, endpoint, body)
+    plans = [plan_hold(endpoint, body, len(raw), c.factors, c.bound) for c in candidates]
     request_id = current_request_id()  # the one in the answer's x-onysoft-request-id (request_ids.RequestIds)
     held, plans, key = await run_in_threadpool(_hold, request_id, key_hash, caller, plans, candidates, endpoint,
                                                body)
@@ -247,7 +261,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             outgoing = client.build_request(
                 "POST", upstream.upstream_url(provider, endpoint),
                 content=_upstream_body(fmt, body, candidate.factors.price, provider, hold.plan.output_limit),
-                headers=fmt.upstream_headers(candidate.provider_key, bool(body.get("stream")), request.headers),
+                headers=fmt.upstream_headers(candidate.provider_key, fmt.streams, request.headers),
             )
         except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
             await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
@@ -258,17 +272,22 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             response = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
             error = upstream.error_from_exception(provider, exc)
-            if not last:  # before the first byte: the next model is tried
+            if not upstream.never_sent(exc):
+                # It left: the provider may be working on it and will bill. Charged the hold; no other model.
+                await run_in_threadpool(settle, hold, None, None, error.code or "upstream_error")
+                error = upstream.charged(error)
+            elif not last:  # no connection could be made: nothing reached the provider, the next model is tried
                 failed.append(f"{candidate.model}: {error.code}")
                 continue
-            await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
-                                    message=str(exc) or error.message)
+            else:
+                await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
+                                        message=str(exc) or error.message)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error from None
         telemetry.note(upstream_ms=int((time.monotonic() - upstream_started) * 1000))
         if response.status_code != 200:
-            content = await response.aread()
-            await response.aclose()
+            # An error status: the provider refused before doing any work, and bills nothing.
+            content = await _read_capped(response, ERROR_BODY_BYTES)
             error = upstream.error_from_status(provider, response.status_code, content, response.headers)
             if not last and fallbacks.worth_another_try(response.status_code):
                 failed.append(f"{candidate.model}: {response.status_code}")
@@ -280,18 +299,19 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
         break
     headers = {**_headers(hold, caller, window, await counted), MODEL_HEADER: candidate.model}
     rename = candidate.model if len(candidates) > 1 else None
+    content_type = response.headers.get("content-type", "")
+    if fmt.streams and "event-stream" in content_type:
+        if body.get("stream"):
+            return BilledStream(_relay_stream(response, hold, fmt, fmt.wants_usage(body), deadline_at, rename),
+                                media_type="text/event-stream",
+                                headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+        return await _answer_from_stream(response, provider, hold, fmt, headers, deadline_at, rename)
     if fmt.streams and body.get("stream"):
-        content_type = response.headers.get("content-type", "")
-        if content_type and "event-stream" not in content_type:
-            # A 200 that is not a stream is no answer to a stream request: 502, as a malformed 200 is.
-            await response.aclose()
-            raise await _malformed(provider, hold, headers)
-        deadline_at = started + deadline_seconds()
-        return StreamingResponse(_relay_stream(response, hold, fmt, fmt.wants_usage(body), len(raw), deadline_at,
-                                               rename),
-                                 media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
-    return await _relay_whole(response, provider, hold, fmt, headers, len(raw), started + deadline_seconds(), rename)
+        # A whole answer to a stream request is no stream: 502 (what it cost is read from it if it says).
+        content, ended = await _read_answer(response, deadline_at)
+        await run_in_threadpool(settle, hold, _usage_of_answer(content, hold, fmt), 200, ended or "not_a_stream")
+        raise _with_headers(_malformed(provider), headers)
+    return await _relay_whole(response, provider, hold, fmt, headers, deadline_at, rename)
 
 
 def _upstream_body(fmt: api_formats.ApiFormat, body: dict, price: ModelPrice, provider: Provider,
@@ -299,14 +319,23 @@ def _upstream_body(fmt: api_formats.ApiFormat, body: dict, price: ModelPrice, pr
     return json.dumps(fmt.upstream_body(body, price, provider, output_limit)).encode()
 
 
-def settle(hold: billing.Hold, usage: Usage, upstream_status: int | None = 200) -> None:
-    """Settle, retrying any failure with backoff. Never turned into a release: if every attempt fails, the
-    hold stays pending (its request marked sent) and the sweeper settles it on its prompt bound."""
+def settle(hold: billing.Hold, usage: Usage | None, upstream_status: int | None = 200, reason: str = "") -> None:
+    """What a sent call costs, the one rule (see the module's doc): the provider's usage when it is known, else
+    the hold (`reason` says why it is not known). Retried with backoff, every attempt the same transaction
+    (one settled_at), so a retry after an unseen success is a no-op. Never turned into a release: if every
+    attempt fails, the hold stays pending (its request marked sent) and the sweeper charges it."""
+    if usage is None:
+        usage = hold.plan.as_usage()
+        telemetry.charged_hold(reason or "unknown")
+        logger.warning("usage unknown: charged the hold", extra={"request_id": hold.request_id, "why": reason})
+    settled_at = clock.now_iso()
+
     def failed(attempt: int, exc: Exception) -> None:
         logger.exception("settle failed", extra={"request_id": hold.request_id, "attempt": attempt})
 
     try:
-        retry(lambda: billing.settle(hold, usage, upstream_status=upstream_status),
+        retry(lambda: billing.settle(hold, usage, upstream_status=upstream_status, settled_at=settled_at,
+                                     reason=reason if usage.estimated else ""),
               Backoff(SETTLE_ATTEMPTS, base_seconds=0.05, cap_seconds=1.0),
               retry_if=lambda exc: not isinstance(exc, billing.AlreadyClosed), on_failure=failed)
     except billing.AlreadyClosed:  # settled by an earlier attempt whose answer was lost: charged once
@@ -315,14 +344,22 @@ def settle(hold: billing.Hold, usage: Usage, upstream_status: int | None = 200) 
         logger.error("settle failed on every attempt: left for the sweeper", extra={"request_id": hold.request_id})
 
 
-def _media_tokens(hold: billing.Hold) -> int:
-    return hold.plan.media_parts * hold.plan.tokens_per_image
+def known_usage(fmt: api_formats.ApiFormat, raw, tally: sse.StreamTally | None, hold: billing.Hold) -> Usage | None:
+    """The provider's usage, if it said it and it can be believed: numbers that make sense (provider_usage), and
+    never less output than the stream visibly delivered (each event with a non-empty delta is at least a token)."""
+    reported = fmt.read_usage(raw, output_expected=hold.plan.output_tokens > 0, request_id=hold.request_id)
+    if reported is not None and tally is not None and reported.completion_tokens < tally.content_chunks:
+        logger.warning("provider usage below what it delivered", extra={
+            "request_id": hold.request_id, "reported": reported.completion_tokens, "chunks": tally.content_chunks})
+        return None
+    return reported
 
 
 def deadline_error(provider: Provider) -> errors.GatewayError:
     return errors.GatewayError(
         504, f"The request reached the gateway's time limit ({deadline_seconds():g} s) before the {provider.name} "
-             "provider finished; what was delivered is billed.", "server_error", "gateway_deadline")
+             "provider finished. It was charged its hold: the provider may have done the work.",
+        "server_error", "gateway_deadline")
 
 
 async def _note_use_and_window_usage(key: ApiKey, caller: CallerContext, window: rate_limits.Window
@@ -345,80 +382,208 @@ def _headers(hold: billing.Hold, caller: CallerContext, window: rate_limits.Wind
     return rate_limits.headers(caller, usage, window) if usage is not None else {}
 
 
-async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, fmt: api_formats.ApiFormat,
-                       headers: dict, body_size: int, deadline_at: float, rename: str | None) -> Response:
-    try:
-        content = await asyncio.wait_for(response.aread(), max(deadline_at - time.monotonic(), 0.001))
-    except TimeoutError:
-        await response.aclose()
-        usage = provider_usage.estimate(body_size, _media_tokens(hold), 0)
-        await run_in_threadpool(settle, hold, usage, None)
-        error = deadline_error(provider)
-        error.headers.update(headers)
-        raise error from None
-    except httpx.HTTPError as exc:
-        error = upstream.error_from_exception(provider, exc)
-        await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error", message=error.message)
-        error.headers.update(headers)
-        raise error from None
-    finally:
-        await response.aclose()
-    try:
-        payload = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        payload = None
-    if not isinstance(payload, dict):
-        # A 200 that is not a JSON object is no answer: the client gets 502 and pays nothing.
-        raise await _malformed(provider, hold, headers)
-    usage = _usage_of(payload, body_size, hold, fmt)
-    # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
-    await run_in_threadpool(settle, hold, usage, response.status_code)
-    if rename:
-        content = json.dumps(api_formats.rename_model(payload, rename)).encode()
-    return Response(content, status_code=200, media_type="application/json", headers=headers)
-
-
-async def _malformed(provider: Provider, hold: billing.Hold, headers: dict) -> errors.GatewayError:
-    """Release the hold of a request the provider answered with an unusable 200; the error to raise."""
-    error = errors.GatewayError(502, f"The {provider.name} provider sent a malformed response. Nothing was "
-                                     "charged.", "upstream_error", "upstream_malformed_response")
-    await run_in_threadpool(billing.release, hold, code=error.code, message=error.message, upstream_status=200)
+def _with_headers(error: errors.GatewayError, headers: dict) -> errors.GatewayError:
     error.headers.update(headers)
     return error
 
 
-def _usage_of(payload: dict, body_size: int, hold: billing.Hold, fmt: api_formats.ApiFormat) -> Usage:
-    """The provider's usage, or an estimate (~4 characters a token) when it sent none or nonsense: an answer
-    is never free, and never billed on numbers that cannot be trusted."""
-    reported = fmt.read_usage(payload.get("usage"), output_expected=hold.plan.output_tokens > 0,
-                              request_id=hold.request_id)
-    if reported is not None:
-        return reported
-    chars = fmt.delivered_chars(payload)
-    return provider_usage.estimate(body_size, _media_tokens(hold), (chars + 3) // 4)
+def _malformed(provider: Provider) -> errors.GatewayError:
+    return errors.GatewayError(502, f"The {provider.name} provider sent a malformed response. The request was "
+                                    "charged as the provider answered it.", "upstream_error",
+                               "upstream_malformed_response")
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """Up to `limit` bytes of an answer (an error's message), then the connection is closed."""
+    chunks, size = [], 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()
+    return b"".join(chunks)[:limit]
+
+
+async def _read_answer(response: httpx.Response, deadline_at: float) -> tuple[bytes | None, str]:
+    """A whole (non-stream) answer: (its bytes, "") or (None, why it could not be read: a timeout, a cut, the
+    deadline, or larger than the gateway keeps)."""
+    chunks, size = [], 0
+    reader = _Upstream(response, deadline_at)
+    try:
+        while (raw := await reader.next_chunk()) is not None:
+            size += len(raw)
+            if size > MAX_ANSWER_BYTES:
+                return None, "too_large"
+            chunks.append(raw)
+    finally:
+        await response.aclose()
+    return (b"".join(chunks), "") if reader.ended == "complete" else (None, reader.ended)
+
+
+def _usage_of_answer(content: bytes | None, hold: billing.Hold, fmt: api_formats.ApiFormat) -> Usage | None:
+    try:
+        payload = json.loads(content) if content is not None else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return known_usage(fmt, payload.get("usage"), None, hold) if isinstance(payload, dict) else None
+
+
+async def _relay_whole(response: httpx.Response, provider: Provider, hold: billing.Hold, fmt: api_formats.ApiFormat,
+                       headers: dict, deadline_at: float, rename: str | None) -> Response:
+    """A whole answer from the provider (embeddings; a provider that answers a stream request whole)."""
+    content, ended = await _read_answer(response, deadline_at)
+    try:
+        payload = json.loads(content) if content is not None else None
+    except (ValueError, UnicodeDecodeError):
+        payload = None
+    usage = known_usage(fmt, payload.get("usage"), None, hold) if isinstance(payload, dict) else None
+    # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
+    await run_in_threadpool(settle, hold, usage, 200, ended or ("no_usage" if isinstance(payload, dict)
+                                                                   else "not_json"))
+    if ended:
+        raise _with_headers(_ended_early(provider, ended), headers)
+    if not isinstance(payload, dict):
+        raise _with_headers(_malformed(provider), headers)  # a 200 that is not a JSON object is no answer
+    if rename:
+        payload = api_formats.rename_model(payload, rename)
+        content = json.dumps(payload).encode()
+    return Response(content, status_code=200, media_type="application/json", headers=headers)
+
+
+def _ended_early(provider: Provider, ended: str) -> errors.GatewayError:
+    """The client's error for an answer that did not arrive whole (the call was charged: see settle)."""
+    if ended == "deadline":
+        return deadline_error(provider)
+    if ended == "too_large":
+        return errors.GatewayError(502, f"The {provider.name} provider's answer is larger than the "
+                                        f"{MAX_ANSWER_BYTES // (1024 * 1024)} MB the gateway keeps for a client that "
+                                        "does not stream; it was charged as the provider reported it. Stream it, "
+                                        "or ask for less.", "upstream_error", "response_too_large")
+    timeout = ended == "timeout"
+    return upstream.charged(errors.GatewayError(
+        504 if timeout else 502,
+        f"The {provider.name} provider {'went silent' if timeout else 'broke off'} before its answer was complete.",
+        "upstream_error", "upstream_timeout" if timeout else "upstream_cut"))
+
+
+class _Upstream:
+    """The provider's response read chunk by chunk under the proxy's deadline. `ended` says how it ended: None
+    while open, then "complete" (the provider closed it), "cut" (a broken connection), "timeout" (silent for the
+    read timeout), "deadline" (the proxy's), or "stopping" (the process is stopping)."""
+
+    def __init__(self, response: httpx.Response, deadline_at: float):
+        self.response = response
+        self.deadline_at = deadline_at
+        self.chunks = response.aiter_bytes()
+        self.ended: str | None = None
+        self.buffer = b""
+        self._pending: asyncio.Future | None = None
+
+    async def next_chunk(self, watch_stop: bool = False) -> bytes | None:
+        while self.ended is None:
+            remaining = self.deadline_at - time.monotonic()
+            if remaining <= 0:
+                self.ended = "deadline"
+                break
+            if watch_stop and stopping:
+                self.ended = "stopping"
+                break
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self.chunks.__anext__())
+            # Waiting never cancels the read itself (that would break the stream): a pending read is kept.
+            done, _ = await asyncio.wait({self._pending}, timeout=min(remaining, STOP_POLL_SECONDS)
+                                         if watch_stop else remaining)
+            if not done:
+                continue
+            pending, self._pending = self._pending, None
+            try:
+                return pending.result()
+            except StopAsyncIteration:
+                self.ended = "complete"
+            except httpx.TimeoutException:
+                self.ended = "timeout"
+            except httpx.HTTPError:
+                self.ended = "cut"
+        self._abandon()
+        return None
+
+    async def next_events(self, watch_stop: bool = False) -> list[bytes] | None:
+        """The next complete server-sent events, or None once the stream has ended."""
+        while True:
+            raw = await self.next_chunk(watch_stop)
+            if raw is None:
+                return None
+            events, self.buffer = sse.split_events(self.buffer + raw)
+            if events:
+                return events
+
+    def _abandon(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
+
+async def _answer_from_stream(response: httpx.Response, provider: Provider, hold: billing.Hold,
+                              fmt: api_formats.ApiFormat, headers: dict, deadline_at: float,
+                              rename: str | None) -> Response:
+    """A whole answer for a client that asked for none, assembled from the provider's stream (the usage comes with
+    it). Past MAX_ANSWER_BYTES the assembly stops but the reading goes on, for the usage."""
+    tally, assembler, size = fmt.new_tally(), fmt.assembler(), 0
+    reader = _Upstream(response, deadline_at)
+    try:
+        while (events := await reader.next_events()) is not None:
+            for event in events:
+                fmt.inspect(event, tally)
+                size += len(event)
+                if assembler is not None and size > MAX_ANSWER_BYTES:
+                    assembler = None
+                if assembler is not None:
+                    payload = sse.event_json(event)
+                    if payload is not None:
+                        assembler.feed(payload)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+    usage = known_usage(fmt, fmt.final_usage(tally), tally, hold)
+    ended = reader.ended if reader.ended != "complete" else ""
+    # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
+    await run_in_threadpool(settle, hold, usage, 200, ended or "no_usage")
+    if assembler is None:
+        raise _with_headers(_ended_early(provider, "too_large"), headers)
+    answer = assembler.answer() if (usage is not None or fmt.stream_complete(tally)) else None
+    if answer is None:
+        raise _with_headers(_ended_early(provider, ended) if ended else _malformed(provider), headers)
+    if rename:
+        answer = api_formats.rename_model(answer, rename)
+    return Response(json.dumps(answer).encode(), status_code=200, media_type="application/json", headers=headers)
+
+
+class BilledStream(StreamingResponse):
+    """A streamed answer whose relay always ends in its own task: however the response ends (the client hangs up
+    while the relay waits to send, or the server cancels it at a stop), the relay generator is closed here, so
+    its `finally` settles the call now, never at some later garbage collection of the generator (which may not
+    come before the process ends: a hold left open until the sweeper)."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
 
 
 async def _relay_stream(response: httpx.Response, hold: billing.Hold, fmt: api_formats.ApiFormat, wants_usage: bool,
-                        body_size: int, deadline_at: float, rename: str | None):
+                        deadline_at: float, rename: str | None):
     tally = fmt.new_tally()
-    buffer = b""
     held_back: list[bytes] = []  # the final event ([DONE], response.completed, message_stop): after the settle
-    complete = timed_out = False
-    chunks = response.aiter_raw()
+    reader = _Upstream(response, deadline_at)
     try:
-        while True:
-            remaining = deadline_at - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                raw = await asyncio.wait_for(chunks.__anext__(), remaining)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                timed_out = True
-                logger.warning("stream reached the proxy's deadline", extra={"request_id": hold.request_id})
-                break
-            events, buffer = sse.split_events(buffer + raw)
+        while (events := await reader.next_events()) is not None:
             out = []
             for event in events:
                 verdict = fmt.inspect(event, tally)
@@ -432,24 +597,23 @@ async def _relay_stream(response: httpx.Response, hold: billing.Hold, fmt: api_f
                 out.append(event)
             if out:
                 yield b"".join(out)
-        complete = not timed_out and fmt.stream_complete(tally)
-    except httpx.HTTPError:
-        logger.warning("upstream stream cut", extra={"request_id": hold.request_id})
     finally:
         with anyio.CancelScope(shield=True):  # a client that went away must not stop the billing
+            if reader.ended is None and fmt.final_usage(tally) is None:
+                # The client went away first: read on (not to it) until the provider's usage comes, within the
+                # deadline, so the call is charged what it used rather than its whole hold.
+                while fmt.final_usage(tally) is None and (events := await reader.next_events(watch_stop=True)):
+                    for event in events:
+                        fmt.inspect(event, tally)
             await response.aclose()
-            await run_in_threadpool(_settle_stream, hold, fmt, tally, complete, body_size)
-    if timed_out:
-        yield fmt.stream_error(errors.GatewayError(
-            504, f"The stream reached the gateway's time limit ({deadline_seconds():g} s) and was ended; what was "
-                 "delivered is billed.", "server_error", "gateway_deadline"))
+            usage = known_usage(fmt, fmt.final_usage(tally), tally, hold)
+            ended = reader.ended if reader.ended not in (None, "complete") else ""
+            await run_in_threadpool(settle, hold, usage, 200, ended or "no_usage")
+    if reader.ended not in (None, "complete") and (usage is None or reader.ended == "deadline"):
+        yield fmt.stream_error(_ended_early(hold_provider(hold), reader.ended))
     elif held_back:
         yield b"".join(held_back)
 
 
-def _settle_stream(hold: billing.Hold, fmt: api_formats.ApiFormat, tally: sse.StreamTally, complete: bool,
-                   body_size: int) -> None:
-    reported = fmt.read_usage(tally.usage, request_id=hold.request_id) if complete else None
-    # Cut, abandoned, past the deadline, or nonsense usage: the prompt and what was delivered, estimated.
-    usage = reported or provider_usage.estimate(body_size, _media_tokens(hold), tally.estimated_completion_tokens())
-    settle(hold, usage, 200)
+def hold_provider(hold: billing.Hold) -> Provider:
+    return get_provider(hold.factors.price.provider)

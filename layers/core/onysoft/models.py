@@ -156,8 +156,15 @@ class UsageRecord(GatewayModel):
     reasoning_tokens = NumberAttribute(null=True)  # output tokens spent reasoning (in completion_tokens)
     cached_input_usd_per_mtok = UnicodeAttribute(null=True)
     cache_write_usd_per_mtok = UnicodeAttribute(null=True)
-    tokens_per_image = NumberAttribute(null=True)  # the prompt bound of one media part, as held
-    media_parts = NumberAttribute(null=True)  # image, audio and file parts the prompt bound counted
+    tokens_per_image = NumberAttribute(null=True)  # records before issue 22: the one bound every media part had
+    media_parts = NumberAttribute(null=True)  # image, audio and document parts the prompt bound counted
+    hold_audio_tokens = NumberAttribute(null=True)  # the part of hold_prompt_tokens bounded as audio
+    audio_tokens = NumberAttribute(null=True)  # audio input tokens billed (in prompt_tokens), at the audio price
+    audio_input_usd_per_mtok = UnicodeAttribute(null=True)
+    tier_above_tokens = NumberAttribute(null=True)  # the model's long-context tier, as priced (onysoft.catalog)
+    tier_input_usd_per_mtok = UnicodeAttribute(null=True)
+    tier_output_usd_per_mtok = UnicodeAttribute(null=True)
+    estimate_reason = UnicodeAttribute(null=True)  # why the usage was not known and the hold was charged
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     # Every factor of the charge, so it can be recomputed (decimal strings, never floats).
@@ -207,7 +214,13 @@ class CatalogEntry(GatewayModel):
     max_output_tokens = NumberAttribute(null=True)  # the output cap a hold is sized for (default in hold_sizing)
     cached_input_usd_per_mtok = UnicodeAttribute(null=True)  # absent: cached input at the input price
     cache_write_usd_per_mtok = UnicodeAttribute(null=True)  # absent: cache writes at the input price
-    tokens_per_image = NumberAttribute(null=True)  # prompt bound per image/audio/file part (default in hold_sizing)
+    tokens_per_image = NumberAttribute(null=True)  # prompt bound per image part (absent: images refused)
+    tokens_per_audio = NumberAttribute(null=True)  # per audio part (absent: audio refused)
+    tokens_per_document = NumberAttribute(null=True)  # per document or file part (absent: refused)
+    audio_input_usd_per_mtok = UnicodeAttribute(null=True)  # absent: audio input refused
+    tier_above_tokens = NumberAttribute(null=True)  # long-context tier (onysoft.catalog.ModelPrice)
+    tier_input_usd_per_mtok = UnicodeAttribute(null=True)
+    tier_output_usd_per_mtok = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
 
 

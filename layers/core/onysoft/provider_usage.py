@@ -7,8 +7,12 @@ Shapes understood (docs/BILLING.md, "Settle"):
 - Anthropic: `cache_read_input_tokens` and `cache_creation_input_tokens` are reported beside the input tokens,
   not inside them: they are added to the prompt.
 - Reasoning reported beside the completion (total_tokens = prompt + completion + reasoning) is added to it.
+- Output the provider did not itemize still counts: the completion is at least total_tokens − prompt_tokens
+  (hidden thinking reported only in the total).
+- Audio input tokens (`prompt_tokens_details.audio_tokens`, inside the prompt) are counted apart: the catalog
+  prices them at the model's audio price. Audio output is never asked for (text only): reported, it is nonsense.
 A count that is missing where it is needed, not a whole number, negative, absurdly large, or inconsistent
-(cached above the prompt) makes the whole usage untrusted: the caller bills its estimate, marked so.
+(cached above the prompt) makes the whole usage untrusted: the caller bills the hold, marked estimated.
 """
 
 import logging
@@ -25,6 +29,7 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    audio_tokens: int = 0  # audio input tokens (in prompt_tokens), priced at the catalog's audio price
     estimated: bool = False
 
 
@@ -54,14 +59,19 @@ def _read(raw: dict, output_expected: bool) -> Usage:
     prompt = reported_prompt + beside_read + beside_write
     cached, writes = cached + beside_read, writes + beside_write
     reasoning = _count(completion_details, "reasoning_tokens")
-    total = raw.get("total_tokens")
+    audio = _count(prompt_details, "audio_tokens")
+    if _count(completion_details, "audio_tokens"):
+        raise _Nonsense("audio output tokens (the gateway asks for text only)")
+    total = _count(raw, "total_tokens")
     if reasoning and total == reported_prompt + completion + reasoning:
         completion += reasoning  # reported beside the completion, not inside it
     elif reasoning > completion:
         raise _Nonsense("reasoning_tokens above completion_tokens")
-    if cached + writes > prompt:
-        raise _Nonsense("cached and cache-write tokens above the prompt")
-    return Usage(prompt, completion, cached, writes, reasoning)
+    if total > reported_prompt + completion:
+        completion = total - reported_prompt  # output the provider counted but did not itemize
+    if cached + writes + audio > prompt:
+        raise _Nonsense("cached, cache-write and audio tokens above the prompt")
+    return Usage(prompt, completion, cached, writes, reasoning, audio)
 
 
 def read(raw, *, output_expected: bool = True, request_id: str = "") -> Usage | None:
@@ -75,7 +85,7 @@ def read(raw, *, output_expected: bool = True, request_id: str = "") -> Usage | 
         return None
 
 
-def estimate(body_size: int, media_tokens: int, delivered_tokens: int) -> Usage:
-    """The bill when the provider's usage is missing or nonsense: the prompt at ~4 bytes a token plus the
-    media parts' bound, and what was delivered (~4 characters a token). Marked estimated."""
-    return Usage((body_size + 3) // 4 + media_tokens, delivered_tokens, estimated=True)
+def of_hold(prompt_tokens: int, output_tokens: int, audio_tokens: int = 0) -> Usage:
+    """The bill when the provider's usage cannot be known (docs/BILLING.md): the hold's own bound, the prompt
+    (its audio part at the audio price) and all the output it allowed. Marked estimated."""
+    return Usage(prompt_tokens, output_tokens, audio_tokens=audio_tokens, estimated=True)

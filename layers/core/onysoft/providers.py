@@ -33,10 +33,33 @@ class ProviderUnavailable(Exception):
     """The provider is unknown or has no key configured."""
 
 
+@dataclass(frozen=True)
+class RoutePolicy:
+    """What a route forwards to one provider (providers.json `_routes`; onysoft.request_policy applies it)."""
+
+    fields: frozenset[str]
+    parts: dict[str, str | None]  # content part type → the catalog bound it needs (image | audio | document), or None
+    items: frozenset[str]  # input item types (the Responses API)
+    tools: tuple[str, ...]  # tool types; an entry ending in '_' is a prefix (versioned tools)
+    tool_tokens: dict[str, int]  # prompt tokens the provider adds per tool type ('*': once when any tool is sent)
+
+
 @cache
+def _data() -> dict:
+    return json.loads((Path(__file__).with_name("providers.json")).read_text())
+
+
 def _registry() -> dict[str, dict]:
-    data = json.loads((Path(__file__).with_name("providers.json")).read_text())
-    return {name: entry for name, entry in data.items() if not name.startswith("_")}
+    return {name: entry for name, entry in _data().items() if not name.startswith("_")}
+
+
+@cache
+def route_policy(provider: str, endpoint: str) -> RoutePolicy:
+    """The provider's own `routes` entry for the endpoint, else the route's default."""
+    base = _data()["_routes"][endpoint]
+    entry = {**base, **((_registry().get(provider) or {}).get("routes") or {}).get(endpoint, {})}
+    return RoutePolicy(frozenset(entry["fields"]), dict(entry.get("parts") or {}), frozenset(entry.get("items") or ()),
+                       tuple(entry.get("tools") or ()), dict(entry.get("tool_tokens") or {}))
 
 
 def _env(name: str, suffix: str) -> str | None:

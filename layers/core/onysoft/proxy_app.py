@@ -4,6 +4,7 @@ Every answer, error or not, is OpenAI's shape — Anthropic's on /v1/messages; e
 or a key.
 """
 
+import contextlib
 import json
 import logging
 
@@ -142,8 +143,18 @@ async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
     return _error_response(errors.internal_error(), request.url.path)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette):
+    forwarding.stopping = False
+    yield
+    # The process is stopping (SIGTERM to the execution environment; Ctrl-C locally): a drain still reading a
+    # provider after its client hung up stops and charges the hold (onysoft.forwarding).
+    forwarding.stopping = True
+
+
 def create_app() -> Starlette:
     return Starlette(
+        lifespan=_lifespan,
         routes=[
             Route("/v1/key", get_key, methods=["GET"]),
             Route("/v1/models", list_models, methods=["GET"]),

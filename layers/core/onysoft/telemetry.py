@@ -11,6 +11,8 @@ Metrics (dimension `service`, plus `currency` where it says so); the alarms in t
   ServerErrors (5xx answers), SettleFailures (a hold that could not be settled or released).
 - StaleHoldsFound, StaleHoldsSettled, SweeperCloseFailures, OpenHoldsOlderThan30Min: the sweeper's, every
   run (a record it could not close is counted and skipped, never a stop of the run).
+- FxRateStale {pair}: a request met a USD→TRY rate past its warning age (onysoft.fx_age); ChargedAtHold {reason}:
+  a call whose usage could not be known was charged its hold (onysoft.forwarding).
 
 Metrics are written to stdout (EMF) only in Lambda (AWS_LAMBDA_FUNCTION_NAME set): locally nothing reads
 them, and the local gateway's console stays readable.
@@ -85,6 +87,16 @@ def _emit(metrics: dict[str, tuple[str, float]], dimensions: dict[str, str] | No
 def settle_failed() -> None:
     """A hold could not be closed (settled or released): the money stays held until the sweeper runs."""
     _emit({"SettleFailures": ("Count", 1)})
+
+
+def fx_rate_stale(pair: str) -> None:
+    """A request in the pair's currency met a rate past its warning age (onysoft.fx_age): the alarm's metric."""
+    _emit({"FxRateStale": ("Count", 1)}, {"pair": pair})
+
+
+def charged_hold(reason: str) -> None:
+    """A call whose usage could not be known was charged its hold (a timeout after the send, a cut stream…)."""
+    _emit({"ChargedAtHold": ("Count", 1)}, {"reason": reason})
 
 
 def record_sweep(result: dict[str, int], open_over_30_min: int) -> None:

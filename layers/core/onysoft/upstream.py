@@ -71,9 +71,28 @@ def error_from_status(provider: Provider, status: int, body: bytes, headers: htt
                                "upstream_error", "upstream_error")
 
 
+# Failures before any byte of the request left: no connection could be made, so the provider cannot bill.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+CHARGED = " It was charged its hold: the provider may have done the work."
+
+
+def never_sent(exc: Exception) -> bool:
+    return isinstance(exc, NEVER_SENT)
+
+
+def charged(error: errors.GatewayError) -> errors.GatewayError:
+    """The same error, saying that the call was charged (its usage could not be known)."""
+    if not error.message.endswith(CHARGED):
+        error.message += CHARGED
+    return error
+
+
 def error_from_exception(provider: Provider, exc: Exception) -> errors.GatewayError:
+    if never_sent(exc):
+        return errors.GatewayError(502, f"Could not reach the {provider.name} provider. Nothing was charged.",
+                                   "upstream_error", "upstream_unreachable")
     if isinstance(exc, httpx.TimeoutException):
-        return errors.GatewayError(504, f"The {provider.name} provider did not answer in time. Nothing was charged.",
-                                   "upstream_error", "upstream_timeout")
-    return errors.GatewayError(502, f"Could not reach the {provider.name} provider. Nothing was charged.",
-                               "upstream_error", "upstream_unreachable")
+        return errors.GatewayError(504, f"The {provider.name} provider did not answer in time.", "upstream_error",
+                                   "upstream_timeout")
+    return errors.GatewayError(502, f"The connection to the {provider.name} provider broke after the request was "
+                                    "sent.", "upstream_error", "upstream_unreachable")

@@ -9,34 +9,48 @@ from onysoft.operations.access import cli_operator
 
 from .output import UsageError, fields, output, table
 
+COUNT_FLAGS = ("max_output_tokens", "tokens_per_image", "tokens_per_audio", "tokens_per_document",
+               "tier_above_tokens")
+PRICE_FLAGS = ("cached_input_usd_per_mtok", "cache_write_usd_per_mtok", "audio_input_usd_per_mtok",
+               "tier_input_usd_per_mtok", "tier_output_usd_per_mtok")
+
+
+def _per_mtok(view: dict, name: str, default: str) -> str:
+    return f"{view[name] or default} USD / 1M tokens"
+
 
 def _model_fields(view: dict) -> list[tuple[str, object]]:
+    tier = (f"above {view['tier_above_tokens']} prompt tokens: {view['tier_input_usd_per_mtok']} in, "
+            f"{view['tier_output_usd_per_mtok']} out USD / 1M tokens" if view["tier_above_tokens"] else "none")
     return [
         ("model", view["model"]), ("provider", view["provider"]), ("upstream_model", view["upstream_model"]),
-        ("input", f"{view['input_usd_per_mtok']} USD / 1M tokens"),
-        ("output", f"{view['output_usd_per_mtok']} USD / 1M tokens"),
-        ("cached input", f"{view['cached_input_usd_per_mtok'] or view['input_usd_per_mtok']} USD / 1M tokens"),
-        ("cache write", f"{view['cache_write_usd_per_mtok'] or view['input_usd_per_mtok']} USD / 1M tokens"),
+        ("input", _per_mtok(view, "input_usd_per_mtok", "")),
+        ("output", _per_mtok(view, "output_usd_per_mtok", "")),
+        ("cached input", _per_mtok(view, "cached_input_usd_per_mtok", view["input_usd_per_mtok"])),
+        ("cache write", _per_mtok(view, "cache_write_usd_per_mtok", view["input_usd_per_mtok"])),
+        ("audio input", _per_mtok(view, "audio_input_usd_per_mtok", "") if view["audio_input_usd_per_mtok"]
+         else "refused (no price)"),
+        ("long-context tier", tier),
         ("enabled", view["enabled"]), ("max_output_tokens", view["max_output_tokens"] or "default"),
-        ("tokens_per_image", view["tokens_per_image"] or "default"),
+        *((name, view[name] or "refused (no bound)") for name in ("tokens_per_image", "tokens_per_audio",
+                                                                 "tokens_per_document")),
         ("updated_at", view["updated_at"]),
     ]
 
 
 def set_(args: argparse.Namespace) -> int:
     """One MODEL: its view (`--json`: the model's object). Several, with the same prices: `{"models": [...]}`."""
-    for flag, value in (("--max-output-tokens", args.max_output_tokens), ("--tokens-per-image", args.tokens_per_image)):
+    for name in COUNT_FLAGS:
+        value = getattr(args, name)
         if value is not None and value < 1:
-            raise UsageError(f"{flag} must be a positive number")
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number")
     if len(args.model) > 1 and (args.provider or args.upstream_model):
         raise UsageError("--provider and --upstream-model name one model's upstream: set one MODEL at a time")
+    options = {name: getattr(args, name) for name in (*COUNT_FLAGS, *PRICE_FLAGS) if getattr(args, name) is not None}
     views = [catalog.set_model(
         cli_operator(), model, input_usd_per_mtok=args.input_usd_per_mtok,
         output_usd_per_mtok=args.output_usd_per_mtok, provider=args.provider, upstream_model=args.upstream_model,
-        enabled=not args.disable, max_output_tokens=args.max_output_tokens,
-        cached_input_usd_per_mtok=args.cached_input_usd_per_mtok,
-        cache_write_usd_per_mtok=args.cache_write_usd_per_mtok, tokens_per_image=args.tokens_per_image,
-    ) for model in args.model]
+        enabled=not args.disable, **options) for model in args.model]
     if len(views) == 1:
         return output(args, views[0], lambda: fields(_model_fields(views[0])))
     return output(args, {"models": views}, lambda: "\n\n".join(fields(_model_fields(v)) for v in views))
@@ -55,7 +69,9 @@ def list_(args: argparse.Namespace) -> int:
 def _fx_human(view: dict) -> str:
     if view["rate"] is None:
         return f"No {view['pair']} rate is set."
-    return f"{view['pair']} {view['rate']} (updated {view['updated_at']})"
+    note = {"fresh": "", "stale": "  [past its warning age: update it]",
+            "expired": "  [too old: TRY requests are refused until it is updated]"}.get(view["state"], "")
+    return f"{view['pair']} {view['rate']} (updated {view['updated_at']}, {view['age_hours']} hours ago){note}"
 
 
 def fx_set(args: argparse.Namespace) -> int:
@@ -83,7 +99,17 @@ def register(commands, leaf) -> None:
     p.add_argument("--cached-input-usd-per-mtok", metavar="X", help="price of cached input (default: input price)")
     p.add_argument("--cache-write-usd-per-mtok", metavar="X", help="price of cache writes (default: input price)")
     p.add_argument("--tokens-per-image", type=int, metavar="N",
-                   help="prompt tokens one image, audio or file part may cost (default 4096)")
+                   help="the most prompt tokens one image part may cost (none: image parts are refused)")
+    p.add_argument("--tokens-per-audio", type=int, metavar="N",
+                   help="the most audio tokens one audio part may cost (with --audio-input-usd-per-mtok)")
+    p.add_argument("--audio-input-usd-per-mtok", metavar="X", help="price of audio input (none: audio is refused)")
+    p.add_argument("--tokens-per-document", type=int, metavar="N",
+                   help="the most prompt tokens one document or file part may cost, inline or by URL "
+                        "(none: such parts are refused)")
+    p.add_argument("--tier-above-tokens", type=int, metavar="N",
+                   help="long-context tier: a prompt above N tokens is priced wholly at the tier's prices")
+    p.add_argument("--tier-input-usd-per-mtok", metavar="X", help="the tier's input price")
+    p.add_argument("--tier-output-usd-per-mtok", metavar="Y", help="the tier's output price")
     p.add_argument("--disable", action="store_true", help="keep the entry but refuse requests for it")
     leaf(sub, "list", list_, "list the catalog's models (disabled ones too)")
 

@@ -17,18 +17,26 @@ logger = logging.getLogger("onysoft.dev")
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_OWNER = "demo"  # the org and partner id that own the demo project and partner accounts
 
-# Seed of a first run: (model, input USD/Mtok, output USD/Mtok). mock/* answers offline.
+# Seed of a first run: (model, input USD/Mtok, output USD/Mtok, bounds and optional prices). mock/* answers offline
+# and bills no media (its tokens are the words), so any bound is a true one for it; the OpenAI models get the
+# image bound of a high-detail image at the largest size (2048 x 768 after scaling: 8 tiles): gpt-4o-mini bills
+# 2,833 + 5,667 per tile = 48,169 tokens, gpt-4o 85 + 170 per tile = 1,445. Documents (PDF pages) and audio have no
+# true bound there: refused until an operator sets one.
+MOCK_MEDIA = {"tokens_per_image": 1000, "tokens_per_document": 10_000, "tokens_per_audio": 1000,
+              "audio_input_usd_per_mtok": "4.00"}
 SEED_MODELS = (
-    ("mock/echo", "1.00", "2.00"),
+    ("mock/echo", "1.00", "2.00", MOCK_MEDIA),
     # the mock provider's other models (onysoft.mock_provider), so every fault the README names can be tried
-    ("mock/slow-stream", "1.00", "2.00"),
-    ("mock/cut-stream", "1.00", "2.00"),
-    ("mock/error-500", "1.00", "2.00"),
-    ("mock/rate-limited", "1.00", "2.00"),
-    ("mock/timeout", "1.00", "2.00"),
-    ("mock/embed", "0.02", "0"),
-    ("openai/gpt-4o-mini", "0.15", "0.60"),
-    ("openai/gpt-4o", "2.50", "10.00"),
+    ("mock/slow-stream", "1.00", "2.00", MOCK_MEDIA),
+    ("mock/cut-stream", "1.00", "2.00", {}),
+    ("mock/error-500", "1.00", "2.00", {}),
+    ("mock/rate-limited", "1.00", "2.00", {}),
+    ("mock/timeout", "1.00", "2.00", {}),
+    ("mock/embed", "0.02", "0", {}),
+    ("openai/gpt-4o-mini", "0.15", "0.60", {"tokens_per_image": 48_169, "max_output_tokens": 16_384,
+                                            "cached_input_usd_per_mtok": "0.075"}),
+    ("openai/gpt-4o", "2.50", "10.00", {"tokens_per_image": 1_445, "max_output_tokens": 16_384,
+                                        "cached_input_usd_per_mtok": "1.25"}),
 )
 SEED_USDTRY = "41.50"
 SEED_TOPUP = "100"
@@ -57,8 +65,8 @@ def seed() -> list[DemoKey]:
     from onysoft.api_keys import create_key
     from onysoft.key_types import KEY_TYPES
 
-    for model, input_price, output_price in SEED_MODELS:
-        catalog.set_model(model, input_usd_per_mtok=input_price, output_usd_per_mtok=output_price)
+    for model, input_price, output_price, options in SEED_MODELS:
+        catalog.set_model(model, input_usd_per_mtok=input_price, output_usd_per_mtok=output_price, **options)
     catalog.set_fx("USDTRY", SEED_USDTRY)
     demo = []
     for key_type in KEY_TYPES.values():

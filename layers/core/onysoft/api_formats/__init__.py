@@ -1,8 +1,9 @@
 """What differs between the APIs the gateway speaks, and nothing else: one ApiFormat per route.
 
 The hold → forward → settle path (onysoft.forwarding, onysoft.billing, onysoft.hold_sizing) is one for every
-route. A format says how a request body is checked, what goes upstream (the output limit in its field, the
-provider's headers), where the usage is in an answer or a stream, and how an error is shaped.
+route. A format says how a request body is checked, what goes upstream (always a stream with its usage where the
+API streams, the output limit in its field, the provider's headers), where the usage is in a stream or an
+answer, how a whole answer is assembled from a stream (onysoft.answer_assembly), and how an error is shaped.
 
 Formats: `chat.completions` and `embeddings` (OpenAI), `responses` (OpenAI's Responses API,
 onysoft.api_formats.responses) and `messages` (Anthropic's Messages API, onysoft.api_formats.messages).
@@ -10,7 +11,7 @@ onysoft.api_formats.responses) and `messages` (Anthropic's Messages API, onysoft
 
 import json
 
-from onysoft import errors, hold_sizing, provider_usage, sse
+from onysoft import answer_assembly, errors, hold_sizing, provider_usage, sse
 from onysoft.catalog import ModelPrice
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider
@@ -51,8 +52,10 @@ class ApiFormat:
         outgoing = dict(body)
         outgoing["model"] = price.upstream_model
         outgoing.pop("models", None)  # fallbacks are the gateway's, never the provider's
-        if outgoing.get("stream"):
-            outgoing["stream_options"] = {**(outgoing.get("stream_options") or {}), "include_usage": True}
+        outgoing.pop("store", None)  # never stored at the provider (absent is false; validate refused true)
+        # Always a stream, with its usage, whatever the client asked for (see the module's doc).
+        outgoing["stream"] = True
+        outgoing["stream_options"] = {**(outgoing.get("stream_options") or {}), "include_usage": True}
         # One output limit, the provider's field, what was held: the provider cannot produce more than that.
         for name in hold_sizing.OUTPUT_LIMIT_FIELDS:
             outgoing.pop(name, None)
@@ -74,12 +77,9 @@ class ApiFormat:
     def read_usage(self, raw, *, output_expected: bool = True, request_id: str = "") -> Usage | None:
         return provider_usage.read(raw, output_expected=output_expected, request_id=request_id)
 
-    def delivered_chars(self, payload: dict) -> int:
-        chars = 0
-        for choice in payload.get("choices") or []:
-            content = field(field(choice, "message"), "content")
-            chars += len(content) if isinstance(content, str) else 0
-        return chars
+    def assembler(self):
+        """What puts a whole answer together from the stream, for a client that asked for none."""
+        return answer_assembly.ChatAnswer()
 
     def new_tally(self) -> sse.StreamTally:
         return sse.StreamTally()
@@ -92,6 +92,11 @@ class ApiFormat:
 
     def stream_complete(self, tally: sse.StreamTally) -> bool:
         return tally.done or tally.usage is not None
+
+    def final_usage(self, tally: sse.StreamTally):
+        """The stream's usage once it is the provider's last word on it (its own chunk, or [DONE] came), else
+        None: a usage seen mid-stream may still grow."""
+        return tally.usage if (tally.usage_final or tally.done) else None
 
     # ------------------------------------------------------------------ errors
 
@@ -114,6 +119,9 @@ class Embeddings(ApiFormat):
         outgoing = dict(body)
         outgoing["model"] = price.upstream_model
         return outgoing
+
+    def assembler(self):
+        return None  # embeddings never stream
 
 
 def rename_model(event_or_payload, name: str):

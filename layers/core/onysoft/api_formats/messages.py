@@ -8,16 +8,18 @@
   input: provider_usage adds them to the prompt and prices them at the catalog's cached and cache-write
   prices) and `output_tokens` (thinking included). In a stream `message_start` carries the input usage and
   `message_delta` the output (cumulative); the stream is complete at `message_stop`.
-- Refused as unpriced (400): server tools billed per use (web search, web fetch, code execution), MCP
-  servers, containers, a service tier other than standard, and one-hour cache writes (`cache_control.ttl`
-  "1h", priced at 2× input where the catalog holds one cache-write price, the 5-minute one).
+- Refused as unpriced (400): whatever the allow-list (onysoft.request_policy, providers.json) does not name —
+  server tools billed per use (web search, web fetch, code execution), MCP servers, containers —, a service tier
+  other than standard, and one-hour cache writes (`cache_control.ttl` "1h", priced at 2× input where the catalog
+  holds one cache-write price, the 5-minute one). Client tools Anthropic expands (bash, text editor, computer)
+  add the prompt tokens providers.json says they add.
 - Errors are Anthropic's envelope, {"type": "error", "error": {"type", "message"}}, with the same statuses, so
   the anthropic SDK raises the matching exception (AuthenticationError, RateLimitError…).
 """
 
 import json
 
-from onysoft import errors, hold_sizing, provider_usage, sse
+from onysoft import answer_assembly, errors, hold_sizing, provider_usage, sse
 from onysoft.api_formats import FINAL, PASS, ApiFormat, field, require_stream_flag
 from onysoft.catalog import ModelPrice
 from onysoft.provider_usage import Usage
@@ -27,7 +29,6 @@ DEFAULT_VERSION = "2023-06-01"
 ALLOWED_BETAS = frozenset({"claude-code-20250219", "interleaved-thinking-2025-05-14",
                            "fine-grained-tool-streaming-2025-05-14", "token-efficient-tools-2025-02-19",
                            "prompt-caching-2024-07-31"})
-UNPRICED_TOOL_PREFIXES = ("web_search", "web_fetch", "code_execution", "mcp")
 STANDARD_TIERS = (None, "auto", "standard_only")
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
@@ -88,16 +89,6 @@ class Messages(ApiFormat):
         hold_sizing.whole_number(body, "max_tokens", 1, hold_sizing.MAX_OUTPUT_LIMIT)
         if body.get("service_tier") not in STANDARD_TIERS:
             raise _unpriced("service_tier", "only the standard tier is priced")
-        for name in ("mcp_servers", "container"):
-            if body.get(name) is not None:
-                raise _unpriced(name, "MCP servers and code-execution containers are billed apart from tokens")
-        tools = body.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise errors.bad_request("'tools' must be an array.", "tools")
-        for tool in tools or []:
-            kind = field(tool, "type")
-            if isinstance(kind, str) and kind.startswith(UNPRICED_TOOL_PREFIXES):
-                raise _unpriced("tools", f"the server tool {kind[:40]!r} is billed per use")
         if _one_hour_cache([body.get("system"), body.get("messages"), body.get("tools")]):
             raise _unpriced("cache_control", "only 5-minute cache writes are priced (ttl '5m')")
 
@@ -105,6 +96,7 @@ class Messages(ApiFormat):
         outgoing = dict(body)
         outgoing["model"] = price.upstream_model
         outgoing["max_tokens"] = output_limit  # what was held: the provider cannot produce more
+        outgoing["stream"] = True  # always: message_delta brings the output usage (onysoft.api_formats)
         return outgoing
 
     def upstream_headers(self, provider_key: str, stream: bool, client_headers) -> dict[str, str]:
@@ -124,15 +116,8 @@ class Messages(ApiFormat):
     def read_usage(self, raw, *, output_expected: bool = True, request_id: str = "") -> Usage | None:
         return provider_usage.read(as_chat_usage(raw), output_expected=output_expected, request_id=request_id)
 
-    def delivered_chars(self, payload: dict) -> int:
-        chars = 0
-        for block in payload.get("content") or []:
-            for name in ("text", "thinking"):
-                text = field(block, name)
-                chars += len(text) if isinstance(text, str) else 0
-            tool_input = field(block, "input")
-            chars += len(json.dumps(tool_input)) if isinstance(tool_input, dict) else 0
-        return chars
+    def assembler(self):
+        return answer_assembly.MessagesAnswer()
 
     def new_tally(self) -> MessagesTally:
         return MessagesTally()
@@ -144,10 +129,7 @@ class Messages(ApiFormat):
         if kind == "content_block_delta":
             delta = payload.get("delta")
             for name in ("text", "thinking", "partial_json"):
-                text = field(delta, name)
-                if isinstance(text, str) and text:
-                    tally.delivered_chars += len(text)
-                    tally.content_chunks += 1
+                tally.delivered(field(delta, name))
         elif kind == "message_start":
             usage = field(payload.get("message"), "usage")
             tally.reported = dict(usage) if isinstance(usage, dict) else {}
@@ -164,6 +146,9 @@ class Messages(ApiFormat):
 
     def stream_complete(self, tally: sse.StreamTally) -> bool:
         return tally.done and tally.usage is not None
+
+    def final_usage(self, tally: sse.StreamTally):
+        return tally.usage  # set only by the event that carries the final usage
 
     def error_body(self, error: errors.GatewayError) -> bytes:
         return json.dumps(error_envelope(error.status, error.message)).encode()

@@ -10,12 +10,13 @@
   outlive the key that made it. `store` is sent as false; `store: true`, `previous_response_id`,
   `conversation`, `prompt`, `background: true` and `item_reference` input items are a 400 (`stateful_option`).
 - Hosted tools (web search, file search, code interpreter, image generation, computer use, MCP) are billed
-  apart from tokens, at prices the catalog does not hold: a 400 (`unpriced_option`). Function tools are fine.
+  apart from tokens, at prices the catalog does not hold: the allow-list (onysoft.request_policy) refuses them
+  (400 `unpriced_option`). Function and custom tools are fine.
 """
 
 import json
 
-from onysoft import errors, hold_sizing, provider_usage, sse
+from onysoft import answer_assembly, errors, hold_sizing, provider_usage, sse
 from onysoft.api_formats import FINAL, PASS, ApiFormat, field, require_stream_flag
 from onysoft.catalog import ModelPrice
 from onysoft.provider_usage import Usage
@@ -26,7 +27,6 @@ STATEFUL = {
     "conversation": "a conversation is stored at the provider under the gateway's account",
     "prompt": "stored prompts live in the gateway's provider account",
 }
-PRICED_TOOL_TYPES = frozenset({"function", "custom"})
 FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 TEXT_DELTAS = frozenset({"response.output_text.delta", "response.reasoning_summary_text.delta",
                          "response.reasoning_text.delta", "response.function_call_arguments.delta",
@@ -75,14 +75,6 @@ class Responses(ApiFormat):
         if body.get("service_tier") not in hold_sizing.STANDARD_SERVICE_TIERS:
             raise _refuse("service_tier", "its price is not in the catalog; use 'auto' or 'default'",
                           "unpriced_option")
-        tools = body.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise errors.bad_request("'tools' must be an array.", "tools")
-        for tool in tools or []:
-            kind = field(tool, "type")
-            if kind not in PRICED_TOOL_TYPES:
-                raise _refuse("tools", f"the hosted tool {str(kind)[:40]!r} is billed apart from tokens, at a price "
-                                       "the catalog does not know", "unpriced_option")
 
     def upstream_body(self, body: dict, price: ModelPrice, provider: Provider, output_limit: int) -> dict:
         outgoing = dict(body)
@@ -90,6 +82,7 @@ class Responses(ApiFormat):
         outgoing["model"] = price.upstream_model
         outgoing["max_output_tokens"] = output_limit  # what was held: the provider cannot produce more
         outgoing["store"] = False  # OpenAI stores by default
+        outgoing["stream"] = True  # always: the usage comes with the final event (onysoft.api_formats)
         return outgoing
 
     def wants_usage(self, body: dict) -> bool:
@@ -98,24 +91,14 @@ class Responses(ApiFormat):
     def read_usage(self, raw, *, output_expected: bool = True, request_id: str = "") -> Usage | None:
         return provider_usage.read(as_chat_usage(raw), output_expected=output_expected, request_id=request_id)
 
-    def delivered_chars(self, payload: dict) -> int:
-        chars = 0
-        for item in payload.get("output") or []:
-            for part in field(item, "content") or []:
-                text = field(part, "text")
-                chars += len(text) if isinstance(text, str) else 0
-            arguments = field(item, "arguments")
-            chars += len(arguments) if isinstance(arguments, str) else 0
-        return chars
+    def assembler(self):
+        return answer_assembly.ResponsesAnswer()
 
     def inspect(self, event: bytes, tally: sse.StreamTally) -> str:
         payload = sse.event_json(event)
         kind = field(payload, "type")
         if kind in TEXT_DELTAS:
-            delta = payload.get("delta")
-            if isinstance(delta, str) and delta:
-                tally.delivered_chars += len(delta)
-                tally.content_chunks += 1
+            tally.delivered(payload.get("delta"))
         elif kind in FINAL_EVENTS:
             usage = field(payload.get("response"), "usage")
             tally.usage = usage if isinstance(usage, dict) else None
@@ -125,6 +108,9 @@ class Responses(ApiFormat):
 
     def stream_complete(self, tally: sse.StreamTally) -> bool:
         return tally.done
+
+    def final_usage(self, tally: sse.StreamTally):
+        return tally.usage  # set only by the event that carries the final usage
 
     def stream_error(self, error: errors.GatewayError) -> bytes:
         payload = {"type": "error", "code": error.code, "message": error.message, "param": error.param}

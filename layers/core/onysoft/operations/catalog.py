@@ -11,15 +11,13 @@ _ONLY_OPERATOR = "Only the platform manages the catalog and exchange rates."
 
 def set_model(actor: Actor, model: str, *, input_usd_per_mtok: str, output_usd_per_mtok: str,
               provider: str | None = None, upstream_model: str | None = None, enabled: bool = True,
-              max_output_tokens: int | None = None, cached_input_usd_per_mtok: str | None = None,
-              cache_write_usd_per_mtok: str | None = None, tokens_per_image: int | None = None) -> dict:
+              **options) -> dict:
+    """`options`: onysoft.catalog.set_model's bounds and optional prices (catalog.COUNTS, catalog.OPTIONAL_PRICES)."""
     access.require_operator(actor, _ONLY_OPERATOR)
     try:
         price = catalog.set_model(
             model, input_usd_per_mtok=input_usd_per_mtok, output_usd_per_mtok=output_usd_per_mtok,
-            provider=provider, upstream_model=upstream_model, enabled=enabled, max_output_tokens=max_output_tokens,
-            cached_input_usd_per_mtok=cached_input_usd_per_mtok, cache_write_usd_per_mtok=cache_write_usd_per_mtok,
-            tokens_per_image=tokens_per_image)
+            provider=provider, upstream_model=upstream_model, enabled=enabled, **options)
     except catalog.CatalogError as exc:
         raise bad_request(str(exc), "model") from None
     return model_view(price)

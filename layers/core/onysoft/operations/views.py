@@ -182,14 +182,25 @@ def model_view(price) -> dict:
         "cached_input_usd_per_mtok": _str(price.cached_input_usd_per_mtok),
         "cache_write_usd_per_mtok": _str(price.cache_write_usd_per_mtok),
         "tokens_per_image": price.tokens_per_image,
+        "tokens_per_audio": price.tokens_per_audio,
+        "tokens_per_document": price.tokens_per_document,
+        "audio_input_usd_per_mtok": _str(price.audio_input_usd_per_mtok),
+        "tier_above_tokens": price.tier_above_tokens,
+        "tier_input_usd_per_mtok": _str(price.tier_input_usd_per_mtok),
+        "tier_output_usd_per_mtok": _str(price.tier_output_usd_per_mtok),
         "updated_at": price.created_at or None,
     }
 
 
 def fx_view(pair: str, found: tuple | None) -> dict:
-    """An exchange rate (rate, updated_at) or its absence (rate null)."""
-    return {"pair": pair, "rate": str(found[0]) if found else None,
-            "updated_at": (found[1] or None) if found else None}
+    """An exchange rate (rate, updated_at, its age and whether it is still used: onysoft.fx_age) or its absence."""
+    from onysoft import fx_age
+
+    if not found:
+        return {"pair": pair, "rate": None, "updated_at": None, "age_hours": None, "state": "missing"}
+    age = fx_age.age_hours(found[1]) if found[1] else None
+    return {"pair": pair, "rate": str(found[0]), "updated_at": found[1] or None,
+            "age_hours": round(age, 2) if age is not None else None, "state": fx_age.state(found[1] or "")}
 
 
 def audit_view(item: AuditRecord) -> dict:
