@@ -84,7 +84,7 @@ def ledger(module_tables):
         now["at"] = at(day, time)
         fx = FX.get(day, Decimal("40")) if caller.currency == "TRY" else Decimal(1)
         factors = ChargeFactors(price, caller.markup_bp, fx, "")
-        micros = hold_micros if hold_micros is not None else factors.charge_micros(100_000, 100_000)
+        micros = hold_micros if hold_micros is not None else factors.charge_micros(Usage(100_000, 100_000))
         plan = HoldPlan(1000, 1000, False, micros)  # tokens: what the rate window counts
         return billing.place_hold(request_id=f"req_{next(seq):024x}", key_hash=key.key_hash, caller=caller,
                                   plan=plan, factors=factors, endpoint="chat.completions", stream=False,

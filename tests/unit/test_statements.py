@@ -68,7 +68,7 @@ def books(tables):
         when(text)
         caller = CallerContext(on.key_id, "user", account_id, "TRY", 5000, shards=4)
         factors = ChargeFactors(BIG, 5000, FX, "")
-        plan = HoldPlan(1000, 1000, False, micros if micros is not None else factors.charge_micros(4000, 4000))
+        plan = HoldPlan(1000, 1000, False, micros if micros is not None else factors.charge_micros(Usage(4000, 4000)))
         return billing.place_hold(request_id=f"req_{next(seq):024x}", key_hash=on.key_hash, caller=caller,
                                   plan=plan, factors=factors, endpoint="chat.completions", stream=False,
                                   model=BIG.model, sending=True)
@@ -208,7 +208,7 @@ def test_a_closed_months_statement_never_changes(books):
     caller = CallerContext(key.key_id, "user", account_id, "TRY", 5000)
     factors = ChargeFactors(SMALL, 5000, FX, "")
     held = billing.place_hold(request_id="req_" + "f" * 24, key_hash=key.key_hash, caller=caller,
-                              plan=HoldPlan(100, 100, False, factors.charge_micros(2000, 2000)), factors=factors,
+                              plan=HoldPlan(100, 100, False, factors.charge_micros(Usage(2000, 2000))), factors=factors,
                               endpoint="chat.completions", stream=False, model=SMALL.model, sending=True)
     billing.settle(held, Usage(1000, 500))
     assert apply(stream_records()) == []
