@@ -208,7 +208,7 @@ def test_a_fallback_answers_from_the_next_model_and_charges_that_model(gw, route
     account, key = funded(gw)
     before = balance(gw, account["account_id"])
     client = oai(gw, key)
-    fallbacks = {"models": ["mock/error-500", "mock/timeout", "mock/echo"]}
+    fallbacks = {"models": ["mock/error-500", "mock/rate-limited", "mock/echo"]}
     if route == "chat":
         request = dict(model="mock/error-500", messages=[{"role": "user", "content": "fall back"}], max_tokens=30,
                        extra_body=fallbacks)
@@ -234,7 +234,7 @@ def test_a_fallback_answers_from_the_next_model_and_charges_that_model(gw, route
     assert charge == expected(account, ECHO, prompt, completion) > 0
     [record] = check_ledger(Tables(gw), account["account_id"])
     assert record["model"] == "mock/echo" and record["requested_model"] == "mock/error-500"
-    assert record["fallback_attempts"] == ["mock/error-500: 500", "mock/timeout: upstream_timeout"]
+    assert record["fallback_attempts"] == ["mock/error-500: 500", "mock/rate-limited: 429"]
     # One hold covered the most expensive candidate (mock/error-500 at 30/60 USD per Mtok).
     held_for_pricey = expected(account, PRICEY_FAILURE, int(record["hold_prompt_tokens"]), 30)
     assert int(record["hold_micros"]) == held_for_pricey > charge
@@ -245,12 +245,27 @@ def test_a_keys_default_fallbacks_are_stored_shown_and_used(gw):
     assert key["fallbacks"] == ["mock/rate-limited", "mock/echo"]
     [listed] = gw.cli_json("keys", "list", "--account", account["account_id"])["keys"]
     assert listed["fallbacks"] == ["mock/rate-limited", "mock/echo"]
-    answer = oai(gw, key).chat.completions.create(model="mock/timeout", messages=[{"role": "user", "content": "x"}])
+    answer = oai(gw, key).chat.completions.create(model="mock/error-500", messages=[{"role": "user", "content": "x"}])
     assert answer.model == "mock/echo"
     [record] = check_ledger(Tables(gw), account["account_id"])
-    assert record["fallback_attempts"] == ["mock/timeout: upstream_timeout", "mock/rate-limited: 429"]
+    assert record["fallback_attempts"] == ["mock/error-500: 500", "mock/rate-limited: 429"]
     # A fallback the key may not use is refused before any hold, like its model.
     _, narrow = funded(gw, "partner_project", "20", "--models", "mock/error-500")
     with pytest.raises(openai.PermissionDeniedError):
         oai(gw, narrow).chat.completions.create(model="mock/error-500", messages=[{"role": "user", "content": "x"}],
                                                 extra_body={"models": ["mock/echo"]})
+
+
+def test_a_model_that_timed_out_after_the_send_is_charged_and_ends_the_request(gw):
+    """A timeout is not a free failure: the provider got the request and may bill all the hold allowed. So the
+    request is charged its hold and no other model is tried: one hold never pays for two models that may both
+    have done the work (issue 22)."""
+    account, key = funded(gw, "partner_project", "20")
+    with pytest.raises(openai.InternalServerError) as raised:
+        oai(gw, key).chat.completions.create(model="mock/timeout", messages=[{"role": "user", "content": "x"}],
+                                             max_tokens=30, extra_body={"models": ["mock/echo"]})
+    assert raised.value.status_code == 504 and "charged its hold" in raised.value.message
+    [record] = check_ledger(Tables(gw), account["account_id"])
+    assert (record["status"], record["model"], record["estimate_reason"]) == (
+        "settled", "mock/timeout", "upstream_timeout")
+    assert int(record["charge_micros"]) == int(record["hold_micros"]) and "fallback_attempts" not in record

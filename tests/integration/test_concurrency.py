@@ -1,11 +1,11 @@
 """Concurrency: ≥ 200 requests at once through `onysoft dev`, then the books must balance (issue 6, part 1).
 
 One run, over real HTTP (httpx, asyncio): keys of all four types, streaming and not, a share of upstream
-failures (fake-500) and cut streams (fake-cut), embeddings, fallbacks (`models`: fake-500, fake-429 or a reset
-connection, then fake-ok; streamed too), a key with rpm 5 that gets 429s, small accounts
-that run out of money midway (sequential clients alongside the burst), and a key deleted midway through the
-CLI while two clients keep using it. Afterwards, read straight from the tables (boto3 on the moto endpoint
-in dev.env), for every account:
+failures (fake-500: free), cut streams (fake-cut) and reset connections (fake-reset), both charged their hold
+(issue 22), embeddings, fallbacks (`models`: fake-500 or fake-429, then fake-ok; streamed too), a key with
+rpm 5 that gets 429s, small accounts that run out of money midway (sequential clients alongside the burst),
+and a key deleted midway through the CLI while two clients keep using it. Afterwards, read straight from the
+tables (boto3 on the moto endpoint in dev.env), for every account:
 - sum of settled charges == top-ups − balance to the micro-unit, with debts in it: some calls (fake-overrun)
   report far more than their hold and are charged in full, so the poor accounts go below zero and are then
   refused (402); a balance is below zero only by those overruns; no hold left open;
@@ -114,7 +114,9 @@ async def send(client: httpx.AsyncClient, key: str, call: Call) -> Call:
                         call.done = True
                     elif line.startswith("data: "):
                         chunk = json.loads(line[6:])
-                        call.deltas += [c["delta"].get("content") or "" for c in chunk["choices"]]
+                        if "error" in chunk:  # the gateway ends a stream that broke with an error event
+                            call.error = chunk
+                        call.deltas += [c["delta"].get("content") or "" for c in chunk.get("choices", [])]
             except httpx.HTTPError:
                 pass  # a cut stream may end as a broken body; the client has what it got
         else:
@@ -149,12 +151,13 @@ def rich_calls(account: dict, key: dict) -> list[Call]:
 
     return ([call("fake-ok") for _ in range(8)] + [call("fake-ok", stream=True) for _ in range(6)]
             + [call("fake-500") for _ in range(3)] + [call("fake-cut", stream=True) for _ in range(3)]
+            + [call("fake-reset") for _ in range(2)]  # sent, then the connection broke: charged its hold
             + [call("fake-embed", endpoint="embeddings") for _ in range(2)]
             + [call("fake-ok", max_tokens=None) for _ in range(2)]  # full-size hold, no output limit
             + [call("fake-overrun"), call("fake-overrun", stream=True)]  # charged beyond the hold: a debt
             + [call("fake-500", fallbacks=("openai/fake-ok",)),  # fallbacks: answered by fake-ok, charged once
                call("fake-429", stream=True, fallbacks=("openai/fake-ok",)),
-               call("fake-reset", fallbacks=("openai/fake-500", "openai/fake-ok"))])
+               call("fake-429", fallbacks=("openai/fake-500", "openai/fake-ok"))])
 
 
 def test_200_concurrent_requests_leave_exact_books(dev, upstream):
@@ -250,6 +253,9 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
             assert call.status == 502 and call.error["code"] == "upstream_error", call
         elif call.model == "openai/fake-cut":
             assert call.status == 200 and not call.done and "".join(call.deltas).split() == REPLY[:3], call
+            assert call.error["error"]["code"] == "upstream_cut", call
+        elif call.model == "openai/fake-reset":
+            assert call.status == 502 and "charged its hold" in call.error["message"], call
         elif call.stream:
             assert call.status == 200 and call.done and "".join(call.deltas).split() == REPLY, call
         else:
@@ -303,8 +309,9 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
             assert (int(record["prompt_tokens"]), int(record["completion_tokens"])) == (PROMPT_TOKENS, len(REPLY))
         elif call.model == "openai/fake-500":
             assert record["status"] == "failed" and record["error_code"] == "upstream_error"
-        elif call.model == "openai/fake-cut":
+        elif call.model in ("openai/fake-cut", "openai/fake-reset"):
             assert record["status"] == "settled" and record.get("usage_estimated") == "true"
+            assert int(record["charge_micros"]) == int(record["hold_micros"])
         elif call.model == "openai/fake-overrun":
             assert record["status"] == "settled" and record["overrun"] == "true"
             assert (int(record["prompt_tokens"]), int(record["completion_tokens"])) == (PROMPT_TOKENS,

@@ -133,9 +133,8 @@ def test_soak_a_request_costs_the_same_with_20000_more_items_stored(new_gateway,
         f"a request costs {last_cpu * 1000:.1f} ms of CPU with {4 * BULK_PER_TABLE} more items stored, "
         f"{last_cpu / first_cpu:.2f}x the {first_cpu * 1000:.1f} ms before")
     journal_bytes = (dev.state_dir / "journal.log").stat().st_size
-    assert dev.stop() == 0
-    assert (dev.state_dir / "snapshot.jsonl").exists()
-    print(f"soak: journal {journal_bytes} bytes before the clean stop compacted it")
+    assert dev.stop() == 0  # compacted, or (past 2 s on a loaded machine) left to the next start: nothing lost
+    print(f"soak: journal {journal_bytes} bytes before the clean stop")
 
 
 def _kill_everything(dev: DevGateway) -> None:

@@ -3,7 +3,7 @@ both): it records what the gateway sends (headers, body, when each request arriv
 chosen by the model name. Never part of the gateway itself.
 
 Models: fake-ok (and any other name) answers; fake-500, fake-429 (Retry-After: 7), fake-bad-json (a 400),
-fake-timeout (5 s before answering), fake-cut (a stream that breaks after 3 chunks), fake-slow-stream,
+fake-timeout (TIMEOUT_DELAY before answering), fake-cut (a stream that breaks after 3 chunks), fake-slow-stream,
 fake-reset (the TCP connection is reset before any answer byte), fake-malformed-200 (HTTP 200 whose body
 is not JSON), fake-overrun (reports OVERRUN_COMPLETION output tokens, far above any small hold),
 fake-bill (bills what it was sent, as a provider would: see `bill`), fake-embed-greedy (embeddings that report
@@ -37,6 +37,7 @@ REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
 PROMPT_TOKENS = 17
 CHUNK_DELAY = 0.3  # slow-stream and endless-stream: seconds between chunks
 ENDLESS_SECONDS = 120.0  # endless-stream: how long it goes on
+TIMEOUT_DELAY = 30.0  # fake-timeout: seconds before it answers (a gateway read timeout ends the wait long before)
 OVERRUN_COMPLETION = 5_000
 GREEDY_EMBED_TOKENS = 1_000
 IMAGE_TOKENS = 1_000  # fake-bill: what one image, audio or file part costs (the catalog says --tokens-per-image)
@@ -105,7 +106,7 @@ class FakeUpstream:
             if model == "fake-bad-json":
                 return JSONResponse({"choices": "not what you expect"}, status_code=400)
             if model == "fake-timeout":
-                await asyncio.sleep(5)
+                await asyncio.sleep(TIMEOUT_DELAY)
             if model == "fake-malformed-200":
                 return Response(b'{"id": "chatcmpl-fake", "choices": [ this is not json', status_code=200,
                                 media_type="application/json")
@@ -126,13 +127,16 @@ class FakeUpstream:
 
             async def events():
                 base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model}
-                words = REPLY
+                # A provider writes no more than the limit it was sent: never more chunks than tokens.
+                limit = body.get("max_completion_tokens") or body.get("max_tokens")
+                words = REPLY[:limit] if isinstance(limit, int) and limit > 0 else REPLY
                 if model == "fake-endless-stream":
                     words = [REPLY[i % len(REPLY)] for i in range(int(ENDLESS_SECONDS / CHUNK_DELAY))]
                 for index, word in enumerate(words):
                     if model == "fake-cut" and index == 3:
                         raise RuntimeError("the fake provider drops the connection")
-                    chunk = {**base, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
+                    text = word if index == 0 else " " + word  # the deltas join into the whole answer's content
+                    chunk = {**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
                     yield f"data: {json.dumps(chunk)}\n\n"
                     if model in ("fake-slow-stream", "fake-endless-stream"):
                         await asyncio.sleep(CHUNK_DELAY)

@@ -72,6 +72,19 @@ STOP_POLL_SECONDS = 0.25  # how often a drain after a hang-up looks whether the 
 # Set when the process is stopping (the app's lifespan shutdown): a drain after a client's hang-up then stops
 # reading and charges the hold, rather than keep the process up until the provider ends.
 stopping = False
+# Stream relays still closing (draining, settling) after their client or the server let go of them: a stop waits
+# for them (`finish_relays`) before the event loop ends. The loop's end cancels every task left, and a task's
+# cancellation reaches its awaits whatever anyio shields, so a relay cut off there would leave its hold open.
+_closing: set[asyncio.Future] = set()
+
+
+async def finish_relays(timeout: float) -> int:
+    """At a stop (after `stopping` is set): wait up to `timeout` for the relays still closing; how many were."""
+    loop = asyncio.get_running_loop()
+    pending = [f for f in _closing if not f.done() and f.get_loop() is loop]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    return len(pending)
 
 
 def _finite_float(text: str) -> float:
@@ -598,17 +611,23 @@ async def _relay_stream(response: httpx.Response, hold: billing.Hold, fmt: api_f
             if out:
                 yield b"".join(out)
     finally:
-        with anyio.CancelScope(shield=True):  # a client that went away must not stop the billing
-            if reader.ended is None and fmt.final_usage(tally) is None:
-                # The client went away first: read on (not to it) until the provider's usage comes, within the
-                # deadline, so the call is charged what it used rather than its whole hold.
-                while fmt.final_usage(tally) is None and (events := await reader.next_events(watch_stop=True)):
-                    for event in events:
-                        fmt.inspect(event, tally)
-            await response.aclose()
-            usage = known_usage(fmt, fmt.final_usage(tally), tally, hold)
-            ended = reader.ended if reader.ended not in (None, "complete") else ""
-            await run_in_threadpool(settle, hold, usage, 200, ended or "no_usage")
+        closed = asyncio.get_running_loop().create_future()
+        _closing.add(closed)
+        try:
+            with anyio.CancelScope(shield=True):  # a client that went away must not stop the billing
+                if reader.ended is None and fmt.final_usage(tally) is None:
+                    # The client went away first: read on (not to it) until the provider's usage comes, within
+                    # the deadline, so the call is charged what it used rather than its whole hold.
+                    while fmt.final_usage(tally) is None and (events := await reader.next_events(watch_stop=True)):
+                        for event in events:
+                            fmt.inspect(event, tally)
+                await response.aclose()
+                usage = known_usage(fmt, fmt.final_usage(tally), tally, hold)
+                ended = reader.ended if reader.ended not in (None, "complete") else ""
+                await run_in_threadpool(settle, hold, usage, 200, ended or "no_usage")
+        finally:
+            closed.set_result(None)
+            _closing.discard(closed)
     if reader.ended not in (None, "complete") and (usage is None or reader.ended == "deadline"):
         yield fmt.stream_error(_ended_early(hold_provider(hold), reader.ended))
     elif held_back:

@@ -31,6 +31,7 @@ telemetry.logger()  # the onysoft.* loggers write JSON, with their extra fields
 
 
 ANTHROPIC_PATHS = ("/v1/messages",)  # errors in Anthropic's envelope, so its SDK raises the right exception
+RELAYS_CLOSE_SECONDS = 2.0  # at a stop: a relay's drain ends within 0.25 s, then one settle transaction
 
 
 def _error_response(error: errors.GatewayError, path: str = "") -> Response:
@@ -148,8 +149,10 @@ async def _lifespan(app: Starlette):
     forwarding.stopping = False
     yield
     # The process is stopping (SIGTERM to the execution environment; Ctrl-C locally): a drain still reading a
-    # provider after its client hung up stops and charges the hold (onysoft.forwarding).
+    # provider after its client hung up stops and charges the hold, and the stop waits for the relays still
+    # closing to settle before the event loop ends (onysoft.forwarding).
     forwarding.stopping = True
+    await forwarding.finish_relays(timeout=RELAYS_CLOSE_SECONDS)
 
 
 def create_app() -> Starlette:
