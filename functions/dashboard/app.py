@@ -30,6 +30,9 @@ from onysoft.audit import Actor
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts, keys, paging
 from onysoft.operations.audit_log import audit_log as read_audit_log
+from onysoft.operations.reports import margin_report
+from onysoft.operations.statements import statement as read_statement
+from onysoft.operations.statements import to_csv as statement_csv
 from onysoft.operations.usage import usage as read_usage
 
 logger = Logger()
@@ -93,6 +96,8 @@ class AccountUpdate(BaseModel):
 
     markup_pct: MarkupPct | None = None
     name: Name | None = None
+    alert_below: Annotated[Decimal, Field(ge=0, le=1_000_000_000, decimal_places=6)] | None = Field(
+        None, description="a Balance Low event when the balance crosses below this (the account's currency); 0: none")
 
 
 class TopUp(BaseModel):
@@ -163,7 +168,7 @@ def _actor() -> Actor:
     event = app.current_event.raw_event
     claims = _claims(event)
     return Actor(principals.from_claims(claims), sub=claims.get("sub"),
-                 request_id=(event.get("requestContext") or {}).get("requestId"))
+                 request_id=(event.get("requestContext") or {}).get("requestId"), email=claims.get("email"))
 
 
 def _error(exc: errors.GatewayError) -> Response:
@@ -193,10 +198,13 @@ def create_account(body: AccountCreate):
     return account, 201
 
 
-@app.patch("/dashboard/accounts/<account_id>", summary="Change an account's markup (partner, operator) or name",
+@app.patch("/dashboard/accounts/<account_id>",
+           summary="Change an account's markup (partner, operator), name or balance alert threshold",
            responses=_responses(200, "The account", 403, 404))
 def update_account(account_id: str, body: AccountUpdate) -> dict:
-    return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name)
+    alert = None if body.alert_below is None else int(body.alert_below * money.MICROS_PER_UNIT)
+    return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name,
+                                   alert_below_micros=alert)
 
 
 @app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",
@@ -266,6 +274,22 @@ def usage(
     return read_usage(_actor(), account_id, start=from_, end=to, key_id=key_id, cursor=cursor, limit=limit)
 
 
+@app.get("/dashboard/accounts/<account_id>/statement",
+         summary="An account's statement for a month: opening balance, top-ups, charges, debts, closing balance",
+         responses=_responses(200, "The statement (JSON), or its lines as CSV with ?format=csv", 404))
+def statement(
+    account_id: str,
+    month: Annotated[str, Query(description="YYYY-MM (UTC)")],
+    format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",  # noqa: A002
+):
+    document = read_statement(_actor(), account_id, month)
+    if format == "json":
+        return document
+    filename = f"statement-{document['account_id']}-{document['month']}.csv"
+    return Response(status_code=200, content_type="text/csv; charset=utf-8", body=statement_csv(document),
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 @app.get("/dashboard/audit", summary="The audit log of your accounts and keys, newest first",
          responses=_responses(200, '{"records": [...], "next": cursor or null}', 404))
 def audit_log(
@@ -274,6 +298,17 @@ def audit_log(
     limit: Annotated[int | None, Query(ge=1, le=paging.MAX_PAGE)] = None,
 ) -> dict:
     return read_audit_log(_actor(), account_id=account_id, cursor=cursor, limit=limit)
+
+
+@app.get("/dashboard/reports/margin",
+         summary="Margin by partner, account, model or day (operator: everything; a partner: its own revenue)",
+         responses=_responses(200, '{"rows": [...], "totals": {...}} over whole UTC days', 403))
+def margin(
+    from_: Annotated[str, Query(alias="from", description="first UTC day, YYYY-MM-DD")],
+    to: Annotated[str, Query(description="last UTC day, YYYY-MM-DD (included)")],
+    by: Annotated[str, Query(description="partner, account, model or day")] = "account",
+) -> dict:
+    return margin_report(_actor(), start=from_, end=to, by=by)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -1,9 +1,12 @@
 """DynamoDB Stream (Usage table) -> usage totals by day and model in UsageRollups (onysoft.usage_rollup).
-Idempotent; a chunk that keeps conflicting is reported back so Lambda retries from it, in order."""
+Idempotent; a chunk that keeps conflicting is reported back so Lambda retries from it, in order. Then the
+balance alerts the counted records call for (onysoft.balance_alerts: never fails the batch)."""
 
-from onysoft import usage_rollup
+from onysoft import balance_alerts, usage_rollup
 
 
 def handler(event: dict, context) -> dict:
-    failed = usage_rollup.apply(event.get("Records") or [])
+    records = event.get("Records") or []
+    failed = usage_rollup.apply(records)
+    balance_alerts.after_rollup(records)
     return {"batchItemFailures": [{"itemIdentifier": sequence} for sequence in failed]}

@@ -232,6 +232,32 @@ def check_ledger(tables: Tables, account_id: str) -> list[dict]:
     return records
 
 
+def check_statements(dev: DevGateway, tables: Tables, account: dict, records: list[dict]) -> list[dict]:
+    """The account's monthly statements (`onysoft statement`, from the ledger and the rollups, never the records)
+    from its creation's month to now, once its requests are all closed and counted: each closing = opening +
+    top-ups − charges, each month opens at the last one's closing, the charges and debts are the records', and
+    the last closing is the balance itself (the sum of its shards). Returns the statements."""
+    first = account["created_at"][:7]
+    months, (year, month) = [], map(int, first.split("-"))
+    while f"{year:04d}-{month:02d}" <= time.strftime("%Y-%m", time.gmtime()):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    statements, opening = [], 0
+    for month in months:
+        statement = dev.cli_json("statement", account["account_id"], "--month", month)
+        made = [r for r in records if r["created_at"][:7] == month]
+        assert statement["opening_balance_micros"] == opening, (month, statement)
+        assert statement["closing_balance_micros"] == (statement["opening_balance_micros"]
+                                                       + statement["topups_micros"] - statement["charges_micros"])
+        assert statement["charges_micros"] == settled_total(made), month
+        assert statement["debts_micros"] == sum(int(r.get("overrun_micros", 0)) for r in made), month
+        opening = statement["closing_balance_micros"]
+        statements.append(statement)
+    assert sum(s["topups_micros"] for s in statements) == int(tables.account(account["account_id"])["topped_up_micros"])
+    assert opening == tables.balance(account["account_id"])
+    return statements
+
+
 # ---------------------------------------------------------------------------------------------- time
 
 

@@ -31,9 +31,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 import httpx
 
+from onysoft import money
 from onysoft_tools.fake_provider import OVERRUN_COMPLETION, PROMPT_TOKENS, REPLY
 from tests.integration.conftest import ROOT, clean_env, onysoft_command
 from tests.integration.ledger import (
@@ -327,6 +329,25 @@ def test_200_concurrent_requests_leave_exact_books(dev, upstream):
         assert totals.get("requests", 0) == len(mine), key_id
         assert totals.get("charge_micros", 0) == settled_total(mine), key_id
     assert tables.key(doomed["key_id"])["status"] == "deleted"
+    # The margin report (the rollups, never the records) reconciles with the records to the micro-unit: every
+    # key type and currency, fallbacks (counted for the model that answered), overruns, failures (issue 26).
+    days = sorted({r["created_at"][:10] for r in all_records})
+    report = dev.cli_json("report", "margin", "--from", days[0], "--to", days[-1], "--by", "account")
+    rows = {(r["account_id"], r["currency"]): r for r in report["rows"]}
+    for account_id, account in accounts.items():
+        mine = [r for r in all_records if r["account_id"] == account_id]
+        settled = [r for r in mine if r["status"] == "settled"]
+        row = rows[(account_id, account["currency"])]
+        assert (row["requests"], row["settled"], row["charged_micros"]) == (len(mine), len(settled),
+                                                                            settled_total(mine)), account_id
+        assert row["charged_usd_micros"] == sum(
+            money.usd_micros_of_charge(int(r["charge_micros"]), Decimal(r["fx_rate"])) for r in settled)
+        assert row["provider_cost_usd_micros"] == sum(money.usd_micros_up(Decimal(r["provider_cost_usd"]))
+                                                      for r in settled)
+        assert row["margin_usd_micros"] == row["charged_usd_micros"] - row["provider_cost_usd_micros"]
+    by_model = dev.cli_json("report", "margin", "--from", days[0], "--to", days[-1], "--by", "model")
+    assert by_model["totals"] == report["totals"]
+    assert {r["model"] for r in by_model["rows"]} == {r["model"] for r in all_records}
     # Poor accounts really ran out: each owes its overrun (a balance below zero) and was refused after it.
     for account, _ in poor:
         records = [r for r in all_records if r["account_id"] == account["account_id"]]

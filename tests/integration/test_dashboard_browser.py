@@ -507,3 +507,169 @@ def test_the_operator_tops_up_once_per_click_even_when_the_request_is_delivered_
     assert gateway.cli_json("accounts", "show", account)["balance_micros"] == 13_500_000
     assert sent[2]["idempotency-key"] != first_key
     screenshot(watched, tmp_path, "operator")
+
+
+def element_screenshot(watched: WatchedPage, tmp_path: Path, name: str, locator) -> None:
+    """One part of the page (a section), here and, when refreshing them, in docs/screenshots."""
+    locator.screenshot(path=str(tmp_path / f"{name}.png"))
+    target = os.environ.get(SCREENSHOT_DIR_ENV)
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        locator.screenshot(path=str(Path(target) / f"{name}.png"))
+
+
+def dollars(amount: str) -> str:
+    """A decimal string as the page shows USD: `$`, at least 2 and at most 6 decimals (no trailing zeros)."""
+    whole, _, fraction = amount.partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def test_the_operator_sees_the_margin_chart_and_a_partner_only_its_revenue(gateway, open_page, tmp_path):
+    partner = f"p-{secrets.token_hex(3)}"
+    customer = new_account(gateway, "partner_customer", name="Margin customer", owner=partner)
+    direct = new_account(gateway, name="Margin direct user")
+    for account, requests in ((customer, 2), (direct, 1)):
+        key = gateway.cli_json("keys", "create", "--account", account, "--name", "m")["key"]
+        gateway.known_keys.add(key)
+        for _ in range(requests):
+            chat(gateway, key)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    start = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 29 * 86400))
+
+    def report() -> dict:
+        return {row["account_id"]: row for row in
+                gateway.cli_json("report", "margin", "--from", start, "--to", today, "--by", "account")["rows"]}
+
+    # The rollup counts a request's hold and its settle, maybe in two polls: wait until both are settled there.
+    deadline = time.monotonic() + 20
+    expected = report()
+    while not all(expected.get(a, {}).get("settled") == n for a, n in ((customer, 2), (direct, 1))):
+        assert time.monotonic() < deadline, expected
+        time.sleep(0.2)
+        expected = report()
+    assert expected[customer]["requests"] == 2 and expected[customer]["margin_usd_micros"] > 0
+
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, "operator"))
+    section = page.get_by_role("region", name="Margin", exact=True)
+    expect(section.get_by_role("heading", name="Margin")).to_be_visible()
+    chart = section.get_by_role("img", name=re.compile(r"^Margin by account, .*: charged \$"))
+    expect(chart).to_be_visible()
+    table = section.get_by_role("table", name=re.compile("^Margin by account"))
+    row = table.get_by_role("row").filter(has_text=customer)
+    cells = row.get_by_role("cell")
+    expect(row.get_by_role("rowheader")).to_have_text(f"Margin customer{customer}")  # the name, its id below
+    expect(cells.nth(1)).to_have_text("2")  # requests
+    expect(cells.nth(3)).to_have_text(dollars(expected[customer]["charged_usd"]))
+    expect(cells.nth(4)).to_have_text(dollars(expected[customer]["provider_cost_usd"]))
+    expect(cells.nth(5)).to_have_text(dollars(expected[customer]["margin_usd"]))
+    expect(cells.nth(6)).to_have_text(f"{expected[customer]['margin_pct']}%")
+    section.get_by_label("Group by").select_option("partner")
+    section.get_by_role("button", name="Show margin").click()
+    expect(section.get_by_role("table", name=re.compile("^Margin by partner"))
+           .get_by_role("row").filter(has_text=partner)).to_be_visible()
+    expect(section.get_by_role("img", name=re.compile(r"^Margin by partner"))).to_be_visible()
+    section.get_by_label("Group by").select_option("account")
+    section.get_by_role("button", name="Show margin").click()
+    expect(section.get_by_role("table", name=re.compile("^Margin by account"))).to_be_visible()
+    settled(page)
+    element_screenshot(watched, tmp_path, "margin", page.locator("#margin"))
+
+    partner_page = open_page()
+    page = partner_page.page
+    sign_in(partner_page, gateway, sign_in_as(gateway, f"partner:{partner}"))
+    section = page.get_by_role("region", name="Revenue", exact=True)
+    table = section.get_by_role("table", name=re.compile("^Revenue by account"))
+    expect(table.get_by_role("row").filter(has_text=customer)).to_be_visible()
+    expect(table.get_by_role("row")).to_have_count(2)  # the header and its one customer
+    expect(table.get_by_role("columnheader", name="Provider cost (USD)")).to_have_count(0)
+    expect(section.get_by_role("img", name=re.compile(r"^Revenue by account"))).to_be_visible()
+    report_calls = [body for url, _, body in partner_page.responses if "/reports/margin" in url]
+    assert report_calls and all(b'"provider_cost_usd_micros": null' in body or
+                                b'"provider_cost_usd_micros":null' in body for body in report_calls)
+    assert direct.encode() not in b"".join(report_calls)
+
+
+def test_a_statement_page_printable_with_its_csv(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Defter Kırtasiye", topup="100")
+    operator = gateway.cli_json("token", "--principal", "operator")["token"]
+    added = httpx.post(f"{gateway.base_url}/dashboard/accounts/{account}/topup", json={"amount": "25"}, timeout=15,
+                       headers={"Authorization": f"Bearer {operator}", "Idempotency-Key": "invoice-2026-0042"})
+    assert added.status_code == 200, added.text
+    key = gateway.cli_json("keys", "create", "--account", account, "--name", "shop")["key"]
+    gateway.known_keys.add(key)
+    for _ in range(2):
+        chat(gateway, key)
+    month = time.strftime("%Y-%m", time.gmtime())
+    # The rollup counts a request's hold and its settle, maybe in two polls: until both are settled there.
+    deadline = time.monotonic() + 20
+    expected = gateway.cli_json("statement", account, "--month", month)
+    while (expected["requests"], expected["pending_requests"]) != (2, 0):
+        assert time.monotonic() < deadline, expected
+        time.sleep(0.2)
+        expected = gateway.cli_json("statement", account, "--month", month)
+    assert expected["closing_balance_micros"] == (expected["opening_balance_micros"] + expected["topups_micros"]
+                                                  - expected["charges_micros"])
+    assert expected["charges_micros"] > 0 and expected["topups_micros"] == 125_000_000
+
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, f"user:{account}"))
+    statement = page.get_by_role("region", name="Statement", exact=True)
+    expect(statement.get_by_label("Month")).to_have_value(month)
+    statement.get_by_role("button", name="Show statement").click()
+    sheet = page.get_by_role("article", name=re.compile(r"^Statement · Defter Kırtasiye · "))
+    expect(sheet).to_be_visible()
+    summary = sheet.get_by_role("definition")
+    expect(summary.nth(1)).to_have_text("₺125.00")  # top-ups
+    charges = expected["charges"].rstrip("0")
+    expect(summary.nth(2)).to_have_text(re.compile(rf"^₺{re.escape(charges)}0*$"))
+    lines = sheet.get_by_role("table", name="Lines")
+    expect(lines.get_by_role("row")).to_have_count(1 + len(expected["lines"]))
+    topup = lines.get_by_role("row").filter(has_text="invoice-2026-0042")
+    expect(topup.get_by_role("cell").nth(3)).to_have_text("₺25.00")
+    expect(topup.get_by_role("cell").nth(5)).to_have_text("operator")  # the principal; the person is the platform's
+    expect(lines.get_by_role("row").filter(has_text="Charges: mock/echo").get_by_role("cell").nth(2)).to_have_text("2")
+    expect(sheet.get_by_role("table", name="Charges by key").get_by_role("row").filter(has_text="shop")).to_be_visible()
+
+    with page.expect_download() as download_info:
+        sheet.get_by_role("button", name="Download CSV").click()
+    downloaded = Path(download_info.value.path()).read_text()
+    rows = [line.split(",") for line in downloaded.strip().splitlines()]
+    assert rows[0][:3] == ["type", "date", "description"]
+    ledger = [r for r in rows[1:] if r[0] != "key_charges"]
+    assert sum(int(r[7]) for r in ledger[:-1]) == int(ledger[-1][7]) == expected["closing_balance_micros"]
+
+    element_screenshot(watched, tmp_path, "statement", sheet)
+
+    page.emulate_media(media="print")  # what the Print button prints: the statement alone
+    expect(page.get_by_role("heading", name="Accounts")).to_be_hidden()
+    expect(sheet.get_by_role("button", name="Print")).to_be_hidden()
+    expect(sheet.get_by_role("heading")).to_be_visible()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(tmp_path / "statement-print.png"))
+
+
+def test_a_person_sets_a_balance_alert_and_the_banner_says_when_it_fired(gateway, open_page, tmp_path):
+    account = new_account(gateway, name="Alert journey", topup="10")
+    watched = open_page()
+    page = watched.page
+    sign_in(watched, gateway, sign_in_as(gateway, f"user:{account}"))
+    banner = page.get_by_role("region", name="Balance alerts")
+    expect(banner).to_be_hidden()
+    form = page.get_by_role("form", name="Balance alert")
+    form.get_by_label("Alert below").fill("25")  # above the balance: the alert is in force at once (no event)
+    form.get_by_role("button", name="Save alert").click()
+    expect(banner).to_be_visible()
+    expect(banner.get_by_role("listitem")).to_have_text(
+        "Alert journey: balance low (₺10.00), below its alert at ₺25.00.")
+    assert gateway.cli_json("accounts", "show", account)["alert_below_micros"] == 25_000_000
+    settled(page)
+    screenshot(watched, tmp_path, "balance-alert", full_page=False)
+    gateway.cli_json("accounts", "topup", account, "20")  # to 30: above the alert, re-armed
+    page.reload()
+    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    settled(page)
+    expect(banner).to_be_hidden()
+    expect(page.get_by_role("form", name="Balance alert").get_by_label("Alert below")).to_have_value("25")

@@ -25,6 +25,7 @@ from tests.integration.ledger import (
     auth,
     check_envelope,
     check_ledger,
+    check_statements,
     new_account,
     new_key,
     settled_total,
@@ -129,6 +130,10 @@ def test_books_balance_on_8_shard_accounts_under_100_concurrent_requests(dev, up
         totals = tables.key_totals(key["key_id"], len(mine))  # the usage rollup's count of the key
         assert totals.get("requests", 0) == len(mine)
         assert totals.get("charge_micros", 0) == settled_total(mine)
+    # Their statements: closing = opening + top-ups − charges with 8 shards, overruns into debt (netted over the
+    # shards) and released holds; the last closing is the balance (issue 26).
+    for account in (rich, poor):
+        check_statements(dev, tables, account, [r for r in all_records if r["account_id"] == account["account_id"]])
     rich_records = [r for r in all_records if r["account_id"] == rich["account_id"]]
     assert len({int(r.get("balance_shard", 0)) for r in rich_records}) >= 6  # the holds used the shards
     # ... and each record sits in its shard's Usage partition, not all in one

@@ -228,7 +228,7 @@ def test_dashboard_routes_use_cognito_and_do_not_stream(cfn):
     body = _rest_api_body(cfn)
     methods = [(path, method, operation) for path, method, operation in _methods(body)
                if path.startswith("/dashboard")]
-    assert len(methods) == 14
+    assert len(methods) == 16
     # Opened by a browser before anyone signs in, and holding no data: Swagger UI, the web app's files and the
     # public sign-in settings (the app client id). Everything else needs the user pool's ID token.
     public = {("GET", "/dashboard/docs"), ("GET", "/dashboard"), ("GET", "/dashboard/static/{file}"),
@@ -316,7 +316,8 @@ def test_stage_name(tpl, cfn):
 # ------------------------------------------------------------------------------------------- events
 
 # The functions that emit key and balance events (onysoft.events), and so may put events on the bus.
-EVENT_EMITTERS = {"DashboardFunction", "SecretScanningFunction", "KeyExpiryFunction"}
+EVENT_EMITTERS = {"DashboardFunction", "SecretScanningFunction", "KeyExpiryFunction",  # key events (issue 24)
+                  "ProxyFunction", "RollupFunction"}  # balance alerts (issue 26)
 
 
 def test_the_optional_mail_subscriber_listens_to_the_bus_only_when_a_sender_is_given(cfn):
@@ -448,7 +449,8 @@ def test_function_policies_are_least_privilege(cfn):
         "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},  # UsageTable: idempotency markers
         # the items behind a keys-only index; keys' all-time usage totals (their request count and spend)
         "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable", "UsageRollupsTable"},
-        "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},
+        # UsageRollupsTable: a new account's all-time totals item, opened with it (its ledger: balance alerts)
+        "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable", "UsageRollupsTable"},
         "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},
         "dynamodb:Scan": {"AccountsTable"},
         "dynamodb:Query": {"ApiKeysTable", "AccountsTable", "UsageTable", "UsageRollupsTable"},
@@ -457,8 +459,11 @@ def test_function_policies_are_least_privilege(cfn):
     stream = {"dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"}
     assert granted["RollupFunctionRole"] == {
         **{action: {"UsageTable"} for action in stream},
-        "dynamodb:BatchGetItem": {"UsageRollupsTable"}, "dynamodb:PutItem": {"UsageRollupsTable"},
-        "dynamodb:UpdateItem": {"UsageRollupsTable", "RateLimitsTable"},  # + windows' unused tokens back
+        "dynamodb:BatchGetItem": {"UsageRollupsTable", "AccountsTable", "RateLimitsTable"},  # + balance alerts'
+        "dynamodb:PutItem": {"UsageRollupsTable"},  # accounts and spend counters
+        # + windows' unused tokens back; balance alerts' flags (accounts) and Spend Limit Reached's (counters)
+        "dynamodb:UpdateItem": {"UsageRollupsTable", "RateLimitsTable", "AccountsTable"},
+        "dynamodb:GetItem": {"ApiKeysTable"},  # the key a Spend Limit Reached names
     }
     assert {r["Fn::Sub"] for st in _statements(roles["RollupFunctionRole"]) for r in _as_list(st["Resource"])
             if "Fn::Sub" in r} == {"${UsageTable.Arn}/stream/*"}

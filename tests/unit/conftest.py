@@ -73,3 +73,26 @@ def one_rate_window(monkeypatch):
     real = rate_limits.current_window
     pinned = real()
     monkeypatch.setattr(rate_limits, "current_window", lambda now=None: pinned if now is None else real(now))
+
+
+@pytest.fixture(scope="module")
+def module_tables():
+    """moto's in-process DynamoDB with the template's tables for a whole module: for modules that write one
+    costly set of books once (a hundred and more calls) and read it in many tests (tests/conftest.py's
+    aws_tables is per test). Its tests must leave the books as they found them, or write apart from them."""
+    import boto3
+    from moto import mock_aws
+
+    from onysoft import config
+    from onysoft.models import bind_tables
+    from onysoft_tools import template
+
+    with pytest.MonkeyPatch.context() as patch, mock_aws():
+        for name in ("AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL"):
+            patch.delenv(name, raising=False)
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        names = {logical: config.table_name(env) for logical, env in template.TABLE_ENV.items()}
+        for definition in template.table_definitions(template.load_template(), names):
+            client.create_table(**definition)
+        bind_tables()
+        yield patch

@@ -8,6 +8,7 @@ does not exist) and no-token (401) cases; the OpenAPI document is valid and name
 import base64
 import json
 import re
+import time
 import uuid
 
 import pytest
@@ -32,6 +33,8 @@ ROUTES = [
     ("POST", "/dashboard/keys/{key_id}/rotate"),
     ("GET", "/dashboard/accounts/{account_id}/usage"),
     ("GET", "/dashboard/audit"),
+    ("GET", "/dashboard/reports/margin"),
+    ("GET", "/dashboard/accounts/{account_id}/statement"),
 ]
 DOCS = ("GET", "/dashboard/docs")
 
@@ -326,6 +329,8 @@ def _route_call(world, method: str, resource: str, account: str | None, key: str
         ("POST", "/dashboard/keys/{key_id}/rotate"): {"grace": "1h"},
     }.get((method, resource))
     query = {"account_id": account} if resource == "/dashboard/audit" else None
+    if resource.endswith("/statement"):
+        query = {"month": time.strftime("%Y-%m", time.gmtime())}
     return call(method, resource, principal, path_params=params or None, body=body, query=query)
 
 

@@ -38,6 +38,7 @@ def test_every_table_has_a_model_with_the_same_keys_and_indexes():
 
 # Models that share a table with its main model, under partition keys of their own.
 SHARED_TABLE_MODELS = {models.AuditRecord: "UsageTable", models.IdempotencyRecord: "UsageTable",
+                       models.TopUpRecord: "UsageTable", models.StatementRecord: "UsageTable",
                        models.BalanceShard: "AccountsTable", models.RollupMarker: "UsageRollupsTable"}
 
 

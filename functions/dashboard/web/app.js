@@ -11,6 +11,7 @@ const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
   accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
   rotating: null,
+  margin: null, statement: null,
 };
 const EXPIRING_WITHIN_MS = 7 * 86400 * 1000; // a banner for a key that expires within 7 days
 
@@ -54,11 +55,11 @@ function money(amount, currency, { precise = false } = {}) {
   return format.format(String(amount));
 }
 
-function balanceNode(amount, currency) {
+function balanceNode(amount, currency, { precise = false } = {}) {
   const negative = String(amount).trim().startsWith("-");
-  if (!negative) return h("span", { class: "balance" }, money(amount, currency));
+  if (!negative) return h("span", { class: "balance" }, money(amount, currency, { precise }));
   const owed = String(amount).trim().slice(1);
-  return h("span", { class: "balance debt" }, `Debt: ${money(owed, currency)}`);
+  return h("span", { class: "balance debt" }, `Debt: ${money(owed, currency, { precise })}`);
 }
 
 const relative = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
@@ -201,7 +202,8 @@ function signOut(message) {
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
   if (accessToken) cognito("GlobalSignOut", { AccessToken: accessToken }).catch(() => {});
-  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null });
+  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null, margin: null });
+  $("margin").hidden = true;
   $("who").hidden = true;
   $("sign-out").hidden = true;
   $("password").value = "";
@@ -265,6 +267,8 @@ async function loadAccounts(keepSelection = true) {
   who.hidden = false;
   renderAccounts();
   renderNewAccountForm();
+  renderAlertsBanner();
+  showMargin();
   const still = keepSelection && state.accounts.some((a) => a.account_id === state.accountId);
   if (!still) state.accountId = state.accounts.length ? state.accounts[0].account_id : null;
   await selectAccount(state.accountId);
@@ -295,6 +299,26 @@ function renderAccounts() {
       onclick: () => selectAccount(account.account_id).catch(report),
     }, "Open")),
   )));
+}
+
+const BANNER_MAX = 5;
+
+function renderAlertsBanner() {
+  // The accounts whose balance alert fired and no top-up has re-armed yet (the API's `balance_alert`):
+  // exhausted (zero or a debt) first.
+  const alerted = state.accounts.filter((a) => a.balance_alert)
+    .sort((a, b) => (a.balance_alert === "exhausted" ? 0 : 1) - (b.balance_alert === "exhausted" ? 0 : 1));
+  const banner = $("alerts-banner");
+  banner.hidden = !alerted.length;
+  const items = alerted.slice(0, BANNER_MAX).map((account) => {
+    const name = account.name || account.account_id;
+    const balance = money(account.balance, account.currency, { precise: true });
+    return account.balance_alert === "exhausted"
+      ? h("li", { class: "exhausted" }, `${name}: balance exhausted (${balance}). Requests are refused until a top-up.`)
+      : h("li", {}, `${name}: balance low (${balance}), below its alert at ${money(account.alert_below, account.currency)}.`);
+  });
+  if (alerted.length > BANNER_MAX) items.push(h("li", {}, `and ${alerted.length - BANNER_MAX} more.`));
+  $("alerts-list").replaceChildren(...items);
 }
 
 function renderNewAccountForm() {
@@ -332,6 +356,11 @@ async function selectAccount(accountId) {
   $("markup-input").value = account.markup_pct;
   $("topup-form").hidden = state.kind !== "operator";
   $("topup-hint").textContent = `in ${account.currency}`;
+  $("alert-hint").textContent = `in ${account.currency}; empty or 0: no alert`;
+  $("alert-below").value = account.alert_below ? account.alert_below.replace(/\.?0+$/, "") : "";
+  $("statement-sheet").hidden = true;
+  state.statement = null;
+  if (!$("statement-month").value) $("statement-month").value = new Date().toISOString().slice(0, 7);
   await Promise.all([loadKeys(), loadUsage(), loadAudit()]);
 }
 
@@ -687,6 +716,238 @@ async function exportCsv(event) {
   announce(`Exported ${rows.length - 1} usage records.`);
 }
 
+// ------------------------------------------------------------------------------------------- margin
+
+// The operator's margin (every account: charged, provider cost, margin) and a partner's revenue (its own
+// accounts: what they were charged; the providers' cost and the platform's margin are not the partner's).
+const GROUP_LABEL = { account: "Account", partner: "Partner", model: "Model", day: "Day" };
+const GROUP_FIELD = { account: "account_id", partner: "partner", model: "model", day: "day" };
+const MARGIN_CHART_ROWS = 40;
+
+function showMargin() {
+  const allowed = state.kind === "operator" || state.kind === "partner";
+  const section = $("margin");
+  const first = section.hidden && allowed;
+  section.hidden = !allowed;
+  if (!allowed) return;
+  $("margin-title").textContent = state.kind === "operator" ? "Margin" : "Revenue";
+  $("margin-scope").textContent = state.kind === "operator"
+    ? "Every account: what was charged, what the providers billed, and the margin, in USD at the rates pinned on each request."
+    : "Your customers and projects: what each was charged, and in USD at the rates pinned on each request.";
+  if (first) {
+    const today = new Date();
+    $("margin-from").value = isoDay(new Date(today.getTime() - 29 * 86400000));
+    $("margin-to").value = isoDay(today);
+    loadMargin().catch(report);
+  }
+}
+
+async function loadMargin() {
+  const tbody = $("margin-table").tBodies[0];
+  loading(tbody, 8);
+  $("margin-chart").replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  const query = new URLSearchParams({ from: $("margin-from").value, to: $("margin-to").value, by: $("margin-by").value });
+  try {
+    state.margin = await api("GET", `reports/margin?${query}`);
+  } catch (error) {
+    loaded(tbody);
+    emptyRow(tbody, 8, "The report could not be loaded.");
+    $("margin-chart").replaceChildren();
+    throw error;
+  }
+  renderMargin();
+}
+
+function usd(amount) { return money(amount, "USD", { precise: true }); }
+
+function pct(value) { return value === null || value === undefined ? "—" : `${value}%`; }
+
+function groupName(report, row) {
+  const value = row[GROUP_FIELD[report.by]];
+  if (report.by === "account") return row.name ? `${row.name} (${value})` : value;
+  if (report.by === "partner") return value || "Platform (no partner)";
+  return value || "(unknown)";
+}
+
+function groupCell(report, row) {
+  // An account: its name, and its id below (both in the row header's accessible name).
+  if (report.by !== "account" || !row.name) return [groupName(report, row)];
+  return [row.name, h("br"), h("span", { class: "mono muted small-id" }, row.account_id)];
+}
+
+function chartName(report, row) {
+  return report.by === "account" && row.name ? row.name : groupName(report, row);
+}
+
+function renderMargin() {
+  const report = state.margin;
+  const showCost = report.scope === "platform";
+  const label = GROUP_LABEL[report.by];
+  $("margin-caption").textContent = `${showCost ? "Margin" : "Revenue"} by ${label.toLowerCase()}, ${report.from} to ${report.to}`;
+  const columns = [label, "Currency", "Requests", "Charged", "Charged (USD)"];
+  if (showCost) columns.push("Provider cost (USD)", "Margin (USD)", "Margin %");
+  $("margin-table").tHead.rows[0].replaceChildren(...columns.map((name, i) => h("th", { scope: "col", class: i >= 2 ? "num" : null }, name)));
+  const tbody = $("margin-table").tBodies[0];
+  loaded(tbody);
+  if (!report.rows.length) emptyRow(tbody, columns.length, "No usage in these days.");
+  else {
+    tbody.replaceChildren(...report.rows.map((row) => h("tr", {},
+      h("th", { scope: "row", class: report.by === "model" ? "mono" : null }, ...groupCell(report, row)),
+      h("td", {}, row.currency),
+      h("td", { class: "num" }, row.requests.toLocaleString("en-US")),
+      h("td", { class: "num" }, money(row.charged, row.currency, { precise: true })),
+      h("td", { class: "num" }, usd(row.charged_usd)),
+      ...(showCost ? [
+        h("td", { class: "num" }, usd(row.provider_cost_usd)),
+        h("td", { class: row.margin_usd_micros < 0 ? "num loss" : "num" }, usd(row.margin_usd)),
+        h("td", { class: "num" }, pct(row.margin_pct)),
+      ] : []),
+    )));
+  }
+  const totals = report.totals;
+  const item = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
+  const charged = totals.charged_by_currency.map((c) => money(c.charged, c.currency, { precise: true })).join(" + ") || "—";
+  $("margin-totals").replaceChildren(
+    item("Requests", totals.requests.toLocaleString("en-US")),
+    item("Charged", charged),
+    item("Charged (USD)", usd(totals.charged_usd)),
+    ...(showCost ? [item("Provider cost (USD)", usd(totals.provider_cost_usd)),
+      item("Margin (USD)", `${usd(totals.margin_usd)} (${pct(totals.margin_pct)})`)] : []),
+  );
+  const note = $("margin-note");
+  note.hidden = !totals.uncosted_requests;
+  note.textContent = totals.uncosted_requests ? `${totals.uncosted_requests} settled requests were counted before USD figures were kept: their charges are in “Charged” only.` : "";
+  renderMarginChart(report, showCost);
+}
+
+function renderMarginChart(report, showCost) {
+  const chart = $("margin-chart");
+  const rows = report.rows.slice(0, MARGIN_CHART_ROWS);
+  if (!rows.length) { chart.replaceChildren(); return; }
+  // One bar per row: its charges in USD; for the operator split into what the providers billed and the margin
+  // (a loss, where the providers billed more, shown past the charges in red).
+  const width = 720; const labelWidth = 230; const barRow = 22; const top = 26; const right = 10;
+  const height = top + rows.length * barRow + 6;
+  const value = (micros) => Math.max(0, Number(micros));
+  const max = Math.max(1, ...rows.map((r) => Math.max(value(r.charged_usd_micros), showCost ? value(r.provider_cost_usd_micros) : 0)));
+  const scale = (micros) => ((width - labelWidth - right) * value(micros)) / max;
+  const bars = rows.map((row, i) => {
+    const y = top + i * barRow;
+    const name = `${chartName(report, row)} · ${row.currency}`;
+    const parts = [svg("text", { class: "row-label", x: labelWidth - 6, y: y + 14, "text-anchor": "end" }, name.length > 34 ? `${name.slice(0, 33)}…` : name)];
+    const x = labelWidth;
+    const charged = row.charged_usd_micros;
+    let summary = `${name}: ${row.requests} requests, charged ${usd(row.charged_usd)}`;
+    if (showCost) {
+      const cost = row.provider_cost_usd_micros;
+      parts.push(svg("rect", { class: "cost", x, y: y + 3, width: scale(Math.min(cost, charged)), height: barRow - 6 }));
+      if (charged > cost) parts.push(svg("rect", { class: "margin", x: x + scale(cost), y: y + 3, width: scale(charged - cost), height: barRow - 6 }));
+      if (cost > charged) parts.push(svg("rect", { class: "loss", x: x + scale(charged), y: y + 3, width: scale(cost - charged), height: barRow - 6 }));
+      summary += `, provider cost ${usd(row.provider_cost_usd)}, margin ${usd(row.margin_usd)} (${pct(row.margin_pct)})`;
+    } else {
+      parts.push(svg("rect", { class: "charged", x, y: y + 3, width: scale(charged), height: barRow - 6 }));
+    }
+    return svg("g", {}, svg("title", {}, summary), ...parts);
+  });
+  const legend = showCost ? [
+    svg("rect", { class: "cost", x: labelWidth, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 16, y: 16 }, "Provider cost"),
+    svg("rect", { class: "margin", x: labelWidth + 110, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 126, y: 16 }, "Margin"),
+    svg("rect", { class: "loss", x: labelWidth + 190, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 206, y: 16 }, "Loss"),
+  ] : [svg("rect", { class: "charged", x: labelWidth, y: 6, width: 12, height: 12 }), svg("text", { x: labelWidth + 16, y: 16 }, "Charged (USD)")];
+  const totals = report.totals;
+  const title = showCost
+    ? `Margin by ${report.by}, ${report.from} to ${report.to}: charged ${usd(totals.charged_usd)}, provider cost ${usd(totals.provider_cost_usd)}, margin ${usd(totals.margin_usd)} (${pct(totals.margin_pct)})`
+    : `Revenue by ${report.by}, ${report.from} to ${report.to}: charged ${usd(totals.charged_usd)}`;
+  chart.replaceChildren(svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-labelledby": "margin-chart-title" },
+    svg("title", { id: "margin-chart-title" }, title), ...legend, ...bars));
+}
+
+// ------------------------------------------------------------------------------------------- statement
+
+// A month's statement: opening balance, each top-up (who, idempotency key), charges by model and by key, debts,
+// closing balance (closing = opening + top-ups − charges). Printable (the page prints the statement alone).
+const MONTH_NAME = new Intl.DateTimeFormat("en-GB", { month: "long", year: "numeric", timeZone: "UTC" });
+
+async function loadStatement() {
+  const month = $("statement-month").value;
+  if (!/^\d{4}-\d{2}$/.test(month)) { showAlert("Choose a month."); $("statement-month").focus(); return; }
+  const query = new URLSearchParams({ month });
+  state.statement = await api("GET", `accounts/${encodeURIComponent(state.accountId)}/statement?${query}`);
+  showAlert("");
+  renderStatement();
+}
+
+function renderStatement() {
+  const doc = state.statement;
+  const currency = doc.currency;
+  const amount = (value, extra = {}) => h("span", { class: "balance", ...extra }, money(value, currency, { precise: true }));
+  $("statement-sheet").hidden = false;
+  $("statement-heading").textContent = `Statement · ${doc.name || doc.account_id} · ${MONTH_NAME.format(new Date(`${doc.month}-01T00:00:00Z`))}`;
+  $("statement-status").textContent = doc.status === "closed"
+    ? `Closed: final. Account ${doc.account_id}, ${currency}; UTC days ${doc.from.slice(0, 10)} to ${doc.to.slice(0, 10)} (excluded).`
+    : `Open: the month is not over (or not two days past), so these figures may still change. Account ${doc.account_id}, ${currency}.`;
+  const item = (term, value) => h("div", {}, h("dt", {}, term), h("dd", {}, value));
+  $("statement-summary").replaceChildren(
+    item("Opening balance", balanceNode(doc.opening_balance, currency, { precise: true })),
+    item("Top-ups", amount(doc.topups)),
+    item("Charges", amount(doc.charges)),
+    item("Closing balance", balanceNode(doc.closing_balance, currency, { precise: true })),
+    item("Debts (overruns)", amount(doc.debts)),
+    item("Requests", `${doc.requests.toLocaleString("en-US")} (${doc.failed_requests} failed, free)`),
+  );
+  const lines = $("statement-lines").tBodies[0];
+  lines.replaceChildren(...doc.lines.map((line) => {
+    const total = line.type === "opening_balance" || line.type === "closing_balance";
+    return h("tr", { class: total ? "total" : null },
+      h("td", {}, statementDate(doc, line)),
+      h(total ? "th" : "td", total ? { scope: "row" } : {}, line.description,
+        line.debt_micros ? h("span", { class: "muted" }, ` (debt ${money(line.debt, currency, { precise: true })})`) : null),
+      h("td", { class: "num" }, line.requests === undefined ? "" : line.requests.toLocaleString("en-US")),
+      h("td", { class: line.amount_micros < 0 ? "num amount negative" : "num amount" }, money(line.amount, currency, { precise: true })),
+      h("td", { class: "mono" }, line.idempotency_key || ""),
+      h("td", {}, line.type === "topup" ? (line.made_by_person ? `${line.made_by} (${line.made_by_person})` : line.made_by) : ""),
+    );
+  }));
+  const keys = $("statement-keys").tBodies[0];
+  if (!doc.charges_by_key.length) emptyRow(keys, 4, "No charges this month.");
+  else {
+    keys.replaceChildren(...doc.charges_by_key.map((key) => h("tr", {},
+      h("td", { class: "mono" }, key.display), h("td", {}, key.name || "—"),
+      h("td", { class: "num" }, key.requests.toLocaleString("en-US")),
+      h("td", { class: "num" }, money(key.charge, currency, { precise: true })),
+    )));
+  }
+  announce(`Statement for ${doc.month} loaded.`);
+}
+
+const DAY_NAME = new Intl.DateTimeFormat("en-GB", { dateStyle: "medium", timeZone: "UTC" });
+
+function statementDate(doc, line) {
+  // The balances are the month's ends (its first instant, and the last before the next month's); top-ups have
+  // their time; charges are the month's.
+  if (line.type === "opening_balance") return `Start of ${DAY_NAME.format(new Date(doc.from))}`;
+  if (line.type === "closing_balance") return `End of ${DAY_NAME.format(new Date(new Date(doc.to).getTime() - 1))}`;
+  return line.date ? timeNode(line.date) : h("span", { class: "muted" }, "in the month");
+}
+
+async function downloadStatementCsv(event) {
+  const doc = state.statement;
+  await busy(event.currentTarget, async () => {
+    if (state.session.expiresAt - Date.now() < 60_000) await refreshSession();
+    const query = new URLSearchParams({ month: doc.month, format: "csv" });
+    const response = await fetch(`accounts/${encodeURIComponent(doc.account_id)}/statement?${query}`,
+      { headers: { Authorization: `Bearer ${state.session.idToken}` } });
+    if (!response.ok) throw new ApiError(response.status, `The CSV could not be downloaded (${response.status}).`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = h("a", { href: url, download: `statement-${doc.account_id}-${doc.month}.csv` });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  });
+  announce(`Downloaded the statement for ${doc.month} as CSV.`);
+}
+
 // ------------------------------------------------------------------------------------------- audit
 
 function detailValue(value) {
@@ -753,6 +1014,23 @@ async function saveMarkup(event) {
     await busy(event.submitter, () => api("PATCH", `accounts/${encodeURIComponent(state.accountId)}`, { body: { markup_pct: value } }));
     showAlert("");
     announce(`Markup set to ${value}%.`);
+    await loadAccounts();
+  } catch (error) { report(error); }
+}
+
+async function saveAlert(event) {
+  event.preventDefault();
+  const value = $("alert-below").value.trim() || "0";
+  if (!/^[0-9]+(\.[0-9]{1,6})?$/.test(value)) {
+    showAlert("The alert is an amount like 50 or 12.50 (0: no alert).");
+    $("alert-below").focus();
+    return;
+  }
+  try {
+    const account = await busy(event.submitter, () => api("PATCH", `accounts/${encodeURIComponent(state.accountId)}`,
+      { body: { alert_below: value } }));
+    showAlert("");
+    announce(account.alert_below ? `You will be alerted below ${money(account.alert_below, account.currency)}.` : "Balance alert removed.");
     await loadAccounts();
   } catch (error) { report(error); }
 }
@@ -828,6 +1106,11 @@ function wire() {
   $("new-account-form").addEventListener("submit", createAccount);
   $("markup-form").addEventListener("submit", saveMarkup);
   $("topup-form").addEventListener("submit", topUp);
+  $("alert-form").addEventListener("submit", saveAlert);
+  $("margin-form").addEventListener("submit", (event) => { event.preventDefault(); loadMargin().catch(report); });
+  $("statement-form").addEventListener("submit", (event) => { event.preventDefault(); loadStatement().catch(report); });
+  $("statement-print").addEventListener("click", () => window.print());
+  $("statement-csv").addEventListener("click", (event) => downloadStatementCsv(event).catch(report));
 }
 
 async function start() {

@@ -2,7 +2,7 @@
 
 import secrets
 
-from onysoft import balances, clock, writes
+from onysoft import balances, clock, topups, usage_rollup, writes
 from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
 from onysoft.models import Account
 
@@ -33,7 +33,9 @@ def create_account(kind: str, *, name: str = "", owner: str | None = None,
     )
     if shards and shards > 1:  # one shard: no attribute, today's layout
         account.shards = account.shards_max = shards
-    writes.save(account, Account.account_id.does_not_exist(), companions)
+    # Its all-time usage totals open with it (onysoft.usage_rollup): its ledger is complete from the start.
+    opened = lambda item: [usage_rollup.opened_account_total(item.account_id, item.currency, item.created_at)]  # noqa: E731
+    writes.save(account, Account.account_id.does_not_exist(), writes.together(companions, opened))
     return account
 
 
@@ -60,17 +62,21 @@ def _check_shards(shards: int) -> None:
         raise AccountError(str(exc)) from None
 
 
-def top_up(account_id: str, amount_micros: int, companions: writes.Companions = None) -> Account:
-    """Add to the balance and to the top-up total in one atomic update (a sharded account: one transaction
-    over its shards, debts paid first, the rest spread evenly)."""
+def top_up(account_id: str, amount_micros: int, companions: writes.Companions = None,
+           made_by: topups.MadeBy | None = None) -> Account:
+    """Add to the balance and to the top-up total in one transaction with the top-up's ledger record
+    (onysoft.topups: what statements list; `made_by` says who, default "system"); a sharded account: over its
+    shards, debts paid first, the rest spread evenly."""
     if amount_micros <= 0:
         raise AccountError("a top-up must be a positive amount")
     account = get_account(account_id)
+    companions = writes.together(companions, topups.record_of(amount_micros, made_by))
+    totals = [Account.topped_up_micros.add(amount_micros), *_rearmed(account, amount_micros)]
     if balances.max_of(account) > 1:
         parts = balances.spread(amount_micros, balances.read(account), balances.count_of(account))
         try:
             writes.update(
-                account, [Account.balance_micros.add(parts.pop(0, 0)), Account.topped_up_micros.add(amount_micros)],
+                account, [Account.balance_micros.add(parts.pop(0, 0)), *totals],
                 Account.account_id.exists(), companions,
                 also=[(balances.item(account_id, k), balances.add_actions(account_id, k, part))
                       for k, part in sorted(parts.items())],
@@ -80,20 +86,45 @@ def top_up(account_id: str, amount_micros: int, companions: writes.Companions = 
         return account
     try:
         writes.update(
-            account, [Account.balance_micros.add(amount_micros), Account.topped_up_micros.add(amount_micros)],
-            Account.account_id.exists(), companions,
+            account, [Account.balance_micros.add(amount_micros), *totals], Account.account_id.exists(), companions,
         )
     except writes.ConditionFailed:
         raise AccountError(f"no account {account_id!r}") from None
     return account  # as written: the update's new values, or re-read after a transaction (writes.update)
 
 
+def _rearmed(account: Account, amount_micros: int) -> list:
+    """A top-up re-arms the balance alerts it lifts the balance out of (onysoft.balance_alerts), in its own
+    write; an account with no alert fired needs no read for it."""
+    if not account.alert_low_at and not account.alert_exhausted_at:
+        return []
+    from onysoft import balance_alerts
+
+    return balance_alerts.rearmed(account, balance_alerts.standing_of(account).balance_micros + amount_micros)
+
+
+def _alert_actions(account: Account, alert_below_micros: int) -> list:
+    """Set (or, with 0, remove) the Balance Low threshold. Armed if the balance is at or above it; already
+    fired (no event: nothing crossed) if it is below, so a top-up to it re-arms it as after a crossing."""
+    if alert_below_micros < 0:
+        raise AccountError("the alert threshold is an amount of 0 (no alert) or more")
+    if alert_below_micros == 0:
+        return [Account.alert_below_micros.remove(), Account.alert_low_at.remove()]
+    from onysoft import balance_alerts
+
+    below = balance_alerts.standing_of(account).balance_micros < alert_below_micros
+    return [Account.alert_below_micros.set(alert_below_micros),
+            Account.alert_low_at.set(clock.now_iso()) if below else Account.alert_low_at.remove()]
+
+
 def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None,
-                   companions: writes.Companions = None, shards: int | None = None) -> Account:
-    """Set an account's markup (within its kind's bounds), name and/or balance shards. Keys see a new markup
-    or shard count once the authorizer's cached answer for them expires (ReauthorizeEvery)."""
+                   companions: writes.Companions = None, shards: int | None = None,
+                   alert_below_micros: int | None = None) -> Account:
+    """Set an account's markup (within its kind's bounds), name, balance shards and/or Balance Low threshold
+    (0: none). Keys see a new markup or shard count once the authorizer's cached answer for them expires
+    (ReauthorizeEvery)."""
     account = get_account(account_id)
-    actions = []
+    actions = _alert_actions(account, alert_below_micros) if alert_below_micros is not None else []
     if shards is not None:
         _check_shards(shards)
         actions.append(Account.shards.set(shards))

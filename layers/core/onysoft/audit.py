@@ -37,11 +37,12 @@ KEY_LEAKED = "key.leaked"
 
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting: the principal, the signed-in person (Cognito `sub`) and the API request id."""
+    """Who is acting: the principal, the signed-in person (Cognito `sub`, email) and the API request id."""
 
     principal: Principal
     sub: str | None = None
     request_id: str | None = None
+    email: str | None = None  # the signed-in person's (the ID token's `email`): top-up records name them
 
 
 def partition_of(principal: Principal) -> str:
@@ -79,9 +80,14 @@ def on_account_create(actor: Actor):
     })
 
 
-def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None):
+def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None,
+                      alert_below_micros: int | None = None):
     """Only what changes is recorded; a change to nothing records nothing."""
     changes = {}
+    before = int(account.alert_below_micros) if account.alert_below_micros is not None else 0
+    if alert_below_micros is not None and alert_below_micros != before:
+        changes["alert_below"] = {"from": money.format_micros(before) if before else None,
+                                  "to": money.format_micros(alert_below_micros) if alert_below_micros else None}
     if markup_bp is not None and markup_bp != int(account.markup_bp):
         changes["markup_pct"] = {"from": money.markup_pct(int(account.markup_bp)), "to": money.markup_pct(markup_bp)}
     if name is not None and name != (account.name or ""):

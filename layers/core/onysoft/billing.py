@@ -92,10 +92,13 @@ class HoldRefused(Exception):
     by the failed condition itself (no extra round trip); None when that part did not fail.
     """
 
-    def __init__(self, balance_micros: int | None, limit_room_micros: int | None):
+    def __init__(self, balance_micros: int | None, limit_room_micros: int | None, *,
+                 limit_spent_micros: int | None = None, limit_flagged: bool = False):
         super().__init__("hold refused")
         self.balance_micros = balance_micros
         self.limit_room_micros = limit_room_micros
+        self.limit_spent_micros = limit_spent_micros  # the period's spend, as the failed condition read it
+        self.limit_flagged = limit_flagged  # Spend Limit Reached already fired this period (onysoft.balance_alerts)
 
     @property
     def affordable_micros(self) -> int | None:
@@ -163,6 +166,7 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         **_price_extras(factors.price),
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
         rate_tokens=plan.rate_tokens, spend_period=period or None, sent_at=now if sending else None,
+        spend_limit_micros=caller.spend_limit_micros if period else None,
     )
 
     def write(tx: TransactWrite) -> None:
@@ -241,14 +245,17 @@ def _explain_refusal(exc: TransactWriteError, caller: CallerContext, spend_limit
 
     if failed(rate):
         raise RateRefused(rate_limits.usage_from_item(rate.raw_item)) from None
-    balance = limit_room = None
+    balance = limit_room = spent = None
+    flagged = False
     if failed(account):
         raw = account.raw_item or {}
         balance = int(raw["balance_micros"]["N"]) if "balance_micros" in raw else 0
     if spend_limited and failed(spend):
-        limit_room = max(caller.spend_limit_micros - spend_limits.spent(spend.raw_item), 0)
+        spent = spend_limits.spent(spend.raw_item)
+        limit_room = max(caller.spend_limit_micros - spent, 0)
+        flagged = "limit_reached_at" in (spend.raw_item or {})
     if balance is not None or limit_room is not None:
-        raise HoldRefused(balance, limit_room) from None
+        raise HoldRefused(balance, limit_room, limit_spent_micros=spent, limit_flagged=flagged) from None
 
 
 def refusal_error(caller: CallerContext, needed_micros: int, refused: HoldRefused) -> errors.GatewayError:

@@ -44,6 +44,7 @@ from onysoft import (
     fx_age,
     rate_limits,
     request_policy,
+    spend_limits,
     sse,
     telemetry,
     upstream,
@@ -185,11 +186,28 @@ def _hold(request_id: str, key_hash: str, caller: CallerContext, plans: list[Hol
     """The key read again (401 before any money moves: onysoft.key_use), then the hold. Sequential on
     purpose: a key deleted before this read gets no hold, so no usage record, at all."""
     key = usable_key(key_hash, caller)
-    return (*_hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body), key)
+    return (*_hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body, key), key)
+
+
+def _refused(caller: CallerContext, needed: int, refused: billing.HoldRefused, key: ApiKey | None
+             ) -> errors.GatewayError:
+    """The 402; and when it is the key's spend limit that refused (the answer says the key "has reached its
+    spend limit"), Spend Limit Reached, once a period: the counter's old image, returned with the refusal, says
+    whether it fired already (then no write). Never fails the answer."""
+    error = billing.refusal_error(caller, needed, refused)
+    if error.code == "key_spend_limit_reached" and key is not None and not refused.limit_flagged:
+        try:
+            from onysoft import balance_alerts  # only here: nothing of it on a request that is served
+
+            balance_alerts.mark_limit_reached(key, spend_limits.period_start(caller.limit_reset),
+                                              refused.limit_spent_micros or 0, caller.spend_limit_micros)
+        except Exception:  # noqa: BLE001 - an event never fails the request
+            logger.exception("could not mark the key's spend limit reached")
+    return error
 
 
 def _hold_for_candidates(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
-                         candidates: list[Candidate], endpoint: str, body: dict
+                         candidates: list[Candidate], endpoint: str, body: dict, key: ApiKey | None = None
                          ) -> tuple[billing.Hold, list[HoldPlan]]:
     """One hold for the most expensive candidate (each plan is that model's own bound); when the balance is
     short, every plan shrinks to what it affords. Returns the hold and the plans it covers."""
@@ -207,11 +225,11 @@ def _hold_for_candidates(request_id: str, key_hash: str, caller: CallerContext, 
         smaller = [shrink_to_balance(plan, affordable, c.factors) if affordable is not None else None
                    for plan, c in zip(plans, candidates, strict=True)]
         if any(plan is None for plan in smaller):
-            raise billing.refusal_error(caller, needed, refused) from None
+            raise _refused(caller, needed, refused, key) from None
         try:
             return place(smaller, 1), smaller
         except billing.HoldRefused as again:
-            raise billing.refusal_error(caller, max(plan.micros for plan in smaller), again) from None
+            raise _refused(caller, max(plan.micros for plan in smaller), again, key) from None
 
 
 async def forward(request: Request, endpoint: str, key_hash: str, caller: CallerContext) -> Response:

@@ -119,6 +119,10 @@ class Account(GatewayModel):
     # Balance shards (onysoft.balances): absent = 1, today's layout (the balance above is shard 0).
     shards = NumberAttribute(null=True)  # how many shards holds and top-ups use now (1–64)
     shards_max = NumberAttribute(null=True)  # the most ever set: every view and consolidation reads 0 … max-1
+    # Balance alerts (onysoft.balance_alerts): the threshold, and when each alert fired (absent: armed).
+    alert_below_micros = NumberAttribute(null=True)  # Balance Low below this, in the account's currency
+    alert_low_at = UnicodeAttribute(null=True)  # Balance Low fired (a top-up to the threshold re-arms it)
+    alert_exhausted_at = UnicodeAttribute(null=True)  # Balance Exhausted fired (a top-up above zero re-arms it)
 
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
 
@@ -158,6 +162,7 @@ class UsageRecord(GatewayModel):
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
     rate_tokens = NumberAttribute(null=True)  # the tokens it was counted for there (the rollup gives back the rest)
     spend_period = UnicodeAttribute(null=True)  # the key's spend-limit period the hold counts against
+    spend_limit_micros = NumberAttribute(null=True)  # that limit, as it was then (onysoft.balance_alerts)
     charge_micros = NumberAttribute(default=0)
     uncharged_micros = NumberAttribute(null=True)  # records from before overruns became debts (issue 10)
     overrun = UnicodeAttribute(null=True)  # "true": the provider reported more than the hold; charged in full
@@ -207,6 +212,7 @@ class RateLimitCounter(GatewayModel):
     requests = NumberAttribute(null=True)
     tokens = NumberAttribute(null=True)
     spend_micros = NumberAttribute(null=True)
+    limit_reached_at = UnicodeAttribute(null=True)  # a spend counter: Spend Limit Reached fired (once a period)
     expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
 
 
@@ -267,6 +273,38 @@ class IdempotencyRecord(GatewayModel):
     at = UnicodeAttribute()  # not `created_at`: no attribute of an index key here
 
 
+class TopUpRecord(GatewayModel):
+    """One top-up, written in the same transaction as the balance change (onysoft.topups): what the monthly
+    statements list. In the Usage table under `topup#<account_id>` partitions, never an account id; no `key_id`,
+    `hold_state` or `created_at`, so in no index and never usage."""
+
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
+
+    account_id = UnicodeAttribute(hash_key=True)  # topup#<account_id>
+    sk = UnicodeAttribute(range_key=True)  # <at>#<topup_id>: a month's top-ups are one Query
+    topup_id = UnicodeAttribute()
+    at = UnicodeAttribute()
+    amount_micros = NumberAttribute()
+    currency = UnicodeAttribute()
+    actor = UnicodeAttribute()  # the principal that made it (operator), or "system" (a direct call: seeding)
+    actor_sub = UnicodeAttribute(null=True)  # the person: Cognito `sub`, or cli:<user>@<host>
+    actor_email = UnicodeAttribute(null=True)  # the person's email, from the ID token
+    idempotency_key = UnicodeAttribute(null=True)
+    request_id = UnicodeAttribute(null=True)
+
+
+class StatementRecord(GatewayModel):
+    """A closed month's statement, as it was first issued (onysoft.statements): it never changes. In the Usage
+    table under `stmt#<account_id>` partitions, like the audit log; in no index."""
+
+    Meta = _table_meta("ONYSOFT_TABLE_USAGE")
+
+    account_id = UnicodeAttribute(hash_key=True)  # stmt#<account_id>
+    sk = UnicodeAttribute(range_key=True)  # YYYY-MM
+    document = UnicodeAttribute()  # the statement, JSON
+    closed_at = UnicodeAttribute()  # when it was issued (frozen)
+
+
 class UsageRollup(GatewayModel):
     """An account's (`acct#<account_id>`) or a key's (`key#<key_id>`) usage on one UTC day for one model, kept
     by the rollup function from the Usage table's stream (onysoft.usage_rollup); the dashboard's totals."""
@@ -286,6 +324,14 @@ class UsageRollup(GatewayModel):
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     charge_micros = NumberAttribute(default=0)  # settled charges only
+    # Settled records' USD figures and debts (issue 26; onysoft.usage_rollup): absent on totals from before it.
+    charge_usd_micros = NumberAttribute(null=True)  # the charges in USD at the rates pinned on the records
+    provider_cost_usd_micros = NumberAttribute(null=True)  # what the providers billed, USD
+    costed = NumberAttribute(null=True)  # settled records counted in the two above (settled - costed: missing)
+    overrun_micros = NumberAttribute(null=True)  # the part of the charges beyond their holds: debts
+    # An account's all-time item (`acct#<account_id>`, "total"): when it was opened, at the account's creation.
+    # Absent: the account is older than the item (issue 26), whose totals then miss its earlier requests.
+    opened = UnicodeAttribute(null=True)
 
 
 class RollupMarker(GatewayModel):
@@ -306,6 +352,10 @@ class RollupMarker(GatewayModel):
     prompt_tokens = NumberAttribute(default=0)
     completion_tokens = NumberAttribute(default=0)
     charge_micros = NumberAttribute(default=0)
+    charge_usd_micros = NumberAttribute(null=True)  # issue 26: absent on markers written before it (0)
+    provider_cost_usd_micros = NumberAttribute(null=True)
+    costed = NumberAttribute(null=True)
+    overrun_micros = NumberAttribute(null=True)
     expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
 
 
@@ -318,6 +368,8 @@ _MODEL_TABLE_ENV = {
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",
     AuditRecord: "ONYSOFT_TABLE_USAGE",  # shares the Usage table (its own partition keys)
     IdempotencyRecord: "ONYSOFT_TABLE_USAGE",  # likewise
+    TopUpRecord: "ONYSOFT_TABLE_USAGE",  # likewise
+    StatementRecord: "ONYSOFT_TABLE_USAGE",  # likewise
     UsageRollup: "ONYSOFT_TABLE_USAGE_ROLLUPS",
     RollupMarker: "ONYSOFT_TABLE_USAGE_ROLLUPS",  # shares the rollups table (its own partition keys)
 }

@@ -4,7 +4,7 @@ charge = ceil(provider_cost_usd × (1 + markup) × fx) micro-units (DESIGN.md, "
 """
 
 import re
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 MICROS_PER_UNIT = 1_000_000
 _AMOUNT_PATTERN = re.compile(r"\d+(\.\d{1,6})?")
@@ -57,3 +57,27 @@ def charge_micros(provider_cost_usd: Decimal, markup_bp: int, fx_rate: Decimal) 
     """The one rounding rule: the marked-up, converted cost, rounded up to a whole micro-unit."""
     amount = provider_cost_usd * (Decimal(10_000 + markup_bp) / Decimal(10_000)) * fx_rate
     return int((amount * MICROS_PER_UNIT).to_integral_value(rounding=ROUND_CEILING))
+
+
+# Margin (onysoft.margin): every settled usage record contributes two USD figures, each a whole number of USD
+# micro-units rounded once, per record, by these rules; reports add those integers, so every figure is the
+# exact sum of its records' figures in any grouping. Rounded so that a margin is never overstated: the
+# provider's cost up, the charge's USD value down.
+
+def usd_micros_up(amount_usd: Decimal) -> int:
+    """A USD amount (a record's exact provider cost) in whole USD micro-units, rounded up."""
+    return int((amount_usd * MICROS_PER_UNIT).to_integral_value(rounding=ROUND_CEILING))
+
+
+def usd_micros_of_charge(charge_micros: int, fx_rate: Decimal) -> int:
+    """A charge in micro-units of its currency, in USD micro-units at the rate pinned on its record (units of
+    the currency per USD; 1 for a USD account), rounded down."""
+    return int((Decimal(charge_micros) / fx_rate).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def percent(part: int, whole: int) -> int | float | None:
+    """part / whole in percent, to two decimals (half even); None when whole is 0. A JSON number, like markup_pct."""
+    if not whole:
+        return None
+    value = (Decimal(part) * 100 / Decimal(whole)).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+    return int(value) if value == value.to_integral_value() else float(value)

@@ -19,9 +19,18 @@ record whose pending image was never seen (a lost record) counts from its final 
 A refused hold writes no usage record (its transaction was cancelled), so it counts nowhere, as before; a
 released hold (upstream failed) counts as a failed request with no charge, as the usage page always did.
 
-Two more things ride on the same fold (issue 16: they used to be writes on the request path):
+Money beside the counts (issue 26: margin reports and statements read these, never the records): per settled
+record its charge in USD at the rate pinned on it (`charge_usd_micros`, rounded down), the provider's cost in USD
+(`provider_cost_usd_micros`, rounded up: onysoft.money's margin rules), `costed` (1: the record had both factors;
+records counted before issue 26 added nothing to these, so `settled - costed` says how many are missing), and its
+debt (`overrun_micros`, the part of the charge beyond its hold). Each is an integer fixed per record and kept on
+its marker, so a total is exactly the sum of its records' figures and a marker can take back what it added.
+
+More rides on the same fold (issue 16: they used to be writes on the request path):
 - a key's all-time totals (`key#<key_id>`, "total"): its request count (every request that got a hold) and
   its spend (settled charges), what every key view shows (`key_totals`);
+- an account's all-time totals (`acct#<account_id>`, "total", issue 26): its settled charges, which with its
+  top-ups make its ledger balance, what balance alerts compare with their threshold (onysoft.balance_alerts);
 - the rate-limit window's tokens: the hold counted each request for all the tokens it may use
   (onysoft.rate_limits); when a record's final image is first counted, the window gets back what the
   request did not use (or is charged what it used beyond, for a provider that reported more). A plain ADD
@@ -35,11 +44,12 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import rate_limits
+from onysoft import money, rate_limits
 from onysoft.models import RollupMarker, UsageRollup
 
 logger = logging.getLogger("onysoft.usage_rollup")
@@ -47,13 +57,17 @@ logger = logging.getLogger("onysoft.usage_rollup")
 STATUSES = ("pending", "settled", "failed")
 RANK = {"pending": 0, "settled": 1, "failed": 1}  # a record only moves forward
 FIELDS = ("requests", "pending", "settled", "failed", "prompt_tokens", "completion_tokens", "charge_micros")
-# Usage records per transaction: 16 markers + at most 5 totals each (account and key day items, old and new,
-# and the key's all-time item) = 96, under TransactWriteItems' 100.
-CHUNK = 16
-KEY_TOTAL_SK = "total"
+# Settled records only (issue 26): the margin's USD figures and the statements' debts (module doc).
+MONEY_FIELDS = ("charge_usd_micros", "provider_cost_usd_micros", "costed", "overrun_micros")
+ALL_FIELDS = FIELDS + MONEY_FIELDS
+# Usage records per transaction: 14 markers + at most 6 totals each (account and key day items, old and new,
+# the key's and the account's all-time items) = 98, under TransactWriteItems' 100.
+CHUNK = 14
+KEY_TOTAL_SK = "total"  # a key's all-time item's sort key; an account's too (issue 26)
 ATTEMPTS = 5
 MARKER_TTL_SECONDS = 7 * 24 * 3600  # a stream keeps records 24 h: no duplicate can come later than that
-_NOT_USAGE = ("audit#", "idem#")  # the Usage table's other items (onysoft.audit, onysoft.idempotency)
+# The Usage table's other items (onysoft.audit, onysoft.idempotency, onysoft.topups, onysoft.statements)
+_NOT_USAGE = ("audit#", "idem#", "topup#", "stmt#")
 MARKER_PREFIX, MARKER_SK = "rec#", "counted"  # a marker's key: rec#<account_id>#<usage sk>, "counted"
 
 
@@ -69,11 +83,16 @@ class Counted:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     charge_micros: int = 0
+    charge_usd_micros: int = 0
+    provider_cost_usd_micros: int = 0
+    costed: int = 0  # 1: a settled record whose USD figures are counted
+    overrun_micros: int = 0
 
     def amounts(self) -> dict[str, int]:
+        settled = self.status == "settled"
         return {"requests": 1, self.status: 1, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
-                "charge_micros": self.charge_micros if self.status == "settled" else 0}
+                **{name: getattr(self, name) if settled else 0 for name in ("charge_micros", *MONEY_FIELDS)}}
 
 
 def _value(image: dict, name: str) -> str | None:
@@ -89,6 +108,24 @@ def _number(image: dict, name: str) -> int:
     return int(text) if text else 0
 
 
+def _decimal(image: dict, name: str) -> Decimal | None:
+    try:
+        value = Decimal(_value(image, name) or "")
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() and value >= 0 else None
+
+
+def usd_figures(image: dict) -> dict[str, int]:
+    """A settled record's USD figures by onysoft.money's margin rules, from the factors it stores; nothing (not
+    costed) when a factor is missing or not a number."""
+    fx_rate, cost = _decimal(image, "fx_rate"), _decimal(image, "provider_cost_usd")
+    if fx_rate is None or cost is None or not fx_rate:
+        return {}
+    return {"charge_usd_micros": money.usd_micros_of_charge(_number(image, "charge_micros"), fx_rate),
+            "provider_cost_usd_micros": money.usd_micros_up(cost), "costed": 1}
+
+
 def counted_from_image(image: dict | None) -> Counted | None:
     """A usage record's contribution from its stream image (DynamoDB JSON); None for anything else."""
     if not image:
@@ -97,11 +134,14 @@ def counted_from_image(image: dict | None) -> Counted | None:
     created_at, key_id = _value(image, "created_at") or "", _value(image, "key_id")
     if not account_id.startswith("acct_") or status not in RANK or not key_id or len(created_at) < 10:
         return None
+    settled = status == "settled"
     return Counted(status=status, day=created_at[:10], currency=_value(image, "currency") or "",
                    model=_value(image, "model") or "", key_id=key_id,
                    prompt_tokens=_number(image, "prompt_tokens"),
                    completion_tokens=_number(image, "completion_tokens"),
-                   charge_micros=_number(image, "charge_micros"))
+                   charge_micros=_number(image, "charge_micros"),
+                   overrun_micros=_number(image, "overrun_micros") if settled else 0,
+                   **(usd_figures(image) if settled else {}))
 
 
 @dataclass(frozen=True)
@@ -150,9 +190,17 @@ def changes_of(records: Iterable[dict]) -> list[Change]:
 
 def totals_keys(account_id: str, counted: Counted) -> list[tuple[str, str]]:
     """The totals items one record counts in: its account's and its key's, for its day, currency and model;
-    and its key's all-time total."""
+    and its key's and its account's all-time totals (the account's: its ledger, onysoft.balance_alerts)."""
     sk = f"{counted.day}#{counted.currency}#{counted.model}"
-    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk), (f"key#{counted.key_id}", KEY_TOTAL_SK)]
+    return [(f"acct#{account_id}", sk), (f"key#{counted.key_id}", sk), (f"key#{counted.key_id}", KEY_TOTAL_SK),
+            (f"acct#{account_id}", KEY_TOTAL_SK)]
+
+
+def opened_account_total(account_id: str, currency: str, at: str) -> UsageRollup:
+    """An account's all-time item as it is created with the account (onysoft.accounts): `opened` says its
+    totals count every request the account ever made."""
+    return UsageRollup(pk=f"acct#{account_id}", sk=KEY_TOTAL_SK, account_id=account_id, currency=currency,
+                       opened=at)
 
 
 class RollupConflict(Exception):
@@ -193,7 +241,8 @@ def _apply_chunk(chunk: list[Change]) -> None:
 
     def add(account_id: str, what: Counted, sign: int) -> None:
         for key in totals_keys(account_id, what):
-            total = deltas.setdefault(key, {"what": what, "account_id": account_id, **dict.fromkeys(FIELDS, 0)})
+            total = deltas.setdefault(key, {"what": what, "account_id": account_id,
+                                            **dict.fromkeys(ALL_FIELDS, 0)})
             for name, amount in what.amounts().items():
                 total[name] += sign * amount
 
@@ -225,7 +274,7 @@ def _apply_chunk(chunk: list[Change]) -> None:
                     condition=RollupMarker.version == version if marker is not None
                     else RollupMarker.record.does_not_exist())
         for (pk, sk), total in deltas.items():
-            amounts = {name: total[name] for name in FIELDS if total[name]}
+            amounts = {name: total[name] for name in ALL_FIELDS if total[name]}
             if not amounts:
                 continue
             what = total["what"]
@@ -267,7 +316,9 @@ def _counted_of(marker: RollupMarker | None) -> Counted | None:
     return Counted(status=marker.status, day=marker.day, currency=marker.currency or "", model=marker.model or "",
                    key_id=marker.key_id, prompt_tokens=int(marker.prompt_tokens or 0),
                    completion_tokens=int(marker.completion_tokens or 0),
-                   charge_micros=int(marker.charge_micros or 0))
+                   charge_micros=int(marker.charge_micros or 0),
+                   # A marker written before issue 26 has none of these: 0, what the totals counted then.
+                   **{name: int(getattr(marker, name) or 0) for name in MONEY_FIELDS})
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -281,6 +332,12 @@ def read_totals(account_id: str, key_id: str | None, currency: str, first_day: s
     items = list(UsageRollup.query(pk, UsageRollup.sk.between(first_day, last_day + "#\uffff")))
     return [i for i in items if (i.currency or "") == currency and (not key_id or i.account_id == account_id)], \
         len(items)
+
+
+def read_days(pk: str, first_day: str, last_day: str) -> list[UsageRollup]:
+    """Every totals item of `acct#<account_id>` or `key#<key_id>` for the days first_day..last_day (UTC,
+    inclusive), in every currency: one Query, days x models items."""
+    return list(UsageRollup.query(pk, UsageRollup.sk.between(first_day, last_day + "#\uffff")))
 
 
 @dataclass(frozen=True)

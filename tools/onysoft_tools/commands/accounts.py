@@ -10,7 +10,7 @@ from onysoft.operations import accounts
 from onysoft.operations.access import cli_operator
 
 from .output import UsageError, fields, output, table
-from .values import parse_amount, parse_markup
+from .values import parse_amount, parse_markup, parse_threshold
 
 
 def _human(view: dict, title: str | None = None) -> str:
@@ -24,6 +24,8 @@ def _human(view: dict, title: str | None = None) -> str:
         ("topped up", f"{view['topped_up']} {view['currency']}"),
         ("markup", f"{view['markup_pct']}%"),
         ("shards", str(view["shards"])),
+        ("alert below", f"{view['alert_below']} {view['currency']}" if view["alert_below"] else None),
+        ("balance alert", view["balance_alert"]),
         ("created_at", view["created_at"]),
     ])
     return f"{title}\n{text}" if title else text
@@ -53,10 +55,11 @@ def topup(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    if args.markup is None and args.name is None and args.shards is None:
-        raise UsageError("nothing to change: give --markup, --name and/or --shards")
+    if args.markup is None and args.name is None and args.shards is None and args.alert_below is None:
+        raise UsageError("nothing to change: give --markup, --name, --shards and/or --alert-below")
+    alert = parse_threshold(args.alert_below, "--alert-below") if args.alert_below is not None else None
     view = accounts.update_account(cli_operator(), args.account_id, markup_bp=_markup(args), name=args.name,
-                                   shards=args.shards)
+                                   shards=args.shards, alert_below_micros=alert)
     return output(args, view, lambda: _human(view, "Updated account:"))
 
 
@@ -87,11 +90,13 @@ def register(commands, leaf) -> None:
     p = leaf(sub, "topup", topup, "add to an account's balance")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p.add_argument("amount", metavar="AMOUNT", help="in the account's currency units, e.g. 12.5 (at most 6 decimals)")
-    p = leaf(sub, "update", update, "change an account's markup or name")
+    p = leaf(sub, "update", update, "change an account's markup, name, balance shards or balance alert")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%)")
     p.add_argument("--name")
     p.add_argument("--shards", type=int, metavar="N", help=SHARDS_HELP)
+    p.add_argument("--alert-below", metavar="AMOUNT",
+                   help="a Balance Low event when the balance crosses below AMOUNT (the account's currency); 0: none")
     p = leaf(sub, "list", list_, "list accounts (all, or one owner's)")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
     p.add_argument("--kind", choices=ACCOUNT_KINDS)

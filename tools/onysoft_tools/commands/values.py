@@ -27,6 +27,13 @@ def parse_amount(text: str, flag: str | None = None) -> int:
         raise UsageError(f"{flag}: {exc}" if flag else str(exc)) from None
 
 
+def parse_threshold(text: str, flag: str) -> int:
+    """An alert threshold in currency units → micro-units; 0 (no alert) allowed."""
+    if text.strip() in ("0", "0.0", "off", "none"):
+        return 0
+    return parse_amount(text, flag)
+
+
 def parse_duration(text: str, flag: str) -> int:
     """'90s', '15m', '2h', '1d' → seconds (the syntax is onysoft.expiry's)."""
     try:

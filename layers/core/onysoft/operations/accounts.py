@@ -2,7 +2,7 @@
 
 from pynamodb.exceptions import TransactWriteError
 
-from onysoft import accounts, audit, idempotency, writes
+from onysoft import accounts, audit, idempotency, topups, writes
 from onysoft.audit import Actor
 from onysoft.errors import GatewayError, bad_request
 from onysoft.key_types import ACCOUNT_KINDS
@@ -58,22 +58,27 @@ def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | 
 
 
 def update_account(actor: Actor, account_id: str, *, markup_bp: int | None = None,
-                   name: str | None = None, shards: int | None = None) -> dict:
+                   name: str | None = None, shards: int | None = None, alert_below_micros: int | None = None) -> dict:
+    """Markup (operator, partner), name, balance shards (operator) and the Balance Low threshold (anyone who
+    sees the account: partners for their customers, people for their own accounts; 0 removes it)."""
     account = access.account(actor, account_id)
     principal = actor.principal
-    if markup_bp is None and name is None and shards is None:
-        raise bad_request("nothing to change: give markup_pct, name and/or shards")
+    if markup_bp is None and name is None and shards is None and alert_below_micros is None:
+        raise bad_request("nothing to change: give markup_pct, name, shards and/or alert_below")
     if shards is not None:
         access.require_operator(actor, "Only the platform sets an account's balance shards.")
     if markup_bp is not None and principal.kind not in (OPERATOR, PARTNER):
         raise access.forbidden("Only the platform sets this account's markup." if principal.kind == ORG
                                else "A user account's markup is the platform's standard markup.")
-    audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name)
+    audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name,
+                                      alert_below_micros=alert_below_micros)
     try:
         updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited,
-                                          shards=shards)
+                                          shards=shards, alert_below_micros=alert_below_micros)
     except accounts.AccountError as exc:
-        raise bad_request(str(exc), "shards" if "shards" in str(exc) else "markup_pct") from None
+        message = str(exc)
+        param = "shards" if "shards" in message else "alert_below" if "alert" in message else "markup_pct"
+        raise bad_request(message, param) from None
     return account_view(updated)
 
 
@@ -91,8 +96,10 @@ def top_up(actor: Actor, account_id: str, amount_micros: int,
             raise bad_request(str(exc), "Idempotency-Key") from None
         companions = writes.together(
             companions, idempotency.marker(account.account_id, "topup", idempotency_key, request))
+    made_by = topups.MadeBy(actor=str(actor.principal), sub=actor.sub, email=actor.email,
+                            request_id=actor.request_id, idempotency_key=idempotency_key)
     try:
-        updated = accounts.top_up(account.account_id, amount_micros, companions=companions)
+        updated = accounts.top_up(account.account_id, amount_micros, companions=companions, made_by=made_by)
     except accounts.AccountError as exc:
         raise bad_request(str(exc), "amount") from None
     except TransactWriteError:

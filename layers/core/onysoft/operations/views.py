@@ -42,7 +42,18 @@ def account_view(account: Account) -> dict:
         "markup_bp": int(account.markup_bp),
         "shards": balances.count_of(account),
         "created_at": account.created_at,
+        **_alert_fields(account),
     }
+
+
+def _alert_fields(account: Account) -> dict:
+    """The Balance Low threshold (null: none) and the alert the account is in now (onysoft.balance_alerts:
+    `exhausted`, `low` or null), as fired and not yet re-armed by a top-up: what the dashboard's banner shows."""
+    threshold = _int(account.alert_below_micros)
+    state = "exhausted" if account.alert_exhausted_at else "low" if account.alert_low_at else None
+    return {"alert_below": money.format_micros(threshold) if threshold is not None else None,
+            "alert_below_micros": threshold, "balance_alert": state,
+            "balance_alert_since": account.alert_exhausted_at or account.alert_low_at or None}
 
 
 @dataclass(frozen=True)
@@ -211,3 +222,25 @@ def audit_view(item: AuditRecord) -> dict:
         "details": json.loads(item.details) if item.details else {}, "request_id": item.request_id,
     }
 
+
+
+def _money_pair(name: str, micros: int | None) -> dict:
+    """`<name>_micros` (an exact integer) and `<name>` (its decimal string) side by side; both null when hidden."""
+    return {f"{name}_micros": micros, name: None if micros is None else money.format_micros(micros)}
+
+
+def margin_figures_view(figures, *, show_cost: bool, currency: str | None = None) -> dict:
+    """One margin row's (or the totals') figures (onysoft.margin.Figures). Without `show_cost` (a partner), what
+    the providers billed and the platform's margin are null: they are the platform's, not the partner's.
+    `currency`: the row's, for `charged` (the totals keep currencies apart instead)."""
+    view = {"requests": figures.requests, "settled": figures.settled, "failed": figures.failed,
+            "pending": figures.pending}
+    if currency is not None:
+        view["currency"] = currency
+        view.update(_money_pair("charged", figures.charged_micros))
+    view.update(_money_pair("charged_usd", figures.charged_usd_micros))
+    view.update(_money_pair("provider_cost_usd", figures.provider_cost_usd_micros if show_cost else None))
+    view.update(_money_pair("margin_usd", figures.margin_usd_micros if show_cost else None))
+    view["margin_pct"] = money.percent(figures.margin_usd_micros, figures.charged_usd_micros) if show_cost else None
+    view["uncosted_requests"] = figures.uncosted
+    return view
