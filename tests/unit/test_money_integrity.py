@@ -757,3 +757,14 @@ def test_an_answer_too_large_to_assemble_is_charged_and_the_client_told(gateway,
     [record] = records(account.account_id)
     # Read to its end for the usage all the same: charged exactly 5 × 2 + 3 × 8 = 34 µUSD, × 1.5 = 51.
     assert (record.usage_estimated, record.charge_micros) == (None, 51)
+
+
+def test_idle_upstream_connections_are_dropped_before_a_servers_idle_timeout_can_close_them():
+    """The gateway's half of a keep-alive race (seen in test_shards_concurrency: a request written into a pooled
+    connection the provider was closing after its 5 s idle timeout; sent, so charged its hold, and a 502). An idle
+    connection must be dropped before the shortest common server idle timeout, uvicorn's 5 s."""
+    from onysoft.providers import get_provider
+
+    client = upstream.client_for(get_provider("openai"))
+    pool = client._transport._pool  # httpx's connection pool (httpcore)
+    assert pool._keepalive_expiry < 5.0

@@ -16,6 +16,12 @@ from onysoft.mock_provider import MockTransport
 from onysoft.providers import Provider
 
 _clients: dict[str, httpx.AsyncClient] = {}
+# An idle connection is dropped after this, before a server's own idle timeout can close it under a request: a
+# request written into a connection the server is closing fails after it was sent, which costs the client its hold
+# (forwarding.settle) for a call the provider never saw. 5 s is the shortest common server idle timeout (uvicorn's,
+# nginx's keepalive_timeout is 75, AWS ALB's 60): httpx's own default, 5.0, raced it (test_shards_concurrency saw a
+# fake-ok request fail with "connection broke after the request was sent").
+KEEPALIVE_SECONDS = 4.0
 
 
 def _timeout() -> httpx.Timeout:
@@ -27,7 +33,8 @@ def _timeout() -> httpx.Timeout:
 def client_for(provider: Provider) -> httpx.AsyncClient:
     client = _clients.get(provider.name)
     if client is None or client.is_closed:
-        client = httpx.AsyncClient(timeout=_timeout(), limits=httpx.Limits(max_keepalive_connections=20),
+        client = httpx.AsyncClient(timeout=_timeout(), limits=httpx.Limits(max_keepalive_connections=20,
+                                                                         keepalive_expiry=KEEPALIVE_SECONDS),
                                    mounts={"mock://": MockTransport()})
         _clients[provider.name] = client
     return client
