@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # Ctrl-C stops everything within 5 s (issue 21), whatever is open: requests in flight get GRACEFUL_SECONDS to end
 # (then uvicorn cancels them: a stream's relay still settles, shielded from the cancellation, charging its hold
 # when the provider's usage has not come: onysoft.forwarding stops reading within 0.25 s once the app is stopping),
-# the rollup poller and the schedules up to 0.5 s to end a run (what it has not read stays on the stream, and the snapshot keeps it),
+# the rollup poller and the schedules up to 0.5 s to end a run (what the poller has not read stays on the stream,
+# and the snapshot keeps it),
 # and moto MOTO_STOP_SECONDS to compact (it abandons a compaction past serial_moto.STOP_COMPACTION_SECONDS and
 # keeps the journal whole; killed past this, it loses nothing acknowledged either: every write is journaled).
 GRACEFUL_SECONDS = 1.0
