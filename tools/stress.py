@@ -5,9 +5,10 @@ before CI finds them. Each run is a fresh pytest process (fresh gateways, fresh 
 separate process spinning at full speed (`--busy 0` turns it off, `--busy 2` takes both cores of a 2-core
 machine). Writes one line per run and a summary to `.stress/summary.json`; exits 1 when any run failed.
 
-    python -m tools.stress --runs 5 [--busy 1] [--stop-on-failure] [-- PYTEST ARGS…]
+    python -m tools.stress --runs 5 [--busy 1] [--workers 2] [--stop-on-failure] [-- PYTEST ARGS…]
 
-Without PYTEST ARGS it runs `tests/integration`; with them (after `--`), those instead.
+Without PYTEST ARGS it runs `tests/integration`; with them (after `--`), those instead. The suites run on
+`--workers` pytest-xdist workers, as `make test` runs them (2), plus the busy core(s): harsher than CI.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stress", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--busy", type=int, default=1, help="cores kept busy by other processes (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers, as make test (0: none)")
     parser.add_argument("--stop-on-failure", action="store_true")
     args = parser.parse_args(argv)
     OUT.mkdir(exist_ok=True)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for number in range(1, args.runs + 1):
             log = OUT / f"run-{number}.log"
-            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10",
+            workers = ["-n", str(args.workers), "--dist", "loadfile"] if args.workers else []
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10", *workers,
                        *(pytest_args or ["tests/integration"])]
             started = time.monotonic()
             with open(log, "wb") as handle:
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         for process in spinners:
             process.terminate()
     green = sum(run["exit_code"] == 0 for run in runs)
-    (OUT / "summary.json").write_text(json.dumps({"busy_cores": args.busy, "runs": runs, "green": green,
+    (OUT / "summary.json").write_text(json.dumps({"busy_cores": args.busy, "workers": args.workers, "runs": runs,
+                                                   "green": green,
                                                    "pytest_args": pytest_args or ["tests/integration"]}, indent=2))
     print(f"{green} of {len(runs)} runs green with {args.busy} core(s) kept busy (.stress/summary.json)")
     return 0 if green == len(runs) == args.runs else 1
