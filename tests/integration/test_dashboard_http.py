@@ -325,3 +325,34 @@ def test_sign_ins_survive_a_restart(new_gateway, tmp_path):
         document = second.cli_json("token", "--email", email, "--password", password)
         assert call(second, "GET", "/dashboard/accounts", document["token"]).status_code == 200
     assert call(second, "GET", "/dashboard/accounts", before).json()["principal"] == f"user:{account}"
+
+
+def test_concurrent_requests_of_two_people_each_get_their_own_answer(gateway):
+    """A Lambda instance serves one request at a time, and Powertools' resolver keeps the request it serves in
+    the instance (app.current_event, app.context). `onysoft dev` once called one instance from many threads: a
+    page that loads its tables at once got a 500 (KeyError '_route_args': another request had cleared the
+    context) one sign-in in ten, and a request could be answered with another person's event. Each call now
+    gets an instance of its own, as in Lambda."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    operator = token(gateway, "operator")
+    people = []
+    for name in ("Concurrent A", "Concurrent B"):
+        account = call(gateway, "POST", "/dashboard/accounts", operator, json={"kind": "user", "name": name}).json()
+        people.append((account["account_id"], token(gateway, f"user:{account['account_id']}")))
+
+    def ask(i: int) -> tuple[str, int, list[str]]:
+        account, bearer = people[i % 2]
+        if i % 4 < 2:
+            response = call(gateway, "GET", "/dashboard/accounts", bearer)
+            seen = [a["account_id"] for a in response.json().get("accounts", [])] if response.is_success else []
+        else:
+            response = call(gateway, "GET", f"/dashboard/accounts/{account}/usage", bearer,
+                            params={"from": "2026-01-01T00:00:00Z", "limit": 1})
+            seen = [account] if response.is_success else []
+        return account, response.status_code, seen
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(160)))
+    assert [status for _, status, _ in answers] == [200] * len(answers)
+    assert all(seen == [account] for account, _, seen in answers), answers

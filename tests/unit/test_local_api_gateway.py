@@ -68,3 +68,37 @@ def test_a_deny_policy_answers_access_denied_with_the_authorizers_context():
             assert body["type"] == "error"
             assert body["error"] == {"message": "This API key was revoked: found at x", "type": "invalid_request_error",
                                      "code": "key_leaked", "param": None}
+
+
+def test_a_plain_function_serves_one_call_per_instance_at_a_time_and_grows_like_lambda():
+    """Eight calls at once: each gets an instance no other call is in (a new one, imported afresh, when all are
+    busy); later calls reuse the idle ones. The dashboard's resolver keeps its request in module state."""
+    import threading
+
+    from onysoft_tools.local.lambdas import LambdaInstances
+
+    busy: dict[str, bool] = {}
+    overlaps: list[str] = []
+    all_in = threading.Barrier(8)
+
+    def new_instance(name):
+        busy[name] = False
+
+        def handler(event, context):
+            if busy[name]:
+                overlaps.append(name)
+            busy[name] = True
+            if event == "together":
+                all_in.wait(timeout=10)  # all eight inside at once
+            busy[name] = False
+            return name
+        return handler
+
+    instances = LambdaInstances("Fn", new_instance)
+    threads = [threading.Thread(target=instances, args=("together", None)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=15)
+    assert not overlaps and instances.instances == 8 and len(busy) == 8
+    assert {instances("again", None) for _ in range(20)} <= set(busy) and instances.instances == 8

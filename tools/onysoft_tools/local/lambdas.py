@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,8 @@ def _repo_root() -> Path:
 
 def load_function(tpl: dict, logical_id: str) -> tuple[str, Any]:
     """('asgi', app) for a function run by the Lambda Web Adapter (Handler run.sh → app.py's `app`),
-    ('lambda', handler) for a plain Python handler. Imported by file path under a unique module name."""
+    ('lambda', handler) for a plain Python handler: a LambdaInstances, which runs each call the way Lambda
+    does, one call at a time per instance. Imported by file path under a unique module name."""
     props = ((tpl.get("Resources") or {}).get(logical_id) or {}).get("Properties") or {}
     code_uri = props.get("CodeUri")
     handler = str(props.get("Handler") or "")
@@ -48,16 +51,48 @@ def load_function(tpl: dict, logical_id: str) -> tuple[str, Any]:
         raise RuntimeError(f"template.yaml: {logical_id} has no CodeUri/Handler")
     code_dir = _repo_root() / str(code_uri)
     if handler.endswith(".sh"):
-        module_file, attribute, kind = "app.py", "app", "asgi"
-    else:
-        module_name, _, attribute = handler.rpartition(".")
-        module_file, kind = module_name.replace(".", "/") + ".py", "lambda"
-    spec = importlib.util.spec_from_file_location(f"onysoft_function_{logical_id}", code_dir / module_file)
+        # The adapter runs one web server per instance, which serves its requests concurrently: so does ours.
+        module = _import(code_dir / "app.py", f"onysoft_function_{logical_id}")
+        return "asgi", iam_record.attributed(module.app, logical_id)
+    module_name, _, attribute = handler.rpartition(".")
+    path = code_dir / (module_name.replace(".", "/") + ".py")
+    instances = LambdaInstances(logical_id, lambda name: getattr(_import(path, name), attribute))
+    return "lambda", iam_record.attributed(instances, logical_id)
+
+
+def _import(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {code_dir / module_file}")
+        raise RuntimeError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    # Under the tests (ONYSOFT_IAM_RECORD set), the AWS calls it makes are recorded as this function's.
-    return kind, iam_record.attributed(getattr(module, attribute), logical_id)
+    return module
 
+
+class LambdaInstances:
+    """A plain handler's execution environments. Lambda gives an instance one call at a time and starts a new
+    instance (a cold start: the module imported afresh) when every one is busy. Handlers rely on it: Powertools'
+    resolver keeps the request it serves in module state (app.current_event, app.context), and one module called
+    from several threads at once answered a request with another's event or lost its route arguments (a 500)."""
+
+    def __init__(self, logical_id: str, new_instance: Callable[[str], Callable]):
+        self._logical_id = logical_id
+        self._new_instance = new_instance
+        self._lock = threading.Lock()
+        self._idle = [new_instance(f"onysoft_function_{logical_id}")]  # the first one at start, as before
+        self.instances = 1
+
+    def __call__(self, event: Any, context: Any) -> Any:
+        with self._lock:
+            handler = self._idle.pop() if self._idle else None
+            if handler is None:
+                self.instances += 1
+                name = f"onysoft_function_{self._logical_id}_{self.instances}"
+        if handler is None:
+            handler = self._new_instance(name)
+        try:
+            return handler(event, context)
+        finally:
+            with self._lock:
+                self._idle.append(handler)
