@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
+.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-invariant bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
 
 # pip is tried three times: a download cut short by the network (IncompleteRead) once failed a clean CI run.
 $(STAMP): pyproject.toml
@@ -64,6 +64,15 @@ bench: venv
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.bench.memory
 	$(BIN)/python -m tools.bench.scale_sim --write-doc
+	$(MAKE) bench-invariant
+
+# The money invariant's state machine (tests/integration/test_money_invariant.py) run long: INVARIANT_RUNS runs of
+# INVARIANT_STEPS requests each against the provider that bills; prints how many requests it tried.
+INVARIANT_RUNS ?= 60
+INVARIANT_STEPS ?= 20
+bench-invariant: venv
+	ONYSOFT_INVARIANT_RUNS=$(INVARIANT_RUNS) ONYSOFT_INVARIANT_STEPS=$(INVARIANT_STEPS) \
+		$(BIN)/pytest -q -s tests/integration/test_money_invariant.py
 
 # docs/SCALE.md's simulation (seconds): DynamoDB's partition limits against the recorded write patterns.
 bench-scale: venv

@@ -6,7 +6,9 @@ Models: fake-ok (and any other name) answers; fake-500, fake-429 (Retry-After: 7
 fake-timeout (TIMEOUT_DELAY before answering), fake-cut (a stream that breaks after 3 chunks), fake-slow-stream,
 fake-reset (the TCP connection is reset before any answer byte), fake-malformed-200 (HTTP 200 whose body
 is not JSON), fake-overrun (reports OVERRUN_COMPLETION output tokens, far above any small hold),
-fake-bill (bills what it was sent, as a provider would: see `bill`), fake-embed-greedy (embeddings that report
+fake-bill (bills what it was sent, as a provider would: see `bill`), fake-ledger* (keeps its own bill of every
+request and misbehaves as the request's directive says: onysoft_tools.fake_billing), fake-embed-greedy (embeddings
+that report
 GREEDY_EMBED_TOKENS tokens per input), fake-endless-stream (a chunk every CHUNK_DELAY seconds for
 ENDLESS_SECONDS: a stream that is still open whenever the test needs one). No delay of its own otherwise.
 
@@ -31,6 +33,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from onysoft_tools.fake_billing import Biller
 
 UPSTREAM_KEY = "upstream-provider-secret"  # noqa: S105 - what the gateway is configured with; a loopback fake
 REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
@@ -82,6 +86,7 @@ class FakeUpstream:
     nodelay: bool = True  # False: like a pre-bound socket without TCP_NODELAY (the benchmark's stall check)
     record: bool = True  # keep each request in `requests` (off for a long benchmark in its own process)
     requests: list[dict] = field(default_factory=list)  # headers, body, arrival and usage of each request
+    biller: Biller = field(default_factory=Biller)  # fake-ledger*: the provider's own bill (fake_billing)
     first_bytes: list[float] = field(default_factory=list)  # time.monotonic() when each request's head arrived
     server: uvicorn.Server | None = None
 
@@ -98,6 +103,12 @@ class FakeUpstream:
             body = json.loads(await request.body())
             self._record(dict(request.headers), body)
             model = body.get("model", "")
+            if model.startswith("fake-ledger"):
+                status, headers, answer = self.biller.answer(body)
+                if hasattr(answer, "__aiter__"):
+                    return StreamingResponse(answer, media_type="text/event-stream")
+                return JSONResponse(await answer if asyncio.iscoroutine(answer) else answer, status_code=status,
+                                    headers=headers)
             if model == "fake-500":
                 return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
             if model == "fake-429":
