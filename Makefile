@@ -72,7 +72,7 @@ INVARIANT_RUNS ?= 60
 INVARIANT_STEPS ?= 20
 bench-invariant: venv
 	ONYSOFT_INVARIANT_RUNS=$(INVARIANT_RUNS) ONYSOFT_INVARIANT_STEPS=$(INVARIANT_STEPS) \
-		$(BIN)/pytest -q -s tests/integration/test_money_invariant.py
+		$(BIN)/pytest -q -s --timeout 0 tests/integration/test_money_invariant.py
 
 # docs/SCALE.md's simulation (seconds): DynamoDB's partition limits against the recorded write patterns.
 bench-scale: venv
