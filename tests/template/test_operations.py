@@ -11,7 +11,7 @@ from onysoft_tools import iam_policy
 
 pytestmark = pytest.mark.timeout(60)
 
-TABLES = ("ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable", "CatalogTable")
+TABLES = ("ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable", "CatalogTable", "UsageRollupsTable")
 FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "DashboardFunction", "RollupFunction",
              "SecretScanningFunction", "KeyExpiryFunction", "KeyMailFunction")
 
@@ -19,6 +19,13 @@ FUNCTIONS = ("AuthorizerFunction", "ProxyFunction", "SweeperFunction", "Dashboar
 @pytest.fixture(scope="module")
 def cfn() -> dict:
     return iam_policy.sam_transform()
+
+
+@pytest.fixture(scope="module")
+def tpl() -> dict:
+    from onysoft_tools import template
+
+    return template.load_template()
 
 
 def _of_type(cfn: dict, kind: str) -> dict:
@@ -66,21 +73,32 @@ def test_access_log_is_json_with_the_callers_ids_and_never_a_key(cfn):
     assert _stage(cfn)["Properties"]["Tags"][0]["Value"]["Fn::If"][1] == {"Ref": "ApiGatewayAccount"}
 
 
-def test_only_the_authorizer_is_capped_so_a_key_flood_cannot_take_the_proxys_concurrency(cfn):
+def test_the_authorizer_and_the_proxy_are_capped_so_the_other_functions_keep_room(cfn, tpl):
+    """A key flood (random keys: authorizer misses) cannot take the proxy's concurrency, and a tenant's flood of
+    requests cannot take the dashboard's, the rollup's or the sweeper's (issue 23): both caps are reservations
+    sized from parameters, and what they leave of Lambda's default quota (1,000; AWS keeps 100 unreserved) is
+    the other functions' room."""
     functions = cfn["Resources"]
-    assert functions["AuthorizerFunction"]["Properties"]["ReservedConcurrentExecutions"] == {
-        "Fn::If": ["CapAuthorizer", {"Ref": "AuthorizerReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
-    for name in ("ProxyFunction", "DashboardFunction", "SweeperFunction"):  # reserving would also cap them
+    for name, condition, parameter in (("AuthorizerFunction", "CapAuthorizer", "AuthorizerReservedConcurrency"),
+                                       ("ProxyFunction", "CapProxy", "ProxyReservedConcurrency")):
+        assert functions[name]["Properties"]["ReservedConcurrentExecutions"] == {
+            "Fn::If": [condition, {"Ref": parameter}, {"Ref": "AWS::NoValue"}]}, name
+    for name in ("DashboardFunction", "SweeperFunction", "RollupFunction"):  # they share the unreserved rest
         assert "ReservedConcurrentExecutions" not in functions[name]["Properties"], name
+    reserved = sum(int(tpl["Parameters"][name]["Default"])
+                   for name in ("ProxyReservedConcurrency", "AuthorizerReservedConcurrency"))
+    assert 1_000 - reserved >= 100 + 50
 
 
-def test_every_data_table_is_retained_and_the_money_tables_have_pitr(cfn):
+def test_every_table_and_the_user_pool_survive_a_mistaken_delete_and_tables_restore_to_a_point_in_time(cfn):
+    assert len(_of_type(cfn, "AWS::DynamoDB::Table")) == len(TABLES)
     for name in TABLES:
         table = cfn["Resources"][name]
         assert table["DeletionPolicy"] == "Retain" and table["UpdateReplacePolicy"] == "Retain", name
-    for name in ("ApiKeysTable", "AccountsTable", "UsageTable"):
-        assert cfn["Resources"][name]["Properties"]["PointInTimeRecoverySpecification"] == {
-            "PointInTimeRecoveryEnabled": True}, name
+        assert table["Properties"]["DeletionProtectionEnabled"] is True, name
+        assert table["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}, name
+    (pool,) = _of_type(cfn, "AWS::Cognito::UserPool").values()
+    assert pool["DeletionPolicy"] == "Retain" and pool["Properties"]["DeletionProtection"] == "ACTIVE"
 
 
 def test_every_function_logs_to_its_own_group_with_a_retention(cfn):

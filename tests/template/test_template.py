@@ -683,3 +683,34 @@ def test_the_proxys_deadline_comes_before_its_function_timeout(cfn):
     timeout = cfn["Resources"]["ProxyFunction"]["Properties"]["Timeout"]
     assert timeout == deadline.FUNCTION_TIMEOUT_SECONDS
     assert 0 < deadline.deadline_seconds() <= timeout - 10
+
+
+# ------------------------------------------------------------------------------------- limits and abuse (issue 23)
+
+
+def test_a_waf_rate_limits_each_source_ip_below_the_stages_bucket_and_drops_bad_reputations(cfn, tpl):
+    """The stage's throttling is one bucket for everyone, spent before the authorizer: one source IP must hit
+    its own limit (WAF, per IP) long before it can drain the stage's, and its refusal is OpenAI's envelope."""
+    (acl_id, acl), = _of_type(cfn, "AWS::WAFv2::WebACL").items()
+    props = acl["Properties"]
+    assert props["Scope"] == "REGIONAL" and props["DefaultAction"] == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in props["Rules"]}
+    rate = rules["rate-per-source-ip"]["Statement"]["RateBasedStatement"]
+    assert rate["AggregateKeyType"] == "IP" and rate["EvaluationWindowSec"] == 60
+    assert rate["Limit"] == {"Ref": "WafRequestsPerIpPerMinute"}
+    per_ip_per_second = int(tpl["Parameters"]["WafRequestsPerIpPerMinute"]["Default"]) / 60
+    assert per_ip_per_second <= int(tpl["Parameters"]["ThrottlingRateLimit"]["Default"]) / 4
+    block = rules["rate-per-source-ip"]["Action"]["Block"]["CustomResponse"]
+    assert block["ResponseCode"] == 429
+    body = json.loads(props["CustomResponseBodies"][block["CustomResponseBodyKey"]]["Content"])
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+    managed = rules["aws-ip-reputation"]["Statement"]["ManagedRuleGroupStatement"]
+    assert (managed["VendorName"], managed["Name"]) == ("AWS", "AWSManagedRulesAmazonIpReputationList")
+    (association,) = _of_type(cfn, "AWS::WAFv2::WebACLAssociation").values()
+    assert association["Properties"]["WebACLArn"] == {"Fn::GetAtt": [acl_id, "Arn"]}
+    arn = json.dumps(association["Properties"]["ResourceArn"])
+    (api_id,) = _of_type(cfn, "AWS::ApiGateway::RestApi")
+    (stage_id,) = _of_type(cfn, "AWS::ApiGateway::Stage")
+    assert api_id in arn and stage_id in arn and "/stages/" in arn  # the deployed stage, by reference
+    assert acl["Condition"] == association["Condition"] == "UseWaf"
+    assert cfn["Conditions"]["UseWaf"] == {"Fn::Equals": [{"Ref": "EnableWaf"}, "true"]}
