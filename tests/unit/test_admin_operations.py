@@ -205,3 +205,34 @@ def test_usage_view_is_honest_about_stream_and_uncharged(aws_tables):
     assert view["stream"] is False and view["uncharged_micros"] == 0 and view["charge"] == "0.000003"
     record.stream = "true"
     assert views.usage_view(record)["stream"] is True
+
+
+def test_a_tenant_sees_operator_for_what_the_platform_did_never_the_clis_user_and_host(aws_tables):
+    """The CLI acts as the operator with `cli:<user>@<host>` as its sub: the platform's machine, not the tenant's
+    business (issue 23). The operator's own log keeps it."""
+    account = accounts.create_account("project", name="acme api", owner="acme")
+    account_ops.top_up(access.cli_operator(), account.account_id, 5_000_000)
+    key_ops.create_key(actor("org:acme"), account.account_id, name="ci")
+    tenant = {(r["action"], r["actor"], r["actor_sub"]) for r in audit_log(actor("org:acme"))["records"]}
+    assert ("account.topup", "operator", None) in tenant
+    assert not any(sub and sub.startswith("cli:") for _, _, sub in tenant)
+    assert any(who == "org:acme" for action, who, _ in tenant if action == "key.create")
+    operator = [r for r in audit_log(actor("operator"))["records"] if r["action"] == "account.topup"
+                and r["account_id"] == account.account_id]
+    assert operator[0]["actor_sub"].startswith("cli:")
+
+
+def test_a_partner_customers_key_never_shows_the_partners_markup(aws_tables):
+    from tests.unit.conftest import new_key
+
+    catalog.set_model(access.cli_operator(), "mock/echo", input_usd_per_mtok="1", output_usd_per_mtok="2")
+    _, _, customer_headers = new_key("partner_customer")
+    _, _, project_headers = new_key("partner_project")
+    from starlette.testclient import TestClient
+
+    with TestClient(proxy_app.app) as client:
+        customer = client.get("/v1/key", headers=customer_headers).json()
+        project = client.get("/v1/key", headers=project_headers).json()
+    assert customer["type"] == "partner_customer" and customer["markup_pct"] is None
+    assert "30" not in json.dumps({k: v for k, v in customer.items() if "markup" in k})
+    assert project["markup_pct"] == 50  # a partner's own project key: its own terms

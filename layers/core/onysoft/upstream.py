@@ -7,13 +7,17 @@ like any other (providers.json gives it a `mock://` base URL), reached through h
 """
 
 import json
+import logging
 import os
+import re
 
 import httpx
 
 from onysoft import errors
 from onysoft.mock_provider import MockTransport
 from onysoft.providers import Provider
+
+logger = logging.getLogger("onysoft.upstream")
 
 _clients: dict[str, httpx.AsyncClient] = {}
 # An idle connection is dropped after this, before a server's own idle timeout can close it under a request: a
@@ -61,18 +65,46 @@ def _upstream_message(body: bytes) -> str | None:
     return None
 
 
+# What a provider's text may carry about the platform's own account: its organisation and project ids, request
+# ids, fragments of its API key. A client sees none of it (issue 23); the operator's logs keep the whole text.
+_PLATFORM_IDENTIFIERS = re.compile(
+    r"\b(?:org|proj|user|req|request|msg|call|acct|sess)[-_][A-Za-z0-9_-]{6,}"  # org-…, proj_…, req_011C…
+    r"|\bsk-[A-Za-z0-9_*.-]{3,}"  # a key or its masked form (sk-proj-****abcd)
+    r"|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"  # request ids as UUIDs
+    r"|\b[0-9a-f]{24,}\b",  # long hex ids
+    re.IGNORECASE)
+_PLATFORM_SENTENCES = re.compile(  # a sentence about the account, not the request
+    r"[^.!?\n]*\b(?:organization|organisation|your account|billing|quota|credit balance)\b[^.!?\n]*[.!?]?",
+    re.IGNORECASE)
+
+
+def scrubbed(text: str) -> str:
+    """A provider's message about the request, without what it says about the platform's provider account."""
+    text = _PLATFORM_SENTENCES.sub("", text)
+    return re.sub(r"\s{2,}", " ", _PLATFORM_IDENTIFIERS.sub("[redacted]", text)).strip()
+
+
 def error_from_status(provider: Provider, status: int, body: bytes, headers: httpx.Headers) -> errors.GatewayError:
+    """The client's error for a provider's error status. A 429 or a 5xx is about the platform's provider account
+    (its quota, its organisation), never about the request: the gateway's own words, with the status class; the
+    provider's text goes to the logs only. A 4xx about the request keeps the provider's message, which the
+    client needs to fix it, scrubbed of the platform's identifiers."""
     upstream_says = _upstream_message(body)
+    if upstream_says:
+        logger.warning("provider error", extra={"provider": provider.name, "status": status,
+                                                "provider_message": upstream_says})
     if status == 429:
         retry = {"retry-after": headers["retry-after"]} if "retry-after" in headers else {}
-        return errors.GatewayError(429, upstream_says or f"The {provider.name} provider is rate limiting requests.",
-                                   "rate_limit_error", "upstream_rate_limited", headers=retry)
+        return errors.GatewayError(429, f"The {provider.name} provider is rate limiting requests. Nothing was "
+                                        "charged; retry later.", "rate_limit_error", "upstream_rate_limited",
+                                   headers=retry)
     if status in (401, 403):
         # The provider refused *our* credentials: not the client's key, so never a 401 to the client.
         return errors.GatewayError(502, f"The {provider.name} provider refused the gateway's credentials.",
                                    "upstream_error", "upstream_auth_failed")
     if 400 <= status < 500:
-        return errors.GatewayError(status, upstream_says or f"The {provider.name} provider rejected the request.",
+        message = scrubbed(upstream_says or "")
+        return errors.GatewayError(status, message or f"The {provider.name} provider rejected the request.",
                                    "invalid_request_error", "upstream_bad_request")
     return errors.GatewayError(502, f"The {provider.name} provider failed (HTTP {status}). Nothing was charged.",
                                "upstream_error", "upstream_error")

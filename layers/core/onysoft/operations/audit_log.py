@@ -18,6 +18,6 @@ def audit_log(actor: Actor, *, account_id: str | None = None, cursor: str | None
     start_key = decode_cursor(cursor, fixed={"account_id": partition}, keys={"account_id", "sk"})
     items, last_key = audit.query(actor.principal, limit=page, last_evaluated_key=start_key, account_id=account_id)
     return {
-        "records": [audit_view(item) for item in items],
+        "records": [audit_view(item, reader_is_operator=actor.principal.is_operator) for item in items],
         "next": encode_cursor(last_key) if len(items) == page else None,
     }

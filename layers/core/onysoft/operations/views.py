@@ -111,8 +111,10 @@ def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = Non
     }
     if account is not None:
         balance = balances.total(account)  # the sum of the account's balance shards
+        # A partner's markup is its business: its customer's key (GET /v1/key, which the customer reads) shows none.
+        markup = None if account.kind == "partner_customer" else money.markup_pct(int(account.markup_bp))
         view.update(currency=account.currency, balance=money.format_micros(balance),
-                    balance_micros=balance, markup_pct=money.markup_pct(int(account.markup_bp)))
+                    balance_micros=balance, markup_pct=markup)
     if state is not None:
         view.update(_limits_and_usage(record, state))
     return view
@@ -215,9 +217,15 @@ def fx_view(pair: str, found: tuple | None) -> dict:
             "age_hours": round(age, 2) if age is not None else None, "state": fx_age.state(found[1] or "")}
 
 
-def audit_view(item: AuditRecord) -> dict:
+def audit_view(item: AuditRecord, *, reader_is_operator: bool = True) -> dict:
+    """One audit record. A tenant reading it sees `operator` for whatever the operator or the CLI did (the CLI's
+    actor names a host and a local user: the platform's, not the tenant's), and no one's sign-in id but its own
+    principal's."""
+    actor, actor_sub = item.actor, item.actor_sub
+    if not reader_is_operator and (actor == "operator" or actor.startswith("cli:")):
+        actor, actor_sub = "operator", None
     return {
-        "audit_id": item.audit_id, "at": item.at, "actor": item.actor, "actor_sub": item.actor_sub,
+        "audit_id": item.audit_id, "at": item.at, "actor": actor, "actor_sub": actor_sub,
         "action": item.action, "account_id": item.target_account_id, "key_id": item.target_key_id,
         "details": json.loads(item.details) if item.details else {}, "request_id": item.request_id,
     }
