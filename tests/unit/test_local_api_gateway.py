@@ -102,3 +102,40 @@ def test_a_plain_function_serves_one_call_per_instance_at_a_time_and_grows_like_
         thread.join(timeout=15)
     assert not overlaps and instances.instances == 8 and len(busy) == 8
     assert {instances("again", None) for _ in range(20)} <= set(busy) and instances.instances == 8
+
+
+def test_functions_built_on_a_powertools_resolver_take_turns_in_the_process():
+    """Powertools keeps the event a resolver serves in BaseRouter.current_event, a class attribute: one per
+    process. The local dashboard and any other resolver-based function share RESOLVER_CALLS, so no two of their
+    calls overlap, or one request reads another's event (another person's principal)."""
+    import threading
+
+    from onysoft_tools import template
+    from onysoft_tools.local import lambdas
+
+    _, dashboard = lambdas.load_function(template.load_template(), "DashboardFunction")
+    instances = getattr(dashboard, "__wrapped__", dashboard)
+    assert instances._one_at_a_time is lambdas.RESOLVER_CALLS
+    inside, overlaps = [], []
+    all_started = threading.Barrier(2)
+
+    def resolver_call(event, context):
+        if inside:
+            overlaps.append(event)
+        inside.append(event)
+        threading.Event().wait(0.2)
+        inside.remove(event)
+
+    first = lambdas.LambdaInstances("A", lambda name: resolver_call, one_at_a_time=lambdas.RESOLVER_CALLS)
+    second = lambdas.LambdaInstances("B", lambda name: resolver_call, one_at_a_time=lambdas.RESOLVER_CALLS)
+
+    def run(instances, event):
+        all_started.wait(timeout=5)
+        instances(event, None)
+
+    threads = [threading.Thread(target=run, args=(first, "a")), threading.Thread(target=run, args=(second, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not overlaps

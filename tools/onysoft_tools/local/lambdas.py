@@ -56,8 +56,23 @@ def load_function(tpl: dict, logical_id: str) -> tuple[str, Any]:
         return "asgi", iam_record.attributed(module.app, logical_id)
     module_name, _, attribute = handler.rpartition(".")
     path = code_dir / (module_name.replace(".", "/") + ".py")
-    instances = LambdaInstances(logical_id, lambda name: getattr(_import(path, name), attribute))
+    first = _import(path, f"onysoft_function_{logical_id}")
+    instances = LambdaInstances(logical_id, lambda name: getattr(_import(path, name), attribute),
+                                first=getattr(first, attribute),
+                                one_at_a_time=RESOLVER_CALLS if _uses_a_resolver(first) else None)
     return "lambda", iam_record.attributed(instances, logical_id)
+
+
+# Powertools' event resolvers keep the event they serve in a class attribute (BaseRouter.current_event): one per
+# process, which Lambda never shares between two calls. Every function built on one takes its turn here, or a
+# request is answered with another's event: another person's principal (seen under load in
+# test_dashboard_http's concurrent test before this lock).
+RESOLVER_CALLS = threading.Lock()
+
+
+def _uses_a_resolver(module) -> bool:
+    resolvers = sys.modules.get("aws_lambda_powertools.event_handler.api_gateway")
+    return resolvers is not None and any(isinstance(value, resolvers.BaseRouter) for value in vars(module).values())
 
 
 def _import(path: Path, name: str):
@@ -73,17 +88,27 @@ def _import(path: Path, name: str):
 class LambdaInstances:
     """A plain handler's execution environments. Lambda gives an instance one call at a time and starts a new
     instance (a cold start: the module imported afresh) when every one is busy. Handlers rely on it: Powertools'
-    resolver keeps the request it serves in module state (app.current_event, app.context), and one module called
-    from several threads at once answered a request with another's event or lost its route arguments (a 500)."""
+    resolver keeps the request it serves in its instance (app.context) and in its class (BaseRouter.current_event),
+    and one module called from several threads at once lost a request's route arguments (a 500) or answered it
+    with another's event. Instances separate the first; `one_at_a_time` (a lock shared by every function with a
+    resolver) the second, which lives in the process as it does in a Lambda environment."""
 
-    def __init__(self, logical_id: str, new_instance: Callable[[str], Callable]):
+    def __init__(self, logical_id: str, new_instance: Callable[[str], Callable], *, first: Callable | None = None,
+                 one_at_a_time: threading.Lock | None = None):
         self._logical_id = logical_id
         self._new_instance = new_instance
         self._lock = threading.Lock()
-        self._idle = [new_instance(f"onysoft_function_{logical_id}")]  # the first one at start, as before
+        self._idle = [first or new_instance(f"onysoft_function_{logical_id}")]  # the first one at start, as before
         self.instances = 1
+        self._one_at_a_time = one_at_a_time  # a lock shared with every function whose state is per process
 
     def __call__(self, event: Any, context: Any) -> Any:
+        if self._one_at_a_time is None:
+            return self._call(event, context)
+        with self._one_at_a_time:
+            return self._call(event, context)
+
+    def _call(self, event: Any, context: Any) -> Any:
         with self._lock:
             handler = self._idle.pop() if self._idle else None
             if handler is None:
