@@ -5,8 +5,9 @@ reported. Each `fake-ledger*` request carries its behaviour in its last message 
 `[[ledger id=… usage=full out=120 …]]` (a test writes it; the gateway forwards message text as is), and the
 fake invoices every request it took in `Biller.bills`, keyed by the directive's id:
 
-- prompt: a token per byte of message text, 3 per message, IMAGE_TOKENS per media part (a third read from
-  cache, billed at the cached price); a realistic tokenizer counts fewer tokens than bytes, never more;
+- prompt: a token per byte of message text and of tool definitions, 3 per message, IMAGE_TOKENS per media
+  part (a third read from cache, billed at the cached price); a realistic tokenizer counts fewer tokens than
+  bytes, never more;
 - output: `out` tokens per answer, never more than the output limit it was sent (a provider honours
   `max_completion_tokens`), × n; billed in full once the answer started, even when the connection is cut or
   the client is gone: the provider did the work;
@@ -57,21 +58,23 @@ class Plan:
         return plan
 
 
-def _text_bytes(value) -> int:
+def text_bytes(value) -> int:
+    """Bytes of text in a JSON value (a provider's prompt tokens are at most this)."""
     if isinstance(value, str):
         return len(value.encode())
     if isinstance(value, list):
-        return sum(_text_bytes(v) for v in value)
+        return sum(text_bytes(v) for v in value)
     if isinstance(value, dict):
-        return sum(_text_bytes(v) for v in value.values())
+        return sum(text_bytes(v) for v in value.values())
     return 0
 
 
-def _media(value) -> int:
+def media_parts(value) -> int:
+    """Image, audio and file parts anywhere in a JSON value."""
     if isinstance(value, list):
-        return sum(_media(v) for v in value)
+        return sum(media_parts(v) for v in value)
     if isinstance(value, dict):
-        return (value.get("type") in MEDIA) + sum(_media(v) for v in value.values())
+        return (value.get("type") in MEDIA) + sum(media_parts(v) for v in value.values())
     return 0
 
 
@@ -113,7 +116,8 @@ class Biller:
             bill.status = int(failure)
             return bill.status, {"retry-after": "1"}, {"error": {"message": "the fake fails", "type": "server_error"}}
         messages = body.get("messages") or []
-        bill.prompt = sum(_text_bytes(m) + 3 for m in messages) + IMAGE_TOKENS * _media(messages)
+        bill.prompt = (sum(text_bytes(m) + 3 for m in messages) + text_bytes(body.get("tools"))
+                       + IMAGE_TOKENS * media_parts(messages))
         bill.cached = bill.prompt // 3
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or UNLIMITED_OUTPUT
         per_answer = max(1, min(plan.out, int(limit)))

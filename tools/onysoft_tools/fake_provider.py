@@ -34,7 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from onysoft_tools.fake_billing import Biller
+# fake-bill's prices per part and output without a limit are fake-ledger's (one provider, one tokenizer)
+from onysoft_tools.fake_billing import IMAGE_TOKENS, UNLIMITED_OUTPUT, Biller, media_parts, text_bytes
 
 UPSTREAM_KEY = "upstream-provider-secret"  # noqa: S105 - what the gateway is configured with; a loopback fake
 REPLY = ["The", "fake", "provider", "says", "hello", "to", "you", "today."]
@@ -44,27 +45,6 @@ ENDLESS_SECONDS = 120.0  # endless-stream: how long it goes on
 TIMEOUT_DELAY = 30.0  # fake-timeout: seconds before it answers (a gateway read timeout ends the wait long before)
 OVERRUN_COMPLETION = 5_000
 GREEDY_EMBED_TOKENS = 1_000
-IMAGE_TOKENS = 1_000  # fake-bill: what one image, audio or file part costs (the catalog says --tokens-per-image)
-UNLIMITED_OUTPUT = 40_000  # fake-bill: a reasoning model asked for no limit writes this much per answer
-MEDIA = {"image_url", "input_audio", "file"}
-
-
-def _text_bytes(value) -> int:
-    if isinstance(value, str):
-        return len(value.encode())
-    if isinstance(value, list):
-        return sum(_text_bytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_text_bytes(v) for v in value.values())
-    return 0
-
-
-def _media(value) -> int:
-    if isinstance(value, list):
-        return sum(_media(v) for v in value)
-    if isinstance(value, dict):
-        return (value.get("type") in MEDIA) + sum(_media(v) for v in value.values())
-    return 0
 
 
 def bill(body: dict) -> dict:
@@ -72,7 +52,7 @@ def bill(body: dict) -> dict:
     IMAGE_TOKENS per media part (a third of the prompt read from cache), and every answer as long as its
     output limit allows (UNLIMITED_OUTPUT without one; half of it reasoning)."""
     messages = body.get("messages") or []
-    prompt = sum(_text_bytes(m) + 3 for m in messages) + IMAGE_TOKENS * _media(messages)
+    prompt = sum(text_bytes(m) + 3 for m in messages) + IMAGE_TOKENS * media_parts(messages)
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or UNLIMITED_OUTPUT
     completion = limit * (body.get("n") or 1)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
