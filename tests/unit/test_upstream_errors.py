@@ -38,6 +38,9 @@ def test_a_4xx_about_the_request_keeps_what_the_client_needs_without_the_platfor
     assert "Invalid value for 'messages[0].role': 'robot' is not one of" in error.message
     for secret in ("req_7f3a9c2e11d04b6b9a2e5d6c7b8a9f01", "proj_Ab12Cd34Ef56", "sk-proj", "Zx9q"):
         assert secret not in error.message, error.message
+    # The client's own identifiers are what it needs to fix the request: kept.
+    error = _error(400, "The following tool_call_ids did not have response messages: call_Q1w2E3r4T5y6")
+    assert error.message.endswith("call_Q1w2E3r4T5y6")
 
 
 def test_a_4xx_about_the_platforms_account_says_nothing_of_it():

@@ -68,7 +68,7 @@ def _upstream_message(body: bytes) -> str | None:
 # What a provider's text may carry about the platform's own account: its organisation and project ids, request
 # ids, fragments of its API key. A client sees none of it (issue 23); the operator's logs keep the whole text.
 _PLATFORM_IDENTIFIERS = re.compile(
-    r"\b(?:org|proj|user|req|request|msg|call|acct|sess)[-_][A-Za-z0-9_-]{6,}"  # org-…, proj_…, req_011C…
+    r"\b(?:org|proj|user|req|request|acct|sess)[-_][A-Za-z0-9_-]{6,}"  # org-…, proj_…, req_… (call_ ids: the client's)
     r"|\bsk-[A-Za-z0-9_*.-]{3,}"  # a key or its masked form (sk-proj-****abcd)
     r"|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"  # request ids as UUIDs
     r"|\b[0-9a-f]{24,}\b",  # long hex ids
