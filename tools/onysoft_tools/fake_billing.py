@@ -151,7 +151,6 @@ class Biller:
 
     async def _events(self, body, plan: Plan, bill: Bill, usage: dict, per_answer: int, answers: int,
                       late: float, cut: int):
-        bill.silence = late
         await asyncio.sleep(late)
         base = {"id": "chatcmpl-ledger", "object": "chat.completion.chunk", "created": 1, "model": bill.model}
         sent = 0
