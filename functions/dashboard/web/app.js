@@ -528,6 +528,9 @@ function wipeCreated() {
   $("copy-status").textContent = "";
 }
 
+// The dialogs that show a new key, and what forgets it.
+const WIPE_ON_CLOSE = { "create-dialog": wipeCreated, "rotate-dialog": wipeRotated };
+
 async function createKey(event) {
   event.preventDefault();
   const name = $("key-name").value.trim();
@@ -1089,16 +1092,24 @@ function wire() {
   $("sign-out").addEventListener("click", () => signOut());
   $("create-key").addEventListener("click", openCreate);
   $("create-form").addEventListener("submit", createKey);
-  $("create-dialog").addEventListener("close", wipeCreated);
+  // A new key leaves the page the moment its dialog closes: wiped before close() (a Close/Done button) or on
+  // Escape's `cancel`, both before the dialog hides; `close` itself fires a task later, so it is only a backstop.
+  for (const [id, wipe] of Object.entries(WIPE_ON_CLOSE)) {
+    $(id).addEventListener("cancel", wipe);
+    $(id).addEventListener("close", wipe);
+  }
   $("copy-key").addEventListener("click", () => copyFrom("new-key"));
   $("copy-export").addEventListener("click", () => copyFrom("export-line"));
   $("confirm-delete").addEventListener("click", confirmDelete);
   $("rotate-form").addEventListener("submit", rotateKey);
-  $("rotate-dialog").addEventListener("close", wipeRotated);
   $("copy-rotated").addEventListener("click", () => copyFrom("rotated-key", "rotated-copy-status"));
   $("copy-rotated-export").addEventListener("click", () => copyFrom("rotated-export", "rotated-copy-status"));
   for (const button of document.querySelectorAll("dialog [data-close]")) {
-    button.addEventListener("click", () => button.closest("dialog").close());
+    button.addEventListener("click", () => {
+      const dialog = button.closest("dialog");
+      WIPE_ON_CLOSE[dialog.id]?.();
+      dialog.close();
+    });
   }
   $("usage-form").addEventListener("submit", (event) => { event.preventDefault(); loadUsage().catch(report); });
   $("usage-csv").addEventListener("click", (event) => exportCsv(event).catch(report));
