@@ -21,8 +21,7 @@ from starlette.responses import JSONResponse
 
 from onysoft import api_formats, errors, rate_limits, telemetry, upstream
 from onysoft.caller import CallerContext
-from onysoft.catalog import catalog_cache
-from onysoft.forwarding import MAX_BODY_BYTES
+from onysoft.forwarding import MAX_BODY_BYTES, usable_model
 from onysoft.providers import ProviderUnavailable, api_key, get_provider
 
 ENDPOINT = "messages"  # the API whose tokens are counted (providers.json "apis")
@@ -50,13 +49,7 @@ def _body(raw: bytes) -> dict:
 
 def _upstream(model: str, caller: CallerContext):
     """The catalog entry, provider and provider key for `model`, checked as a billed request checks it."""
-    price = catalog_cache.model(model)
-    if price is None:
-        raise errors.not_found(f"The model '{model}' does not exist or is not enabled on this gateway.",
-                               "model_not_found", "model")
-    if caller.models and model not in caller.models:
-        raise errors.GatewayError(403, f"This API key is not allowed to use the model '{model}'.",
-                                  "invalid_request_error", "model_not_allowed", "model")
+    price = usable_model(model, caller)
     try:
         provider = get_provider(price.provider)
         if not provider.serves(ENDPOINT):

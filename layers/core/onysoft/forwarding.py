@@ -130,7 +130,8 @@ class Candidate:
     bound: InputBound
 
 
-def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
+def usable_model(model: str, caller: CallerContext) -> ModelPrice:
+    """The model's catalog entry, if it is enabled (404) and the key may use it (403): every /v1 route's check."""
     price: ModelPrice | None = catalog_cache.model(model)
     if price is None:
         raise errors.not_found(f"The model '{model}' does not exist or is not enabled on this gateway.",
@@ -138,6 +139,11 @@ def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
     if caller.models and model not in caller.models:
         raise errors.GatewayError(403, f"This API key is not allowed to use the model '{model}'.",
                                   "invalid_request_error", "model_not_allowed", "model")
+    return price
+
+
+def _model_and_factors(model: str, caller: CallerContext) -> ChargeFactors:
+    price = usable_model(model, caller)
     if caller.currency == "USD":
         return ChargeFactors(price, caller.markup_bp, Decimal(1), "")
     fx = catalog_cache.fx("USDTRY")

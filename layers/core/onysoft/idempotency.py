@@ -9,7 +9,7 @@ import json
 
 from pynamodb.models import Model
 
-from onysoft import clock
+from onysoft import clock, errors
 from onysoft.models import IdempotencyRecord
 
 PREFIX = "idem#"
@@ -27,6 +27,15 @@ def check_key(key: str) -> None:
 
 def _where(account_id: str, operation: str, key: str) -> tuple[str, str]:
     return PREFIX + account_id, f"{operation}#{key}"
+
+
+def client_marker(account_id: str, operation: str, key: str, request: dict):
+    """The marker for a key a client sent (the Idempotency-Key header): 400 naming the header when malformed."""
+    try:
+        check_key(key)
+    except ValueError as exc:
+        raise errors.bad_request(str(exc), "Idempotency-Key") from None
+    return marker(account_id, operation, key, request)
 
 
 def marker(account_id: str, operation: str, key: str, request: dict):

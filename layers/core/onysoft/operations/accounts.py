@@ -90,12 +90,8 @@ def top_up(actor: Actor, account_id: str, amount_micros: int,
     request = {"amount_micros": amount_micros}
     companions = audit.on_topup(actor, amount_micros)
     if idempotency_key is not None:
-        try:
-            idempotency.check_key(idempotency_key)
-        except ValueError as exc:
-            raise bad_request(str(exc), "Idempotency-Key") from None
         companions = writes.together(
-            companions, idempotency.marker(account.account_id, "topup", idempotency_key, request))
+            companions, idempotency.client_marker(account.account_id, "topup", idempotency_key, request))
     made_by = topups.MadeBy(actor=str(actor.principal), sub=actor.sub, email=actor.email,
                             request_id=actor.request_id, idempotency_key=idempotency_key)
     try:

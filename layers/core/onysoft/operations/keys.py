@@ -124,12 +124,8 @@ def rotate_key(actor: Actor, key_id: str, *, grace_seconds: int,
     request = {"key_id": key_id, "grace_seconds": grace_seconds}
     companions = audit.on_key_rotate(actor, account, grace_seconds)
     if idempotency_key is not None:
-        try:
-            idempotency.check_key(idempotency_key)
-        except ValueError as exc:
-            raise bad_request(str(exc), "Idempotency-Key") from None
         companions = writes.together(
-            companions, idempotency.marker(account.account_id, ROTATE, idempotency_key, request))
+            companions, idempotency.client_marker(account.account_id, ROTATE, idempotency_key, request))
     try:
         rotated = api_keys.rotate_key(key_id, grace_seconds, companions=companions)
     except accounts.AccountError as exc:
