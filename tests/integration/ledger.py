@@ -168,8 +168,8 @@ class Tables:
 
     def settled_counter(self, counter_id: str, tokens: int, timeout: float = 20.0) -> dict:
         """A rate-limit counter once its tokens are `tokens` (what its requests used): the hold counts a request
-        for all it may use, and the usage rollup gives the window back the rest, just after it counts the
-        request (onysoft.rate_limits). After `timeout`, what it has."""
+        for all it may use, and its settle gives the window back the rest (issue 23; the usage rollup used to, a
+        second later: onysoft.rate_limits). After `timeout`, what it has."""
         deadline = time.monotonic() + timeout
         while True:
             counter = self.counter(counter_id)

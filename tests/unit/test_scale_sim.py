@@ -81,11 +81,12 @@ def test_the_recorded_pattern_drives_todays_ceiling():
 
 
 def test_the_recorded_sharded_pattern_carries_one_account_past_5000_and_one_key_past_2000_a_second():
-    """Issue 16's aim, on the recorded pattern of this code (write_pattern_after.json): 12 write units or fewer
-    a billed request; one account at 5,000 req/s with 32 shards; one key at 2,000 with 8 (its rate counter
+    """Issue 16's aim, on the recorded pattern of this code (write_pattern_after.json): 14 write units or fewer
+    a billed request (12 in issue 16; issue 23's tpm give-back at the settle adds the rate counter, 2);
+    one account at 5,000 req/s with 32 shards; one key at 2,000 with 8 (its rate counter
     sharded with the balance, its item read once a request and written at most once a second)."""
     after = scale_sim.load_pattern("after")
-    assert after["requests"]["billed"]["wru"] <= 12
+    assert after["requests"]["billed"]["wru"] <= 14
     key_writes = [w for c in after["requests"]["billed"]["calls"] for w in c["writes"] if w["table"] == "api-keys"]
     assert all(not w["transactional"] for w in key_writes)  # no key item in the hold or settle transactions
     account = scale_sim.flows(after, scale_sim.after_model(32, scale_sim.ACCOUNT_KEYS, True))

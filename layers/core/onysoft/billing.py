@@ -70,6 +70,7 @@ class Hold:
     answered_model: str = ""
     requested_model: str = ""
     attempts: tuple[str, ...] = ()
+    rate_tokens: int = 0  # the tokens the rate window counted it for (the settle gives back what it did not use)
 
     @property
     def record_pk(self) -> str:
@@ -226,7 +227,7 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                 continue
             raise
     return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors,
-                window.start, period, shard, shards)
+                window.start, period, shard, shards, rate_tokens=plan.rate_tokens)
 
 
 def _explain_refusal(exc: TransactWriteError, caller: CallerContext, spend_limited: bool) -> None:
@@ -352,7 +353,8 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None, sett
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions)
+    _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
+           used_tokens=usage.prompt_tokens + usage.completion_tokens)
     if charge > hold.micros and hold.shards > 1:
         _net_debts(hold)
     telemetry.note(charge_micros=charge)
@@ -381,7 +383,7 @@ def release(hold: Hold, *, code: str, message: str, upstream_status: int | None 
     if upstream_status is not None:
         record_actions.append(UsageRecord.upstream_status.set(upstream_status))
     record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros, record=record, record_actions=record_actions)
+    _close(hold, refund=hold.micros, record=record, record_actions=record_actions, used_tokens=0)
 
 
 def _fallback_actions(hold: Hold) -> list:
@@ -406,13 +408,18 @@ def _fallback_actions(hold: Hold) -> list:
     return actions
 
 
-def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list) -> None:
+def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, used_tokens: int) -> None:
+    # Decided once, before the first attempt: every retry of this transaction (one token) has the same items.
+    give_back = rate_limits.give_back_now(hold.window_start, hold.rate_tokens, used_tokens)
+
     def write(tx: TransactWrite) -> None:
         tx.update(record, actions=record_actions, condition=_still_pending())
         tx.update(balances.item(hold.account_id, hold.shard),
                   actions=balances.add_actions(hold.account_id, hold.shard, refund))
         if hold.spend_period:  # a spend limit stays exact: its counter moves with the money
             spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
+        if give_back:  # the tpm window counts what the request used, not what it might have
+            rate_limits.give_back(tx, hold.key_id, hold.window_start, hold.shard, give_back)
 
     try:
         _transact(f"c{hold.request_id}", write)
@@ -448,4 +455,5 @@ def hold_from_record(record: UsageRecord) -> Hold:
     account_id = record.account_id.split("#", 1)[0]  # the record may sit in a shard's partition
     return Hold(record.request_id, account_id, record.sk, record.key_hash or "", record.key_id,
                 int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "",
-                int(record.balance_shard or 0), 2 if record.balance_shard else 1)
+                int(record.balance_shard or 0), 2 if record.balance_shard else 1,
+                rate_tokens=int(record.rate_tokens or 0))

@@ -3,13 +3,14 @@
 Window rule: fixed one-minute windows aligned to the UTC minute. A request is counted in the window it
 starts in, at the hold (so it is refused before anything is forwarded), with the tokens it may use: its
 prompt bound plus the output it is allowed (what the hold is sized on; OpenAI's own limits count max_tokens
-the same way). When the request is settled or released, the usage rollup (onysoft.usage_rollup) gives the
-window back what it did not use, off the request path. A request is refused when the window already holds
-`rpm` requests, or when its tokens already reached `tpm` (the request that would start after the limit was
-reached). So under concurrency rpm is exact, and tpm is passed by less than one request's count (the last
-one admitted saw the window under the limit): a burst is bounded by what its requests may use. Tokens a
-request did not use return to the window within the rollup's lag (about a second), and until then the window
-counts them. Counters expire by TTL.
+the same way). The settle (or release) transaction gives the window back what the request did not use, in the
+same transaction that closes the hold (issue 23: the usage rollup used to, a second or two later, and a quick
+loop of small requests outran it), when the window is still the current one (a past window decides nothing).
+A request is refused when the window already holds `rpm` requests, or when its tokens already reached `tpm`
+(the request that would start after the limit was reached). So under concurrency rpm is exact, and tpm is
+passed by less than one request's count (the last one admitted saw the window under the limit): a burst is
+bounded by what its requests may use while they run; once they end, the window counts what they used.
+Counters expire by TTL.
 
 Shards (issue 16). One counter item per key and window is one hot item: each request writes it once in the
 hold (2 write units), so one key would stop near 500 requests a second. A key of an account with N balance
@@ -96,9 +97,24 @@ def count_request(tx, caller: CallerContext, window: Window, shard: int, tokens:
     )
 
 
-def give_back(counter_id: str, window_start: int, tokens: int) -> None:
-    """Correct a window's tokens by what requests used against what they were counted for (the rollup's)."""
-    RateLimitCounter(counter_id=counter_id).update(
+def give_back_now(window_start: int, counted_for: int, used: int, now: float | None = None) -> int:
+    """The tokens the settle gives its window back (negative: a provider reported more than was counted), or 0
+    when there is nothing to give: nothing counted, nothing unused, or the window has ended. A past window
+    decides no request any more, so nothing goes back to it; and because the window is still the current one,
+    its counter item exists (the hold wrote it, and its TTL is two windows after this one ends)."""
+    if not window_start or not counted_for or counted_for == used:
+        return 0
+    if current_window(now).start != window_start:
+        return 0
+    return used - counted_for
+
+
+def give_back(tx, key_id: str, window_start: int, shard: int, tokens: int) -> None:
+    """Correct the window's tokens by what the request used against what it was counted for (part of the settle
+    or release transaction). No condition, so it can never cancel the settle: should the item be gone anyway
+    (a window that ended between give_back_now and the write), the ADD makes one that its TTL removes."""
+    tx.update(
+        RateLimitCounter(counter_id=Window(window_start).counter_id(key_id, shard)),
         actions=[RateLimitCounter.tokens.add(tokens),
                  RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window_start + TTL_SECONDS)])
 

@@ -31,11 +31,8 @@ More rides on the same fold (issue 16: they used to be writes on the request pat
   its spend (settled charges), what every key view shows (`key_totals`);
 - an account's all-time totals (`acct#<account_id>`, "total", issue 26): its settled charges, which with its
   top-ups make its ledger balance, what balance alerts compare with their threshold (onysoft.balance_alerts);
-- the rate-limit window's tokens: the hold counted each request for all the tokens it may use
-  (onysoft.rate_limits); when a record's final image is first counted, the window gets back what the
-  request did not use (or is charged what it used beyond, for a provider that reported more). A plain ADD
-  after the batch's transaction, at most once per record (only once its marker says it is counted); a lost
-  one leaves the window counting what the hold counted, until the window ends.
+(The rate-limit window's unused tokens used to ride here too; since issue 23 the settle transaction gives them
+back itself: onysoft.rate_limits.)
 """
 
 from __future__ import annotations
@@ -49,7 +46,7 @@ from decimal import Decimal, InvalidOperation
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import money, rate_limits
+from onysoft import money
 from onysoft.models import RollupMarker, UsageRollup
 
 logger = logging.getLogger("onysoft.usage_rollup")
@@ -145,30 +142,11 @@ def counted_from_image(image: dict | None) -> Counted | None:
 
 
 @dataclass(frozen=True)
-class WindowTokens:
-    """Where a record was counted against its key's tokens per minute, and for how many tokens."""
-
-    counter_id: str
-    window_start: int
-    counted_for: int
-
-
-@dataclass(frozen=True)
 class Change:
     sequence: str
     record: str  # "<account_id>#<sk>": the usage record's id
     account_id: str
     counted: Counted | None
-    window: WindowTokens | None = None
-
-
-def window_tokens_of(image: dict | None) -> WindowTokens | None:
-    """A record's rate-limit counter and the tokens the hold counted there (None: counted for none)."""
-    if not image or not _number(image, "rate_tokens") or not _number(image, "rate_window"):
-        return None
-    window = rate_limits.Window(_number(image, "rate_window"))
-    return WindowTokens(window.counter_id(_value(image, "key_id") or "", _number(image, "balance_shard")),
-                        window.start, _number(image, "rate_tokens"))
 
 
 def changes_of(records: Iterable[dict]) -> list[Change]:
@@ -183,8 +161,7 @@ def changes_of(records: Iterable[dict]) -> list[Change]:
         # A sharded account's records are in partitions `<account_id>#<k>` (issue 16): its totals are the account's.
         account_id = partition.partition("#")[0]
         counted = counted_from_image(body.get("NewImage"))  # a REMOVE (no new image) changes no total
-        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted,
-                              window_tokens_of(body.get("NewImage"))))
+        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted))
     return changes
 
 
@@ -237,7 +214,6 @@ def _apply_chunk(chunk: list[Change]) -> None:
     initial = dict(counted)
     account_of = {c.record: c.account_id for c in chunk}
     deltas: dict[tuple[str, str], dict] = {}
-    given_back: dict[tuple[str, int], int] = {}  # (counter_id, window start) -> tokens
 
     def add(account_id: str, what: Counted, sign: int) -> None:
         for key in totals_keys(account_id, what):
@@ -254,10 +230,6 @@ def _apply_chunk(chunk: list[Change]) -> None:
             add(change.account_id, now, -1)
         add(change.account_id, new, +1)
         counted[change.record] = new
-        if change.window and RANK[new.status] and (now is None or not RANK[now.status]):  # closed: count it once
-            used = new.prompt_tokens + new.completion_tokens if new.status == "settled" else 0
-            at = (change.window.counter_id, change.window.window_start)
-            given_back[at] = given_back.get(at, 0) + used - change.window.counted_for
     changed = [i for i in ids if counted[i] != initial[i]]
     if not changed:
         return
@@ -295,19 +267,6 @@ def _apply_chunk(chunk: list[Change]) -> None:
                 exc.cause_response_code in ("TransactionConflictException", "TransactionInProgressException"):
             raise RollupConflict from None
         raise
-    _give_back(given_back)
-
-
-def _give_back(given_back: dict[tuple[str, int], int]) -> None:
-    """The windows' unused tokens, after the markers say the records are counted (so at most once each)."""
-    oldest = int(time.time()) - rate_limits.TTL_SECONDS  # a window gone by TTL needs nothing back
-    for (counter_id, start), tokens in given_back.items():
-        if not tokens or start < oldest:
-            continue
-        try:
-            rate_limits.give_back(counter_id, start, tokens)
-        except Exception:  # noqa: BLE001 - the window keeps what the holds counted, until it ends
-            logger.warning("could not give a window its unused tokens", extra={"counter_id": counter_id})
 
 
 def _counted_of(marker: RollupMarker | None) -> Counted | None:
