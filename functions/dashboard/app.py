@@ -98,6 +98,8 @@ class AccountUpdate(BaseModel):
     name: Name | None = None
     alert_below: Annotated[Decimal, Field(ge=0, le=1_000_000_000, decimal_places=6)] | None = Field(
         None, description="a Balance Low event when the balance crosses below this (the account's currency); 0: none")
+    max_parallel: int | None = Field(None, ge=0, le=100_000, description="requests in flight at once over all the "
+                                                                        "account's keys (operator only); 0: no limit")
 
 
 class TopUp(BaseModel):
@@ -113,6 +115,8 @@ class KeyCreate(BaseModel):
     name: Name = ""
     rpm: int | None = Field(None, ge=1, le=1_000_000, description="requests per minute (default: the key type's)")
     tpm: int | None = Field(None, ge=1, le=1_000_000_000, description="tokens per minute (default: the key type's)")
+    max_parallel: int | None = Field(None, ge=0, le=100_000, description="requests in flight at once; 0 or absent: "
+                                                                        "no limit")
     models: list[ModelName] | None = Field(None, max_length=100, description="allow-list; default: every model")
     expires_at: str | None = Field(None, max_length=40, description="ISO 8601 time; default: never")
     spend_limit: Decimal | None = Field(None, gt=0, le=1_000_000_000, decimal_places=6,
@@ -199,12 +203,13 @@ def create_account(body: AccountCreate):
 
 
 @app.patch("/dashboard/accounts/<account_id>",
-           summary="Change an account's markup (partner, operator), name or balance alert threshold",
+           summary="Change an account's markup (partner, operator), name, balance alert threshold or max_parallel "
+                   "(operator)",
            responses=_responses(200, "The account", 403, 404))
 def update_account(account_id: str, body: AccountUpdate) -> dict:
     alert = None if body.alert_below is None else int(body.alert_below * money.MICROS_PER_UNIT)
     return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name,
-                                   alert_below_micros=alert)
+                                   alert_below_micros=alert, max_parallel=body.max_parallel)
 
 
 @app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",
@@ -231,7 +236,7 @@ def create_key(account_id: str, body: KeyCreate):
     created = keys.create_key(_actor(), account_id, name=body.name, rpm=body.rpm, tpm=body.tpm,
                                    models=body.models, expires_at=body.expires_at,
                                    spend_limit_micros=None if body.spend_limit is None
-                                   else int(body.spend_limit * money.MICROS_PER_UNIT))
+                                   else int(body.spend_limit * money.MICROS_PER_UNIT), max_parallel=body.max_parallel)
     return created, 201
 
 

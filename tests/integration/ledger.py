@@ -23,20 +23,20 @@ from tests.integration.conftest import DevGateway
 INPUT, OUTPUT, FX = Decimal("2.5"), Decimal("10"), Decimal("41.5")
 FAKE_MODELS = ("fake-ok", "fake-500", "fake-429", "fake-timeout", "fake-cut", "fake-slow-stream", "fake-bad-json",
                "fake-embed", "fake-reset", "fake-malformed-200", "fake-overrun", "fake-bill", "fake-embed-greedy",
-               "fake-endless-stream")
+               "fake-endless-stream", "fake-gated")
 CACHED_INPUT = Decimal("0.25")  # fake-bill's cached input price; its tokens per image: IMAGE_TOKENS
 ENVELOPE_FIELDS = {"message", "type", "code", "param"}
 FULL_KEY = re.compile(r"sk-ony-[0-9a-f]{48}")
 
 
 def start_gateway(state_dir: Path, upstream: FakeUpstream, *, read_timeout: str = "10",
-                  **extra_env: str) -> DevGateway:
+                  own_process_group: bool = False, **extra_env: str) -> DevGateway:
     """`onysoft dev` with the fake upstream as the `openai` provider, its models priced, USD→TRY set. Its
     moto server is onysoft_tools.serial_moto, which keeps transactions atomic under concurrency."""
     dev = DevGateway(state_dir, extra_env={
         "ONYSOFT_PROVIDER_OPENAI_BASE_URL": upstream.base_url, "ONYSOFT_PROVIDER_OPENAI_API_KEY": UPSTREAM_KEY,
         "ONYSOFT_UPSTREAM_READ_TIMEOUT": read_timeout, **extra_env,
-    }).start()
+    }, own_process_group=own_process_group).start()
     prices = ["--input-usd-per-mtok", str(INPUT), "--output-usd-per-mtok", str(OUTPUT)]
     dev.cli_json("catalog", "set", *(f"openai/{m}" for m in FAKE_MODELS if m != "fake-bill"), *prices)
     dev.cli_json("catalog", "set", "openai/fake-bill", *prices, "--cached-input-usd-per-mtok", str(CACHED_INPUT),

@@ -10,7 +10,9 @@ fake-bill (bills what it was sent, as a provider would: see `bill`), fake-ledger
 request and misbehaves as the request's directive says: onysoft_tools.fake_billing), fake-embed-greedy (embeddings
 that report
 GREEDY_EMBED_TOKENS tokens per input), fake-endless-stream (a chunk every CHUNK_DELAY seconds for
-ENDLESS_SECONDS: a stream that is still open whenever the test needs one). No delay of its own otherwise.
+ENDLESS_SECONDS: a stream that is still open whenever the test needs one), fake-gated (holds every request until
+the test opens `gate`, counting how many it holds at once: `gated_now`, `gated_most`, `gated_arrived`; then
+answers like fake-ok). No delay of its own otherwise.
 
 Run it in-process (`FakeUpstream().start()`, a thread) or as its own process:
 `python -m onysoft_tools.fake_provider --port N` prints `ready` when it listens.
@@ -45,6 +47,7 @@ ENDLESS_SECONDS = 120.0  # endless-stream: how long it goes on
 TIMEOUT_DELAY = 30.0  # fake-timeout: seconds before it answers (a gateway read timeout ends the wait long before)
 OVERRUN_COMPLETION = 5_000
 GREEDY_EMBED_TOKENS = 1_000
+GATE_SECONDS = 120.0  # fake-gated: the longest it holds a request if the gate is never opened
 
 
 def bill(body: dict) -> dict:
@@ -69,6 +72,10 @@ class FakeUpstream:
     biller: Biller = field(default_factory=Biller)  # fake-ledger*: the provider's own bill (fake_billing)
     first_bytes: list[float] = field(default_factory=list)  # time.monotonic() when each request's head arrived
     server: uvicorn.Server | None = None
+    gate: threading.Event = field(default_factory=threading.Event)  # fake-gated: set to let its requests answer
+    gated_now: int = 0  # fake-gated requests held right now
+    gated_most: int = 0  # the most ever held at once
+    gated_arrived: int = 0  # every fake-gated request that arrived
 
     def _record(self, headers: dict, body: dict) -> None:
         if self.record:
@@ -98,6 +105,17 @@ class FakeUpstream:
                 return JSONResponse({"choices": "not what you expect"}, status_code=400)
             if model == "fake-timeout":
                 await asyncio.sleep(TIMEOUT_DELAY)
+            if model == "fake-gated":  # one event loop: these counts need no lock
+                self.gated_now += 1
+                self.gated_arrived += 1
+                self.gated_most = max(self.gated_most, self.gated_now)
+                try:
+                    for _ in range(int(GATE_SECONDS / 0.01)):
+                        if self.gate.is_set():
+                            break
+                        await asyncio.sleep(0.01)
+                finally:
+                    self.gated_now -= 1
             if model == "fake-malformed-200":
                 return Response(b'{"id": "chatcmpl-fake", "choices": [ this is not json', status_code=200,
                                 media_type="application/json")

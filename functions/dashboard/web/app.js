@@ -348,6 +348,7 @@ async function selectAccount(accountId) {
     ...item("Currency", account.currency),
     ...item("Kind", account.kind.replace("_", " ")),
     ...item("Markup", `${account.markup_pct}%`),
+    ...item("Max parallel", account.max_parallel ? `${account.max_parallel} requests in flight` : "No limit"),
     ...item("Account ID", h("span", { class: "mono" }, account.account_id)),
     ...(account.owner ? item("Owner", account.owner) : []),
   );
@@ -379,6 +380,7 @@ function limitsText(key) {
   const parts = [];
   if (key.rpm) parts.push(`${key.rpm} req/min`);
   if (key.tpm) parts.push(`${key.tpm.toLocaleString("en-US")} tokens/min`);
+  if (key.max_parallel) parts.push(`${key.max_parallel} in flight`);
   if (key.models && key.models.length) parts.push(`models: ${key.models.join(", ")}`);
   if (key.spend_limit) parts.push(`spend ≤ ${money(key.spend_limit, account ? account.currency : key.currency)}`);
   if (key.expires_at) parts.push(`expires ${exactTime(key.expires_at)}`);
@@ -538,11 +540,13 @@ async function createKey(event) {
   const body = { name };
   const rpm = $("key-rpm").value.trim();
   const tpm = $("key-tpm").value.trim();
+  const parallel = $("key-parallel").value.trim();
   const models = $("key-models").value.split(",").map((m) => m.trim()).filter(Boolean);
   const expires = $("key-expires").value;
   const spend = $("key-spend").value.trim();
   if (rpm) body.rpm = Number.parseInt(rpm, 10);
   if (tpm) body.tpm = Number.parseInt(tpm, 10);
+  if (parallel) body.max_parallel = Number.parseInt(parallel, 10);
   if (models.length) body.models = models;
   if (expires) body.expires_at = new Date(expires).toISOString();
   if (spend) {

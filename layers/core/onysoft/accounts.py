@@ -119,7 +119,7 @@ def _alert_actions(account: Account, alert_below_micros: int) -> list:
 
 def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None,
                    companions: writes.Companions = None, shards: int | None = None,
-                   alert_below_micros: int | None = None) -> Account:
+                   alert_below_micros: int | None = None, max_parallel: int | None = None) -> Account:
     """Set an account's markup (within its kind's bounds), name, balance shards and/or Balance Low threshold
     (0: none). Keys see a new markup or shard count once the authorizer's cached answer for them expires
     (ReauthorizeEvery)."""
@@ -135,6 +135,10 @@ def update_account(account_id: str, *, markup_bp: int | None = None, name: str |
         actions.append(Account.markup_bp.set(markup_bp))
     if name is not None:
         actions.append(Account.name.set(name))
+    if max_parallel is not None:  # requests in flight at once over all its keys (onysoft.parallel); 0: no limit
+        if max_parallel < 0:
+            raise AccountError("max_parallel must be 0 (no limit) or a positive number")
+        actions.append(Account.max_parallel.set(max_parallel) if max_parallel else Account.max_parallel.remove())
     if actions:
         try:
             writes.update(account, actions, Account.account_id.exists(), companions)

@@ -34,9 +34,10 @@ class CreatedKey:
 
 
 def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | None, limit_reset: str | None,
-                  expires_at: str | None) -> str | None:
+                  expires_at: str | None, max_parallel: int | None = None) -> str | None:
     """Refuse limits that cannot be; the expiry time as stored (clock's form), or None."""
-    for label, value in (("rpm", rpm), ("tpm", tpm), ("spend limit", spend_limit_micros)):
+    for label, value in (("rpm", rpm), ("tpm", tpm), ("spend limit", spend_limit_micros),
+                         ("max_parallel", max_parallel)):
         if value is not None and value < 1:
             raise AccountError(f"{label} must be a positive number")
     if limit_reset is not None and limit_reset not in spend_limits.RESETS:
@@ -54,17 +55,18 @@ def _check_limits(rpm: int | None, tpm: int | None, spend_limit_micros: int | No
 def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
                models: list[str] | None = None, expires_at: str | None = None,
                spend_limit_micros: int | None = None, limit_reset: str | None = None,
-               companions: writes.Companions = None, fallbacks: list[str] | None = None) -> CreatedKey:
+               companions: writes.Companions = None, fallbacks: list[str] | None = None,
+               max_parallel: int | None = None) -> CreatedKey:
     account = get_account(account_id)
     key_type = key_type_for_account_kind(account.kind)
-    expires_at = _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at)
+    expires_at = _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at, max_parallel)
     plaintext = keys.generate_key()
     record = ApiKey(
         key_hash=keys.hash_key(plaintext), key_id=keys.new_key_id(), display=keys.display_form(plaintext),
         name=name, key_type=key_type.name, account_id=account.account_id, currency=account.currency,
         status=ACTIVE, created_at=clock.now_iso(),
         rpm=rpm, tpm=tpm, models=list(models) if models else None, expires_at=expires_at,
-        spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
+        spend_limit_micros=spend_limit_micros, limit_reset=limit_reset, max_parallel=max_parallel,
         fallbacks=list(fallbacks) if fallbacks else None,
         expiry_watch=WATCH if expires_at else None,
     )
@@ -195,14 +197,14 @@ def rotate_key(key_id: str, grace_seconds: int, companions: writes.Companions = 
 # What a new secret's item takes from the key's current item: everything but the secret and the rotation.
 _CARRIED_OVER = ("key_id", "name", "key_type", "account_id", "currency", "status", "created_at", "last_used_at",
                  "expires_at", "spend_limit_micros", "limit_reset", "request_count", "spend_micros", "rpm", "tpm",
-                 "models", "fallbacks", "expiry_watch", "expiry_notified")
+                 "max_parallel", "models", "fallbacks", "expiry_watch", "expiry_notified")
 
 
 UNSET = object()  # "leave as it is" for update_key_settings; None means "remove"
 
 
 def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expires_at=UNSET,
-                        spend_limit_micros=UNSET, limit_reset=UNSET) -> ApiKey:
+                        spend_limit_micros=UNSET, limit_reset=UNSET, max_parallel=UNSET) -> ApiKey:
     """Change an existing key's limits (on an old secret in its grace too: it is the same key). A new value
     reaches requests when the authorizer's cached answer for the key expires (ReauthorizeEvery); removal is
     None."""
@@ -214,11 +216,11 @@ def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expi
         raise KeyNotFound(f"key {key_id!r} is deleted")
     changes = {name: value for name, value in dict(
         rpm=rpm, tpm=tpm, models=models, expires_at=expires_at, spend_limit_micros=spend_limit_micros,
-        limit_reset=limit_reset).items() if value is not UNSET}
+        limit_reset=limit_reset, max_parallel=max_parallel).items() if value is not UNSET}
     merged = {field: changes.get(field, getattr(record, field)) for field in
-              ("rpm", "tpm", "spend_limit_micros", "limit_reset", "expires_at")}
+              ("rpm", "tpm", "spend_limit_micros", "limit_reset", "expires_at", "max_parallel")}
     expires_at = _check_limits(merged["rpm"], merged["tpm"], merged["spend_limit_micros"], merged["limit_reset"],
-                               changes.get("expires_at"))
+                               changes.get("expires_at"), merged["max_parallel"])
     if changes.get("expires_at") is not None:
         changes["expires_at"] = expires_at
     actions = []

@@ -81,7 +81,7 @@ def on_account_create(actor: Actor):
 
 
 def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None,
-                      alert_below_micros: int | None = None):
+                      alert_below_micros: int | None = None, max_parallel: int | None = None):
     """Only what changes is recorded; a change to nothing records nothing."""
     changes = {}
     before = int(account.alert_below_micros) if account.alert_below_micros is not None else 0
@@ -92,6 +92,8 @@ def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, 
         changes["markup_pct"] = {"from": money.markup_pct(int(account.markup_bp)), "to": money.markup_pct(markup_bp)}
     if name is not None and name != (account.name or ""):
         changes["name"] = {"from": account.name or "", "to": name}
+    if max_parallel is not None and max_parallel != int(account.max_parallel or 0):
+        changes["max_parallel"] = {"from": int(account.max_parallel or 0) or None, "to": max_parallel or None}
     return lambda item: entries(actor, ACCOUNT_UPDATE, item, details=changes) if changes else ()
 
 

@@ -49,5 +49,6 @@ def authorize(authorization_header: str | None, x_api_key: str | None = None, *,
         rpm=int(record.rpm or 0), tpm=int(record.tpm or 0), models=tuple(record.models or ()),
         expires_at=record.expires_at or "", spend_limit_micros=int(record.spend_limit_micros or 0),
         limit_reset=record.limit_reset or "", fallbacks=tuple(record.fallbacks or ()),
-        shards=int(account.shards or 1),
+        shards=int(account.shards or 1), max_parallel=int(record.max_parallel or 0),
+        account_max_parallel=int(account.max_parallel or 0),
     )

@@ -28,7 +28,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import balances, clock, errors, money, rate_limits, spend_limits, telemetry
+from onysoft import balances, clock, errors, money, parallel, rate_limits, spend_limits, telemetry
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, UsageRecord
@@ -71,6 +71,7 @@ class Hold:
     requested_model: str = ""
     attempts: tuple[str, ...] = ()
     rate_tokens: int = 0  # the tokens the rate window counted it for (the settle gives back what it did not use)
+    parallel: str = ""  # where it counts as a request in flight: "key", "account", "key,account" (onysoft.parallel)
 
     @property
     def record_pk(self) -> str:
@@ -84,6 +85,14 @@ class RateRefused(Exception):
     def __init__(self, usage: rate_limits.Usage):
         super().__init__("rate limit")
         self.usage = usage
+
+
+class ParallelRefused(Exception):
+    """The key (`scope` "key") or the hold's balance shard ("account") has no room for one more request in flight."""
+
+    def __init__(self, scope: str):
+        super().__init__("max_parallel")
+        self.scope = scope
 
 
 class HoldRefused(Exception):
@@ -168,25 +177,31 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         fx_rate=str(factors.fx_rate), fx_rate_at=factors.fx_rate_at, rate_window=window.start,
         rate_tokens=plan.rate_tokens, spend_period=period or None, sent_at=now if sending else None,
         spend_limit_micros=caller.spend_limit_micros if period else None,
+        parallel=parallel.counted_in(caller) or None,
     )
 
     def write(tx: TransactWrite) -> None:
+        # ≥ 1 µ even for a free hold: a shard in debt (balance ≤ 0) never funds a hold.
+        condition = balances.balance_attribute(shard) >= max(plan.micros, 1)
+        in_flight = parallel.account_condition(caller, shard)  # the account's max_parallel: same item, same Update
         tx.update(
             balances.item(caller.account_id, shard),
-            actions=[balances.balance_attribute(shard).add(-plan.micros)],
-            # ≥ 1 µ even for a free hold: a shard in debt (balance ≤ 0) never funds a hold.
-            condition=balances.balance_attribute(shard) >= max(plan.micros, 1),
+            actions=[balances.balance_attribute(shard).add(-plan.micros), *parallel.account_actions(caller, shard)],
+            condition=condition if in_flight is None else condition & in_flight,
             return_values="ALL_OLD",
         )
         rate_limits.count_request(tx, caller, window, shard, plan.rate_tokens)
         if period:
             spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period, plan.micros)
+        if caller.max_parallel:
+            parallel.count_key(tx, caller)
         tx.save(record, condition=UsageRecord.sk.does_not_exist())
 
     # One shard per try: the request's own, then one other, then (the sum permitting) all gathered in one.
     # The rate-limit counter is the shard's too: a full one moves the hold to a shard whose counter has room.
     shards = max(caller.shards, 1)
     shard, tried, rate_full, consolidations, n = balances.first_shard(request_id, shards), set(), set(), 0, 0
+    parallel_full: set[int] = set()  # shards at their share of the account's max_parallel
     while True:
         n += 1
         record.balance_shard = shard or None
@@ -197,13 +212,23 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
             break
         except TransactWriteError as exc:
             try:
-                _explain_refusal(exc, caller, spend_limited=bool(period))
+                _explain_refusal(exc, caller, spend_limited=bool(period), shard=shard, needed=max(plan.micros, 1))
+            except ParallelRefused as busy:
+                if busy.scope == parallel.KEY or shards == 1:
+                    raise parallel.refused(caller, busy.scope) from None
+                parallel_full.add(shard)
+                counts = parallel.account_in_flight(caller.account_id, shards)
+                other = parallel.shard_with_room(caller, counts, parallel_full | rate_full)
+                if other is None or n > 3 * shards:
+                    raise parallel.refused(caller, busy.scope) from None
+                shard = other
+                continue
             except RateRefused as full:
                 if shards == 1:
                     raise rate_limits.exceeded(caller, full.usage, window) from None
                 rate_full.add(shard)
                 counters = rate_limits.read_counters(caller.key_id, window, shards)
-                other = rate_limits.shard_with_room(caller, counters, window, rate_full)
+                other = rate_limits.shard_with_room(caller, counters, window, rate_full | parallel_full)
                 if other is None or n > 3 * shards:
                     raise rate_limits.exceeded(caller, rate_limits.summed(counters, caller.key_id, window, shards),
                                                window) from None
@@ -215,10 +240,11 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                 tried.add(shard)
                 # Never towards a shard whose rate counter is full: the key's requests may still have room
                 # on the others, and money gathered there could not be held (a 402 with money, or a 429 with room).
-                other = balances.next_shard(request_id, shards, tried | rate_full) if len(tried) < 2 else None
+                busy = rate_full | parallel_full
+                other = balances.next_shard(request_id, shards, tried | busy) if len(tried) < 2 else None
                 if other is None:  # gathered funds may be taken by a concurrent hold: gather at most twice
                     balance_sum, target = balances.consolidate(caller.account_id, max(plan.micros, 1),
-                                                               avoid=rate_full)
+                                                               avoid=busy)
                     consolidations += 1
                     if target is None:
                         raise HoldRefused(balance_sum, None) from None
@@ -227,30 +253,37 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
                 continue
             raise
     return Hold(request_id, caller.account_id, sk, key_hash, caller.key_id, plan.micros, plan, factors,
-                window.start, period, shard, shards, rate_tokens=plan.rate_tokens)
+                window.start, period, shard, shards, rate_tokens=plan.rate_tokens,
+                parallel=parallel.counted_in(caller))
 
 
-def _explain_refusal(exc: TransactWriteError, caller: CallerContext, spend_limited: bool) -> None:
-    """Say why a hold was cancelled: a RateRefused (→ 429, or another shard) or a HoldRefused (→ 402 or a
-    smaller hold); anything else goes on as it was raised.
+def _explain_refusal(exc: TransactWriteError, caller: CallerContext, spend_limited: bool, shard: int = 0,
+                     needed: int = 1) -> None:
+    """Say why a hold was cancelled: a RateRefused (→ 429, or another shard), a ParallelRefused (→ 429, or another
+    shard) or a HoldRefused (→ 402 or a smaller hold); anything else goes on as it was raised.
 
     PynamoDB sends condition checks, then puts, then updates in the order added:
-    [usage put, account update, rate counter update, (spend counter update)].
+    [usage put, account update, rate counter update, (spend counter update), (key's in-flight counter update)].
     """
-    reasons = list(exc.cancellation_reasons or []) + [None] * 4
+    reasons = list(exc.cancellation_reasons or []) + [None] * 5
     _, account, rate = reasons[:3]
     spend = reasons[3] if spend_limited else None
+    key_slots = reasons[4 if spend_limited else 3] if caller.max_parallel else None
 
     def failed(reason) -> bool:
         return reason is not None and reason.code == "ConditionalCheckFailed"
 
     if failed(rate):
         raise RateRefused(rate_limits.usage_from_item(rate.raw_item)) from None
+    if failed(key_slots):
+        raise ParallelRefused(parallel.KEY) from None
     balance = limit_room = spent = None
     flagged = False
     if failed(account):
         raw = account.raw_item or {}
         balance = int(raw["balance_micros"]["N"]) if "balance_micros" in raw else 0
+        if balance >= needed and parallel.account_full(caller, raw, shard):  # the money is there, the slots not
+            raise ParallelRefused(parallel.ACCOUNT) from None
     if spend_limited and failed(spend):
         spent = spend_limits.spent(spend.raw_item)
         limit_room = max(caller.spend_limit_micros - spent, 0)
@@ -414,8 +447,10 @@ def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list
 
     def write(tx: TransactWrite) -> None:
         tx.update(record, actions=record_actions, condition=_still_pending())
+        # The request is no longer in flight: its key's and its account's slots back (those its hold took).
+        slots = parallel.give_back(tx, hold.parallel, hold.key_id, hold.account_id, hold.shard)
         tx.update(balances.item(hold.account_id, hold.shard),
-                  actions=balances.add_actions(hold.account_id, hold.shard, refund))
+                  actions=balances.add_actions(hold.account_id, hold.shard, refund) + slots)
         if hold.spend_period:  # a spend limit stays exact: its counter moves with the money
             spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
         if give_back:  # the tpm window counts what the request used, not what it might have
@@ -456,4 +491,4 @@ def hold_from_record(record: UsageRecord) -> Hold:
     return Hold(record.request_id, account_id, record.sk, record.key_hash or "", record.key_id,
                 int(record.hold_micros or 0), plan, factors, int(record.rate_window or 0), record.spend_period or "",
                 int(record.balance_shard or 0), 2 if record.balance_shard else 1,
-                rate_tokens=int(record.rate_tokens or 0))
+                rate_tokens=int(record.rate_tokens or 0), parallel=record.parallel or "")

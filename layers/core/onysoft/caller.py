@@ -26,6 +26,8 @@ class CallerContext:
     limit_reset: str = ""  # daily | weekly | monthly; empty = never
     fallbacks: tuple[str, ...] = ()  # the key's default fallback models
     shards: int = 1  # the account's balance shards (onysoft.balances)
+    max_parallel: int = 0  # the key's requests in flight at once (onysoft.parallel); 0 = no limit
+    account_max_parallel: int = 0  # the account's, over all its keys; 0 = no limit
 
     def to_authorizer_context(self) -> dict[str, str | int]:
         """API Gateway allows only strings, numbers and booleans in an authorizer's context."""
@@ -48,6 +50,8 @@ class CallerContext:
             limit_reset=str(context.get("limit_reset") or ""),
             fallbacks=tuple(m for m in str(context.get("fallbacks") or "").split(",") if m),
             shards=min(max(int(context.get("shards") or 1), 1), 64),
+            max_parallel=int(context.get("max_parallel") or 0),
+            account_max_parallel=int(context.get("account_max_parallel") or 0),
         )
 
 

@@ -80,6 +80,7 @@ class ApiKey(GatewayModel):
     spend_micros = NumberAttribute(null=True)
     rpm = NumberAttribute(null=True)
     tpm = NumberAttribute(null=True)
+    max_parallel = NumberAttribute(null=True)  # requests in flight at once (onysoft.parallel); absent: no limit
     models = ListAttribute(of=UnicodeAttribute, null=True)
     fallbacks = ListAttribute(of=UnicodeAttribute, null=True)  # default fallback models, tried in order
     # Rotation (onysoft.api_keys.rotate_key). The key's current item: when it last got a new secret, until when
@@ -123,6 +124,10 @@ class Account(GatewayModel):
     alert_below_micros = NumberAttribute(null=True)  # Balance Low below this, in the account's currency
     alert_low_at = UnicodeAttribute(null=True)  # Balance Low fired (a top-up to the threshold re-arms it)
     alert_exhausted_at = UnicodeAttribute(null=True)  # Balance Exhausted fired (a top-up above zero re-arms it)
+    # Requests in flight at once over all the account's keys (onysoft.parallel): the limit (absent: none), and
+    # shard 0's count of them (each balance shard counts the holds it funds, against its share of the limit).
+    max_parallel = NumberAttribute(null=True)
+    in_flight = NumberAttribute(null=True)
 
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
 
@@ -136,6 +141,7 @@ class BalanceShard(GatewayModel):
     account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#<k>"
     shard_of = UnicodeAttribute(null=True)  # the account
     balance_micros = NumberAttribute(default=0)
+    in_flight = NumberAttribute(null=True)  # the holds this shard funds now, for the account's max_parallel
 
 
 class UsageRecord(GatewayModel):
@@ -160,7 +166,10 @@ class UsageRecord(GatewayModel):
     hold_prompt_tokens = NumberAttribute(default=0)
     hold_output_tokens = NumberAttribute(default=0)
     rate_window = NumberAttribute(null=True)  # the rate-limit window the request was counted in
-    rate_tokens = NumberAttribute(null=True)  # the tokens it was counted for there (the rollup gives back the rest)
+    rate_tokens = NumberAttribute(null=True)  # the tokens it was counted for there (the settle gives back the rest)
+    # Where the hold counts as a request in flight (onysoft.parallel): "key", "account" or "key,account"; the
+    # settle, release or sweeper gives those slots back with it. Absent: counted nowhere.
+    parallel = UnicodeAttribute(null=True)
     spend_period = UnicodeAttribute(null=True)  # the key's spend-limit period the hold counts against
     spend_limit_micros = NumberAttribute(null=True)  # that limit, as it was then (onysoft.balance_alerts)
     charge_micros = NumberAttribute(default=0)
@@ -207,12 +216,14 @@ class UsageRecord(GatewayModel):
 class RateLimitCounter(GatewayModel):
     Meta = _table_meta("ONYSOFT_TABLE_RATE_LIMITS")
 
-    # "<key_id>#<window>" (rate; "<key_id>#<window>#<k>" for balance shard k >= 1) or "<key_id>#spend#<period>"
+    # "<key_id>#<window>" (rate; "<key_id>#<window>#<k>" for balance shard k >= 1), "<key_id>#spend#<period>" or
+    # "<key_id>#parallel"
     counter_id = UnicodeAttribute(hash_key=True)
     requests = NumberAttribute(null=True)
     tokens = NumberAttribute(null=True)
     spend_micros = NumberAttribute(null=True)
     limit_reached_at = UnicodeAttribute(null=True)  # a spend counter: Spend Limit Reached fired (once a period)
+    in_flight = NumberAttribute(null=True)  # "<key_id>#parallel": the key's requests in flight (no TTL)
     expires_at = NumberAttribute()  # epoch seconds, the table's TTL attribute
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import errors, forwarding, key_use, keys, rate_limits, spend_limits, telemetry
+from onysoft import errors, forwarding, key_use, keys, parallel, rate_limits, spend_limits, telemetry
 from onysoft.api_formats.messages import error_envelope
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
@@ -72,11 +72,15 @@ def load_key_view(key_hash: str, caller: CallerContext) -> dict:
     window = rate_limits.current_window()
     rate_ids = tuple(window.counter_ids(caller.key_id, caller.shards))
     spend_id = spend_limits.counter_id(caller.key_id, spend_limits.period_start(caller.limit_reset or None))
-    record, account, counters, totals = read_usable_key(key_hash, caller, (*rate_ids, spend_id), with_totals=True)
+    # The key's requests in flight, in the same read, for a key with a max_parallel (onysoft.parallel).
+    slots_id = (parallel.key_counter_id(caller.key_id),) if caller.max_parallel else ()
+    record, account, counters, totals = read_usable_key(key_hash, caller, (*rate_ids, spend_id, *slots_id),
+                                                        with_totals=True)
     usage = rate_limits.summed(counters, caller.key_id, window, caller.shards)
     spent = spend_limits.spent(counters.get(spend_id)) if record.spend_limit_micros else 0
+    in_flight = int(counters.get(slots_id[0], {}).get("in_flight", {}).get("N", 0)) if slots_id else None
     return key_view(record, totals=totals_from_item(totals), account=account,
-                    state=KeyState(usage, window, spent))
+                    state=KeyState(usage, window, spent, in_flight))
 
 
 async def get_key(request: Request) -> Response:

@@ -24,6 +24,7 @@ def _human(view: dict, title: str | None = None) -> str:
         ("topped up", f"{view['topped_up']} {view['currency']}"),
         ("markup", f"{view['markup_pct']}%"),
         ("shards", str(view["shards"])),
+        ("max parallel", str(view["max_parallel"] or "no limit")),
         ("alert below", f"{view['alert_below']} {view['currency']}" if view["alert_below"] else None),
         ("balance alert", view["balance_alert"]),
         ("created_at", view["created_at"]),
@@ -55,11 +56,14 @@ def topup(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
-    if args.markup is None and args.name is None and args.shards is None and args.alert_below is None:
-        raise UsageError("nothing to change: give --markup, --name, --shards and/or --alert-below")
+    if args.markup is None and args.name is None and args.shards is None and args.alert_below is None \
+            and args.max_parallel is None:
+        raise UsageError("nothing to change: give --markup, --name, --shards, --alert-below and/or --max-parallel")
+    if args.max_parallel is not None and args.max_parallel < 0:
+        raise UsageError("--max-parallel must be 0 (no limit) or a positive number")
     alert = parse_threshold(args.alert_below, "--alert-below") if args.alert_below is not None else None
     view = accounts.update_account(cli_operator(), args.account_id, markup_bp=_markup(args), name=args.name,
-                                   shards=args.shards, alert_below_micros=alert)
+                                   shards=args.shards, alert_below_micros=alert, max_parallel=args.max_parallel)
     return output(args, view, lambda: _human(view, "Updated account:"))
 
 
@@ -97,6 +101,8 @@ def register(commands, leaf) -> None:
     p.add_argument("--shards", type=int, metavar="N", help=SHARDS_HELP)
     p.add_argument("--alert-below", metavar="AMOUNT",
                    help="a Balance Low event when the balance crosses below AMOUNT (the account's currency); 0: none")
+    p.add_argument("--max-parallel", type=int, metavar="N",
+                   help="requests in flight at once over all the account's keys; 0: no limit")
     p = leaf(sub, "list", list_, "list accounts (all, or one owner's)")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
     p.add_argument("--kind", choices=ACCOUNT_KINDS)

@@ -21,7 +21,7 @@ def create(args: argparse.Namespace) -> int:
     spend_limit = parse_amount(args.spend_limit, "--spend-limit") if args.spend_limit is not None else None
     view = keys.create_key(actor, args.account, name=args.name or "", rpm=args.rpm, tpm=args.tpm, models=models,
                            expires_at=expires_at, spend_limit_micros=spend_limit, limit_reset=args.limit_reset,
-                           fallbacks=fallbacks)
+                           fallbacks=fallbacks, max_parallel=args.max_parallel)
     for model in catalog.unknown_models(actor, list(dict.fromkeys([*(models or ()), *(fallbacks or ())]))):
         warn(f"{model} is not in the catalog (yet): requests for it fail until it is")
 
@@ -30,7 +30,8 @@ def create(args: argparse.Namespace) -> int:
             ("key_id", view["key_id"]), ("type", view["type"]), ("account_id", view["account_id"]),
             ("currency", view["currency"]), ("name", view["name"]), ("display", view["display"]),
             ("expires_at", view["expires_at"] or "never"), ("rpm", view["rpm"] or "type default"),
-            ("tpm", view["tpm"] or "type default"), ("models", view["models"] or "all"),
+            ("tpm", view["tpm"] or "type default"), ("max_parallel", view["max_parallel"] or "no limit"),
+            ("models", view["models"] or "all"),
             ("fallbacks", ", ".join(view["fallbacks"] or ()) or "none"), ("created_at", view["created_at"]),
         ])
         return (f"{details}\n\nKey:\n\n    {view['key']}\n\n"
@@ -92,6 +93,8 @@ def _changes(args: argparse.Namespace) -> dict:
         changes["rpm"] = args.rpm or None
     if args.tpm is not None:
         changes["tpm"] = args.tpm or None
+    if args.max_parallel is not None:
+        changes["max_parallel"] = args.max_parallel or None
     if args.models is not None:
         changes["models"] = None if args.models.strip().lower() == "all" else model_list(args.models)
     if args.expires_at is not None and args.expires_at.strip().lower() == "never":
@@ -111,7 +114,7 @@ def _changes(args: argparse.Namespace) -> dict:
 def update(args: argparse.Namespace) -> int:
     changes = _changes(args)
     if not changes:
-        raise UsageError("nothing to change: give --rpm, --tpm, --models, --expires-in/--expires-at, "
+        raise UsageError("nothing to change: give --rpm, --tpm, --max-parallel, --models, --expires-in/--expires-at, "
                          "--spend-limit or --limit-reset")
     view = keys.update_key(cli_operator(), args.key_id, **changes)
     return output(args, view, lambda: f"Updated key {view['key_id']} ({view['display']}).")
@@ -124,6 +127,9 @@ def _limit_options(parser: argparse.ArgumentParser, *, changing: bool) -> None:
                         if changing else "requests per minute (default: the key type's)")
     parser.add_argument("--tpm", type=int, metavar="N", help="tokens per minute; 0 = back to the type's default"
                         if changing else "tokens per minute (default: the key type's)")
+    parser.add_argument("--max-parallel", type=int, metavar="N",
+                        help="requests in flight at once; 0 = no limit" if changing
+                        else "requests in flight at once (default: no limit)")
     parser.add_argument("--models", metavar="M,M", help="allow only these models; 'all' removes the allow-list"
                         if changing else "allow only these models (provider/model, comma-separated)")
     expiry_group = parser.add_mutually_exclusive_group()

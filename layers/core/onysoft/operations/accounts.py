@@ -58,26 +58,31 @@ def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | 
 
 
 def update_account(actor: Actor, account_id: str, *, markup_bp: int | None = None,
-                   name: str | None = None, shards: int | None = None, alert_below_micros: int | None = None) -> dict:
-    """Markup (operator, partner), name, balance shards (operator) and the Balance Low threshold (anyone who
-    sees the account: partners for their customers, people for their own accounts; 0 removes it)."""
+                   name: str | None = None, shards: int | None = None, alert_below_micros: int | None = None,
+                   max_parallel: int | None = None) -> dict:
+    """Markup (operator, partner), name, balance shards and max_parallel (operator) and the Balance Low threshold
+    (anyone who sees the account: partners for their customers, people for their own accounts; 0 removes it)."""
     account = access.account(actor, account_id)
     principal = actor.principal
-    if markup_bp is None and name is None and shards is None and alert_below_micros is None:
-        raise bad_request("nothing to change: give markup_pct, name, shards and/or alert_below")
+    if markup_bp is None and name is None and shards is None and alert_below_micros is None and max_parallel is None:
+        raise bad_request("nothing to change: give markup_pct, name, shards, alert_below and/or max_parallel")
     if shards is not None:
         access.require_operator(actor, "Only the platform sets an account's balance shards.")
+    if max_parallel is not None:  # a tenant limit the platform sets (issue 23)
+        access.require_operator(actor, "Only the platform sets an account's max_parallel.")
     if markup_bp is not None and principal.kind not in (OPERATOR, PARTNER):
         raise access.forbidden("Only the platform sets this account's markup." if principal.kind == ORG
                                else "A user account's markup is the platform's standard markup.")
     audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name,
-                                      alert_below_micros=alert_below_micros)
+                                      alert_below_micros=alert_below_micros, max_parallel=max_parallel)
     try:
         updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited,
-                                          shards=shards, alert_below_micros=alert_below_micros)
+                                          shards=shards, alert_below_micros=alert_below_micros,
+                                          max_parallel=max_parallel)
     except accounts.AccountError as exc:
         message = str(exc)
-        param = "shards" if "shards" in message else "alert_below" if "alert" in message else "markup_pct"
+        param = ("shards" if "shards" in message else "alert_below" if "alert" in message
+                 else "max_parallel" if "max_parallel" in message else "markup_pct")
         raise bad_request(message, param) from None
     return account_view(updated)
 

@@ -10,6 +10,7 @@ from onysoft import (
     events,
     expiry,
     idempotency,
+    parallel,
     rate_limits,
     spend_limits,
     usage_rollup,
@@ -31,7 +32,8 @@ def key_state(record: ApiKey, shards: int) -> KeyState:
     window = rate_limits.current_window()
     spent = (spend_limits.read_spent(record.key_id, spend_limits.period_start(record.limit_reset))
              if record.spend_limit_micros else 0)
-    return KeyState(rate_limits.read_usage(record.key_id, window, shards), window, spent)
+    in_flight = parallel.key_in_flight(record.key_id) if record.max_parallel else None
+    return KeyState(rate_limits.read_usage(record.key_id, window, shards), window, spent, in_flight)
 
 
 def _view(record: ApiKey, previous: ApiKey | None = None, secrets: list[ApiKey] | tuple = ()) -> dict:
@@ -71,13 +73,14 @@ def _future_iso(expires_at: str | None) -> str | None:
 def create_key(actor: Actor, account_id: str, *, name: str = "", rpm: int | None = None, tpm: int | None = None,
                models: list[str] | None = None, expires_at: str | None = None,
                spend_limit_micros: int | None = None, limit_reset: str | None = None,
-               fallbacks: list[str] | None = None) -> dict:
+               fallbacks: list[str] | None = None, max_parallel: int | None = None) -> dict:
+    """`max_parallel`: requests in flight at once (onysoft.parallel); None or 0: no limit."""
     account = access.account(actor, account_id)
     try:
         created = api_keys.create_key(account.account_id, name=name, rpm=rpm, tpm=tpm, models=models,
                                       expires_at=_future_iso(expires_at), spend_limit_micros=spend_limit_micros,
                                       limit_reset=limit_reset, companions=audit.on_key_create(actor, account),
-                                      fallbacks=fallbacks)
+                                      fallbacks=fallbacks, max_parallel=max_parallel or None)
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
     # The plaintext key is in this answer and nowhere else, ever.
@@ -85,15 +88,18 @@ def create_key(actor: Actor, account_id: str, *, name: str = "", rpm: int | None
 
 
 def update_key(actor: Actor, key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expires_at=UNSET,
-               spend_limit_micros=UNSET, limit_reset=UNSET) -> dict:
-    """Change an active key's limits (None removes one). Requests see it once the authorizer's cached
-    answer for the key expires (ReauthorizeEvery)."""
+               spend_limit_micros=UNSET, limit_reset=UNSET, max_parallel=UNSET) -> dict:
+    """Change an active key's limits (None removes one; max_parallel 0 too). Requests see it once the
+    authorizer's cached answer for the key expires (ReauthorizeEvery)."""
     access.key(actor, key_id)
     if expires_at is not UNSET:
         expires_at = _future_iso(expires_at)
+    if max_parallel is not UNSET:
+        max_parallel = max_parallel or None
     try:
         record = api_keys.update_key_settings(key_id, rpm=rpm, tpm=tpm, models=models, expires_at=expires_at,
-                                              spend_limit_micros=spend_limit_micros, limit_reset=limit_reset)
+                                              spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
+                                              max_parallel=max_parallel)
     except api_keys.KeyNotFound:
         raise access.key_not_found(key_id) from None
     except accounts.AccountError as exc:

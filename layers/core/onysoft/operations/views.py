@@ -41,6 +41,7 @@ def account_view(account: Account) -> dict:
         "markup_pct": money.markup_pct(int(account.markup_bp)),
         "markup_bp": int(account.markup_bp),
         "shards": balances.count_of(account),
+        "max_parallel": _int(account.max_parallel),  # requests in flight at once, all its keys; null: no limit
         "created_at": account.created_at,
         **_alert_fields(account),
     }
@@ -63,6 +64,7 @@ class KeyState:
     usage: rate_limits.Usage
     window: rate_limits.Window
     spent_micros: int
+    in_flight: int | None = None  # the key's requests in flight now (None: it has no max_parallel, not counted)
 
 
 def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = None,
@@ -96,6 +98,7 @@ def key_view(record: ApiKey, *, totals: KeyTotals, account: Account | None = Non
         "spend_micros": spend,
         "rpm": _int(record.rpm),  # the key's own limits; null = the key type's default (see `limits`)
         "tpm": _int(record.tpm),
+        "max_parallel": _int(record.max_parallel),  # requests in flight at once; null: no limit
         "models": list(record.models) if record.models else None,
         "fallbacks": list(record.fallbacks) if record.fallbacks else None,
         "spend_limit": money.format_micros(spend_limit) if spend_limit is not None else None,
@@ -126,6 +129,7 @@ def _limits_and_usage(record: ApiKey, state: KeyState) -> dict:
     return {
         "limits": {
             "rpm": rpm, "tpm": tpm, "rpm_is_default": not record.rpm, "tpm_is_default": not record.tpm,
+            "max_parallel": _int(record.max_parallel),
             "models": list(record.models or []),
             "fallbacks": list(record.fallbacks or []),
             "spend_limit": money.format_micros(limit) if limit else None,
@@ -138,6 +142,7 @@ def _limits_and_usage(record: ApiKey, state: KeyState) -> dict:
             "window_resets_in_seconds": round(state.window.reset_seconds, 3),
             "spend_this_period": money.format_micros(state.spent_micros) if limit else None,
             "spend_this_period_micros": state.spent_micros if limit else None,
+            "in_flight": state.in_flight,
         },
     }
 
