@@ -59,7 +59,7 @@ def expired_copy(token: str, *, seconds_ago: int = 60, **changes) -> str:
 
 def roll_up() -> None:
     """What RollupFunction does in AWS from the Usage table's stream, here and now (in-process moto): usage
-    totals, keys' request counts and spend, and the tokens rate-limit windows get back."""
+    totals and keys' request counts and spend."""
     from onysoft import config
     from onysoft_tools.local.rollup_poller import RollupPoller
 

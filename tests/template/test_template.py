@@ -461,7 +461,7 @@ def test_function_policies_are_least_privilege(cfn):
         **{action: {"UsageTable"} for action in stream},
         "dynamodb:BatchGetItem": {"UsageRollupsTable", "AccountsTable", "RateLimitsTable"},  # + balance alerts'
         "dynamodb:PutItem": {"UsageRollupsTable"},  # accounts and spend counters
-        # + windows' unused tokens back; balance alerts' flags (accounts) and Spend Limit Reached's (counters)
+        # + balance alerts' flags (accounts) and Spend Limit Reached's (counters)
         "dynamodb:UpdateItem": {"UsageRollupsTable", "RateLimitsTable", "AccountsTable"},
         "dynamodb:GetItem": {"ApiKeysTable"},  # the key a Spend Limit Reached names
     }

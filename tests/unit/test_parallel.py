@@ -156,3 +156,29 @@ def test_max_parallel_is_validated_removed_with_0_and_carried_by_a_rotation(aws_
     with pytest.raises(AccountError):
         update_account(account.account_id, max_parallel=-2)
     assert update_account(account.account_id, max_parallel=0).max_parallel is None
+
+
+def test_what_max_parallel_costs_in_write_units(gateway):
+    """docs/ARCHITECTURE.md "Limits": a key's max_parallel adds one item to the hold's and the settle's transactions
+    (its counter, far below 1 KB: 2 units each, +4 a request); the account's rides on the balance shard item both
+    already update, which stays below 1 KB (+0), and the usage record's `parallel` keeps it below 1 KB (+0). Sizes
+    by DynamoDB's rules (tools/bench/dynamo.item_size, the recorder of BENCHMARKS section 3)."""
+    import boto3
+
+    from onysoft import config
+    from tools.bench.dynamo import item_size
+
+    account, record, headers = new_key("partner_project", max_parallel=3)
+    update_account(account.account_id, max_parallel=3, name="a" * 40)
+    caller = caller_of(headers["authorization"][7:])
+    held = hold(record, caller, "req_" + "f" * 24)
+    client = boto3.client("dynamodb", region_name="us-east-1")
+
+    def raw(table: str, key: dict) -> dict:
+        return client.get_item(TableName=config.table_name(table), Key=key, ConsistentRead=True)["Item"]
+
+    counter = raw("ONYSOFT_TABLE_RATE_LIMITS", {"counter_id": {"S": f"{record.key_id}#parallel"}})
+    shard = raw("ONYSOFT_TABLE_ACCOUNTS", {"account_id": {"S": account.account_id}})
+    usage = raw("ONYSOFT_TABLE_USAGE", {"account_id": {"S": held.record_pk}, "sk": {"S": held.sk}})
+    assert counter["in_flight"] == {"N": "1"} and shard["in_flight"] == {"N": "1"} and usage["parallel"]["S"]
+    assert item_size(counter) < 100 and item_size(shard) < 1024 and item_size(usage) < 1024

@@ -55,7 +55,7 @@ class HoldPlan:
     @property
     def rate_tokens(self) -> int:
         """What the request counts against its key's tokens per minute at the hold: all it may use (the prompt
-        bound, media included, and the held output); the usage rollup gives back what it did not use."""
+        bound, media included, and the held output); the settle gives back what it did not use."""
         return self.prompt_tokens + self.output_tokens
 
     @property
