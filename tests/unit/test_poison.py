@@ -15,9 +15,12 @@ from pynamodb.exceptions import PutError
 from onysoft import clock, config, events, key_expiry, rollup_quarantine, sweeper, usage_rollup
 from onysoft.models import Account, RollupMarker, UsageRecord
 from tests.helpers import load_function_module
+from tests.unit import test_cli as _cli_fixtures
 from tests.unit.conftest import new_key
 from tests.unit.test_money_integrity import _stale_hold
 from tests.unit.test_usage_rollup import _record, _settle, all_time, stream_records
+
+cli, cli_json = _cli_fixtures.cli, _cli_fixtures.cli_json  # the CLI's fixtures: `onysoft …` in-process
 
 
 def _later(minutes: int = 21) -> str:
@@ -249,3 +252,39 @@ def test_key_mail_answers_a_malformed_event_without_failing(aws_tables, monkeypa
 
     monkeypatch.setenv(key_mail.SENDER_ENV, "noreply@example.com")
     assert key_mail.deliver(event) == {"sent": 0}
+
+
+# ---------------------------------------------------------------------------------------------- the operator's CLI
+
+
+def test_the_operator_lists_and_retries_quarantined_holds_and_replays_set_aside_records(gateway, cli, cli_json,
+                                                                                       monkeypatch):
+    account, key, _ = new_key("user")
+    bad = _stale_hold(account, key, "req_cli", sent=True)
+    _poison(bad.record_pk, bad.sk, fx_rate={"S": "?"})
+    moment = clock.parse_iso(_later())
+    with monkeypatch.context() as later:  # the holds are 21 minutes old for the sweeps
+        later.setattr(clock, "utc_now", lambda: moment)
+        for run in range(sweeper.MAX_SWEEP_ATTEMPTS):
+            assert cli_json("sweep")["quarantined"] == (1 if run == sweeper.MAX_SWEEP_ATTEMPTS - 1 else 0)
+    [hold] = cli_json("sweep", "quarantined")["holds"]
+    assert (hold["request_id"], hold["account_id"], hold["hold_micros"], hold["sent"], hold["sweep_attempts"]) == (
+        "req_cli", account.account_id, bad.micros, True, 5)
+    assert "InvalidOperation" in hold["sweep_error"] and hold["quarantined_at"]
+    code, out, _ = cli("sweep", "quarantined")
+    assert code == 0 and "req_cli" in out
+    _poison(bad.record_pk, bad.sk, fx_rate={"S": "41.5"})
+    assert cli_json("sweep", "quarantined", "--retry")["settled"] == 1
+    assert cli_json("sweep", "quarantined") == {"holds": []}
+
+    record = _record("acct_cli", "key_cli", "2026-11-10T10:00:00.000000Z", "mock/echo")
+    _poison("acct_cli", record.sk, prompt_tokens={"N": "1.5"})
+    assert usage_rollup.apply(stream_records()) == []
+    [aside] = cli_json("rollups", "quarantined")["records"]
+    assert aside["record_id"] == f"acct_cli#{record.sk}" and "record" not in aside
+    assert cli_json("rollups", "quarantined", "--full")["records"][0]["record"]["eventName"] == "MODIFY"
+    assert cli_json("rollups", "replay")["still_quarantined"] == 1
+    monkeypatch.setattr(usage_rollup, "_number", _fixed_number)
+    assert cli_json("rollups", "replay", "--id", aside["id"]) == {"replayed": 1, "still_quarantined": 0,
+                                                                  "failures": []}
+    assert all_time("key_cli")["requests"] == 1 and cli_json("rollups", "quarantined") == {"records": []}
