@@ -118,7 +118,7 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
 
     alarms = _of_type(cfn, "AWS::CloudWatch::Alarm")
     assert set(alarms) == {"ServerErrorRateAlarm", "SettleFailuresAlarm", "StaleHoldsAlarm", "DynamoDbThrottlingAlarm",
-                           "RollupLagAlarm", "FxRateStaleAlarm"}
+                           "RollupLagAlarm", "FxRateStaleAlarm", *POISON_ALARMS}
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     service = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
@@ -152,6 +152,63 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
     subscription = cfn["Resources"]["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+
+
+POISON_ALARMS = ("QuarantinedHoldsAlarm", "RollupQuarantineAlarm", "KeyExpiryFailuresAlarm", "KeyMailFailuresAlarm")
+
+
+def test_what_each_consumer_sets_aside_is_alarmed_and_kept_whole(cfn):
+    """Issue 23: a poison record is counted by a metric the code emits and alarmed (the sweeper's quarantined holds
+    while any is left, a rollup record set aside, a key expiry notice that failed), and the mail subscriber's
+    failures go whole to queues that keep them."""
+    from onysoft import telemetry
+
+    source = open(telemetry.__file__).read()
+    resources = cfn["Resources"]
+    service = resources["ProxyFunction"]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    for name, metric, statistic in (("QuarantinedHoldsAlarm", "QuarantinedHolds", "Maximum"),
+                                    ("RollupQuarantineAlarm", "RollupRecordsQuarantined", "Sum"),
+                                    ("KeyExpiryFailuresAlarm", "ConsumerRecordFailures", "Sum")):
+        props = resources[name]["Properties"]
+        assert (props["Namespace"], props["MetricName"], props["Statistic"]) == ("Onysoft", metric, statistic)
+        assert props["Dimensions"][0] == {"Name": "service", "Value": service}
+        assert props["Threshold"] == 1 and props["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert f'"{metric}"' in source
+    assert resources["KeyExpiryFailuresAlarm"]["Properties"]["Dimensions"][1] == {"Name": "consumer",
+                                                                                   "Value": "key_expiry"}
+    # Key mail: Lambda's on-failure destination keeps the whole event (its invocation record), EventBridge's
+    # dead-letter queue the events it could not deliver; both alarmed; nothing retried forever.
+    invoke = resources["KeyMailFunctionEventInvokeConfig"]["Properties"]
+    assert invoke["MaximumRetryAttempts"] == 2
+    assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["KeyMailFailureQueue", "Arn"]}
+    assert resources["KeyMailFailureQueue"]["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600
+    (target,) = resources["KeyMailFunctionKeyAndBalanceEvents"]["Properties"]["Targets"]
+    assert target["DeadLetterConfig"] == {"Arn": {"Fn::GetAtt": ["KeyMailFailureQueue", "Arn"]}}
+    (statement,) = resources["KeyMailFailureQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    assert "${EventBus}" in statement["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    mail = resources["KeyMailFailuresAlarm"]["Properties"]
+    assert (mail["MetricName"], mail["Dimensions"][0]["Value"]) == (
+        "ApproximateNumberOfMessagesVisible", {"Fn::GetAtt": ["KeyMailFailureQueue", "QueueName"]})
+    for name in ("KeyMailFailureQueue", "KeyMailFailureQueuePolicy", "KeyMailFailuresAlarm"):
+        assert resources[name]["Condition"] == "SendKeyMail", name
+
+
+# The adapter layer at a released version (issue 23: it was a release candidate). Layer versions of account
+# 753240598075 and the adapter releases they carry, from the project's release notes and docs (aws-lambda-web-adapter
+# PRs #746: 28 = v1.0.1; #871: 30 = v1.1.0, 29 skipped; 25 = v0.9.1). Moving it is a reviewed change: add the new
+# version here with the release it is.
+RELEASED_ADAPTER_LAYERS = {25: "v0.9.1", 27: "v1.0.0", 28: "v1.0.1", 30: "v1.1.0"}
+
+
+def test_the_web_adapter_layer_is_a_released_version(cfn):
+    (layer,) = [layer for layer in cfn["Resources"]["ProxyFunction"]["Properties"]["Layers"]
+                if "LambdaAdapterLayer" in json.dumps(layer)]
+    arn = layer["Fn::Sub"] if isinstance(layer, dict) else layer
+    match = re.fullmatch(r"arn:\$\{AWS::Partition\}:lambda:\$\{AWS::Region\}:753240598075:layer:"
+                         r"LambdaAdapterLayerArm64:(\d+)", arn)
+    assert match, arn
+    assert int(match.group(1)) in RELEASED_ADAPTER_LAYERS, f"layer version {match.group(1)} is not a known release"
 
 
 def test_the_413_says_6_mb_and_both_gateways_enforce_it(cfn):

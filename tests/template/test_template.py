@@ -420,9 +420,9 @@ def test_function_policies_are_least_privilege(cfn):
                 assert role_id == "KeyMailFunctionRole"
                 assert resources == [
                     {"Fn::Sub": "arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/*"}]
-            elif actions == ["sqs:SendMessage"]:  # the rollup's on-failure destination, its own queue only
-                assert role_id == "RollupFunctionRole"
-                assert resources == [{"Fn::GetAtt": ["RollupFailureQueue", "Arn"]}]
+            elif actions == ["sqs:SendMessage"]:  # an on-failure destination, the function's own queue only
+                assert resources == [{"Fn::GetAtt": [{"RollupFunctionRole": "RollupFailureQueue",
+                                                      "KeyMailFunctionRole": "KeyMailFailureQueue"}[role_id], "Arn"]}]
             else:
                 assert actions == ["secretsmanager:GetSecretValue"]
                 (arn,) = resources
@@ -478,6 +478,7 @@ def test_function_policies_are_least_privilege(cfn):
     # Expiry notices: the watched keys (a sparse index), their items, the notice each got.
     assert granted["KeyExpiryFunctionRole"] == {
         "dynamodb:Query": {"ApiKeysTable"}, "dynamodb:BatchGetItem": {"ApiKeysTable"},
+        "dynamodb:GetItem": {"ApiKeysTable"},  # one at a time when an item cannot be read (issue 23)
         "dynamodb:UpdateItem": {"ApiKeysTable"},
     }
     mapping = cfn["Resources"]["RollupStreamMapping"]["Properties"]

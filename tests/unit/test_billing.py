@@ -22,7 +22,7 @@ def expected_charge(kind_markup_bp: int, currency: str, prompt: int, completion:
 
 def swept(released: int) -> dict[str, int]:
     """What a sweeper run returns when it only released holds (none of these requests was sent upstream)."""
-    return {"settled": 0, "released": released, "already_closed": 0, "close_failures": 0}
+    return {"settled": 0, "released": released, "already_closed": 0, "close_failures": 0, "quarantined": 0}
 
 
 def records(account_id: str) -> list[UsageRecord]:

@@ -518,7 +518,8 @@ def test_sweep_closes_stale_holds_now(cli, cli_json, monkeypatch):
     code, _, err = cli("sweep", "--older-than", "15m")
     assert code == 2 and "at least 930 s" in err
     assert cli_json("sweep", "--older-than", "3h") == {"settled": 0, "released": 0, "already_closed": 0,
-                                                      "close_failures": 0, "older_than_seconds": 10800}
+                                                      "close_failures": 0, "quarantined": 0,
+                                                      "older_than_seconds": 10800}
     swept = cli_json("sweep")  # 20 minutes
     assert (swept["settled"], swept["released"], swept["close_failures"], swept["older_than_seconds"]) == (
         1, 1, 0, 1200)

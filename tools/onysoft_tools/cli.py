@@ -7,6 +7,8 @@
     onysoft catalog set|list                          models and their USD prices per million tokens
     onysoft fx set|show                               the USD→TRY rate
     onysoft sweep [--older-than 15m]                  close stale holds now (what the scheduled sweeper does)
+    onysoft sweep quarantined [--retry]               holds the sweeper could not close, set aside (issue 23)
+    onysoft rollups quarantined | replay [--id ID]    usage stream records the rollup set aside; count them now
     onysoft report margin --from DATE --to DATE       charged, provider cost and margin [--by partner|account|…]
     onysoft statement ACCOUNT_ID --month YYYY-MM      a month's statement [--json|--csv]
     onysoft users create | token                      dashboard sign-ins (the Cognito user pool)
@@ -36,12 +38,12 @@ from onysoft.catalog import CatalogError
 from onysoft.errors import GatewayError
 from onysoft.money import MoneyError
 from onysoft_tools import settings
-from onysoft_tools.commands import accounts, catalog, events, keys, reports, statements, sweep, usage, users
+from onysoft_tools.commands import accounts, catalog, events, keys, reports, rollups, statements, sweep, usage, users
 from onysoft_tools.commands.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, UsageError
 
 # Each module adds its commands to the parser; a new command group is one more entry here.
 REGISTRARS = (accounts.register, keys.register, usage.register, catalog.register, sweep.register, users.register,
-              catalog.register_fx, reports.register, statements.register, events.register)
+              catalog.register_fx, reports.register, statements.register, events.register, rollups.register)
 
 
 # ---------------------------------------------------------------------------------------------- parser

@@ -9,6 +9,10 @@ notice is sent only after a conditional update moved it forward (on the expiry i
 overlapping or retried runs never send one twice. A key found past several thresholds at once (made 12 hours
 before its expiry, or a run missed) gets only the latest: `1d`, not `7d` then `1d`. After `Key Expired` the key
 leaves the index (`expiry_watch` removed). A deleted or leaked key leaves it silently.
+
+Poison cannot stick (issue 23): a key the run cannot handle (an `expires_at` that is not a time, an item the model
+cannot read) is logged and counted (`failures`: the ConsumerRecordFailures metric) and the run goes on with the
+others; the key keeps its item as it is (the table is its failure store) and is tried again next run.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from datetime import datetime, timedelta
 
 from pynamodb.exceptions import UpdateError
 
-from onysoft import api_keys, clock, events
+from onysoft import api_keys, clock, events, telemetry
 from onysoft.models import ApiKey
 
 logger = logging.getLogger("onysoft.key_expiry")
@@ -42,13 +46,44 @@ def run(now: datetime | None = None) -> dict:
     now = now or clock.utc_now()
     horizon = clock.to_iso(now + NOTICES[0][1])
     hashes = [entry.key_hash for entry in ApiKey.by_expiry.query(api_keys.WATCH, ApiKey.expires_at <= horizon)]
-    sent = {"7d": 0, "1d": 0, "expired": 0, "looked_at": len(hashes), "unwatched": 0}
+    sent = {"7d": 0, "1d": 0, "expired": 0, "looked_at": len(hashes), "unwatched": 0, "failures": 0}
     for start in range(0, len(hashes), 100):
-        for record in ApiKey.batch_get(hashes[start:start + 100], consistent_read=True):
-            outcome = _notify(record, now)
+        for key_hash, record in _records(hashes[start:start + 100]):
+            try:
+                if record is None:
+                    raise ValueError("the key's item cannot be read")
+                outcome = _notify(record, now)
+            except Exception:  # noqa: BLE001 - one key must not stop the others' notices (nor every later run)
+                sent["failures"] += 1
+                logger.exception("key expiry notice failed; tried again next run", extra={"key_hash": key_hash})
+                continue
             if outcome:
                 sent[outcome] += 1
+    if sent["failures"]:
+        telemetry.consumer_failures("key_expiry", sent["failures"])
     return sent
+
+
+def _records(hashes: list[str]):
+    """(key_hash, ApiKey) for each watched key: one BatchGetItem; if an item cannot be read, one at a time, so
+    only that one is None."""
+    done = set()
+    try:
+        for record in ApiKey.batch_get(hashes, consistent_read=True):
+            done.add(record.key_hash)
+            yield record.key_hash, record
+        return
+    except Exception:  # noqa: BLE001 - some item is malformed: find which
+        logger.warning("a watched key's item cannot be read; reading the rest one by one")
+    for key_hash in hashes:
+        if key_hash in done:
+            continue
+        try:
+            yield key_hash, ApiKey.get(key_hash, consistent_read=True)
+        except ApiKey.DoesNotExist:
+            continue
+        except Exception:  # noqa: BLE001
+            yield key_hash, None
 
 
 def _notify(record: ApiKey, now: datetime) -> str | None:

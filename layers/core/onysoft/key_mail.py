@@ -88,6 +88,10 @@ def compose(detail_type: str, detail: dict) -> tuple[str, str]:
 
 def deliver(event: dict) -> dict:
     """Mail one bus event to its account's people. Returns how many messages went out."""
+    if not isinstance(event, dict) or not isinstance(event.get("detail") or {}, dict):
+        # Not what the bus sends: retrying it would fail the same way (issue 23: poison cannot stick).
+        logger.error("key mail: not a bus event; nothing sent", extra={"event_type": type(event).__name__})
+        return {"sent": 0}
     detail_type, detail = event.get("detail-type"), event.get("detail") or {}
     sender = os.environ.get(SENDER_ENV)
     if detail_type not in events.DETAIL_TYPES or not sender or not detail.get("account_id"):

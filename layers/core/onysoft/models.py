@@ -209,6 +209,11 @@ class UsageRecord(GatewayModel):
     # prices name the model that answered once settled (the one held for while pending: the most expensive).
     fallback_attempts = ListAttribute(of=UnicodeAttribute, null=True)
     requested_model = UnicodeAttribute(null=True)  # the body's `model` when another model answered
+    # A stale hold the sweeper could not close (onysoft.sweeper): its failed tries, the last error, and when it
+    # was quarantined (hold_state "quarantined": out of the open#<n> shards, still pending, its money still held).
+    sweep_attempts = NumberAttribute(null=True)
+    sweep_error = UnicodeAttribute(null=True)
+    quarantined_at = UnicodeAttribute(null=True)
 
     open_holds = _index("open_holds", AllProjection(), "hold_state", "created_at")
 

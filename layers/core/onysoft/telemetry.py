@@ -99,15 +99,28 @@ def charged_hold(reason: str) -> None:
     _emit({"ChargedAtHold": ("Count", 1)}, {"reason": reason})
 
 
-def record_sweep(result: dict[str, int], open_over_30_min: int) -> None:
-    """The sweeper's run: every hold it found stale, those it closed, and what is still open too long.
+def record_sweep(result: dict[str, int], open_over_30_min: int, quarantined: int = 0) -> None:
+    """The sweeper's run: every hold it found stale, those it closed, and what is still open too long or
+    quarantined (onysoft.sweeper: a gauge each run, so the alarm stays on until the operator acts).
     Reads the run's counts by name, so a new outcome key adds to Found without code here."""
     found = sum(v for v in result.values() if isinstance(v, int))
     settled = sum(v for k, v in result.items() if k in ("settled", "released") and isinstance(v, int))
+    failures = result.get("close_failures", 0) + result.get("quarantined", 0)  # quarantined: a failure too
     _emit({"StaleHoldsFound": ("Count", found), "StaleHoldsSettled": ("Count", settled),
-           "SweeperCloseFailures": ("Count", result.get("close_failures", 0)),
-           "OpenHoldsOlderThan30Min": ("Count", open_over_30_min)})
-    logger().info("stale holds swept", extra={**result, "open_over_30_min": open_over_30_min})
+           "SweeperCloseFailures": ("Count", failures),
+           "OpenHoldsOlderThan30Min": ("Count", open_over_30_min), "QuarantinedHolds": ("Count", quarantined)})
+    logger().info("stale holds swept", extra={**result, "open_over_30_min": open_over_30_min,
+                                              "quarantined_holds": quarantined})
+
+
+def rollup_quarantined(records: int) -> None:
+    """The usage rollup set aside records it cannot count (onysoft.rollup_quarantine): the alarm's metric."""
+    _emit({"RollupRecordsQuarantined": ("Count", records)})
+
+
+def consumer_failures(consumer: str, failures: int) -> None:
+    """A scheduled consumer (key_expiry) skipped records it could not handle: counted, the others went on."""
+    _emit({"ConsumerRecordFailures": ("Count", failures)}, {"consumer": consumer})
 
 
 # ---------------------------------------------------------------------------------------------- requests

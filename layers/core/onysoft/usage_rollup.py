@@ -40,13 +40,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import money
+from onysoft import money, rollup_quarantine, telemetry
 from onysoft.models import RollupMarker, UsageRollup
 
 logger = logging.getLogger("onysoft.usage_rollup")
@@ -147,22 +147,26 @@ class Change:
     record: str  # "<account_id>#<sk>": the usage record's id
     account_id: str
     counted: Counted | None
+    source: dict | None = field(default=None, compare=False, repr=False)  # the stream record, whole
+
+
+def change_of(record: dict) -> Change | None:
+    """One stream record as a change to a usage record (None: not a usage record). Raises on a record it
+    cannot read (a number that is not a whole number…): poison, which apply() sets aside."""
+    body = record.get("dynamodb") or {}
+    keys = body.get("Keys") or {}
+    partition, sk = _value(keys, "account_id") or "", _value(keys, "sk") or ""
+    if not partition or partition.startswith(_NOT_USAGE):
+        return None
+    # A sharded account's records are in partitions `<account_id>#<k>` (issue 16): its totals are the account's.
+    account_id = partition.partition("#")[0]
+    counted = counted_from_image(body.get("NewImage"))  # a REMOVE (no new image) changes no total
+    return Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted, record)
 
 
 def changes_of(records: Iterable[dict]) -> list[Change]:
     """Stream records (Lambda's event["Records"] or GetRecords' Records) as changes to usage records."""
-    changes = []
-    for record in records:
-        body = record.get("dynamodb") or {}
-        keys = body.get("Keys") or {}
-        partition, sk = _value(keys, "account_id") or "", _value(keys, "sk") or ""
-        if not partition or partition.startswith(_NOT_USAGE):
-            continue
-        # A sharded account's records are in partitions `<account_id>#<k>` (issue 16): its totals are the account's.
-        account_id = partition.partition("#")[0]
-        counted = counted_from_image(body.get("NewImage"))  # a REMOVE (no new image) changes no total
-        changes.append(Change(str(body.get("SequenceNumber", "")), f"{partition}#{sk}", account_id, counted))
-    return changes
+    return [change for change in map(change_of, records) if change is not None]
 
 
 def totals_keys(account_id: str, counted: Counted) -> list[tuple[str, str]]:
@@ -186,24 +190,76 @@ class RollupConflict(Exception):
 
 def apply(records: list[dict]) -> list[str]:
     """Count a batch of stream records. Returns the sequence numbers that could not be counted (the first
-    of the first chunk that failed: Lambda's ReportBatchItemFailures retries from there, in order)."""
-    changes = changes_of(records)
+    of the first chunk that failed: Lambda's ReportBatchItemFailures retries from there, in order).
+
+    Poison cannot stick (onysoft.rollup_quarantine): a record that cannot be read, or whose own write DynamoDB
+    refuses, is set aside whole and the rest of the batch is counted; only a transient error fails the batch."""
+    changes: list[Change] = []
+    stop_at: str | None = None  # a record that could be neither read nor set aside: the batch ends there
+    set_aside = 0
+    for record in records:
+        try:
+            change = change_of(record)
+        except Exception as exc:  # noqa: BLE001 - a record that cannot be read: aside, whole
+            if not _set_aside(record, exc):
+                stop_at = rollup_quarantine.sequence_of(record)
+                break
+            set_aside += 1
+            continue
+        if change is not None:
+            changes.append(change)
     chunks: list[list[Change]] = []
     for change in changes:
         ids = {c.record for c in chunks[-1]} if chunks else set()
         if not chunks or (change.record not in ids and len(ids) >= CHUNK):
             chunks.append([])
         chunks[-1].append(change)
-    for chunk in chunks:
-        for attempt in range(ATTEMPTS):
+    try:
+        for chunk in chunks:
             try:
-                _apply_chunk(chunk)
-                break
-            except RollupConflict:
-                if attempt + 1 == ATTEMPTS:
+                _apply_with_retries(chunk)
+            except Exception as exc:  # noqa: BLE001 - transient: retried from here; else one record at a time
+                if rollup_quarantine.is_transient(exc):
+                    logger.warning("usage rollup chunk not counted, retried: %s", exc)
                     return [chunk[0].sequence]
-                time.sleep(0.01 * 2 ** attempt)
-    return []
+                for position, change in enumerate(chunk):
+                    try:
+                        _apply_with_retries([change])
+                    except Exception as one:  # noqa: BLE001
+                        if rollup_quarantine.is_transient(one) or not _set_aside(change.source or {}, one):
+                            return [chunk[position].sequence]
+                        set_aside += 1
+        return [stop_at] if stop_at else []
+    finally:
+        if set_aside:
+            telemetry.rollup_quarantined(set_aside)
+
+
+def count_strictly(records: list[dict]) -> None:
+    """Count these records or raise (`onysoft rollups replay`): nothing is set aside."""
+    changes = changes_of(records)
+    if changes:
+        _apply_with_retries(changes)
+
+
+def _apply_with_retries(chunk: list[Change]) -> None:
+    for attempt in range(ATTEMPTS):
+        try:
+            _apply_chunk(chunk)
+            return
+        except RollupConflict:
+            if attempt + 1 == ATTEMPTS:
+                raise
+            time.sleep(0.01 * 2 ** attempt)
+
+
+def _set_aside(record: dict, exc: BaseException) -> bool:
+    try:
+        rollup_quarantine.quarantine(record, exc)
+        return True
+    except Exception:  # noqa: BLE001 - not aside, so not dropped: reported failed
+        logger.exception("could not set a usage stream record aside")
+        return False
 
 
 def _apply_chunk(chunk: list[Change]) -> None:
