@@ -107,11 +107,18 @@ $(SAM_STAMP):
 
 sam: $(SAM_STAMP)
 
+# PROXY_COMPUTE=managed-instances builds template.managed.json instead (the proxy on Lambda Managed Instances;
+# generated from template.yaml by tools/onysoft_tools/proxy_compute.py; README "Deploy"). Deploy it with the
+# subnets and security group: `make deploy-dev PROXY_COMPUTE=managed-instances` after setting them in samconfig.toml.
+PROXY_COMPUTE ?= lambda
+SAM_TEMPLATE := $(if $(filter managed-instances,$(PROXY_COMPUTE)),template.managed.json,template.yaml)
 build: $(SAM_STAMP)
+	$(if $(filter managed-instances,$(PROXY_COMPUTE)),PYTHONPATH=tools $(SAM_VENV)/bin/python -m onysoft_tools.proxy_compute managed-instances,\
+	  @test "$(PROXY_COMPUTE)" = lambda || { echo "PROXY_COMPUTE is lambda or managed-instances"; exit 2; })
 	PY313="$$(tools/find_python313.sh)" && export PATH="$$PY313:$$PATH" SAM_CLI_TELEMETRY=0 && \
 	  python3.13 --version && \
-	  $(SAM) validate --lint && \
-	  $(SAM) build
+	  $(SAM) validate --lint --template-file $(SAM_TEMPLATE) && \
+	  $(SAM) build --template-file $(SAM_TEMPLATE)
 	$(PYTHON) tools/onysoft_tools/arm64_check.py .aws-sam/build --require pydantic_core --require cryptography/hazmat/bindings
 
 deploy-dev: build
