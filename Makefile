@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-invariant bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
+.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-cost bench-invariant bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
 
 # pip is tried three times: a download cut short by the network (IncompleteRead) once failed a clean CI run.
 $(STAMP): pyproject.toml
@@ -63,6 +63,7 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.bench.memory
+	$(BIN)/python -m tools.bench.cost
 	$(BIN)/python -m tools.bench.scale_sim --write-doc
 	$(MAKE) bench-invariant
 
@@ -86,6 +87,12 @@ bench-scale-record: venv
 # Only the local gateway's curve and start times (part of `make bench`; ~15 minutes): its BENCHMARKS.md section.
 bench-local: venv
 	$(BIN)/python -m tools.bench.local_gateway
+
+# Only section 4 of docs/BENCHMARKS.md and docs/cost_per_million.png (seconds): the cost per million requests from
+# template.yaml and the figures the bench last wrote (part of `make bench`, after the sections it reads).
+bench-cost: venv
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m tools.bench.cost
 
 # Only the right-sizing section of docs/BENCHMARKS.md (memory and CPU per request, cost per MemorySize).
 bench-memory: venv
