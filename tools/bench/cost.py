@@ -61,6 +61,8 @@ PRICES = {
     # VPC egress for managed instances (aws.amazon.com/vpc/pricing): NAT gateway hour and GB processed, its
     # public IPv4 address hour. A DynamoDB gateway endpoint is free.
     "nat_hour": 0.045,
+    # Secrets Manager (aws.amazon.com/secrets-manager/pricing): per secret a month, per 10,000 API calls.
+    "secret_call": 0.05 / 10_000,
     "nat_gb": 0.045,
     "ipv4_hour": 0.005,
 }
@@ -264,7 +266,16 @@ def shared_per_request(provider_s: float, facts: dict, m: dict, logs: dict, *, m
 def lambda_proxy(provider_s: float, facts: dict, m: dict, logs: dict) -> dict:
     billed_ms = (provider_s * 1000 + PROXY_ROUND_TRIPS_ON_PATH * DYNAMO_ROUND_TRIP_MS
                  + m["proxy_cpu_ms"] * _stretch(facts["proxy_mb"]))
-    return {"billed_ms": billed_ms, "proxy": _lambda_usd(facts["proxy_mb"], billed_ms)}
+    # One environment per request in flight, each re-reading its provider's key when its cache ages out.
+    secrets = billed_ms / 1000 / _secret_max_age_s() * PRICES["secret_call"]
+    return {"billed_ms": billed_ms, "proxy": _lambda_usd(facts["proxy_mb"], billed_ms), "secrets": secrets}
+
+
+def _secret_max_age_s() -> float:
+    sys.path.insert(0, str(ROOT / "layers" / "core"))
+    from onysoft import providers
+
+    return float(providers.SECRET_MAX_AGE)
 
 
 def managed_proxy(provider_s: float, rate: float, facts: dict, m: dict) -> dict:
@@ -280,7 +291,8 @@ def managed_proxy(provider_s: float, rate: float, facts: dict, m: dict) -> dict:
     nat_hour = NAT_GATEWAYS * (PRICES["nat_hour"] + PRICES["ipv4_hour"])
     per_hour = rate * 3600
     return {"envs": envs, "instances": instances, "bound": "CPU" if by_cpu >= by_concurrency else "concurrency",
-            "proxy": PRICES["lmi_request"] + compute_hour / per_hour,
+            "proxy": PRICES["lmi_request"] + compute_hour / per_hour
+            + envs * 3600 / _secret_max_age_s() * PRICES["secret_call"] / per_hour,
             "nat": nat_hour / per_hour + PROVIDER_BYTES_PER_REQUEST / 1e9 * PRICES["nat_gb"],
             "fixed_hour": (MIN_INSTANCES * PRICES["ec2_c7g_large_hour"] * (1 + PRICES["lmi_management_fee"])
                            + nat_hour)}
@@ -309,7 +321,8 @@ def compute(facts: dict | None = None, m: dict | None = None, logs: dict | None 
         s = shared_per_request(t, facts, m, logs, miss_rate=miss_rate)
         p = lambda_proxy(t, facts, m, logs)
         logs_usd = s["logs_shared"] + logs["proxy"] / 1e9 * s["_log_usd_per_gb"]
-        row = {"provider_s": t, "billed_ms": p["billed_ms"], "proxy": p["proxy"], "logs": logs_usd,
+        row = {"provider_s": t, "billed_ms": p["billed_ms"], "proxy": p["proxy"], "secrets": p["secrets"],
+               "logs": logs_usd,
                **{k: v for k, v in s.items() if not k.startswith("_") and k != "logs_shared"}}
         row["total"] = sum(v for k, v in row.items() if k not in ("provider_s", "billed_ms"))
         row["anthropic_total"] = row["total"] - s["authorizer"] + shared_per_request(
@@ -322,7 +335,8 @@ def compute(facts: dict | None = None, m: dict | None = None, logs: dict | None 
         shared = sum(v for k, v in s.items() if not k.startswith("_") and k != "logs_shared") + logs_usd
         fixed_per_request = fixed_total / HOURS_PER_MONTH / (rate * 3600)
         if mode == "lambda":
-            proxy = lambda_proxy(t, facts, m, logs)["proxy"]
+            lp = lambda_proxy(t, facts, m, logs)
+            proxy = lp["proxy"] + lp["secrets"]
             return {"total": shared + proxy + fixed_per_request, "proxy": proxy, "shared": shared,
                     "fixed": fixed_per_request}
         mp = managed_proxy(t, rate, facts, m)
@@ -400,17 +414,21 @@ def render(r: dict) -> str:
         f"template's format with typical values), the proxy's log line and EMF metric documents and Lambda's "
         f"START/END/REPORT lines ({logs['proxy']} B: `onysoft.telemetry.emit_request` run as in Lambda, measured "
         f"by this tool), the authorizer's on a miss ({logs['authorizer']} B); ingestion + {f['log_retention_days']} "
-        f"days' storage. WAF: {'on (EnableWaf default)' if f['waf'] else 'off'}.",
+        f"days' storage. WAF: {'on (EnableWaf default)' if f['waf'] else 'off'}. Provider keys: each execution "
+        f"environment re-reads its provider's secret when its {_secret_max_age_s():.0f} s cache ages out, and "
+        "on-demand Lambda runs one environment per request in flight.",
         "",
-        "| provider time | Lambda billed | API Gateway | WAF | proxy Lambda | authorizer (misses) | DynamoDB "
+        "| provider time | Lambda billed | API Gateway | WAF | proxy Lambda | provider keys (Secrets Manager) | "
+        "authorizer (misses) | DynamoDB "
         "(request) | DynamoDB (rollup) | rollup Lambda | CloudWatch Logs | **total** | /v1/messages (authorizer "
         "every request) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in lam:
         lines.append(
             f"| {row['provider_s']:g} s | {row['billed_ms']:,.0f} ms | {_usd(row['apigw'])} | {_usd(row['waf'])} | "
-            f"{_usd(row['proxy'])} | {_usd(row['authorizer'])} | {_usd(row['ddb'])} | {_usd(row['rollup_ddb'])} | "
+            f"{_usd(row['proxy'])} | {_usd(row['secrets'])} | {_usd(row['authorizer'])} | {_usd(row['ddb'])} | "
+            f"{_usd(row['rollup_ddb'])} | "
             f"{_usd(row['rollup_lambda'])} | {_usd(row['logs'])} | **{_usd(row['total'])}** | "
             f"{_usd(row['anthropic_total'])} |")
     per_second = f["proxy_mb"] / 1024 * PRICES["lambda_arm64_gb_second"]
