@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-invariant bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
+.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-cost bench-invariant bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
 
 # pip is tried three times: a download cut short by the network (IncompleteRead) once failed a clean CI run.
 $(STAMP): pyproject.toml
@@ -63,6 +63,7 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.bench.memory
+	$(BIN)/python -m tools.bench.cost
 	$(BIN)/python -m tools.bench.scale_sim --write-doc
 	$(MAKE) bench-invariant
 
@@ -87,6 +88,12 @@ bench-scale-record: venv
 bench-local: venv
 	$(BIN)/python -m tools.bench.local_gateway
 
+# Only section 4 of docs/BENCHMARKS.md and docs/cost_per_million.png (seconds): the cost per million requests from
+# template.yaml and the figures the bench last wrote (part of `make bench`, after the sections it reads).
+bench-cost: venv
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m tools.bench.cost
+
 # Only the right-sizing section of docs/BENCHMARKS.md (memory and CPU per request, cost per MemorySize).
 bench-memory: venv
 	$(BIN)/python -m tools.bench.memory
@@ -107,11 +114,18 @@ $(SAM_STAMP):
 
 sam: $(SAM_STAMP)
 
+# PROXY_COMPUTE=managed-instances builds template.managed.json instead (the proxy on Lambda Managed Instances;
+# generated from template.yaml by tools/onysoft_tools/proxy_compute.py; README "Deploy"). Deploy it with the
+# subnets and security group: `make deploy-dev PROXY_COMPUTE=managed-instances` after setting them in samconfig.toml.
+PROXY_COMPUTE ?= lambda
+SAM_TEMPLATE := $(if $(filter managed-instances,$(PROXY_COMPUTE)),template.managed.json,template.yaml)
 build: $(SAM_STAMP)
+	$(if $(filter managed-instances,$(PROXY_COMPUTE)),PYTHONPATH=tools $(SAM_VENV)/bin/python -m onysoft_tools.proxy_compute managed-instances,\
+	  @test "$(PROXY_COMPUTE)" = lambda || { echo "PROXY_COMPUTE is lambda or managed-instances"; exit 2; })
 	PY313="$$(tools/find_python313.sh)" && export PATH="$$PY313:$$PATH" SAM_CLI_TELEMETRY=0 && \
 	  python3.13 --version && \
-	  $(SAM) validate --lint && \
-	  $(SAM) build
+	  $(SAM) validate --lint --template-file $(SAM_TEMPLATE) && \
+	  $(SAM) build --template-file $(SAM_TEMPLATE)
 	$(PYTHON) tools/onysoft_tools/arm64_check.py .aws-sam/build --require pydantic_core --require cryptography/hazmat/bindings
 
 deploy-dev: build

@@ -388,6 +388,11 @@ def test_function_policies_are_least_privilege(cfn):
     assert "Policies" not in logging_role["Properties"]
     assert logging_role["Properties"]["ManagedPolicyArns"] == [
         {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"}]
+    # ProxyCompute=managed-instances only: the role Lambda manages the proxy's instances with (AWS's policy).
+    operator_role = all_roles.pop("ProxyCapacityProviderOperatorRole")
+    assert operator_role["Condition"] == "ManagedProxy"
+    assert operator_role["Properties"]["ManagedPolicyArns"] == [
+        "arn:aws:iam::aws:policy/AWSLambdaManagedEC2ResourceOperator"]
     roles = all_roles
     expiry_schedule_role = all_roles.pop("KeyExpiryFunctionEveryFifteenMinutesRole")
     assert {a for st in _statements(expiry_schedule_role) for a in _as_list(st["Action"])} == {"lambda:InvokeFunction"}

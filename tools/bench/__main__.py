@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import coldstart, cost, dynamo, local_gateway, overhead, report
+from . import coldstart, dynamo, local_gateway, overhead, report
 from .common import ROOT, machine
 
 
@@ -26,14 +26,7 @@ def main() -> int:
     measurements["dynamo"] = dynamo.run(progress)
     progress("3/3 overhead through onysoft dev")
     measurements["overhead"] = overhead.run(progress)
-    direct = measurements["overhead"]["direct"]
-    # The proxy's own billed time: the in-process chat latency (gateway code + moto, no loopback hop).
-    proxy_ms = max(measurements["dynamo"]["kinds"]["chat, non-stream"]["in_process_ms"], 1.0)
-    measurements["cost"] = {
-        "proxy_ms": proxy_ms,
-        "table": cost.per_million(measurements["dynamo"]["kinds"], proxy_ms, [direct["seq_p50"], 1000.0, 5000.0],
-                                  measurements["dynamo"]["authorizer_miss"]),
-    }
+    # Section 4 (cost) is written by tools/bench/cost.py after the right-sizing section: `make bench` runs both.
     progress("then: the local gateway as its tables grow (tools/bench/local_gateway.py, ~15 minutes)")
     measurements["local_gateway"] = local_gateway.run(progress)
     measurements["elapsed_s"] = time.monotonic() - started

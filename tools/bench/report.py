@@ -19,7 +19,7 @@ def _n(value: float | None) -> str:
 
 
 def render(m: dict) -> str:
-    mach, ov, cs, ddb, money = m["machine"], m["overhead"], m["coldstart"], m["dynamo"], m["cost"]
+    mach, ov, cs, ddb = m["machine"], m["overhead"], m["coldstart"], m["dynamo"]
     d, t = ov["direct"], ov["through"]
     lines = [
         "# Benchmarks",
@@ -219,42 +219,12 @@ def render(m: dict) -> str:
         "`sent_at` write. The ApiKeys and Accounts indexes project KEYS_ONLY, so the key and balance updates write "
         "no index entry. A key with a spend limit adds its spend counter to both transactions (+4).",
         "",
+        # Section 4 is tools/bench/cost.py's (`make bench` runs it after the right-sizing section it reads).
+        cost.MARK_BEGIN,
         "## 4. Cost per million requests",
         "",
-        f"Region **{cost.REGION}**, prices as published on {cost.PRICES_TAKEN} (the date they were taken "
-        "for this file):",
-        "",
-    ]
-    lines += [f"- {note}" for note in cost.PRICE_NOTES]
-    lines += [
-        "",
-        f"Proxy Lambda: {cost.PROXY_MEMORY_GB * 1024:.0f} MB arm64, billed for the gateway's own time "
-        f"({money['proxy_ms']:.1f} ms: the "
-        "in-process chat p50 of section 1, with moto as the database, so an overestimate) plus the time it "
-        "waits for the provider, "
-        "which the gateway does not control; shown with the fake upstream's time and with 1 s and 5 s of "
-        f"provider time (a short and a longer completion). Authorizer: {cost.AUTHORIZER_MEMORY_GB * 1024:.0f} MB, "
-        f"{am['ms']:.1f} ms, only on a cache miss. API Gateway REST: every request. DynamoDB: the units of "
-        "section 3. USD per million requests:",
-        "",
-        "| request | provider time | API Gateway | Lambda (proxy) | DynamoDB | total, authorization cached | "
-        "total, every request an authorizer miss |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for label, rows in money["table"]["kinds"].items():
-        for row in rows:
-            lines.append(
-                f"| {label} | {row['upstream_ms'] / 1000:.3g} s | ${row['apigw']:.2f} | ${row['lambda']:.2f} | "
-                f"${row['ddb']:.2f} | **${row['total_cached']:.2f}** | ${row['total_uncached']:.2f} |")
-    lines += [
-        "",
-        f"An authorizer cache miss adds ${money['table']['authorizer_miss_usd_per_million']:.2f} per million "
-        "misses (its Lambda invocation and 2 RRU). Cold starts (INIT is billed like invocation time) and "
-        "CloudWatch Logs are not included. The proxy's GB-seconds while it waits on the provider dominate any "
-        f"real completion: at {cost.PROXY_MEMORY_GB * 1024:.0f} MB every second of provider time is "
-        f"${cost.PROXY_MEMORY_GB * 1000 * cost.PRICES['lambda_arm64_gb_second'] * 1e6 / 1000:.2f} per million "
-        "requests, more than all of a request's DynamoDB units (MemorySize per function: the right-sizing "
-        "section below).",
+        "(written by `make bench-cost`)",
+        cost.MARK_END,
         "",
         "## 5. Make it fast",
         "",
