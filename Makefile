@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-cost bench-invariant bench-local bench-memory bench-scale bench-scale-record sam build deploy-dev clean chromium
+.PHONY: venv dev test test-stress lint unit integration template-tests bench bench-cost bench-invariant bench-local bench-memory bench-profile bench-scale bench-scale-record sam build deploy-dev clean chromium
 
 # pip is tried three times: a download cut short by the network (IncompleteRead) once failed a clean CI run.
 $(STAMP): pyproject.toml
@@ -74,6 +74,12 @@ INVARIANT_STEPS ?= 20
 bench-invariant: venv
 	ONYSOFT_INVARIANT_RUNS=$(INVARIANT_RUNS) ONYSOFT_INVARIANT_STEPS=$(INVARIANT_STEPS) \
 		$(BIN)/pytest -q -s --timeout 0 tests/integration/test_money_invariant.py
+
+# The proxy's CPU per billed request, its profile (yappi, every thread) and memory per concurrent stream: section 6 of
+# docs/BENCHMARKS.md (~3 minutes; not part of `make bench`, run it after a change on the request path).
+bench-profile: venv
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m tools.bench.profile
 
 # docs/SCALE.md's simulation (seconds): DynamoDB's partition limits against the recorded write patterns.
 bench-scale: venv

@@ -1,5 +1,7 @@
 """The catalog: models with their USD prices per million tokens, and FX rates."""
 
+import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -186,13 +188,19 @@ class CatalogCache:
         self._loaded_at = float("-inf")
         self._models: dict[str, ModelPrice] = {}
         self._fx: dict[str, tuple[Decimal, str]] = {}
+        # Many requests at once in one process (managed instances) find it stale together: one Scan, not one each.
+        self._refreshing = threading.Lock()
 
     def _refresh_if_stale(self) -> None:
-        import time
-
-        now = time.monotonic()
-        if now - self._loaded_at < self.ttl_seconds:
+        if time.monotonic() - self._loaded_at < self.ttl_seconds:
             return
+        with self._refreshing:
+            now = time.monotonic()
+            if now - self._loaded_at < self.ttl_seconds:
+                return  # another thread loaded it while this one waited
+            self._load(now)
+
+    def _load(self, now: float) -> None:
         models: dict[str, ModelPrice] = {}
         fx: dict[str, tuple[Decimal, str]] = {}
         for entry in CatalogEntry.scan():

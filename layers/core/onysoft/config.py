@@ -18,3 +18,18 @@ def table_name(env_var: str) -> str:
 
 def region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+# Blocking DynamoDB calls (botocore, PynamoDB) run on a thread pool, never on the event loop: one thread per call
+# in flight. Lambda sends one request at a time per environment, but the proxy on managed instances serves many at
+# once in one process, each with a call or two in flight; the pool and botocore's connection pool are sized
+# alike, so no request waits for a thread or opens a connection botocore then throws away (its default pool: 10).
+DYNAMODB_THREADS_DEFAULT = 64
+
+
+def dynamodb_threads() -> int:
+    """ONYSOFT_DYNAMODB_THREADS (default 64, at least 1): the worker threads and DynamoDB connections per process."""
+    try:
+        return max(1, int(os.environ.get("ONYSOFT_DYNAMODB_THREADS") or DYNAMODB_THREADS_DEFAULT))
+    except ValueError:
+        return DYNAMODB_THREADS_DEFAULT

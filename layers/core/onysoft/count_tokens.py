@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from onysoft import api_formats, errors, rate_limits, telemetry, upstream
+from onysoft import api_formats, errors, overhead, rate_limits, telemetry, upstream
 from onysoft.caller import CallerContext
 from onysoft.forwarding import MAX_BODY_BYTES, usable_model
 from onysoft.providers import ProviderUnavailable, api_key, get_provider
@@ -83,9 +83,10 @@ async def count_tokens(request: Request, key_hash: str, caller: CallerContext) -
     outgoing = {name: value for name, value in body.items() if name != "models"}  # fallbacks are the gateway's
     outgoing["model"] = price.upstream_model
     try:
-        response = await upstream.client_for(provider).post(
-            provider.base_url + UPSTREAM_PATH, content=json.dumps(outgoing).encode(),
-            headers=fmt.upstream_headers(provider_key, False, request.headers))
+        with overhead.upstream_wait():
+            response = await upstream.client_for(provider).post(
+                provider.base_url + UPSTREAM_PATH, content=json.dumps(outgoing).encode(),
+                headers=fmt.upstream_headers(provider_key, False, request.headers))
     except httpx.HTTPError as exc:
         error = upstream.error_from_exception(provider, exc)
         error.headers.update(headers)

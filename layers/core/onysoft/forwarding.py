@@ -42,6 +42,7 @@ from onysoft import (
     errors,
     fallbacks,
     fx_age,
+    overhead,
     rate_limits,
     request_policy,
     spend_limits,
@@ -289,7 +290,8 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
         # The hold's record already says `sent_at` (place_hold(sending=True)): from now on, never free.
         upstream_started = time.monotonic()
         try:
-            response = await client.send(outgoing, stream=True)
+            with overhead.upstream_wait():
+                response = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
             error = upstream.error_from_exception(provider, exc)
             if not upstream.never_sent(exc):
@@ -422,11 +424,12 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     """Up to `limit` bytes of an answer (an error's message), then the connection is closed."""
     chunks, size = [], 0
     try:
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= limit:
-                break
+        with overhead.upstream_wait():
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= limit:
+                    break
     except httpx.HTTPError:
         pass
     finally:
@@ -521,8 +524,9 @@ class _Upstream:
             if self._pending is None:
                 self._pending = asyncio.ensure_future(self.chunks.__anext__())
             # Waiting never cancels the read itself (that would break the stream): a pending read is kept.
-            done, _ = await asyncio.wait({self._pending}, timeout=min(remaining, STOP_POLL_SECONDS)
-                                         if watch_stop else remaining)
+            with overhead.upstream_wait():
+                done, _ = await asyncio.wait({self._pending}, timeout=min(remaining, STOP_POLL_SECONDS)
+                                             if watch_stop else remaining)
             if not done:
                 continue
             pending, self._pending = self._pending, None

@@ -19,7 +19,8 @@ _shared_clients: dict[tuple, object] = {}
 
 def _table_meta(env_var: str) -> type:
     """A model's Meta: the table the environment names (bind_tables re-reads it) in the configured region."""
-    return type("Meta", (), {"table_name": config.table_name(env_var), "region": config.region()})
+    return type("Meta", (), {"table_name": config.table_name(env_var), "region": config.region(),
+                             "max_pool_connections": config.dynamodb_threads()})
 
 
 def _index(index_name: str, projection, hash_key: str, range_key: str | None = None) -> GlobalSecondaryIndex:
@@ -398,4 +399,5 @@ def bind_tables() -> None:
     for model, env_var in _MODEL_TABLE_ENV.items():
         model.Meta.table_name = config.table_name(env_var)
         model.Meta.region = config.region()
+        model.Meta.max_pool_connections = config.dynamodb_threads()
         model._connection = None

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import errors, forwarding, key_use, keys, parallel, rate_limits, spend_limits, telemetry
+from onysoft import config, errors, forwarding, key_use, keys, overhead, parallel, rate_limits, spend_limits, telemetry
 from onysoft.api_formats.messages import error_envelope
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
@@ -162,6 +163,9 @@ async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette):
     forwarding.stopping = False
+    # run_in_threadpool's pool (anyio's, 40 threads by default) runs every blocking DynamoDB call: sized with
+    # botocore's connection pool (onysoft.config.dynamodb_threads), for many requests at once on managed instances.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = config.dynamodb_threads()
     yield
     # The process is stopping (SIGTERM to the execution environment; Ctrl-C locally): a drain still reading a
     # provider after its client hung up stops and charges the hold, and the stop waits for the relays still
@@ -191,5 +195,10 @@ def create_app() -> Starlette:
     )
 
 
-# one request id per request, one structured log line and the metrics per request
-app = telemetry.RequestTelemetry(RequestIds(create_app()))
+def _note_overhead(ms: float) -> None:
+    telemetry.note(overhead_ms=round(ms, 1))
+
+
+# the gateway's own time on every answer (x-onysoft-overhead-ms, outermost: it counts the other two); one request
+# id per request; one structured log line and the metrics per request
+app = overhead.GatewayOverhead(telemetry.RequestTelemetry(RequestIds(create_app())), on_headers=_note_overhead)

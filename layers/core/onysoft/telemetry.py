@@ -141,13 +141,15 @@ class RequestRecord:
     error_code: str | None = None
     upstream_ms: int | None = None
     charge_micros: int | None = None
+    overhead_ms: float | None = None  # x-onysoft-overhead-ms as the headers went out (onysoft.overhead)
     started: float = 0.0
 
     def log_fields(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "method": self.method, "path": self.path, "key_id": self.key_id,
                 "account_id": self.account_id, "currency": self.currency, "model": self.model,
                 "status": self.status, "error_code": self.error_code, "upstream_latency_ms": self.upstream_ms,
-                "charge_micros": self.charge_micros, "duration_ms": int((time.monotonic() - self.started) * 1000)}
+                "charge_micros": self.charge_micros, "overhead_ms": self.overhead_ms,
+                "duration_ms": int((time.monotonic() - self.started) * 1000)}
 
 
 _current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("onysoft_request", default=None)
