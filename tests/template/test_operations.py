@@ -118,7 +118,7 @@ def test_alarms_go_to_the_topic_and_read_the_metrics_the_code_emits(cfn):
 
     alarms = _of_type(cfn, "AWS::CloudWatch::Alarm")
     assert set(alarms) == {"ServerErrorRateAlarm", "SettleFailuresAlarm", "StaleHoldsAlarm", "DynamoDbThrottlingAlarm",
-                           "RollupLagAlarm", "FxRateStaleAlarm", *POISON_ALARMS}
+                           "RollupLagAlarm", "FxRateStaleAlarm", "CircuitBreakerOpenAlarm", *POISON_ALARMS}
     for alarm in alarms.values():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     service = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
@@ -209,6 +209,30 @@ def test_the_web_adapter_layer_is_a_released_version(cfn):
                          r"LambdaAdapterLayerArm64:(\d+)", arn)
     assert match, arn
     assert int(match.group(1)) in RELEASED_ADAPTER_LAYERS, f"layer version {match.group(1)} is not a known release"
+
+
+def test_a_providers_circuit_breaker_is_alarmed_and_sized_from_parameters(cfn):
+    """CircuitBreakerOpenAlarm reads the CircuitOpened metric onysoft.telemetry emits with `service` alone (the
+    sum over providers), and the proxy's breaker settings come from the template's parameters."""
+    from onysoft import circuit_breaker, telemetry
+
+    alarm = _of_type(cfn, "AWS::CloudWatch::Alarm")["CircuitBreakerOpenAlarm"]["Properties"]
+    proxy_env = cfn["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (
+        telemetry.NAMESPACE, "CircuitOpened", "Sum")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": proxy_env["POWERTOOLS_SERVICE_NAME"]}]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": "AlarmTopic"}]
+    assert '"CircuitOpened"' in open(telemetry.__file__).read()
+    defaults = circuit_breaker.Settings()
+    for variable, parameter, default in (
+            ("ONYSOFT_CIRCUIT_FAILURES", "CircuitBreakerFailures", defaults.failures),
+            ("ONYSOFT_CIRCUIT_WINDOW_SECONDS", "CircuitBreakerWindowSeconds", defaults.window_seconds),
+            ("ONYSOFT_CIRCUIT_COOLDOWN_SECONDS", "CircuitBreakerCooldownSeconds", defaults.cooldown_seconds),
+            ("ONYSOFT_CIRCUIT_MAX_COOLDOWN_SECONDS", "CircuitBreakerMaxCooldownSeconds",
+             defaults.max_cooldown_seconds)):
+        assert proxy_env[variable] == {"Ref": parameter}
+        assert cfn["Parameters"][parameter]["Default"] == default  # the code's default is the template's
 
 
 def test_the_413_says_6_mb_and_both_gateways_enforce_it(cfn):

@@ -17,8 +17,9 @@ PRICES = (Decimal("1.25"), Decimal("2.5"))  # USD per million tokens, input / ou
 
 @pytest.fixture
 def gateway(aws_tables):
-    from onysoft import proxy_app
+    from onysoft import circuit_breaker, proxy_app
 
+    circuit_breaker.reset()  # a new process: no provider's breaker open from an earlier test's timeouts
     catalog.catalog_cache.invalidate()
     catalog.set_model("mock/echo", input_usd_per_mtok=str(PRICES[0]), output_usd_per_mtok=str(PRICES[1]))
     catalog.set_model("mock/error-500", input_usd_per_mtok="1", output_usd_per_mtok="1")

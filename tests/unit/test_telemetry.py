@@ -108,3 +108,20 @@ def test_the_proxy_refuses_a_body_over_lambdas_6_mb(gateway):
                             content=big)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large" and "6 MB" in response.json()["error"]["message"]
+
+
+def test_a_providers_breaker_opening_is_counted_by_provider_and_for_the_alarm(gateway, lambda_output):
+    _, _, headers = new_key("user")
+    for _ in range(3):  # the third timeout opens the mock provider's breaker
+        assert gateway.post("/v1/chat/completions", headers=headers, json={**CHAT, "model": "mock/timeout"}
+                            ).status_code == 504
+    assert gateway.post("/v1/chat/completions", headers=headers, json=CHAT).status_code == 503
+    out = lambda_output()
+    opened = _metric(out, "CircuitOpened")
+    assert [d["_aws"]["CloudWatchMetrics"][0]["Dimensions"] for d in opened] == [[["service"]],
+                                                                                   [["provider", "service"]]]
+    assert all(d["CircuitOpened"] == [1] for d in opened) and opened[1]["provider"] == "mock"
+    [line] = [d for d in out if d.get("message", "").startswith("circuit opened")]
+    assert line["provider"] == "mock" and line["cooldown_seconds"] == 30 and line["level"] == "ERROR"
+    [refused] = [d for d in out if d.get("message") == "request" and d["status"] == 503]
+    assert refused["error_code"] == "provider_circuit_open" and "charge_micros" not in refused

@@ -13,6 +13,8 @@ GREEDY_EMBED_TOKENS tokens per input), fake-endless-stream (a chunk every CHUNK_
 ENDLESS_SECONDS: a stream that is still open whenever the test needs one), fake-gated (holds every request until
 the test opens `gate`, counting how many it holds at once: `gated_now`, `gated_most`, `gated_arrived`; then
 answers like fake-ok). No delay of its own otherwise.
+With `hanging` set, the whole provider hangs: it takes every request (recorded) and never answers, until the
+client gives up (a provider down behind a load balancer that still accepts connections).
 
 Run it in-process (`FakeUpstream().start()`, a thread) or as its own process:
 `python -m onysoft_tools.fake_provider --port N` prints `ready` when it listens.
@@ -71,6 +73,7 @@ class FakeUpstream:
     requests: list[dict] = field(default_factory=list)  # headers, body, arrival and usage of each request
     biller: Biller = field(default_factory=Biller)  # fake-ledger*: the provider's own bill (fake_billing)
     first_bytes: list[float] = field(default_factory=list)  # time.monotonic() when each request's head arrived
+    hanging: bool = False  # every request is read, recorded and never answered (see the module's doc)
     server: uvicorn.Server | None = None
     gate: threading.Event = field(default_factory=threading.Event)  # fake-gated: set to let its requests answer
     gated_now: int = 0  # fake-gated requests held right now
@@ -194,6 +197,11 @@ class FakeUpstream:
                 model = json.loads(raw).get("model")
             except (ValueError, AttributeError):
                 model = None
+            if self.hanging:
+                self._record({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, json.loads(raw))
+                while (await receive())["type"] != "http.disconnect":  # no answer: until the client hangs up
+                    pass
+                return None
             if model == "fake-reset":
                 self._record({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}, json.loads(raw))
                 transport = send.__self__.transport  # uvicorn's RequestResponseCycle

@@ -6,7 +6,8 @@ route's allow-list lets through (onysoft.request_policy), the model name (the pr
 belongs to the gateway (exactly one, in the provider's field, equal to the held output per answer: hold_sizing),
 and, where the API streams, always a stream with its usage: a client that asked for a whole answer gets one
 assembled from it (onysoft.answer_assembly). The client's key never goes upstream. With fallbacks
-(onysoft.fallbacks) the models are tried in order under one hold.
+(onysoft.fallbacks) the models are tried in order under one hold. A model whose provider's circuit breaker is open
+(onysoft.circuit_breaker) is skipped before the hold; none left is a 503 `provider_circuit_open`, nothing held.
 
 What a call costs is decided in one place, `settle` (docs/BILLING.md, "The platform never pays more than it
 charged"):
@@ -38,6 +39,7 @@ from starlette.responses import Response, StreamingResponse
 from onysoft import (
     api_formats,
     billing,
+    circuit_breaker,
     clock,
     errors,
     fallbacks,
@@ -261,6 +263,46 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     fmt.validate(body)
     names = fallbacks.candidates(body, caller, endpoint)
     candidates = await run_in_threadpool(_candidates, names, caller, endpoint, body)
+    several = len(candidates) > 1  # fallbacks: the answer and the record name the model that answered
+    # Before the hold: a provider whose breaker is open is skipped (the next fallback) or, if none is left, the
+    # request fails fast — nothing held, nothing charged, nothing written.
+    candidates, tickets, skipped = _admitted(candidates)
+    try:
+        return await _hold_and_send(request, endpoint, key_hash, caller, fmt, raw, body, candidates, tickets,
+                                    skipped, several, deadline_at)
+    finally:
+        for ticket in tickets:
+            ticket.unused()  # a candidate never tried (an earlier one answered, or the request stopped before it)
+
+
+def _admitted(candidates: list[Candidate]
+              ) -> tuple[list[Candidate], list[circuit_breaker.Ticket], list[str]]:
+    """The candidates whose provider's breaker lets them through, with their tickets, and the attempts skipped
+    ("model: provider_circuit_open", for the record). None left: 503 `provider_circuit_open`, Retry-After the
+    soonest a breaker lets a request through."""
+    admitted, tickets, skipped, refusals = [], [], [], []
+    for candidate in candidates:
+        answer = circuit_breaker.breaker(candidate.provider.name).admit()
+        if isinstance(answer, circuit_breaker.Refused):
+            refusals.append(answer)
+            skipped.append(f"{candidate.model}: provider_circuit_open")
+            continue
+        admitted.append(candidate)
+        tickets.append(answer)
+    if not admitted:
+        soonest = min(refusals, key=lambda refused: refused.retry_after)
+        logger.warning("provider circuit open: failed fast", extra={"provider": soonest.provider})
+        raise errors.GatewayError(
+            503, f"The {soonest.provider} provider is failing (timeouts or connection failures), so the gateway "
+                 f"is not sending it requests for now. Nothing was charged; retry in {soonest.retry_after_header} s.",
+            "upstream_error", "provider_circuit_open", headers={"retry-after": soonest.retry_after_header})
+    return admitted, tickets, skipped
+
+
+async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller: CallerContext,
+                         fmt: api_formats.ApiFormat, raw: bytes, body: dict, candidates: list[Candidate],
+                         tickets: list[circuit_breaker.Ticket], skipped: list[str], several: bool,
+                         deadline_at: float) -> Response:
     plans = [plan_hold(endpoint, body, len(raw), c.factors, c.bound) for c in candidates]
     request_id = current_request_id()  # the one in the answer's x-onysoft-request-id (request_ids.RequestIds)
     held, plans, key = await run_in_threadpool(_hold, request_id, key_hash, caller, plans, candidates, endpoint,
@@ -269,12 +311,12 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     # the x-ratelimit headers.
     window = rate_limits.Window(held.window_start)
     counted = asyncio.ensure_future(_note_use_and_window_usage(key, caller, window))
-    failed: list[str] = []
+    failed: list[str] = list(skipped)
     for index, candidate in enumerate(candidates):
         last = index + 1 == len(candidates)
         # Each attempt is billed as its own model, within the one hold (the record says which answered).
         hold = dataclasses.replace(held, plan=plans[index], factors=candidate.factors, attempts=tuple(failed),
-                                   answered_model=candidate.model if len(candidates) > 1 else "",
+                                   answered_model=candidate.model if several else "",
                                    requested_model=body["model"])
         provider = candidate.provider
         client = upstream.client_for(provider)
@@ -293,6 +335,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             with overhead.upstream_wait():
                 response = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
+            tickets[index].failed()  # no HTTP answer: a timeout or a connection failure (onysoft.circuit_breaker)
             error = upstream.error_from_exception(provider, exc)
             if not upstream.never_sent(exc):
                 # It left: the provider may be working on it and will bill. Charged the hold; no other model.
@@ -306,6 +349,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
                                         message=str(exc) or error.message)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error from None
+        tickets[index].answered()  # an HTTP answer, whatever its status: the provider is there
         telemetry.note(upstream_ms=int((time.monotonic() - upstream_started) * 1000))
         if response.status_code != 200:
             # An error status: the provider refused before doing any work, and bills nothing.
@@ -320,7 +364,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
             raise error
         break
     headers = {**_headers(hold, caller, window, await counted), MODEL_HEADER: candidate.model}
-    rename = candidate.model if len(candidates) > 1 else None
+    rename = candidate.model if several else None
     content_type = response.headers.get("content-type", "")
     if fmt.streams and "event-stream" in content_type:
         if body.get("stream"):

@@ -13,6 +13,8 @@ Metrics (dimension `service`, plus `currency` where it says so); the alarms in t
   run (a record it could not close is counted and skipped, never a stop of the run).
 - FxRateStale {pair}: a request met a USD→TRY rate past its warning age (onysoft.fx_age); ChargedAtHold {reason}:
   a call whose usage could not be known was charged its hold (onysoft.forwarding).
+- CircuitOpened: a provider's circuit breaker opened (onysoft.circuit_breaker), twice: with `service` only (the
+  alarm's) and with `provider` too (which one).
 
 Metrics are written to stdout (EMF) only in Lambda (AWS_LAMBDA_FUNCTION_NAME set): locally nothing reads
 them, and the local gateway's console stays readable.
@@ -97,6 +99,13 @@ def fx_rate_stale(pair: str) -> None:
 def charged_hold(reason: str) -> None:
     """A call whose usage could not be known was charged its hold (a timeout after the send, a cut stream…)."""
     _emit({"ChargedAtHold": ("Count", 1)}, {"reason": reason})
+
+
+def circuit_opened(provider: str) -> None:
+    """A provider's breaker opened: its requests fail fast for a cool-down. The alarm reads the sum over providers
+    (one alarm whatever the provider), the second document says which."""
+    _emit({"CircuitOpened": ("Count", 1)})
+    _emit({"CircuitOpened": ("Count", 1)}, {"provider": provider})
 
 
 def record_sweep(result: dict[str, int], open_over_30_min: int, quarantined: int = 0) -> None:
