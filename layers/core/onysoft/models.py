@@ -124,7 +124,14 @@ class Account(GatewayModel):
     alert_low_at = UnicodeAttribute(null=True)  # Balance Low fired (a top-up to the threshold re-arms it)
     alert_exhausted_at = UnicodeAttribute(null=True)  # Balance Exhausted fired (a top-up above zero re-arms it)
 
+    # Listing (onysoft.account_index): `listed` ("all") and `name_key` ("<lower-cased name>#<account_id>") key the
+    # operator's by_name index and an owner's by_owner_name; set at creation and rename, never by a request.
+    listed = UnicodeAttribute(null=True)
+    name_key = UnicodeAttribute(null=True)
+
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
+    by_name = _index("by_name", KeysOnlyProjection(), "listed", "name_key")
+    by_owner_name = _index("by_owner_name", KeysOnlyProjection(), "owner", "name_key")
 
 
 class BalanceShard(GatewayModel):

@@ -110,6 +110,11 @@ def record_sweep(result: dict[str, int], open_over_30_min: int) -> None:
     logger().info("stale holds swept", extra={**result, "open_over_30_min": open_over_30_min})
 
 
+def malformed_items(count: int, table: str) -> None:
+    """A list met items it cannot read (unknown kind, missing or mistyped fields): skipped, never a 500."""
+    _emit({"MalformedItemsSkipped": ("Count", count)}, {"table": table})
+
+
 # ---------------------------------------------------------------------------------------------- requests
 
 
