@@ -208,7 +208,11 @@ class UsageRecord(GatewayModel):
     fallback_attempts = ListAttribute(of=UnicodeAttribute, null=True)
     requested_model = UnicodeAttribute(null=True)  # the body's `model` when another model answered
 
+    # One key's records (onysoft.usage_shards): "<key_id>" or "<key_id>#<balance shard>", set by the hold's Put only.
+    key_shard = UnicodeAttribute(null=True)
+
     open_holds = _index("open_holds", AllProjection(), "hold_state", "created_at")
+    by_key_shard = _index("by_key_shard", KeysOnlyProjection(), "key_shard", "sk")
 
 
 class RateLimitCounter(GatewayModel):
