@@ -1,5 +1,7 @@
 """Helpers shared by the test suites."""
 
+from __future__ import annotations
+
 
 def load_function_module(function: str):
     """Import functions/<function>/app.py under a unique name (every function's module is `app`)."""
@@ -109,3 +111,46 @@ class GitHubSigner:
         raw = json.dumps(list(matches), separators=(",", ":")).encode()
         return raw, {"Github-Public-Key-Identifier": self.key_identifier,
                      "Github-Public-Key-Signature": self.sign(raw)}
+
+
+class ItemsRead:
+    """A botocore recorder of the DynamoDB items each call read (issue 23: a page must read a bounded number of
+    items however many the table holds): `(table, index or None, operation, items)` per call, where items is
+    what DynamoDB examined (a Query's or Scan's ScannedCount, a BatchGetItem's or GetItem's items returned)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str | None, str, int]] = []
+        self._clients: list = []
+
+    def install(self, client) -> ItemsRead:
+        client.meta.events.register("before-parameter-build.dynamodb", self._params)
+        client.meta.events.register("after-call.dynamodb", self._after)
+        self._clients.append(client)
+        return self
+
+    def uninstall(self) -> None:
+        for client in self._clients:
+            client.meta.events.unregister("before-parameter-build.dynamodb", self._params)
+            client.meta.events.unregister("after-call.dynamodb", self._after)
+
+    def _params(self, params, context, **_):
+        context["items_read_params"] = params
+
+    def _after(self, parsed, model, context, **_):
+        self.calls.extend(items_read(model.name, context.get("items_read_params") or {}, parsed))
+
+    def take(self) -> list[tuple[str, str | None, str, int]]:
+        taken, self.calls = self.calls, []
+        return taken
+
+
+def items_read(operation: str, params: dict, parsed: dict) -> list[tuple[str, str | None, str, int]]:
+    """What one DynamoDB call read, from its parameters and its answer (botocore's or the wire's JSON)."""
+    if operation in ("Query", "Scan"):
+        count = parsed.get("ScannedCount", parsed.get("Count", len(parsed.get("Items", []))))
+        return [(params.get("TableName", ""), params.get("IndexName"), operation, int(count))]
+    if operation == "BatchGetItem":
+        return [(table, None, operation, len(items)) for table, items in (parsed.get("Responses") or {}).items()]
+    if operation == "GetItem":
+        return [(params.get("TableName", ""), None, operation, 1 if parsed.get("Item") else 0)]
+    return []

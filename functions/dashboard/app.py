@@ -8,6 +8,7 @@ uses too): this module only parses HTTP, calls an operation and renders its view
 envelope, like every other answer of the gateway.
 """
 
+import base64
 import hashlib
 import json
 import os
@@ -187,11 +188,18 @@ def _markup_bp(value: Decimal | None) -> int | None:
 # ---------------------------------------------------------------------------------------------- routes
 
 
-@app.get("/dashboard/accounts", summary="List the accounts you may see, with balances",
-         responses=_responses(200, "Your principal and its accounts"))
-def list_accounts() -> dict:
+@app.get("/dashboard/accounts", summary="The accounts you may see, with balances, by name, paginated",
+         responses=_responses(200, '{"principal": ..., "accounts": [...], "next": cursor or null, '
+                                   '"skipped": unreadable items left out}'))
+def list_accounts(
+    search: Annotated[str | None, Query(max_length=200, description="names starting with this (any case), or "
+                                                                    "an account id (that account)")] = None,
+    cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=paging.MAX_PAGE)] = None,
+) -> dict:
     actor = _actor()
-    return {"principal": str(actor.principal), **accounts.list_accounts(actor)}
+    return {"principal": str(actor.principal),
+            **accounts.list_accounts(actor, search=search, cursor=cursor, limit=limit)}
 
 
 @app.post("/dashboard/accounts", summary="Create an account (partner: customers and projects; operator: any)",
@@ -449,6 +457,45 @@ def _unauthorized() -> dict:
             "body": json.dumps(error.envelope()), "isBase64Encoded": False}
 
 
+def _inline_hashes(html: str, tag: str) -> list[str]:
+    """CSP sources ('sha256-…') of the page's inline <tag> elements, read as a browser does: each ends at the
+    first closing tag (Swagger UI's page inlines its bundle, so 'self' alone would block it)."""
+    sources, position = [], 0
+    while (start := html.find(f"<{tag}>", position)) != -1:
+        end = html.find(f"</{tag}>", start)
+        if end == -1:
+            break
+        content = html[start + len(tag) + 2:end]
+        sources.append("'sha256-" + base64.b64encode(hashlib.sha256(content.encode("utf-8")).digest()).decode() + "'")
+        position = end + len(tag) + 3
+    return sources
+
+
+def docs_security_headers(html: str) -> dict[str, str]:
+    """The API document's page (Swagger UI, served inline by Powertools): its own scripts only, by hash."""
+    scripts = " ".join(_inline_hashes(html, "script")) or "'none'"
+    csp = (f"default-src 'none'; script-src {scripts}; "
+           "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+           "form-action 'none'; frame-ancestors 'none'")
+    return {**security_headers(), "Content-Security-Policy": csp}
+
+
+def _secured(event: dict, response: dict) -> dict:
+    """Every dashboard answer (API, errors, the document) carries the web app's security headers."""
+    body = response.get("body") or ""
+    html = event.get("resource") == DOCS_PATH and isinstance(body, str) and body.lstrip().startswith("<")
+    extra = docs_security_headers(body) if html else security_headers()
+    if isinstance(response.get("multiValueHeaders"), dict):
+        headers = response["multiValueHeaders"]
+        for name, value in extra.items():
+            headers.setdefault(name, [value])
+    else:
+        headers = response.setdefault("headers", {})
+        for name, value in extra.items():
+            headers.setdefault(name, value)
+    return response
+
+
 def handler(event: dict, context) -> dict:
     # API Gateway's Cognito authorizer turns away a missing or bad token before this runs; a token whose
     # principal claim is missing or malformed is turned away here, before any route or validation runs.
@@ -458,5 +505,5 @@ def handler(event: dict, context) -> dict:
         try:
             principals.from_claims(_claims(event))
         except principals.PrincipalError:
-            return _unauthorized()
-    return app.resolve(event, context)
+            return _secured(event, _unauthorized())
+    return _secured(event, app.resolve(event, context))

@@ -106,6 +106,7 @@ class DevGateway:
     extra_env: dict[str, str] = field(default_factory=dict)  # e.g. ONYSOFT_PROVIDER_OPENAI_BASE_URL
     own_process_group: bool = False  # kill -9 tests: the gateway leads a process group of its own
     github: object = None  # a GitHubSigner whose reports this gateway takes (the session gateway's)
+    extra_args: list[str] = field(default_factory=list)  # more `onysoft dev` options (e.g. --dynamodb-endpoint)
 
     @property
     def base_url(self) -> str:
@@ -117,7 +118,7 @@ class DevGateway:
     def start(self) -> DevGateway:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state_dir.parent / f"{self.state_dir.name}-dev-{int(time.time() * 1000)}.log"
-        command = [*dev_command(), "--port", str(self.port), "--state-dir", str(self.state_dir)]
+        command = [*dev_command(), "--port", str(self.port), "--state-dir", str(self.state_dir), *self.extra_args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=clean_env(**self.extra_env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,

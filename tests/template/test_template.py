@@ -627,8 +627,17 @@ def test_tables_round_trip_through_moto(tpl):
     assert reader.ttl_attribute(tpl, "ApiKeysTable") == "purge_at"  # a rotated key's old secret, after its grace
     assert key("AccountsTable") == [("account_id", "HASH")]
     assert key("AccountsTable", "by_owner") == [("owner", "HASH"), ("account_id", "RANGE")]
+    assert key("AccountsTable", "by_name") == [("listed", "HASH"), ("name_key", "RANGE")]  # issue 23
+    assert key("AccountsTable", "by_owner_name") == [("owner", "HASH"), ("name_key", "RANGE")]
     assert key("UsageTable") == [("account_id", "HASH"), ("sk", "RANGE")]
     assert "by_key" not in {g["IndexName"] for g in described["UsageTable"]["GlobalSecondaryIndexes"]}
+    assert key("UsageTable", "by_key_shard") == [("key_shard", "HASH"), ("sk", "RANGE")]
+    # Keys only: a billed request's balance and settle updates never rewrite these entries (1 WRU: the hold's put).
+    for logical, index in (("AccountsTable", "by_name"), ("AccountsTable", "by_owner_name"),
+                           ("UsageTable", "by_key_shard")):
+        projection = next(g["Projection"] for g in described[logical]["GlobalSecondaryIndexes"]
+                          if g["IndexName"] == index)
+        assert projection == {"ProjectionType": "KEYS_ONLY"}
     assert key("UsageTable", "open_holds") == [("hold_state", "HASH"), ("created_at", "RANGE")]
     assert key("RateLimitsTable") == [("counter_id", "HASH")]
     assert reader.ttl_attribute(tpl, "RateLimitsTable") == "expires_at"

@@ -97,3 +97,15 @@ def module_tables():
             client.create_table(**definition)
         bind_tables()
         yield patch
+
+
+@pytest.fixture
+def dynamodb_reads(aws_tables):
+    """Items each DynamoDB call of the shared client read since the last call of the fixture's function:
+    [(table, index, operation, items)] (tests.helpers.ItemsRead)."""
+    from onysoft.models import Account
+    from tests.helpers import ItemsRead
+
+    recorder = ItemsRead().install(Account._get_connection().connection.client)
+    yield recorder.take
+    recorder.uninstall()

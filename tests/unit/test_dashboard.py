@@ -391,7 +391,7 @@ def _usage(account: str, key_id: str, at: str, model: str, charge: int, status: 
     UsageRecord(account_id=account, sk=f"{at}#{request_id}", request_id=request_id, key_id=key_id, created_at=at,
                 status=status, model=model, currency="TRY", prompt_tokens=10, completion_tokens=5,
                 charge_micros=charge if status == "settled" else 0, markup_bp=5000, fx_rate="41.5",
-                key_hash="0" * 64).save()
+                key_hash="0" * 64, key_shard=key_id).save()  # as the hold writes it (onysoft.billing)
 
 
 def _roll_up() -> None:
@@ -460,9 +460,10 @@ def test_usage_pages_and_totals(world):
         assert_error(status, err, 400)
 
 
-def test_one_keys_usage_pages_newest_first_without_an_index(world):
-    """No by_key index (issue 16): a key's usage is its account's records, filtered; pages stay full, newest
-    first, and every record of the key comes exactly once across them, among many of another key."""
+def test_one_keys_usage_pages_newest_first_from_its_index(world, dynamodb_reads):
+    """A key's usage is a Query of its by_key_shard entries (issue 23), never the account's records filtered:
+    pages stay full, newest first, every record of the key comes exactly once across them, among many of another
+    key, and a page of 2 reads at most 3 index entries and 2 records."""
     account = world["ids"]["user"]
     key1 = world["keys"]["user"].record.key_id
     key2 = api_keys.create_key(account, name="sparse").record.key_id
@@ -480,6 +481,10 @@ def test_one_keys_usage_pages_newest_first_without_an_index(world):
                                                                                      else {})})
         assert status == 200, page
         assert {r["key_id"] for r in page["records"]} <= {key2}
+        usage_reads = [(index, n) for table, index, _, n in dynamodb_reads() if table == UsageRecord.Meta.table_name]
+        # (limit + 1) entries of the one shard's by_key_shard partition, then the page's records; never the 60 others
+        assert sum(n for _, n in usage_reads) <= 3 + 2 and {i for i, _ in usage_reads} == {"by_key_shard", None}, \
+            usage_reads
         seen += [r["created_at"] for r in page["records"]]
         if cursor is None:
             assert page["totals"]["total"]["requests"] == 5 and page["totals"]["total"]["charge_micros"] == 50

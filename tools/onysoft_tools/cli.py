@@ -13,6 +13,7 @@
     onysoft statement ACCOUNT_ID --month YYYY-MM      a month's statement [--json|--csv]
     onysoft users create | token                      dashboard sign-ins (the Cognito user pool)
     onysoft events [--follow]                         key and balance events (locally: <state dir>/events.jsonl)
+    onysoft backfill                                  issue 23's index attributes on items written before it
 
 Every command is parse → operation → render: the commands (onysoft_tools.commands, one module per concept)
 call onysoft.operations as the operator (audited with actor_sub cli:<user>@<host>) and print its views.
@@ -38,12 +39,25 @@ from onysoft.catalog import CatalogError
 from onysoft.errors import GatewayError
 from onysoft.money import MoneyError
 from onysoft_tools import settings
-from onysoft_tools.commands import accounts, catalog, events, keys, reports, rollups, statements, sweep, usage, users
+from onysoft_tools.commands import (
+    accounts,
+    backfill,
+    catalog,
+    events,
+    keys,
+    reports,
+    rollups,
+    statements,
+    sweep,
+    usage,
+    users,
+)
 from onysoft_tools.commands.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, UsageError
 
 # Each module adds its commands to the parser; a new command group is one more entry here.
 REGISTRARS = (accounts.register, keys.register, usage.register, catalog.register, sweep.register, users.register,
-              catalog.register_fx, reports.register, statements.register, events.register, rollups.register)
+              catalog.register_fx, reports.register, statements.register, events.register, rollups.register,
+              backfill.register)
 
 
 # ---------------------------------------------------------------------------------------------- parser

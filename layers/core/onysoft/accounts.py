@@ -2,7 +2,7 @@
 
 import secrets
 
-from onysoft import balances, clock, topups, usage_rollup, writes
+from onysoft import account_index, balances, clock, topups, usage_rollup, writes
 from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
 from onysoft.models import Account
 
@@ -33,6 +33,7 @@ def create_account(kind: str, *, name: str = "", owner: str | None = None,
     )
     if shards and shards > 1:  # one shard: no attribute, today's layout
         account.shards = account.shards_max = shards
+    account_index.index_attributes(account)  # in the dashboard's pages by name
     # Its all-time usage totals open with it (onysoft.usage_rollup): its ledger is complete from the start.
     opened = lambda item: [usage_rollup.opened_account_total(item.account_id, item.currency, item.created_at)]  # noqa: E731
     writes.save(account, Account.account_id.does_not_exist(), writes.together(companions, opened))
@@ -134,7 +135,7 @@ def update_account(account_id: str, *, markup_bp: int | None = None, name: str |
         check_markup(account.kind, markup_bp)
         actions.append(Account.markup_bp.set(markup_bp))
     if name is not None:
-        actions.append(Account.name.set(name))
+        actions.extend([Account.name.set(name), *account_index.rename_actions(account_id, name)])
     if max_parallel is not None:  # requests in flight at once over all its keys (onysoft.parallel); 0: no limit
         if max_parallel < 0:
             raise AccountError("max_parallel must be 0 (no limit) or a positive number")

@@ -2,12 +2,15 @@
 
 Every key creation, rotation and deletion, account creation, markup change and top-up made through
 onysoft.operations (the dashboard, or the onysoft CLI acting as `operator` with its user@host as `actor_sub`)
-leaves one record, written twice to the Usage table (no table of its own), in the same transaction as the
-action itself (onysoft.writes):
+leaves one record, written three times to the Usage table (no table of its own), in the same transaction as
+the action itself (onysoft.writes):
 
 - under `audit#<owner principal>` (`audit#user:acct_…`, `audit#org:<id>`, `audit#partner:<id>`): what
   the owner of the account lists, including what the operator did to its accounts;
-- under `audit#all`: the operator's view of everything.
+- under `audit#all`: the operator's view of everything;
+- under `audit#<account_id>` (issue 23): one account's log, whoever reads it, so a page of it is a Query of
+  that account's records only, never a page of the whole log filtered (`onysoft backfill` adds this copy to
+  records written before).
 
 Sort key `<at>#<audit_id>`, so each log reads newest first with one Query. The partition keys are never
 account ids (those are `acct_…`), so an account's usage query never meets an audit record, and the
@@ -50,13 +53,17 @@ def partition_of(principal: Principal) -> str:
     return PREFIX + (ALL if principal.is_operator else str(principal))
 
 
+def account_partition(account_id: str) -> str:
+    return PREFIX + account_id
+
+
 def entries(actor: Actor, action: str, account: Account, *, key_id: str | None = None,
             details: dict | None = None) -> list[AuditRecord]:
     """The audit record of one action, for the owner's log and the operator's. Not written here: the action
     puts them in its own transaction (onysoft.writes), so both land or neither does."""
     at = clock.now_iso()
     audit_id = "aud_" + secrets.token_hex(8)
-    partitions = [PREFIX + ALL]
+    partitions = [PREFIX + ALL, account_partition(account.account_id)]
     scope = scope_of(account)
     if scope:
         partitions.append(PREFIX + scope)
@@ -133,12 +140,11 @@ def on_key_rotate(actor: Actor, account: Account, grace_seconds: int):
 
 def query(principal: Principal, *, limit: int, last_evaluated_key: dict | None = None,
           account_id: str | None = None) -> tuple[list[AuditRecord], dict | None]:
-    """One page of the principal's audit log, newest first, and the key to continue from (or None)."""
-    condition = AuditRecord.target_account_id == account_id if account_id else None
-    results = AuditRecord.query(
-        partition_of(principal), filter_condition=condition, scan_index_forward=False, limit=limit,
-        page_size=limit, last_evaluated_key=last_evaluated_key,
-    )
+    """One page of the principal's audit log (or, once the caller checked the principal may see it, of one
+    account's), newest first, and the key to continue from (or None). Reads at most `limit` records."""
+    partition = account_partition(account_id) if account_id else partition_of(principal)
+    results = AuditRecord.query(partition, scan_index_forward=False, limit=limit, page_size=limit,
+                                last_evaluated_key=last_evaluated_key)
     items = list(results)
     return items, results.last_evaluated_key
 

@@ -28,7 +28,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
-from onysoft import balances, clock, errors, money, parallel, rate_limits, spend_limits, telemetry
+from onysoft import balances, clock, errors, money, parallel, rate_limits, spend_limits, telemetry, usage_shards
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, UsageRecord
@@ -206,6 +206,7 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         n += 1
         record.balance_shard = shard or None
         record.account_id = balances.shard_key(caller.account_id, shard)  # its shard's Usage partition
+        record.key_shard = usage_shards.key_partition(caller.key_id, shard)  # and its key's by_key_shard entry
         try:
             # A token per try: a try with other parameters must never be taken for a retry of an earlier one.
             _transact(f"h{attempt}{n:x}{request_id}", write)

@@ -130,7 +130,14 @@ class Account(GatewayModel):
     max_parallel = NumberAttribute(null=True)
     in_flight = NumberAttribute(null=True)
 
+    # Listing (onysoft.account_index): `listed` ("all") and `name_key` ("<lower-cased name>#<account_id>") key the
+    # operator's by_name index and an owner's by_owner_name; set at creation and rename, never by a request.
+    listed = UnicodeAttribute(null=True)
+    name_key = UnicodeAttribute(null=True)
+
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
+    by_name = _index("by_name", KeysOnlyProjection(), "listed", "name_key")
+    by_owner_name = _index("by_owner_name", KeysOnlyProjection(), "owner", "name_key")
 
 
 class BalanceShard(GatewayModel):
@@ -216,7 +223,11 @@ class UsageRecord(GatewayModel):
     sweep_error = UnicodeAttribute(null=True)
     quarantined_at = UnicodeAttribute(null=True)
 
+    # One key's records (onysoft.usage_shards): "<key_id>" or "<key_id>#<balance shard>", set by the hold's Put only.
+    key_shard = UnicodeAttribute(null=True)
+
     open_holds = _index("open_holds", AllProjection(), "hold_state", "created_at")
+    by_key_shard = _index("by_key_shard", KeysOnlyProjection(), "key_shard", "sk")
 
 
 class RateLimitCounter(GatewayModel):

@@ -132,6 +132,11 @@ def consumer_failures(consumer: str, failures: int) -> None:
     _emit({"ConsumerRecordFailures": ("Count", failures)}, {"consumer": consumer})
 
 
+def malformed_items(count: int, table: str) -> None:
+    """A list met items it cannot read (unknown kind, missing or mistyped fields): skipped, never a 500."""
+    _emit({"MalformedItemsSkipped": ("Count", count)}, {"table": table})
+
+
 # ---------------------------------------------------------------------------------------------- requests
 
 

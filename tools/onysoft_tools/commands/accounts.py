@@ -68,13 +68,34 @@ def update(args: argparse.Namespace) -> int:
 
 
 def list_(args: argparse.Namespace) -> int:
-    views = accounts.list_accounts(cli_operator(), owner=args.owner, kind=args.kind)["accounts"]
-    return output(args, {"accounts": views}, lambda: table(
-        ["ACCOUNT_ID", "KIND", "NAME", "OWNER", "CURRENCY", "BALANCE", "MARKUP", "CREATED_AT"],
-        [[v["account_id"], v["kind"], v["name"], v["owner"], v["currency"], v["balance"], f"{v['markup_pct']}%",
-          v["created_at"]] for v in views],
-        right=(5, 6),
-    ) if views else "No accounts.")
+    """One page (--limit, --next) or, without --limit, every page in turn: by name, never a scan."""
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be a positive number")
+    views, skipped, cursor = [], 0, args.next
+    while True:
+        found = accounts.list_accounts(cli_operator(), owner=args.owner, kind=args.kind, search=args.search,
+                                       cursor=cursor, limit=args.limit)
+        views += found["accounts"]
+        skipped += found["skipped"]
+        cursor = found["next"]
+        if args.limit is not None or not cursor:
+            break
+    answer = {"accounts": views, "next": cursor, "skipped": skipped}
+
+    def human() -> str:
+        text = table(
+            ["ACCOUNT_ID", "KIND", "NAME", "OWNER", "CURRENCY", "BALANCE", "MARKUP", "CREATED_AT"],
+            [[v["account_id"], v["kind"], v["name"], v["owner"], v["currency"], v["balance"], f"{v['markup_pct']}%",
+              v["created_at"]] for v in views],
+            right=(5, 6),
+        ) if views else "No accounts."
+        if skipped:
+            text += f"\n{skipped} unreadable account item(s) skipped (logged)."
+        if cursor:
+            text += f"\nMore: --next {cursor}"
+        return text
+
+    return output(args, answer, human)
 
 
 SHARDS_HELP = "balance shards, 1-64: one busy account's holds spread over N items (docs/BILLING.md)"
@@ -103,6 +124,10 @@ def register(commands, leaf) -> None:
                    help="a Balance Low event when the balance crosses below AMOUNT (the account's currency); 0: none")
     p.add_argument("--max-parallel", type=int, metavar="N",
                    help="requests in flight at once over all the account's keys; 0: no limit")
-    p = leaf(sub, "list", list_, "list accounts (all, or one owner's)")
+    p = leaf(sub, "list", list_, "list accounts by name (all, or one owner's), a page at a time with --limit")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
     p.add_argument("--kind", choices=ACCOUNT_KINDS)
+    p.add_argument("--search", metavar="TEXT", help="names starting with TEXT (any case), or the account whose id "
+                                                    "TEXT is")
+    p.add_argument("--limit", type=int, metavar="N", help="one page of at most N accounts (1-1000), and its `next`")
+    p.add_argument("--next", metavar="CURSOR", help="the page after the one whose `next` this is")

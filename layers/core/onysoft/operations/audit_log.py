@@ -14,7 +14,7 @@ def audit_log(actor: Actor, *, account_id: str | None = None, cursor: str | None
     page = page_size(limit)
     if account_id is not None:
         access.account(actor, account_id)
-    partition = audit.partition_of(actor.principal)
+    partition = audit.account_partition(account_id) if account_id is not None else audit.partition_of(actor.principal)
     start_key = decode_cursor(cursor, fixed={"account_id": partition}, keys={"account_id", "sk"})
     items, last_key = audit.query(actor.principal, limit=page, last_evaluated_key=start_key, account_id=account_id)
     return {
