@@ -290,7 +290,9 @@ def managed_proxy(provider_s: float, rate: float, facts: dict, m: dict) -> dict:
     compute_hour = instances * PRICES["ec2_c7g_large_hour"] * (1 + PRICES["lmi_management_fee"])
     nat_hour = NAT_GATEWAYS * (PRICES["nat_hour"] + PRICES["ipv4_hour"])
     per_hour = rate * 3600
-    return {"envs": envs, "instances": instances, "bound": "CPU" if by_cpu >= by_concurrency else "concurrency",
+    bound = ("the floor" if envs == mi["min_envs"] and max(by_cpu, by_concurrency) <= mi["min_envs"]
+             else "CPU" if by_cpu >= by_concurrency else "concurrency")
+    return {"envs": envs, "instances": instances, "bound": bound,
             "proxy": PRICES["lmi_request"] + compute_hour / per_hour
             + envs * 3600 / _secret_max_age_s() * PRICES["secret_call"] / per_hour,
             "nat": nat_hour / per_hour + PROVIDER_BYTES_PER_REQUEST / 1e9 * PRICES["nat_gb"],
@@ -325,8 +327,9 @@ def compute(facts: dict | None = None, m: dict | None = None, logs: dict | None 
                "logs": logs_usd,
                **{k: v for k, v in s.items() if not k.startswith("_") and k != "logs_shared"}}
         row["total"] = sum(v for k, v in row.items() if k not in ("provider_s", "billed_ms"))
-        row["anthropic_total"] = row["total"] - s["authorizer"] + shared_per_request(
-            t, facts, m, logs, miss_rate=1.0)["authorizer"]
+        every = shared_per_request(t, facts, m, logs, miss_rate=1.0)  # /v1/messages: an uncached authorizer
+        row["anthropic_total"] = (row["total"] - s["authorizer"] - s["logs_shared"]
+                                  + every["authorizer"] + every["logs_shared"])
         lam_rows.append(row)
 
     def total_at(mode: str, t: float, rate: float) -> dict:
