@@ -69,6 +69,7 @@ def test_managed_environments_never_go_below_the_floor_and_follow_the_binding_li
     facts = cost.template_facts(tpl)
     idle = cost.managed_proxy(3.0, 0.1, facts, figures)
     assert idle["envs"] == facts["managed"]["min_envs"] and idle["instances"] == cost.MIN_INSTANCES
+    assert idle["bound"] == "the floor"
     long_calls = cost.managed_proxy(30.0, 1000, facts, figures)
     assert long_calls["bound"] == "concurrency"
     assert long_calls["envs"] * facts["managed"]["per_env"] >= 1000 * 30

@@ -255,7 +255,7 @@ def shared_per_request(provider_s: float, facts: dict, m: dict, logs: dict, *, m
         "apigw": PRICES["apigw_rest_request"],
         "waf": PRICES["waf_request"] if facts["waf"] else 0.0,
         "authorizer": authorizer,
-        "ddb": m["wru"] * PRICES["ddb_wru"] + m["rru"] * PRICES["ddb_rru"],
+        "ddb": (m["wru"] + _last_used_wru()) * PRICES["ddb_wru"] + m["rru"] * PRICES["ddb_rru"],
         "rollup_ddb": roll["wru"] * PRICES["ddb_wru"] + roll["rru"] * PRICES["ddb_rru"],
         "rollup_lambda": rollup_lambda,
         "logs_shared": log_gb * log_usd_per_gb,
@@ -269,6 +269,15 @@ def lambda_proxy(provider_s: float, facts: dict, m: dict, logs: dict) -> dict:
     # One environment per request in flight, each re-reading its provider's key when its cache ages out.
     secrets = billed_ms / 1000 / _secret_max_age_s() * PRICES["secret_call"]
     return {"billed_ms": billed_ms, "proxy": _lambda_usd(facts["proxy_mb"], billed_ms), "secrets": secrets}
+
+
+def _last_used_wru() -> float:
+    """The key's `last_used_at` (1 WRU), written at most once per LAST_USED_EVERY per key: not in section 3's
+    median, so added here at the assumed requests a second per key."""
+    sys.path.insert(0, str(ROOT / "layers" / "core"))
+    from onysoft import key_use
+
+    return 1 / max(1.0, key_use.LAST_USED_EVERY.total_seconds() * REQUESTS_PER_KEY_PER_SECOND)
 
 
 def _secret_max_age_s() -> float:
@@ -290,7 +299,9 @@ def managed_proxy(provider_s: float, rate: float, facts: dict, m: dict) -> dict:
     compute_hour = instances * PRICES["ec2_c7g_large_hour"] * (1 + PRICES["lmi_management_fee"])
     nat_hour = NAT_GATEWAYS * (PRICES["nat_hour"] + PRICES["ipv4_hour"])
     per_hour = rate * 3600
-    return {"envs": envs, "instances": instances, "bound": "CPU" if by_cpu >= by_concurrency else "concurrency",
+    bound = ("the floor" if envs == mi["min_envs"] and max(by_cpu, by_concurrency) <= mi["min_envs"]
+             else "CPU" if by_cpu >= by_concurrency else "concurrency")
+    return {"envs": envs, "instances": instances, "bound": bound,
             "proxy": PRICES["lmi_request"] + compute_hour / per_hour
             + envs * 3600 / _secret_max_age_s() * PRICES["secret_call"] / per_hour,
             "nat": nat_hour / per_hour + PROVIDER_BYTES_PER_REQUEST / 1e9 * PRICES["nat_gb"],
@@ -325,8 +336,9 @@ def compute(facts: dict | None = None, m: dict | None = None, logs: dict | None 
                "logs": logs_usd,
                **{k: v for k, v in s.items() if not k.startswith("_") and k != "logs_shared"}}
         row["total"] = sum(v for k, v in row.items() if k not in ("provider_s", "billed_ms"))
-        row["anthropic_total"] = row["total"] - s["authorizer"] + shared_per_request(
-            t, facts, m, logs, miss_rate=1.0)["authorizer"]
+        every = shared_per_request(t, facts, m, logs, miss_rate=1.0)  # /v1/messages: an uncached authorizer
+        row["anthropic_total"] = (row["total"] - s["authorizer"] - s["logs_shared"]
+                                  + every["authorizer"] + every["logs_shared"])
         lam_rows.append(row)
 
     def total_at(mode: str, t: float, rate: float) -> dict:
@@ -406,7 +418,8 @@ def render(r: dict) -> str:
         f"({m['authorizer_ms']:g} ms measured against moto, stretched, + 2 GetItems; {m['authorizer_rru']:g} RRU) "
         f"once per key per {f['authorizer_ttl_s']} s — at {REQUESTS_PER_KEY_PER_SECOND:g} request a second per key, "
         f"1 request in {1 / r['miss_rate']:.0f}. DynamoDB on the request's path: **{m['wru']:g} WRU + "
-        f"{m['rru']:g} RRU** (section 3's chat row, as the bench last measured it). The usage rollup: "
+        f"{m['rru']:g} RRU** (section 3's chat row, as the bench last measured it) + the key's `last_used_at` "
+        f"({_last_used_wru():g} WRU a request at that rate: written at most once a second per key). The usage rollup: "
         f"{roll_long['wru']:.2f} WRU + {roll_long['rru']:g} RRU a request when its two stream records land in "
         f"different batches (calls ≥ the {f['rollup_window_s']:g} s batching window), {roll_short['wru']:.2f} WRU + "
         f"{roll_short['rru']:g} RRU when they share one (see below), plus its invocations ({f['rollup_batch']} "
@@ -494,8 +507,9 @@ def render(r: dict) -> str:
         + "; ".join(goal_lines) + ". "
         f"The proxy's compute is no longer what a request costs: API Gateway, WAF and DynamoDB (request path and "
         f"rollup) alone are {_usd(floor_usd)} per million whatever the compute, with DynamoDB's "
-        f"{m['wru']:g} + {roll_long['wru']:.1f} write units the largest part "
-        f"({_usd((m['wru'] + roll_long['wru']) * PRICES['ddb_wru'])}). What would close the gap: fewer write "
+        f"{m['wru'] + _last_used_wru():g} + {roll_long['wru']:.1f} write units the largest part "
+        f"({_usd((m['wru'] + _last_used_wru() + roll_long['wru']) * PRICES['ddb_wru'])}). "
+        "What would close the gap: fewer write "
         "units (the rollup's per-record markers: a per-shard checkpoint, docs/SCALE.md section 4; the hold's and "
         "the settle's transactional writes) or an HTTP API in front ($1.00 per million instead of $3.50, but no "
         "response streaming and a 30 s limit: DESIGN.md)."
