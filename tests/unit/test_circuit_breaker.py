@@ -285,3 +285,19 @@ def test_an_open_providers_model_is_skipped_for_its_fallback_on_another_provider
     assert record.fallback_attempts == ["mock/echo: provider_circuit_open"]
     assert before - get_account(account.account_id).balance_micros == record.charge_micros > 0
     assert circuit_breaker.breaker("openai").state == CLOSED and mock.state == OPEN
+
+
+def test_anthropics_routes_fail_fast_too_count_tokens_included(gateway):
+    from onysoft import circuit_breaker
+    from tests.unit.conftest import new_key
+    from tests.unit.test_anthropic_access import COUNT, _x_api_key_headers
+
+    _, _, headers = new_key("user")
+    assert gateway.post("/v1/messages/count_tokens", headers=_x_api_key_headers(headers), json=COUNT
+                        ).status_code == 200
+    open_it(circuit_breaker.breaker("mock"))
+    for path, body in (("/v1/messages/count_tokens", COUNT), ("/v1/messages", {**COUNT, "max_tokens": 10})):
+        response = gateway.post(path, headers=_x_api_key_headers(headers), json=body)
+        assert response.status_code == 503, response.text
+        assert response.json()["type"] == "error" and "provider is failing" in response.json()["error"]["message"]
+        assert response.headers["retry-after"] == "30"

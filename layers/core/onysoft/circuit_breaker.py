@@ -41,6 +41,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from onysoft import errors
+
 logger = logging.getLogger("onysoft.circuit_breaker")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -88,6 +90,13 @@ class Refused:
     @property
     def retry_after_header(self) -> str:
         return str(max(1, math.ceil(self.retry_after)))
+
+    def error(self) -> errors.GatewayError:
+        """The client's 503, in OpenAI's envelope, with Retry-After."""
+        return errors.GatewayError(
+            503, f"The {self.provider} provider is failing (timeouts or connection failures), so the gateway is not "
+                 f"sending it requests for now. Nothing was charged; retry in {self.retry_after_header} s.",
+            "upstream_error", "provider_circuit_open", headers={"retry-after": self.retry_after_header})
 
 
 class Ticket:

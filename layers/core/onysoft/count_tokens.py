@@ -9,7 +9,8 @@ The same key checks as every /v1 call: the authorizer, then the key read again (
 rotated secret past its grace: 401), the model known (404) and allowed for the key (403), a provider that serves
 Anthropic's API (400). It counts as one request in the key's rpm window (no tokens): it is free for the client,
 but it spends the platform's rate limit at the provider's count endpoint, which every key shares; so one key
-cannot flood it, and a full window answers 429 with the usual headers.
+cannot flood it, and a full window answers 429 with the usual headers. A provider whose circuit breaker is open
+(onysoft.circuit_breaker) is not asked: 503 `provider_circuit_open` at once; its timeouts count towards opening it.
 """
 
 import json
@@ -19,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from onysoft import api_formats, errors, overhead, rate_limits, telemetry, upstream
+from onysoft import api_formats, circuit_breaker, errors, overhead, rate_limits, telemetry, upstream
 from onysoft.caller import CallerContext
 from onysoft.forwarding import MAX_BODY_BYTES, usable_model
 from onysoft.providers import ProviderUnavailable, api_key, get_provider
@@ -78,6 +79,18 @@ async def count_tokens(request: Request, key_hash: str, caller: CallerContext) -
     body["model"] = fmt.qualified_model(body["model"])
     telemetry.note(model=body["model"])
     price, provider, provider_key = await run_in_threadpool(_upstream, body["model"], caller)
+    # A provider whose circuit breaker is open is not asked (onysoft.circuit_breaker), before the window counts it.
+    ticket = circuit_breaker.breaker(provider.name).admit()
+    if isinstance(ticket, circuit_breaker.Refused):
+        raise ticket.error()
+    try:
+        return await _count(request, key_hash, caller, body, fmt, price, provider, provider_key, ticket)
+    finally:
+        ticket.unused()  # not sent (a 429 of the window): says nothing about the provider
+
+
+async def _count(request: Request, key_hash: str, caller: CallerContext, body: dict, fmt, price, provider,
+                 provider_key: str, ticket: circuit_breaker.Ticket) -> JSONResponse:
     usage, window = await run_in_threadpool(_admit, key_hash, caller)
     headers = rate_limits.headers(caller, usage, window)
     outgoing = {name: value for name, value in body.items() if name != "models"}  # fallbacks are the gateway's
@@ -88,9 +101,11 @@ async def count_tokens(request: Request, key_hash: str, caller: CallerContext) -
                 provider.base_url + UPSTREAM_PATH, content=json.dumps(outgoing).encode(),
                 headers=fmt.upstream_headers(provider_key, False, request.headers))
     except httpx.HTTPError as exc:
+        ticket.failed()
         error = upstream.error_from_exception(provider, exc)
         error.headers.update(headers)
         raise error from None
+    ticket.answered()
     if response.status_code != 200:
         error = upstream.error_from_status(provider, response.status_code, response.content, response.headers)
         error.headers.update(headers)

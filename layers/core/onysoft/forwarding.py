@@ -292,10 +292,7 @@ def _admitted(candidates: list[Candidate]
     if not admitted:
         soonest = min(refusals, key=lambda refused: refused.retry_after)
         logger.warning("provider circuit open: failed fast", extra={"provider": soonest.provider})
-        raise errors.GatewayError(
-            503, f"The {soonest.provider} provider is failing (timeouts or connection failures), so the gateway "
-                 f"is not sending it requests for now. Nothing was charged; retry in {soonest.retry_after_header} s.",
-            "upstream_error", "provider_circuit_open", headers={"retry-after": soonest.retry_after_header})
+        raise soonest.error()
     return admitted, tickets, skipped
 
 
