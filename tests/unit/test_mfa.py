@@ -156,3 +156,25 @@ def test_the_qr_code_is_drawn_by_the_stacks_own_script():
                                    None)["body"]
     assert 'import qrcode from "./qrcode.js";' in app_js
     assert "otpauth://totp/" in app_js and "SOFTWARE_TOKEN_MFA" in app_js and '"RevokeToken"' in app_js
+
+
+def test_the_cli_says_how_the_first_sign_in_sets_up_mfa_and_answers_the_challenge(pool, monkeypatch, capsys,
+                                                                                   tmp_path):
+    from onysoft_tools.cli import main
+
+    monkeypatch.setenv(cognito.CLIENT_ENV, pool.client_id)
+    state = ["--state-dir", str(tmp_path)]
+    assert main(["users", "create", "--principal", "operator", "--email", "cli-op@example.com", "--password",
+                 PASSWORD, *state]) == 0
+    out = capsys.readouterr().out
+    assert "first sign-in in the dashboard sets up an authenticator app" in out and "403 mfa_required" in out
+    assert main(["users", "create", "--principal", "partner:acme", "--email", "cli-p@example.com", "--password",
+                 PASSWORD, "--json", *state]) == 0
+    assert json.loads(capsys.readouterr().out)["mfa"] == "optional"
+
+    secret = cognito.set_up_totp(pool, cognito.initiate_auth(pool, "cli-op@example.com", PASSWORD)["AccessToken"])
+    sign_in = ["token", "--email", "cli-op@example.com", "--password", PASSWORD, "--json", *state]
+    assert main(sign_in) == 2 and "--mfa-code" in capsys.readouterr().err
+    assert main([*sign_in, "--mfa-code", cognito.fresh_totp_code(secret)]) == 0
+    token = json.loads(capsys.readouterr().out)["token"]
+    assert ask(jwt.decode(token, options={"verify_signature": False}))[0] == 200
