@@ -26,7 +26,7 @@ from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from onysoft import errors, expiry, money, principals
+from onysoft import errors, expiry, mfa, money, principals
 from onysoft.audit import Actor
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts, keys, paging
@@ -146,7 +146,8 @@ class ErrorEnvelope(BaseModel):
 
 
 _ERROR_MEANING = {
-    400: "Bad request (validation)", 401: "No valid sign-in token", 403: "Not allowed for your principal",
+    400: "Bad request (validation)", 401: "No valid sign-in token",
+    403: "Not allowed for your principal (`mfa_required`: the operator signs in with TOTP MFA)",
     404: "No such account or key (or not yours: the same answer)",
     409: "The idempotency key was used for a different request",
 }
@@ -371,7 +372,8 @@ def unexpected(exc: Exception) -> Response:
 # immutable for a year and a deploy is picked up at the next page load.
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8",
+          "qrcode.js": "text/javascript; charset=utf-8"}  # qrcode.js: the TOTP setup's QR code, drawn in the page
 INDEX_PATH = "/dashboard"
 ASSET_PATH = "/dashboard/static/{file}"
 CONFIG_PATH = "/dashboard/config.json"
@@ -450,6 +452,11 @@ def handle_web(event: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- entry
 
 
+def _plain_error(exc: errors.GatewayError) -> dict:
+    return {"statusCode": exc.status, "headers": dict(JSON), "body": json.dumps(exc.envelope()),
+            "isBase64Encoded": False}
+
+
 def _unauthorized() -> dict:
     error = errors.GatewayError(401, "Sign in to the dashboard: send your ID token as 'Authorization: Bearer <token>'.",
                                 "invalid_request_error", "invalid_token")
@@ -502,8 +509,16 @@ def handler(event: dict, context) -> dict:
     if event.get("resource") in PUBLIC_RESOURCES and event.get("httpMethod") == "GET":
         return handle_web(event)
     if event.get("resource") != DOCS_PATH:
+        claims = _claims(event)
         try:
-            principals.from_claims(_claims(event))
+            principal = principals.from_claims(claims)
         except principals.PrincipalError:
             return _secured(event, _unauthorized())
+        try:
+            mfa.check(principal, claims)  # the operator: only from a sign-in with TOTP (onysoft.mfa)
+        except errors.GatewayError as exc:
+            return _secured(event, _plain_error(exc))
+        except Exception:  # noqa: BLE001 - the user pool did not answer: refused, never let through
+            logger.exception("MFA check failed")
+            return _secured(event, _plain_error(errors.internal_error()))
     return _secured(event, app.resolve(event, context))

@@ -72,3 +72,43 @@ class WatchedPage:
         unexpected = [e for e in self.errors if not any(p.search(e) for p in self.expected)]
         assert not unexpected, f"console errors: {unexpected}"
         assert not self.foreign, f"requests off the stack: {self.foreign}"
+
+
+# ---------------------------------------------------------------------------------------------- two-step sign-in
+
+TOTP_MARGIN_SECONDS = 10.0  # a code typed with at least this long left in its 30 s step (a loaded machine is slow)
+
+
+def totp_now(secret: str) -> str:
+    """The code an authenticator app shows now for the secret the dashboard displayed (spaces ignored); it stays
+    valid for TOTP_MARGIN_SECONDS (moto, like Cognito, takes only the current step's code)."""
+    from onysoft_tools.local.cognito import fresh_totp_code
+
+    return fresh_totp_code(secret.replace(" ", ""), margin=TOTP_MARGIN_SECONDS)
+
+
+def wrong_totp(secret: str) -> str:
+    from onysoft_tools.local.cognito import totp_code
+
+    return f"{(int(totp_code(secret.replace(' ', ''))) + 1) % 1_000_000:06d}"
+
+
+def finish_sign_in(watched: WatchedPage) -> str | None:
+    """After "Sign in": the accounts page, or, for an operator without two-step sign-in, its setup completed
+    with the secret the page shows (returns it); then the accounts page."""
+    from playwright.sync_api import expect
+
+    page = watched.page
+    accounts = page.get_by_role("heading", name="Accounts")
+    setup = page.get_by_role("heading", name="Set up two-step sign-in")
+    # Not the Accounts heading: the page shows it while the accounts load, before the API's answer (403
+    # mfa_required) sends an operator to the setup. The header's "who" appears once the accounts have loaded.
+    expect(page.locator("#who:not([hidden])").or_(setup)).to_be_visible()
+    if not setup.is_visible():
+        return None
+    watched.expect_console_error(r"status of 403")  # the API's mfa_required, which sent the page here
+    secret = page.locator("#mfa-secret").inner_text()
+    page.get_by_label("Code from your app").fill(totp_now(secret))
+    page.get_by_role("button", name="Turn on two-step sign-in").click()
+    expect(accounts).to_be_visible()
+    return secret

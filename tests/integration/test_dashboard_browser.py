@@ -20,7 +20,7 @@ import openai
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.integration.browser import SCREENSHOT_DIR_ENV, WatchedPage, launch
+from tests.integration.browser import SCREENSHOT_DIR_ENV, WatchedPage, finish_sign_in, launch
 from tests.integration.conftest import DevGateway
 
 PASSWORD = "Browser-test-2026"
@@ -91,7 +91,7 @@ def sign_in(watched: WatchedPage, gateway: DevGateway, email: str, password: str
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    finish_sign_in(watched)  # an operator's first sign-in sets up two-step sign-in (test_mfa_browser.py)
     settled(page)
 
 

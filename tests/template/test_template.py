@@ -36,7 +36,7 @@ DYNAMODB_ALLOWED = {
     "dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams",
 }
 OTHER_ALLOWED = {"secretsmanager:GetSecretValue", "sqs:SendMessage", "events:PutEvents", "cognito-idp:ListUsers",
-                 "ses:SendEmail"}
+                 "ses:SendEmail", "cognito-idp:AdminGetUser"}
 BUFFERED_URI = re.compile(r"^arn:aws:apigateway:\$\{AWS::Region\}:lambda:path/2015-03-31/functions/\$\{(\w+)\.Arn\}"
                           r"/invocations$")
 STREAM_URI = re.compile(
@@ -420,6 +420,9 @@ def test_function_policies_are_least_privilege(cfn):
                 assert resources == [{"Fn::GetAtt": ["EventBus", "Arn"]}]
             elif actions == ["cognito-idp:ListUsers"]:  # the mail subscriber: the dashboard's pool only
                 assert role_id == "KeyMailFunctionRole"
+                assert resources == [{"Fn::GetAtt": ["DashboardUserPool", "Arn"]}]
+            elif actions == ["cognito-idp:AdminGetUser"]:  # the dashboard: has the operator TOTP (onysoft/mfa.py)
+                assert role_id == "DashboardFunctionRole"
                 assert resources == [{"Fn::GetAtt": ["DashboardUserPool", "Arn"]}]
             elif actions == ["ses:SendEmail"]:  # the mail subscriber: this account's SES identities
                 assert role_id == "KeyMailFunctionRole"

@@ -201,7 +201,9 @@ def _dashboard_banner(base_url: str, sign_ins: list[dict[str, str]]) -> str:
              "Demo sign-ins (the local user pool; more: onysoft users create --principal … --email … --password …):"]
     for entry in sign_ins:
         lines.append(f"  {entry['principal']:<28} {entry['email']:<28} {entry['password']}")
-    lines.append("  a token for curl: onysoft token --email EMAIL --password PASSWORD")
+    lines.append("  a token for curl: onysoft token --email EMAIL --password PASSWORD [--mfa-code CODE]")
+    lines.append("  the operator's first sign-in sets up two-step sign-in (an authenticator app, TOTP): required for "
+                 "the operator, offered to everyone")
     return "\n".join(lines)
 
 

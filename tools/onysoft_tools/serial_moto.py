@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from onysoft_tools.local import moto_untracked
 
     moto_untracked.install()  # moto's per-request objects freed when nothing refers to them (not kept for life)
+    from onysoft_tools.local import moto_cognito
+
+    moto_cognito.install()  # RevokeToken for the dashboard's sign-out (moto 5.2 has none)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server

@@ -2,6 +2,11 @@
 // Sign-in is Cognito's InitiateAuth (USER_PASSWORD_AUTH) called from the browser; the ID token goes to the API
 // as `Authorization: Bearer`. Tokens live in sessionStorage (this tab only) so a reload stays signed in; a new
 // API key lives only in the create (or rotate) dialog's fields and is wiped when the dialog closes.
+// Two-step sign-in (TOTP): set up here (AssociateSoftwareToken, the QR code drawn in the page, VerifySoftwareToken,
+// SetUserMFAPreference), offered to everyone and required of the operator (the API answers 403 mfa_required
+// until it is on); a sign-in then answers the SOFTWARE_TOKEN_MFA challenge. Sign-out revokes the refresh token.
+
+import qrcode from "./qrcode.js";
 
 const SESSION_KEY = "onysoft.dashboard.session";
 const REFRESH_MARGIN_MS = 5 * 60 * 1000; // refresh the ID token five minutes before it expires
@@ -11,8 +16,9 @@ const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
   accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
   rotating: null,
-  margin: null, statement: null,
+  margin: null, statement: null, mfaOn: null,
 };
+const TOTP_ISSUER = "Onysoft";
 const EXPIRING_WITHIN_MS = 7 * 86400 * 1000; // a banner for a key that expires within 7 days
 
 // ------------------------------------------------------------------------------------------- helpers
@@ -136,6 +142,8 @@ function signInMessage(error) {
     case "TooManyRequestsException":
     case "LimitExceededException": return "Too many attempts. Wait a minute and try again.";
     case "InvalidPasswordException": return `That password is not allowed: ${error.message}`;
+    case "CodeMismatchException":
+    case "EnableSoftwareTokenMFAException": return "That code is not right. Enter the code your app shows now.";
     default: return error.message;
   }
 }
@@ -175,37 +183,134 @@ async function signIn(email, password) {
     ClientId: state.config.clientId, AuthFlow: "USER_PASSWORD_AUTH",
     AuthParameters: { USERNAME: email, PASSWORD: password },
   });
-  if (data.ChallengeName === "NEW_PASSWORD_REQUIRED") {
-    state.challenge = { email, session: data.Session };
-    showView("new-password");
-    $("new-password-input").focus();
+  await signedIn(data, email);
+}
+
+// InitiateAuth's or RespondToAuthChallenge's answer: tokens, or the next challenge's form.
+async function signedIn(data, email) {
+  if (data.ChallengeName === "NEW_PASSWORD_REQUIRED" || data.ChallengeName === "SOFTWARE_TOKEN_MFA") {
+    state.challenge = { email, session: data.Session, name: data.ChallengeName };
+    const [view, input] = data.ChallengeName === "NEW_PASSWORD_REQUIRED"
+      ? ["new-password", "new-password-input"] : ["mfa-code", "mfa-code-input"];
+    showView(view);
+    $(input).value = "";
+    $(input).focus();
     return;
   }
   if (!data.AuthenticationResult) throw new CognitoError("Challenge", `This sign-in needs ${data.ChallengeName}, which the dashboard does not support yet.`);
+  state.challenge = null;
   keepSession(data.AuthenticationResult, email);
   await enterApp();
 }
 
+async function answerChallenge(responses) {
+  const { email, session, name } = state.challenge;
+  let data;
+  try {
+    data = await cognito("RespondToAuthChallenge", {
+      ClientId: state.config.clientId, ChallengeName: name, Session: session,
+      ChallengeResponses: { USERNAME: email, ...responses },
+    });
+  } catch (error) {
+    // A wrong code ends Cognito's session: the password must be given again.
+    if (name === "SOFTWARE_TOKEN_MFA" && error instanceof CognitoError && error.type === "NotAuthorizedException") {
+      state.challenge = null;
+      showView("sign-in");
+      fieldError("sign-in-error", "The sign-in took too long or had too many wrong codes. Sign in again.");
+      return;
+    }
+    throw error;
+  }
+  await signedIn(data, email);
+}
+
 async function setNewPassword(password) {
-  const data = await cognito("RespondToAuthChallenge", {
-    ClientId: state.config.clientId, ChallengeName: "NEW_PASSWORD_REQUIRED", Session: state.challenge.session,
-    ChallengeResponses: { USERNAME: state.challenge.email, NEW_PASSWORD: password },
+  await answerChallenge({ NEW_PASSWORD: password });
+}
+
+async function answerMfaCode(code) {
+  await answerChallenge({ SOFTWARE_TOKEN_MFA_CODE: code });
+}
+
+// ------------------------------------------------------------------------------------------- two-step sign-in
+
+function drawQr(canvas, text) {
+  const qr = qrcode(0, "M");
+  qr.addData(text);
+  qr.make();
+  const cell = 6;
+  const margin = 4 * cell; // the quiet zone scanners need
+  const count = qr.getModuleCount();
+  const size = count * cell + 2 * margin;
+  canvas.width = size;
+  canvas.height = size;
+  const context = canvas.getContext("2d");
+  context.fillStyle = "#ffffff";
+  context.fillRect(0, 0, size, size);
+  context.fillStyle = "#000000";
+  for (let row = 0; row < count; row += 1) {
+    for (let col = 0; col < count; col += 1) {
+      if (qr.isDark(row, col)) context.fillRect(margin + col * cell, margin + row * cell, cell, cell);
+    }
+  }
+}
+
+async function startMfaSetup({ required = false } = {}) {
+  const data = await cognito("AssociateSoftwareToken", { AccessToken: state.session.accessToken });
+  const secret = data.SecretCode;
+  const label = encodeURIComponent(`${TOTP_ISSUER}:${state.session.email}`);
+  drawQr($("mfa-qr"), `otpauth://totp/${label}?secret=${secret}&issuer=${TOTP_ISSUER}`);
+  $("mfa-secret").textContent = secret.replace(/(.{4})/g, "$1 ").trim();
+  $("mfa-setup-why").textContent = required
+    ? "The operator's sign-in must use two-step sign-in: a password alone cannot reach the operator's dashboard."
+    : "Optional: a code from your phone at every sign-in keeps your account safe even if your password leaks.";
+  $("mfa-setup-later").hidden = required;
+  $("mfa-setup-code").value = "";
+  fieldError("mfa-setup-error", "");
+  $("mfa-open").hidden = true;
+  showView("mfa-setup");
+  $("mfa-setup-code").focus();
+}
+
+async function finishMfaSetup(code) {
+  await cognito("VerifySoftwareToken", {
+    AccessToken: state.session.accessToken, UserCode: code, FriendlyDeviceName: "Onysoft dashboard",
   });
-  keepSession(data.AuthenticationResult, state.challenge.email);
-  state.challenge = null;
+  await cognito("SetUserMFAPreference", {
+    AccessToken: state.session.accessToken, SoftwareTokenMfaSettings: { Enabled: true, PreferredMfa: true },
+  });
+  state.mfaOn = true;
+  $("mfa-secret").textContent = "";
+  $("mfa-qr").width = 0;
   await enterApp();
+  announce("Two-step sign-in is on.");
+}
+
+async function loadMfaState() {
+  try {
+    const user = await cognito("GetUser", { AccessToken: state.session.accessToken });
+    state.mfaOn = (user.UserMFASettingList || []).includes("SOFTWARE_TOKEN_MFA");
+  } catch {
+    state.mfaOn = null; // unknown: the button stays hidden
+  }
+  $("mfa-open").hidden = state.mfaOn !== false;
 }
 
 function signOut(message) {
-  const accessToken = state.session && state.session.accessToken;
+  const refreshToken = state.session && state.session.refreshToken;
   clearTimeout(state.refreshTimer);
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
-  if (accessToken) cognito("GlobalSignOut", { AccessToken: accessToken }).catch(() => {});
-  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null, margin: null });
+  // RevokeToken ends this sign-in's refresh token and the access tokens it issued (the app client has
+  // EnableTokenRevocation); an ID token cannot be revoked, so it is short (15 minutes).
+  if (refreshToken) cognito("RevokeToken", { Token: refreshToken, ClientId: state.config.clientId }).catch(() => {});
+  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null, margin: null,
+    challenge: null, mfaOn: null });
   $("margin").hidden = true;
   $("who").hidden = true;
   $("sign-out").hidden = true;
+  $("mfa-open").hidden = true;
+  $("mfa-secret").textContent = "";
   $("password").value = "";
   showAlert("");
   showView("sign-in");
@@ -217,7 +322,7 @@ function signOut(message) {
 // ------------------------------------------------------------------------------------------- the API
 
 class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, code = null) { super(message); this.status = status; this.code = code; }
 }
 
 async function api(method, path, { body, headers = {} } = {}) {
@@ -237,7 +342,10 @@ async function api(method, path, { body, headers = {} } = {}) {
     signOut("Your session has ended. Sign in again.");
     throw new ApiError(401, "Your session has ended. Sign in again.");
   }
-  if (!response.ok) throw new ApiError(response.status, (data.error && data.error.message) || `The request failed (${response.status}).`);
+  if (!response.ok) {
+    throw new ApiError(response.status, (data.error && data.error.message) || `The request failed (${response.status}).`,
+      data.error && data.error.code);
+  }
   return data;
 }
 
@@ -245,7 +353,7 @@ async function api(method, path, { body, headers = {} } = {}) {
 
 function showView(name) {
   $("booting").hidden = true;
-  for (const id of ["sign-in", "new-password", "app"]) $(id).hidden = id !== name;
+  for (const id of ["sign-in", "new-password", "mfa-code", "mfa-setup", "app"]) $(id).hidden = id !== name;
 }
 
 async function enterApp() {
@@ -253,8 +361,17 @@ async function enterApp() {
   $("sign-out").hidden = false;
   showAlert("");
   loading($("accounts-table").tBodies[0], 6);
-  await loadAccounts();
+  try {
+    await loadAccounts();
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "mfa_required") {
+      await startMfaSetup({ required: true });
+      return;
+    }
+    throw error;
+  }
   $("main").focus();
+  await loadMfaState();
 }
 
 async function loadAccounts(keepSelection = true) {
@@ -1093,6 +1210,32 @@ function wire() {
       fieldError("new-password-error", error instanceof CognitoError ? signInMessage(error) : error.message);
     }
   });
+  $("mfa-code-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const code = $("mfa-code-input").value.replace(/\s/g, "");
+    if (!/^[0-9]{6}$/.test(code)) { fieldError("mfa-code-error", "Enter the six digits your app shows."); return; }
+    fieldError("mfa-code-error", "");
+    try {
+      await busy(event.submitter, () => answerMfaCode(code));
+    } catch (error) {
+      $("mfa-code-input").value = "";
+      fieldError("mfa-code-error", error instanceof CognitoError ? signInMessage(error) : error.message);
+    }
+  });
+  $("mfa-setup-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const code = $("mfa-setup-code").value.replace(/\s/g, "");
+    if (!/^[0-9]{6}$/.test(code)) { fieldError("mfa-setup-error", "Enter the six digits your app shows."); return; }
+    fieldError("mfa-setup-error", "");
+    try {
+      await busy(event.submitter, () => finishMfaSetup(code));
+    } catch (error) {
+      $("mfa-setup-code").value = "";
+      fieldError("mfa-setup-error", error instanceof CognitoError ? signInMessage(error) : error.message);
+    }
+  });
+  $("mfa-setup-later").addEventListener("click", () => enterApp().catch(report));
+  $("mfa-open").addEventListener("click", () => startMfaSetup().catch(report));
   $("sign-out").addEventListener("click", () => signOut());
   $("create-key").addEventListener("click", openCreate);
   $("create-form").addEventListener("submit", createKey);

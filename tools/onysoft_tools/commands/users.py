@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from botocore.exceptions import ClientError
 
-from onysoft import clock, principals
+from onysoft import clock, mfa, principals
 from onysoft_tools import settings
 from onysoft_tools.local import cognito
 
@@ -43,6 +43,10 @@ def _principal_sign_in(pool: cognito.Pool, principal: str) -> tuple[str, str]:
     except pool.client().exceptions.UsernameExistsException:
         pool.client().admin_set_user_password(UserPoolId=pool.pool_id, Username=email, Password=password,
                                               Permanent=True)
+        # Its TOTP secret was not kept: off, and set up again below when the principal needs it.
+        pool.client().admin_set_user_mfa_preference(UserPoolId=pool.pool_id, Username=email,
+                                                    SoftwareTokenMfaSettings={"Enabled": False,
+                                                                              "PreferredMfa": False})
     return email, password
 
 
@@ -57,7 +61,12 @@ def token(args: argparse.Namespace) -> int:
     else:
         raise UsageError("give --email and --password (or, with a local gateway, --principal)")
     try:
-        result = cognito.initiate_auth(pool, email, password)
+        result = cognito.initiate_auth(pool, email, password, mfa_code=args.mfa_code)
+        if args.principal and mfa.required(principals.parse(args.principal)):
+            # The dashboard API takes the operator only from a sign-in with TOTP: set up, then signed in again
+            # answering the challenge, as a person does in the web app.
+            secret = cognito.set_up_totp(pool, result["AccessToken"])
+            result = cognito.initiate_auth(pool, email, password, totp_secret=secret)
     except cognito.SignInError as exc:
         raise UsageError(str(exc)) from None
     claims = cognito.verify(pool, result["IdToken"]) if pool.endpoint else {}
@@ -84,7 +93,13 @@ def create(args: argparse.Namespace) -> int:
         cognito.save_user(settings.state_dir(args.state_dir), principal=args.principal, email=args.email,
                           password=args.password)
     view["user_pool_id"] = pool.pool_id
-    return output(args, view, lambda: f"Created sign-in {args.email} acting as {args.principal}.")
+    required = mfa.required(principals.parse(args.principal))
+    view["mfa"] = "required" if required else "optional"
+    how = ("Its first sign-in in the dashboard sets up an authenticator app (TOTP: scan the QR code, enter a code); "
+           "required for the operator: the API answers 403 mfa_required until then, and every later sign-in "
+           "asks for a code." if required else
+           "Multi-factor sign-in (an authenticator app, TOTP) is offered in the dashboard: Two-step sign-in.")
+    return output(args, view, lambda: f"Created sign-in {args.email} acting as {args.principal}.\n{how}")
 
 
 def register(commands, leaf) -> None:
@@ -93,6 +108,8 @@ def register(commands, leaf) -> None:
     p.add_argument("--password", metavar="PASSWORD")
     p.add_argument("--principal", metavar="P", help="local gateway only: a sign-in acting as user:<account_id>, "
                    "org:<org_id>, partner:<partner_id> or operator, made for the occasion")
+    p.add_argument("--mfa-code", metavar="CODE", help="the six-digit code of your authenticator app, for a "
+                   "sign-in with multi-factor authentication (TOTP)")
     group = commands.add_parser("users", help="dashboard sign-ins (the Cognito user pool)")
     sub = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = leaf(sub, "create", create, "create a dashboard sign-in acting as a principal")

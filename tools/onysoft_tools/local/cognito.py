@@ -36,8 +36,11 @@ ENDPOINT_ENV = "AWS_ENDPOINT_URL_COGNITO_IDP"
 POOL_ENV = "ONYSOFT_USER_POOL_ID"
 CLIENT_ENV = "ONYSOFT_USER_POOL_CLIENT_ID"
 # moto derives pool and client ids from their definitions: the same ids after every restart.
+# moto checks TOTP codes only when asked to (otherwise any six digits pass): asked, so a wrong code fails as in AWS.
 MOTO_ENV = {"MOTO_COGNITO_IDP_USER_POOL_ID_STRATEGY": "HASH",
-            "MOTO_COGNITO_IDP_USER_POOL_CLIENT_ID_STRATEGY": "HASH"}
+            "MOTO_COGNITO_IDP_USER_POOL_CLIENT_ID_STRATEGY": "HASH",
+            "MOTO_COGNITO_IDP_USER_POOL_ENABLE_TOTP": "true"}
+TOTP_STEP = 30  # seconds; six digits, HMAC-SHA1: RFC 6238 as Cognito (and every authenticator app) uses it
 DEMO_PASSWORD = "Onysoft-demo-2026"  # noqa: S105 - local demo sign-ins only; printed in the banner
 DEMO_EMAIL_DOMAIN = "demo.onysoft.local"
 JWKS_CACHE_SECONDS = 300
@@ -119,7 +122,7 @@ def client_definition(tpl: dict[str, Any]) -> dict[str, Any]:
     definition: dict[str, Any] = {"ClientName": str(props.get("ClientName", "dashboard"))}
     for key in ("GenerateSecret", "ExplicitAuthFlows", "PreventUserExistenceErrors", "ReadAttributes",
                 "WriteAttributes", "IdTokenValidity", "AccessTokenValidity", "RefreshTokenValidity",
-                "TokenValidityUnits"):
+                "TokenValidityUnits", "EnableTokenRevocation"):
         if key in props:
             definition[key] = props[key]
     return definition
@@ -133,6 +136,10 @@ def create_pool(endpoint: str, region: str, tpl: dict[str, Any]) -> Pool:
     definition = pool_definition(tpl)
     existing = [p for p in client.list_user_pools(MaxResults=60)["UserPools"] if p["Name"] == definition["PoolName"]]
     pool_id = existing[0]["Id"] if existing else client.create_user_pool(**definition)["UserPool"]["Id"]
+    if "SOFTWARE_TOKEN_MFA" in (_properties(tpl, USER_POOL_RESOURCE).get("EnabledMfas") or []):
+        # CloudFormation's EnabledMfas is the API's SetUserPoolMfaConfig
+        client.set_user_pool_mfa_config(UserPoolId=pool_id, SoftwareTokenMfaConfiguration={"Enabled": True},
+                                        MfaConfiguration=definition.get("MfaConfiguration", "OPTIONAL"))
     wanted = client_definition(tpl)
     clients = [c for c in client.list_user_pool_clients(UserPoolId=pool_id, MaxResults=60)["UserPoolClients"]
                if c["ClientName"] == wanted["ClientName"]]
@@ -216,23 +223,74 @@ def save_user(state_dir: Path, *, principal: str, email: str, password: str) -> 
 # ---------------------------------------------------------------------------------------------- sign-in
 
 
-def initiate_auth(pool: Pool, email: str, password: str) -> dict[str, Any]:
+def initiate_auth(pool: Pool, email: str, password: str, *, mfa_code: str | None = None,
+                  totp_secret: str | None = None) -> dict[str, Any]:
     """InitiateAuth USER_PASSWORD_AUTH, as the browser dashboard does: the AuthenticationResult
-    (IdToken, AccessToken, RefreshToken, ExpiresIn), or SignInError."""
+    (IdToken, AccessToken, RefreshToken, ExpiresIn), or SignInError. A SOFTWARE_TOKEN_MFA challenge is
+    answered with `mfa_code`, or a code computed from `totp_secret`."""
     from botocore.exceptions import ClientError
 
+    client = pool.client()
     try:
-        answer = pool.client().initiate_auth(ClientId=pool.client_id, AuthFlow="USER_PASSWORD_AUTH",
-                                             AuthParameters={"USERNAME": email, "PASSWORD": password})
+        answer = client.initiate_auth(ClientId=pool.client_id, AuthFlow="USER_PASSWORD_AUTH",
+                                      AuthParameters={"USERNAME": email, "PASSWORD": password})
+        if answer.get("ChallengeName") == "SOFTWARE_TOKEN_MFA" and (mfa_code or totp_secret):
+            answer = client.respond_to_auth_challenge(
+                ClientId=pool.client_id, ChallengeName="SOFTWARE_TOKEN_MFA", Session=answer["Session"],
+                ChallengeResponses={"USERNAME": email,
+                                    "SOFTWARE_TOKEN_MFA_CODE": mfa_code or fresh_totp_code(totp_secret or "")})
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code")
         if code in ("NotAuthorizedException", "UserNotFoundException"):
             raise SignInError("Incorrect email or password.") from None
+        if code == "CodeMismatchException":
+            raise SignInError("That authenticator code is not the right one (or has expired).") from None
         raise SignInError(exc.response.get("Error", {}).get("Message") or str(exc)) from None
     if "AuthenticationResult" not in answer:
+        if answer.get("ChallengeName") == "SOFTWARE_TOKEN_MFA":
+            raise SignInError("this sign-in has multi-factor authentication: give --mfa-code with the code your "
+                              "authenticator app shows")
         raise SignInError(f"the user pool asks for {answer.get('ChallengeName')}: sign in once in the dashboard "
                           "to answer it")
     return answer["AuthenticationResult"]
+
+
+# ---------------------------------------------------------------------------------------------- TOTP
+
+
+def totp_code(secret: str, at: float | None = None) -> str:
+    """The six-digit code an authenticator app shows for a base32 `secret` at time `at` (RFC 6238)."""
+    import base64
+    import hashlib
+    import hmac
+    import struct
+
+    key = base64.b32decode(secret.upper() + "=" * (-len(secret) % 8))
+    counter = int((time.time() if at is None else at) // TOTP_STEP)
+    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    return f"{(struct.unpack('>I', digest[offset:offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
+
+
+def fresh_totp_code(secret: str, margin: float = 3.0) -> str:
+    """A code that stays valid for at least `margin` seconds (waits for the next step when this one ends
+    sooner): Cognito and moto accept only the current step's code."""
+    left = TOTP_STEP - time.time() % TOTP_STEP
+    if left < margin:
+        time.sleep(left + 0.05)
+    return totp_code(secret)
+
+
+def set_up_totp(pool: Pool, access_token: str) -> str:
+    """What the dashboard's setup does for a signed-in person: AssociateSoftwareToken, VerifySoftwareToken
+    with a code, SetUserMFAPreference (TOTP enabled and preferred). Returns the secret."""
+    client = pool.client()
+    secret = client.associate_software_token(AccessToken=access_token)["SecretCode"]
+    client.verify_software_token(AccessToken=access_token, UserCode=fresh_totp_code(secret),
+                                 FriendlyDeviceName="onysoft CLI")
+    client.set_user_mfa_preference(AccessToken=access_token,
+                                   SoftwareTokenMfaSettings={"Enabled": True, "PreferredMfa": True})
+    return secret
 
 
 # ---------------------------------------------------------------------------------------------- authorizer
