@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
-  accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
+  accounts: [], accountsNext: null, accountSearch: "", accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
   rotating: null,
   margin: null, statement: null,
 };
@@ -202,7 +202,7 @@ function signOut(message) {
   state.session = null;
   sessionStorage.removeItem(SESSION_KEY);
   if (accessToken) cognito("GlobalSignOut", { AccessToken: accessToken }).catch(() => {});
-  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null, margin: null });
+  Object.assign(state, { principal: null, accounts: [], accountsNext: null, accountSearch: "", accountId: null, keys: [], usage: null, margin: null });
   $("margin").hidden = true;
   $("who").hidden = true;
   $("sign-out").hidden = true;
@@ -257,11 +257,22 @@ async function enterApp() {
   $("main").focus();
 }
 
+// Accounts come a page at a time, by name (issue 23): `search` narrows them, "More accounts" adds the next page.
+function accountsQuery(cursor) {
+  const query = new URLSearchParams();
+  if (state.accountSearch) query.set("search", state.accountSearch);
+  if (cursor) query.set("cursor", cursor);
+  const text = query.toString();
+  return text ? `accounts?${text}` : "accounts";
+}
+
 async function loadAccounts(keepSelection = true) {
-  const data = await api("GET", "accounts");
+  const data = await api("GET", accountsQuery(null));
   state.principal = data.principal;
   state.kind = data.principal.split(":")[0];
   state.accounts = data.accounts;
+  state.accountsNext = data.next;
+  $("accounts-more").hidden = !data.next;
   const who = $("who");
   who.textContent = `${state.session.email} · ${describePrincipal(data.principal)}`;
   who.hidden = false;
@@ -1090,6 +1101,20 @@ function wire() {
     }
   });
   $("sign-out").addEventListener("click", () => signOut());
+  $("account-search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.accountSearch = $("account-search").value.trim();
+    loadAccounts(false).catch(report);
+  });
+  $("accounts-more").addEventListener("click", async () => {
+    try {
+      const data = await busy($("accounts-more"), () => api("GET", accountsQuery(state.accountsNext)));
+      state.accounts = state.accounts.concat(data.accounts);
+      state.accountsNext = data.next;
+      $("accounts-more").hidden = !data.next;
+      renderAccounts();
+    } catch (error) { report(error); }
+  });
   $("create-key").addEventListener("click", openCreate);
   $("create-form").addEventListener("submit", createKey);
   // A new key leaves the page the moment its dialog closes: wiped before close() (a Close/Done button) or on
