@@ -455,12 +455,13 @@ def test_function_policies_are_least_privilege(cfn):
     # records. Nothing of the catalog or the rate-limit counters, no DeleteItem (a deleted key stays, marked).
     assert granted["DashboardFunctionRole"] == {
         "dynamodb:GetItem": {"ApiKeysTable", "AccountsTable", "UsageTable"},  # UsageTable: idempotency markers
-        # the items behind a keys-only index; keys' all-time usage totals (their request count and spend)
-        "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable", "UsageRollupsTable"},
+        # the items behind a keys-only index (UsageTable: a key's records behind by_key_shard, issue 23); keys'
+        # all-time usage totals (their request count and spend)
+        "dynamodb:BatchGetItem": {"ApiKeysTable", "AccountsTable", "UsageTable", "UsageRollupsTable"},
         # UsageRollupsTable: a new account's all-time totals item, opened with it (its ledger: balance alerts)
         "dynamodb:PutItem": {"ApiKeysTable", "AccountsTable", "UsageTable", "UsageRollupsTable"},
         "dynamodb:UpdateItem": {"ApiKeysTable", "AccountsTable"},
-        "dynamodb:Scan": {"AccountsTable"},
+        "dynamodb:Scan": {"AccountsTable"},  # the margin report's every account (lists are Queries: by_name)
         "dynamodb:Query": {"ApiKeysTable", "AccountsTable", "UsageTable", "UsageRollupsTable"},
     }
     # The rollup: the Usage table's stream only (through its event source mapping), its own table.
@@ -499,7 +500,10 @@ def test_function_policies_are_least_privilege(cfn):
         if "Fn::Sub" in r
     }
     assert dashboard_indexes == {"${ApiKeysTable.Arn}/index/by_account", "${ApiKeysTable.Arn}/index/by_key_id",
-                                 "${AccountsTable.Arn}/index/by_owner"}
+                                 "${AccountsTable.Arn}/index/by_owner",
+                                 # issue 23: pages of accounts by name, one key's usage
+                                 "${AccountsTable.Arn}/index/by_name", "${AccountsTable.Arn}/index/by_owner_name",
+                                 "${UsageTable.Arn}/index/by_key_shard"}
     for role, index in (("SecretScanningFunctionRole", "by_key_id"), ("KeyExpiryFunctionRole", "by_expiry")):
         assert {r["Fn::Sub"] for st in _statements(roles[role]) for r in _as_list(st["Resource"])
                 if "Fn::Sub" in r} == {f"${{ApiKeysTable.Arn}}/index/{index}"}, role

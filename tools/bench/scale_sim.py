@@ -95,6 +95,7 @@ ROLES = {  # role -> (table, index or None, partition template)
     "usage": ("usage", None, "{account}"),
     "usage_by_key": ("usage", "by_key", "{key}"),
     "open_holds": ("usage", "open_holds", "{open_shard}"),
+    "usage_by_key_shard": ("usage", "by_key_shard", "{key}"),  # issue 23: `<key_id>[#<shard>]`, put by the hold
 }
 
 
@@ -177,7 +178,7 @@ ACCOUNT_KEYS = 100  # the one-account scenario: its traffic comes from this many
 # What the recorded after-pattern spreads over an account's N shards (its bench account has one, recorded as the
 # bare id): the balance shard, the usage records' partition and the key's rate-limit counter (issue 16). The
 # key item is read before each hold and written (last_used_at) at most once a second (onysoft.key_use).
-SHARDED = {"account", "usage", "rate"}
+SHARDED = {"account", "usage", "rate", "usage_by_key_shard"}  # a key's by_key_shard entries follow its records
 KEY_WRITES_PER_SECOND = 1
 
 

@@ -14,7 +14,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   config: null, session: null, refreshTimer: null, principal: null, kind: null,
-  accounts: [], accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
+  accounts: [], accountsNext: null, accountSearch: "", accountId: null, keys: [], usage: null, auditNext: null, challenge: null, deleting: null,
   rotating: null,
   margin: null, statement: null, mfaOn: null,
 };
@@ -304,8 +304,8 @@ function signOut(message) {
   // RevokeToken ends this sign-in's refresh token and the access tokens it issued (the app client has
   // EnableTokenRevocation); an ID token cannot be revoked, so it is short (15 minutes).
   if (refreshToken) cognito("RevokeToken", { Token: refreshToken, ClientId: state.config.clientId }).catch(() => {});
-  Object.assign(state, { principal: null, accounts: [], accountId: null, keys: [], usage: null, margin: null,
-    challenge: null, mfaOn: null });
+  Object.assign(state, { principal: null, accounts: [], accountsNext: null, accountSearch: "", accountId: null,
+    keys: [], usage: null, margin: null, challenge: null, mfaOn: null });
   $("margin").hidden = true;
   $("who").hidden = true;
   $("sign-out").hidden = true;
@@ -374,11 +374,22 @@ async function enterApp() {
   await loadMfaState();
 }
 
+// Accounts come a page at a time, by name (issue 23): `search` narrows them, "More accounts" adds the next page.
+function accountsQuery(cursor) {
+  const query = new URLSearchParams();
+  if (state.accountSearch) query.set("search", state.accountSearch);
+  if (cursor) query.set("cursor", cursor);
+  const text = query.toString();
+  return text ? `accounts?${text}` : "accounts";
+}
+
 async function loadAccounts(keepSelection = true) {
-  const data = await api("GET", "accounts");
+  const data = await api("GET", accountsQuery(null));
   state.principal = data.principal;
   state.kind = data.principal.split(":")[0];
   state.accounts = data.accounts;
+  state.accountsNext = data.next;
+  $("accounts-more").hidden = !data.next;
   const who = $("who");
   who.textContent = `${state.session.email} · ${describePrincipal(data.principal)}`;
   who.hidden = false;
@@ -1237,6 +1248,20 @@ function wire() {
   $("mfa-setup-later").addEventListener("click", () => enterApp().catch(report));
   $("mfa-open").addEventListener("click", () => startMfaSetup().catch(report));
   $("sign-out").addEventListener("click", () => signOut());
+  $("account-search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.accountSearch = $("account-search").value.trim();
+    loadAccounts(false).catch(report);
+  });
+  $("accounts-more").addEventListener("click", async () => {
+    try {
+      const data = await busy($("accounts-more"), () => api("GET", accountsQuery(state.accountsNext)));
+      state.accounts = state.accounts.concat(data.accounts);
+      state.accountsNext = data.next;
+      $("accounts-more").hidden = !data.next;
+      renderAccounts();
+    } catch (error) { report(error); }
+  });
   $("create-key").addEventListener("click", openCreate);
   $("create-form").addEventListener("submit", createKey);
   // A new key leaves the page the moment its dialog closes: wiped before close() (a Close/Done button) or on

@@ -105,5 +105,6 @@ def well_formed(raw: dict) -> Account | None:
 
 
 def skipped_items(account_ids: list[str]) -> None:
+    telemetry.logger()  # `onysoft.*` loggers write through Powertools' JSON formatter (ids as keys)
     log.warning("malformed account items skipped", extra={"account_ids": account_ids, "count": len(account_ids)})
     telemetry.malformed_items(len(account_ids), "accounts")
