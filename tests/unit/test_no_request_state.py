@@ -1,0 +1,59 @@
+"""No request's state in a module of the proxy (issue 25): on managed instances one process serves many requests at
+once, so a module-level container or a `global` the request path writes would mix them. Every mutable thing a module
+of the proxy's path keeps is listed here with why it is the process's, not a request's; a new one fails until it is
+(a request's state belongs in a context variable or a local)."""
+
+import ast
+import importlib
+import inspect
+import sys
+
+PROCESS_WIDE = {
+    ("onysoft.catalog", "catalog_cache"): "the 60 s catalog cache, the same for every request (loads under a lock)",
+    ("onysoft.forwarding", "catalog_cache"): "the same cache, imported",
+    ("onysoft.proxy_app", "catalog_cache"): "the same cache, imported",
+    ("onysoft.forwarding", "_closing"): "stream relays still settling, which the process's stop waits for",
+    ("onysoft.models", "_shared_clients"): "one botocore client per DynamoDB endpoint for the process",
+    ("onysoft.upstream", "_clients"): "one httpx client (connection pool) per provider for the process",
+    ("onysoft.events", "_clients"): "one EventBridge client per endpoint for the process (under its lock)",
+}
+GLOBALS_WRITTEN = {
+    ("onysoft.telemetry", "_logger"): "the Powertools logger, made once",
+}
+PROXY_ENTRY_POINTS = ("onysoft.proxy_app", "onysoft.count_tokens", "onysoft.balance_alerts")
+
+
+def _proxy_modules():
+    for name in PROXY_ENTRY_POINTS:
+        importlib.import_module(name)
+    return {name: module for name, module in sys.modules.items() if name == "onysoft" or name.startswith("onysoft.")}
+
+
+def _constant(name: str) -> bool:
+    return name.lstrip("_").isupper()  # UPSTREAM_PATHS, _TRANSACT_ITEM_ACTIONS: tables, never written
+
+
+def test_module_level_mutable_state_is_only_the_processs():
+    found = set()
+    for name, module in _proxy_modules().items():
+        for attr, value in vars(module).items():
+            if attr.startswith("__") or _constant(attr) or inspect.ismodule(value) or isinstance(value, type):
+                continue
+            mutable = isinstance(value, dict | list | set | bytearray) or (
+                type(value).__module__.startswith("onysoft") and not callable(value))
+            if mutable:
+                found.add((name, attr))
+    assert found <= set(PROCESS_WIDE), f"module-level state not known to be the process's: {found - set(PROCESS_WIDE)}"
+
+
+def test_no_function_of_the_proxy_rebinds_a_global_but_the_known_ones():
+    written = set()
+    for name, module in _proxy_modules().items():
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Global):
+                written |= {(name, each) for each in node.names}
+    assert written <= set(GLOBALS_WRITTEN), f"globals rebound at run time: {written - set(GLOBALS_WRITTEN)}"
