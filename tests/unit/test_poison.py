@@ -241,7 +241,8 @@ def test_a_watched_key_item_the_model_cannot_read_is_skipped_alone(aws_tables, t
     _dynamodb().update_item(TableName=config.table_name("ONYSOFT_TABLE_API_KEYS"),
                             Key={"key_hash": {"S": bad.key_hash}}, UpdateExpression="SET rpm = :n",
                             ExpressionAttributeValues={":n": {"S": "60"}})  # a number stored as text
-    result = key_expiry.run(now)
+    monkeypatch.setattr(clock, "utc_now", lambda: now)
+    result = load_function_module("key_expiry").handler({"source": "aws.scheduler"}, None)  # as KeyExpiryFunction
     assert (result["1d"], result["failures"]) == (1, 1)
 
 
