@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import boto3
 import pytest
+from botocore import exceptions as bexc
 from pynamodb.exceptions import PutError
 
 from onysoft import clock, config, events, key_expiry, rollup_quarantine, sweeper, usage_rollup
@@ -204,9 +205,7 @@ def test_the_rollup_handler_counts_what_it_set_aside_in_a_metric(tables, monkeyp
 
 
 def _throttling():
-    from botocore.exceptions import ClientError
-
-    return ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+    return bexc.ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
                        "TransactWriteItems")
 
 
@@ -289,3 +288,18 @@ def test_the_operator_lists_and_retries_quarantined_holds_and_replays_set_aside_
     assert cli_json("rollups", "replay", "--id", aside["id"]) == {"replayed": 1, "still_quarantined": 0,
                                                                   "failures": []}
     assert all_time("key_cli")["requests"] == 1 and cli_json("rollups", "quarantined") == {"records": []}
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (PutError("throttled", cause=_throttling()), True),
+    (PutError("denied", cause=bexc.ClientError(
+        {"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "PutItem")), True),  # a role gone wrong
+    (bexc.EndpointConnectionError(endpoint_url="http://x"), True),
+    (usage_rollup.RollupConflict(), True),
+    (PutError("too long", cause=bexc.ClientError(
+        {"Error": {"Code": "ValidationException", "Message": "key too long"}}, "PutItem")), False),
+    (ValueError("invalid literal for int() with base 10: '1.5'"), False),
+])
+def test_only_what_the_record_holds_sets_it_aside(exc, transient):
+    """A throttle, an outage or a wrong permission would set every record aside: those retry the batch instead."""
+    assert rollup_quarantine.is_transient(exc) is transient
