@@ -303,3 +303,16 @@ def test_the_operator_lists_and_retries_quarantined_holds_and_replays_set_aside_
 def test_only_what_the_record_holds_sets_it_aside(exc, transient):
     """A throttle, an outage or a wrong permission would set every record aside: those retry the batch instead."""
     assert rollup_quarantine.is_transient(exc) is transient
+
+
+def test_a_record_set_aside_does_not_stop_the_batchs_balance_alerts(monkeypatch):
+    from onysoft import balance_alerts
+
+    checked = []
+    monkeypatch.setattr(balance_alerts, "check_accounts", lambda accounts: checked.extend(accounts) or 0)
+    monkeypatch.setattr(balance_alerts, "check_spend_limits", lambda spends: 0)
+    image = {"account_id": {"S": "acct_bad"}, "status": {"S": "settled"}, "spend_period": {"S": "2026-11"},
+             "spend_limit_micros": {"N": "1.5"}, "key_hash": {"S": "h"}}
+    good = {"account_id": {"S": "acct_good"}, "status": {"S": "settled"}}
+    balance_alerts.after_rollup([{"dynamodb": {"NewImage": image}}, {"dynamodb": {"NewImage": good}}])
+    assert checked == ["acct_bad", "acct_good"]
