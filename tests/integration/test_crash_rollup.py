@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.integration.conftest import process_gone
 from tests.integration.test_local_durability import CHAT, bench_key
@@ -19,6 +20,9 @@ from tests.integration.test_local_durability import CHAT, bench_key
 REQUESTS = 1000
 PARALLEL = 8
 RESTART_WAIT = 150.0  # seconds the issue gave the rollup after the restart
+# A watchdog for a hang, not a time limit: the 1,000 requests take about a minute on a quiet machine and took
+# over 5 (pytest's default watchdog) on a 2-core machine shared by eight test runs.
+pytestmark = pytest.mark.timeout(1200)
 
 
 def _kill_gateway(dev) -> None:
