@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import boto3
 import pytest
+from botocore import exceptions as bexc
 from pynamodb.exceptions import PutError
 
 from onysoft import clock, config, events, key_expiry, rollup_quarantine, sweeper, usage_rollup
@@ -204,9 +205,7 @@ def test_the_rollup_handler_counts_what_it_set_aside_in_a_metric(tables, monkeyp
 
 
 def _throttling():
-    from botocore.exceptions import ClientError
-
-    return ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+    return bexc.ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
                        "TransactWriteItems")
 
 
@@ -241,7 +240,8 @@ def test_a_watched_key_item_the_model_cannot_read_is_skipped_alone(aws_tables, t
     _dynamodb().update_item(TableName=config.table_name("ONYSOFT_TABLE_API_KEYS"),
                             Key={"key_hash": {"S": bad.key_hash}}, UpdateExpression="SET rpm = :n",
                             ExpressionAttributeValues={":n": {"S": "60"}})  # a number stored as text
-    result = key_expiry.run(now)
+    monkeypatch.setattr(clock, "utc_now", lambda: now)
+    result = load_function_module("key_expiry").handler({"source": "aws.scheduler"}, None)  # as KeyExpiryFunction
     assert (result["1d"], result["failures"]) == (1, 1)
 
 
@@ -288,3 +288,31 @@ def test_the_operator_lists_and_retries_quarantined_holds_and_replays_set_aside_
     assert cli_json("rollups", "replay", "--id", aside["id"]) == {"replayed": 1, "still_quarantined": 0,
                                                                   "failures": []}
     assert all_time("key_cli")["requests"] == 1 and cli_json("rollups", "quarantined") == {"records": []}
+
+
+@pytest.mark.parametrize("exc, transient", [
+    (PutError("throttled", cause=_throttling()), True),
+    (PutError("denied", cause=bexc.ClientError(
+        {"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "PutItem")), True),  # a role gone wrong
+    (bexc.EndpointConnectionError(endpoint_url="http://x"), True),
+    (usage_rollup.RollupConflict(), True),
+    (PutError("too long", cause=bexc.ClientError(
+        {"Error": {"Code": "ValidationException", "Message": "key too long"}}, "PutItem")), False),
+    (ValueError("invalid literal for int() with base 10: '1.5'"), False),
+])
+def test_only_what_the_record_holds_sets_it_aside(exc, transient):
+    """A throttle, an outage or a wrong permission would set every record aside: those retry the batch instead."""
+    assert rollup_quarantine.is_transient(exc) is transient
+
+
+def test_a_record_set_aside_does_not_stop_the_batchs_balance_alerts(monkeypatch):
+    from onysoft import balance_alerts
+
+    checked = []
+    monkeypatch.setattr(balance_alerts, "check_accounts", lambda accounts: checked.extend(accounts) or 0)
+    monkeypatch.setattr(balance_alerts, "check_spend_limits", lambda spends: 0)
+    image = {"account_id": {"S": "acct_bad"}, "status": {"S": "settled"}, "spend_period": {"S": "2026-11"},
+             "spend_limit_micros": {"N": "1.5"}, "key_hash": {"S": "h"}}
+    good = {"account_id": {"S": "acct_good"}, "status": {"S": "settled"}}
+    balance_alerts.after_rollup([{"dynamodb": {"NewImage": image}}, {"dynamodb": {"NewImage": good}}])
+    assert checked == ["acct_bad", "acct_good"]

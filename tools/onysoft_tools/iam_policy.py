@@ -33,6 +33,9 @@ UNUSED_EXEMPT: dict[tuple[str, str, str], str] = {
     ("RollupFunction", "sqs:SendMessage", f"arn:{PARTITION}:sqs:{REGION}:{ACCOUNT}:RollupFailureQueue"):
         "Lambda's event source mapping sends a batch it gave up on to the on-failure queue with the function's "
         "role; no code of ours calls SQS, and locally the poller only retries",
+    ("KeyMailFunction", "sqs:SendMessage", f"arn:{PARTITION}:sqs:{REGION}:{ACCOUNT}:KeyMailFailureQueue"):
+        "Lambda's asynchronous invocation sends an event the function failed on to its on-failure destination with "
+        "the function's role (issue 23); no code of ours calls SQS, and nothing is mailed locally",
 }
 
 

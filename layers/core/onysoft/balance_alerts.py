@@ -229,10 +229,14 @@ def after_rollup(records: list[dict]) -> int:
             if not partition.startswith("acct_"):
                 continue
             accounts.append(partition.partition("#")[0])
-            if _value(image, "status") == "settled" and _value(image, "spend_period") and \
-                    _value(image, "spend_limit_micros") and _value(image, "key_hash"):
-                spends.append(LimitedSpend(_value(image, "key_hash"), _value(image, "key_id") or "",
-                                           _value(image, "spend_period"), int(_value(image, "spend_limit_micros"))))
+            try:
+                if _value(image, "status") == "settled" and _value(image, "spend_period") and \
+                        _value(image, "spend_limit_micros") and _value(image, "key_hash"):
+                    spends.append(LimitedSpend(_value(image, "key_hash"), _value(image, "key_id") or "",
+                                               _value(image, "spend_period"),
+                                               int(_value(image, "spend_limit_micros"))))
+            except ValueError:  # a record the rollup set aside (issue 23): the batch's other alerts still run
+                continue
         return check_accounts(accounts) + check_spend_limits(dict.fromkeys(spends))
     except Exception:  # noqa: BLE001 - alerts never fail the rollup
         logger.exception("balance alerts not checked for this batch")

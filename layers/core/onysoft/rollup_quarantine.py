@@ -12,9 +12,9 @@ stream, with the record's marker (onysoft.usage_rollup), so a record counts exac
 quarantined or replayed. For that the marker must outlive the quarantine: setting a record aside removes its
 marker's expiry, and a replay's write gives it one again.
 
-Transient errors (throttling, conflicts that outlast the retries, a DynamoDB outage) are not poison: the batch is
-reported failed from there and retried in order, as before. Writing the quarantine item is itself a write: if it
-fails, the record is reported failed too, never dropped.
+Transient errors (throttling, conflicts that outlast the retries, a DynamoDB outage, a missing permission) are not
+poison: the batch is reported failed from there and retried in order, as before. Writing the quarantine item is
+itself a write: if it fails, the record is reported failed too, never dropped.
 """
 
 from __future__ import annotations
@@ -31,27 +31,28 @@ from onysoft.models import UsageRollup
 logger = logging.getLogger("onysoft.rollup_quarantine")
 
 PK = "quarantine#rollup"
-TRANSIENT_CODES = frozenset({
-    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
-    "InternalServerError", "ServiceUnavailable", "TransactionConflictException",
-    "TransactionInProgressException", "LimitExceededException", "ThrottlingError", "TransactionConflict",
-    "ProvisionedThroughputExceeded",
-})
+# DynamoDB's answer to a request that can never succeed as it is (a key too long, an item too large…): the
+# record's fault, like a value our code cannot read. Any other DynamoDB or network error says nothing about it.
+RECORD_ERRORS = frozenset({"ValidationException", "ValidationError", "ItemCollectionSizeLimitExceededException"})
 
 
 def is_transient(exc: BaseException) -> bool:
-    """An error that says nothing about the record: the same write may succeed later."""
+    """An error that says nothing about the record (throttling, a conflict past the retries, an outage, a role or a
+    table gone wrong): the same write may succeed later, so the batch is retried, never set aside. Poison is the
+    rest: our code could not read the record, or DynamoDB refused the write for what it holds."""
     from onysoft.usage_rollup import RollupConflict
 
-    if isinstance(exc, RollupConflict | bexc.ConnectionError | bexc.HTTPClientError):
+    if isinstance(exc, RollupConflict):
         return True
     if isinstance(exc, TransactWriteError):
-        codes = {r.code for r in (exc.cancellation_reasons or []) if r is not None}
-        if codes & TRANSIENT_CODES:
-            return True
+        codes = {r.code for r in (exc.cancellation_reasons or []) if r is not None and r.code != "None"}
+        if codes & RECORD_ERRORS:
+            return False
     if isinstance(exc, PynamoDBException):
-        return exc.cause_response_code in TRANSIENT_CODES or isinstance(exc.cause, bexc.ConnectionError)
-    return isinstance(exc, bexc.ClientError) and exc.response.get("Error", {}).get("Code") in TRANSIENT_CODES
+        return exc.cause_response_code not in RECORD_ERRORS
+    if isinstance(exc, bexc.ClientError):
+        return exc.response.get("Error", {}).get("Code") not in RECORD_ERRORS
+    return isinstance(exc, bexc.BotoCoreError)  # connection, timeout, credentials: not the record's
 
 
 def _client():
