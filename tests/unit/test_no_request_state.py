@@ -6,6 +6,8 @@ of the proxy's path keeps is listed here with why it is the process's, not a req
 import ast
 import importlib
 import inspect
+import os
+import subprocess
 import sys
 
 PROCESS_WIDE = {
@@ -16,17 +18,24 @@ PROCESS_WIDE = {
     ("onysoft.models", "_shared_clients"): "one botocore client per DynamoDB endpoint for the process",
     ("onysoft.upstream", "_clients"): "one httpx client (connection pool) per provider for the process",
     ("onysoft.events", "_clients"): "one EventBridge client per endpoint for the process (under its lock)",
+    ("onysoft.circuit_breaker", "_breakers"): "one breaker per provider: the process's view of it (under its lock)",
 }
 GLOBALS_WRITTEN = {
     ("onysoft.telemetry", "_logger"): "the Powertools logger, made once",
+    ("onysoft.circuit_breaker", "_settings"): "the breakers' settings, read from the environment once",
 }
 PROXY_ENTRY_POINTS = ("onysoft.proxy_app", "onysoft.count_tokens", "onysoft.balance_alerts")
 
 
 def _proxy_modules():
-    for name in PROXY_ENTRY_POINTS:
-        importlib.import_module(name)
-    return {name: module for name, module in sys.modules.items() if name == "onysoft" or name.startswith("onysoft.")}
+    """The modules the proxy's entry points import, found in a fresh interpreter: this one has imported whatever
+    earlier tests needed (the dashboard's modules among them), which the proxy never loads."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import importlib, sys\n"
+         f"for name in {PROXY_ENTRY_POINTS!r}: importlib.import_module(name)\n"
+         "print('\\n'.join(n for n in sys.modules if n == 'onysoft' or n.startswith('onysoft.')))"],
+        capture_output=True, text=True, check=True, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    return {name: importlib.import_module(name) for name in found.stdout.split()}
 
 
 def _constant(name: str) -> bool:
