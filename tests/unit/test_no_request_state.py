@@ -6,6 +6,7 @@ of the proxy's path keeps is listed here with why it is the process's, not a req
 import ast
 import importlib
 import inspect
+import subprocess
 import sys
 
 PROCESS_WIDE = {
@@ -24,9 +25,13 @@ PROXY_ENTRY_POINTS = ("onysoft.proxy_app", "onysoft.count_tokens", "onysoft.bala
 
 
 def _proxy_modules():
-    for name in PROXY_ENTRY_POINTS:
-        importlib.import_module(name)
-    return {name: module for name, module in sys.modules.items() if name == "onysoft" or name.startswith("onysoft.")}
+    """The onysoft modules the proxy's entry points import, in a fresh interpreter (this one has imported others)."""
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {PROXY_ENTRY_POINTS!r}]; "
+            "print(' '.join(m for m in sys.modules if m == 'onysoft' or m.startswith('onysoft.')))")
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           timeout=120).stdout.split()
+    assert "onysoft.forwarding" in names
+    return {name: importlib.import_module(name) for name in names}
 
 
 def _constant(name: str) -> bool:
