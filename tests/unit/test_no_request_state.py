@@ -6,7 +6,6 @@ of the proxy's path keeps is listed here with why it is the process's, not a req
 import ast
 import importlib
 import inspect
-import os
 import subprocess
 import sys
 
@@ -28,14 +27,13 @@ PROXY_ENTRY_POINTS = ("onysoft.proxy_app", "onysoft.count_tokens", "onysoft.bala
 
 
 def _proxy_modules():
-    """The modules the proxy's entry points import, found in a fresh interpreter: this one has imported whatever
-    earlier tests needed (the dashboard's modules among them), which the proxy never loads."""
-    found = subprocess.run(
-        [sys.executable, "-c", "import importlib, sys\n"
-         f"for name in {PROXY_ENTRY_POINTS!r}: importlib.import_module(name)\n"
-         "print('\\n'.join(n for n in sys.modules if n == 'onysoft' or n.startswith('onysoft.')))"],
-        capture_output=True, text=True, check=True, env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
-    return {name: importlib.import_module(name) for name in found.stdout.split()}
+    """The onysoft modules the proxy's entry points import, in a fresh interpreter (this one has imported others)."""
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {PROXY_ENTRY_POINTS!r}]; "
+            "print(' '.join(m for m in sys.modules if m == 'onysoft' or m.startswith('onysoft.')))")
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           timeout=120).stdout.split()
+    assert "onysoft.forwarding" in names
+    return {name: importlib.import_module(name) for name in names}
 
 
 def _constant(name: str) -> bool:
