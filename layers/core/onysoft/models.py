@@ -123,6 +123,14 @@ class Account(GatewayModel):
     alert_below_micros = NumberAttribute(null=True)  # Balance Low below this, in the account's currency
     alert_low_at = UnicodeAttribute(null=True)  # Balance Low fired (a top-up to the threshold re-arms it)
     alert_exhausted_at = UnicodeAttribute(null=True)  # Balance Exhausted fired (a top-up above zero re-arms it)
+    # Ceilings the operator set (onysoft.ceilings; absent: the key type's default): the most a tenant may give
+    # one key, and how many keys the account may have. `keys_count`: its keys that are not deleted, kept in the
+    # transaction that creates or deletes one (absent: not counted yet; counted at the next key creation).
+    ceiling_rpm = NumberAttribute(null=True)
+    ceiling_tpm = NumberAttribute(null=True)
+    ceiling_max_parallel = NumberAttribute(null=True)
+    ceiling_keys = NumberAttribute(null=True)
+    keys_count = NumberAttribute(null=True)
 
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
 
@@ -136,6 +144,18 @@ class BalanceShard(GatewayModel):
     account_id = UnicodeAttribute(hash_key=True)  # "<account_id>#<k>"
     shard_of = UnicodeAttribute(null=True)  # the account
     balance_micros = NumberAttribute(default=0)
+
+
+class OwnedAccounts(GatewayModel):
+    """How many accounts of one kind an org or partner owns, and the most it may own (onysoft.ceilings). In the
+    Accounts table under `owner#<owner>#<kind>` partition keys, never an account id; no `kind` or `owner`, so
+    in no index and in no list of accounts."""
+
+    Meta = _table_meta("ONYSOFT_TABLE_ACCOUNTS")
+
+    account_id = UnicodeAttribute(hash_key=True)  # owner#<owner>#<kind>
+    accounts_count = NumberAttribute(null=True)  # kept in the transaction that creates each account
+    ceiling_accounts = NumberAttribute(null=True)  # absent: the key type's default
 
 
 class UsageRecord(GatewayModel):
@@ -363,6 +383,7 @@ _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
     BalanceShard: "ONYSOFT_TABLE_ACCOUNTS",  # shares the Accounts table (its own partition keys)
+    OwnedAccounts: "ONYSOFT_TABLE_ACCOUNTS",  # likewise
     UsageRecord: "ONYSOFT_TABLE_USAGE",
     RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",
