@@ -119,7 +119,8 @@ def test_only_the_operator_sets_ceilings_and_it_is_not_bound_by_them(aws_tables)
 
 def test_the_key_count_is_the_keys_not_deleted_and_a_deletion_frees_a_place(aws_tables):
     customer = account_ops.create_account(PARTNER, kind="partner_customer")["account_id"]
-    account_ops.update_account(OPERATOR, customer, ceiling_values={"keys": 2})
+    shown = account_ops.update_account(OPERATOR, customer, ceiling_values={"keys": 2})["ceilings"]
+    assert shown["keys"] == 2 and shown["keys_used"] == 0  # a new account is counted from the start
     first = key_ops.create_key(PARTNER, customer)
     key_ops.create_key(PARTNER, customer)
     error = refused(lambda: key_ops.create_key(PARTNER, customer), 403, "keys_ceiling_reached")

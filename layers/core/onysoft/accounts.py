@@ -32,7 +32,7 @@ def create_account(kind: str, *, name: str = "", owner: str | None = None,
     account = Account(
         account_id=new_account_id(), kind=kind, currency=key_type.currency, name=name,
         owner=owner or None, balance_micros=0, topped_up_micros=0, markup_bp=markup_bp,
-        created_at=clock.now_iso(),
+        created_at=clock.now_iso(), keys_count=0,  # no keys yet: counted from the start (onysoft.ceilings)
     )
     if shards and shards > 1:  # one shard: no attribute, today's layout
         account.shards = account.shards_max = shards
