@@ -26,7 +26,7 @@ from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from onysoft import errors, expiry, mfa, money, principals
+from onysoft import ceilings, errors, expiry, mfa, money, principals
 from onysoft.audit import Actor
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts, keys, paging
@@ -101,6 +101,15 @@ class AccountUpdate(BaseModel):
         None, description="a Balance Low event when the balance crosses below this (the account's currency); 0: none")
     max_parallel: int | None = Field(None, ge=0, le=100_000, description="requests in flight at once over all the "
                                                                         "account's keys (operator only); 0: no limit")
+    # The operator's ceilings (onysoft.ceilings; 0: back to the key type's default).
+    ceiling_rpm: int | None = Field(None, ge=0, le=1_000_000, description="operator: the most rpm a tenant may "
+                                                                          "give one of this account's keys")
+    ceiling_tpm: int | None = Field(None, ge=0, le=1_000_000_000, description="operator: likewise, tpm")
+    ceiling_max_parallel: int | None = Field(None, ge=0, le=100_000, description="operator: likewise, max_parallel")
+    ceiling_keys: int | None = Field(None, ge=0, le=100_000, description="operator: how many keys the account may "
+                                                                         "have (not deleted)")
+    ceiling_accounts: int | None = Field(None, ge=0, le=1_000_000, description="operator: how many accounts of "
+                                                                               "this kind its owner may have")
 
 
 class TopUp(BaseModel):
@@ -123,6 +132,17 @@ class KeyCreate(BaseModel):
     spend_limit: Decimal | None = Field(None, gt=0, le=1_000_000_000, decimal_places=6,
                                         description="most this key may spend, in the account's currency; default: "
                                                     "no limit but the balance")
+
+
+class KeyUpdate(BaseModel):
+    """A key's limits: a value changes one, null takes it back to its default (a field left out: unchanged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, le=1_000_000, description="requests per minute; null: the default")
+    tpm: int | None = Field(None, ge=1, le=1_000_000_000, description="tokens per minute; null: the default")
+    max_parallel: int | None = Field(None, ge=0, le=100_000, description="requests in flight at once; null or 0: "
+                                                                        "no limit (a tenant's key: the ceiling)")
 
 
 class KeyRotate(BaseModel):
@@ -212,13 +232,15 @@ def create_account(body: AccountCreate):
 
 
 @app.patch("/dashboard/accounts/<account_id>",
-           summary="Change an account's markup (partner, operator), name, balance alert threshold or max_parallel "
+           summary="Change an account's markup (partner, operator), name, balance alert threshold, max_parallel or "
+                   "ceilings "
                    "(operator)",
            responses=_responses(200, "The account", 403, 404))
 def update_account(account_id: str, body: AccountUpdate) -> dict:
     alert = None if body.alert_below is None else int(body.alert_below * money.MICROS_PER_UNIT)
+    given = {name: getattr(body, f"ceiling_{name}") for name in ceilings.NAMES}
     return accounts.update_account(_actor(), account_id, markup_bp=_markup_bp(body.markup_pct), name=body.name,
-                                   alert_below_micros=alert, max_parallel=body.max_parallel)
+                                   alert_below_micros=alert, max_parallel=body.max_parallel, ceiling_values=given)
 
 
 @app.post("/dashboard/accounts/<account_id>/topup", summary="Add to an account's balance (operator only)",
@@ -253,6 +275,14 @@ def create_key(account_id: str, body: KeyCreate):
             responses=_responses(200, "The deleted key's record", 404))
 def delete_key(key_id: str) -> dict:
     return keys.delete_key(_actor(), key_id)
+
+
+@app.patch("/dashboard/keys/<key_id>",
+           summary="Change an API key's rpm or tpm (a tenant's: at most its account's ceilings)",
+           responses=_responses(200, "The key's record", 404))
+def update_key(key_id: str, body: KeyUpdate) -> dict:
+    # Only the fields sent: one left out stays as it is (an empty body answers the key unchanged).
+    return keys.update_key(_actor(), key_id, **{name: getattr(body, name) for name in body.model_fields_set})
 
 
 @app.post("/dashboard/keys/<key_id>/rotate",

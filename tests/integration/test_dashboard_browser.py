@@ -435,6 +435,9 @@ def test_a_partner_creates_a_customer_and_a_key_for_it(gateway, open_page, tmp_p
     accounts = page.get_by_role("table").first
     expect(accounts.get_by_role("row").filter(has_text="Kahve Dükkanı")).to_contain_text("45%")
     expect(accounts).to_contain_text("₺0.00")
+    # The platform's ceilings on it, with the counts (issue 23): the key type's defaults.
+    expect(page.get_by_role("definition").filter(has_text="rpm 600")).to_have_text(
+        "rpm 600 · tpm 2,000,000 · parallel 20 · keys 0 of 20 · accounts 1 of 1,000")
 
     markup = page.get_by_role("form", name="Account markup")
     watched.expect_console_error(r"status of 400")  # the API refuses a markup out of range, in words

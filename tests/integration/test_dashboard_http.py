@@ -203,7 +203,8 @@ def _request(route: template.Route, account: str, key_id: str) -> tuple[str, dic
             "PATCH /dashboard/accounts/{account_id}": {"name": "taken"},
             "POST /dashboard/accounts/{account_id}/topup": {"amount": "1"},
             "POST /dashboard/accounts/{account_id}/keys": {"name": "sneaky"},
-            "POST /dashboard/keys/{key_id}/rotate": {"grace": "now"}}.get(f"{route.method} {route.path}")
+            "POST /dashboard/keys/{key_id}/rotate": {"grace": "now"},
+            "PATCH /dashboard/keys/{key_id}": {"rpm": 5}}.get(f"{route.method} {route.path}")
     params = {"account_id": account} if route.path == "/dashboard/audit" else {}
     if route.path.endswith("/statement"):
         params = {"month": time.strftime("%Y-%m", time.gmtime())}
@@ -220,7 +221,7 @@ def test_every_route_needs_a_token_and_hides_other_tenants(gateway, user):
     partner = token(gateway, "partner:someone-else")
     expired = expired_copy(user[1])  # the user's own token, one minute past its expiry
     routes = _routes()
-    assert len(routes) == 15  # 12 API routes behind the authorizer; docs, the app's files and config.json
+    assert len(routes) == 16  # 13 API routes behind the authorizer; docs, the app's files and config.json
     for route in routes:
         if route.authorizer is None:
             continue

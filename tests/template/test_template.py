@@ -228,7 +228,7 @@ def test_dashboard_routes_use_cognito_and_do_not_stream(cfn):
     body = _rest_api_body(cfn)
     methods = [(path, method, operation) for path, method, operation in _methods(body)
                if path.startswith("/dashboard")]
-    assert len(methods) == 16
+    assert len(methods) == 17  # + PATCH /dashboard/keys/{key_id} (issue 23: a key's limits, within the ceilings)
     # Opened by a browser before anyone signs in, and holding no data: Swagger UI, the web app's files and the
     # public sign-in settings (the app client id). Everything else needs the user pool's ID token.
     public = {("GET", "/dashboard/docs"), ("GET", "/dashboard"), ("GET", "/dashboard/static/{file}"),

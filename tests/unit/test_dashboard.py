@@ -30,6 +30,7 @@ ROUTES = [
     ("GET", "/dashboard/accounts/{account_id}/keys"),
     ("POST", "/dashboard/accounts/{account_id}/keys"),
     ("DELETE", "/dashboard/keys/{key_id}"),
+    ("PATCH", "/dashboard/keys/{key_id}"),
     ("POST", "/dashboard/keys/{key_id}/rotate"),
     ("GET", "/dashboard/accounts/{account_id}/usage"),
     ("GET", "/dashboard/audit"),
@@ -327,6 +328,7 @@ def _route_call(world, method: str, resource: str, account: str | None, key: str
         ("POST", "/dashboard/accounts/{account_id}/topup"): {"amount": "1"},
         ("POST", "/dashboard/accounts/{account_id}/keys"): {"name": "sneaky"},
         ("POST", "/dashboard/keys/{key_id}/rotate"): {"grace": "1h"},
+        ("PATCH", "/dashboard/keys/{key_id}"): {"rpm": 5},
     }.get((method, resource))
     query = {"account_id": account} if resource == "/dashboard/audit" else None
     if resource.endswith("/statement"):

@@ -39,7 +39,8 @@ def test_every_table_has_a_model_with_the_same_keys_and_indexes():
 # Models that share a table with its main model, under partition keys of their own.
 SHARED_TABLE_MODELS = {models.AuditRecord: "UsageTable", models.IdempotencyRecord: "UsageTable",
                        models.TopUpRecord: "UsageTable", models.StatementRecord: "UsageTable",
-                       models.BalanceShard: "AccountsTable", models.RollupMarker: "UsageRollupsTable"}
+                       models.BalanceShard: "AccountsTable", models.OwnedAccounts: "AccountsTable",
+                       models.RollupMarker: "UsageRollupsTable"}
 
 
 def test_models_read_their_table_names_from_the_template_environment_variables():

@@ -460,6 +460,15 @@ function renderNewAccountForm() {
   $("new-account-markup-field").hidden = kind === "project"; // a project's markup is the platform's
 }
 
+// The platform's ceilings on the account (issue 23): the most one key may have, and the counts against them.
+function ceilingsText(c) {
+  const used = (n, top) => (n === null || n === undefined ? `${top}` : `${n} of ${top}`);
+  const parts = [`rpm ${c.rpm.toLocaleString("en-US")}`, `tpm ${c.tpm.toLocaleString("en-US")}`, `parallel ${c.max_parallel}`,
+    `keys ${used(c.keys_used, c.keys)}`];
+  if (c.accounts !== null) parts.push(`accounts ${used(c.accounts_used, c.accounts.toLocaleString("en-US"))}`);
+  return parts.join(" · ");
+}
+
 function currentAccount() { return state.accounts.find((a) => a.account_id === state.accountId) || null; }
 
 async function selectAccount(accountId) {
@@ -479,6 +488,7 @@ async function selectAccount(accountId) {
     ...item("Max parallel", account.max_parallel ? `${account.max_parallel} requests in flight` : "No limit"),
     ...item("Account ID", h("span", { class: "mono" }, account.account_id)),
     ...(account.owner ? item("Owner", account.owner) : []),
+    ...(account.ceilings ? item("Ceilings", ceilingsText(account.ceilings)) : []),
   );
   const mayMarkup = state.kind === "operator" || (state.kind === "partner" && account.kind.startsWith("partner_"));
   $("markup-form").hidden = !mayMarkup;

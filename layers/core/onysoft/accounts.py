@@ -2,7 +2,7 @@
 
 import secrets
 
-from onysoft import account_index, balances, clock, topups, usage_rollup, writes
+from onysoft import account_index, balances, ceilings, clock, topups, usage_rollup, writes
 from onysoft.key_types import ACCOUNT_KINDS, key_type_for_account_kind
 from onysoft.models import Account
 
@@ -17,7 +17,10 @@ def new_account_id() -> str:
 
 def create_account(kind: str, *, name: str = "", owner: str | None = None,
                    markup_bp: int | None = None, companions: writes.Companions = None,
-                   shards: int | None = None) -> Account:
+                   shards: int | None = None, enforce_ceilings: bool = False) -> Account:
+    """A new account; one owned by an org or partner is counted for its owner in the same transaction, and with
+    `enforce_ceilings` (a tenant creating it) refused when the owner has as many as its ceiling
+    (ceilings.CeilingReached)."""
     if kind not in ACCOUNT_KINDS:
         raise AccountError(f"unknown account kind {kind!r}; one of: {', '.join(ACCOUNT_KINDS)}")
     key_type = key_type_for_account_kind(kind)
@@ -29,14 +32,17 @@ def create_account(kind: str, *, name: str = "", owner: str | None = None,
     account = Account(
         account_id=new_account_id(), kind=kind, currency=key_type.currency, name=name,
         owner=owner or None, balance_micros=0, topped_up_micros=0, markup_bp=markup_bp,
-        created_at=clock.now_iso(),
+        created_at=clock.now_iso(), keys_count=0,  # no keys yet: counted from the start (onysoft.ceilings)
     )
     if shards and shards > 1:  # one shard: no attribute, today's layout
         account.shards = account.shards_max = shards
     account_index.index_attributes(account)  # in the dashboard's pages by name
     # Its all-time usage totals open with it (onysoft.usage_rollup): its ledger is complete from the start.
     opened = lambda item: [usage_rollup.opened_account_total(item.account_id, item.currency, item.created_at)]  # noqa: E731
-    writes.save(account, Account.account_id.does_not_exist(), writes.together(companions, opened))
+    ceilings.counted(
+        lambda: ceilings.account_guard(kind, owner, enforce=enforce_ceilings) if owner else None,
+        lambda guard: writes.save(account, Account.account_id.does_not_exist(), writes.together(companions, opened),
+                                  guards=[guard] if guard else ()))
     return account
 
 
@@ -120,7 +126,8 @@ def _alert_actions(account: Account, alert_below_micros: int) -> list:
 
 def update_account(account_id: str, *, markup_bp: int | None = None, name: str | None = None,
                    companions: writes.Companions = None, shards: int | None = None,
-                   alert_below_micros: int | None = None, max_parallel: int | None = None) -> Account:
+                   alert_below_micros: int | None = None, max_parallel: int | None = None,
+                   ceiling_change: ceilings.Change | None = None) -> Account:
     """Set an account's markup (within its kind's bounds), name, balance shards and/or Balance Low threshold
     (0: none). Keys see a new markup or shard count once the authorizer's cached answer for them expires
     (ReauthorizeEvery)."""
@@ -140,9 +147,16 @@ def update_account(account_id: str, *, markup_bp: int | None = None, name: str |
         if max_parallel < 0:
             raise AccountError("max_parallel must be 0 (no limit) or a positive number")
         actions.append(Account.max_parallel.set(max_parallel) if max_parallel else Account.max_parallel.remove())
+    also = []
+    if ceiling_change:  # the operator's ceilings (onysoft.ceilings): `accounts` is on the owner's item
+        try:
+            also = ceiling_change.owner_update(account)
+        except ceilings.CeilingError as exc:
+            raise AccountError(str(exc)) from None
+        actions.extend(ceiling_change.account_actions() or [Account.markup_bp.set(int(account.markup_bp))])  # no-op
     if actions:
         try:
-            writes.update(account, actions, Account.account_id.exists(), companions)
+            writes.update(account, actions, Account.account_id.exists(), companions, also=also)
         except writes.ConditionFailed:
             raise AccountError(f"no account {account_id!r}") from None
     return account

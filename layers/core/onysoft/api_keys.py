@@ -10,7 +10,7 @@ leaked) and, while a grace lasts, older ones: lists and lookups by id show the c
 from dataclasses import dataclass
 from datetime import timedelta
 
-from onysoft import clock, expiry, keys, spend_limits, writes
+from onysoft import ceilings, clock, expiry, keys, spend_limits, writes
 from onysoft.accounts import AccountError, get_account
 from onysoft.key_types import key_type_for_account_kind
 from onysoft.models import ApiKey
@@ -56,7 +56,11 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
                models: list[str] | None = None, expires_at: str | None = None,
                spend_limit_micros: int | None = None, limit_reset: str | None = None,
                companions: writes.Companions = None, fallbacks: list[str] | None = None,
-               max_parallel: int | None = None) -> CreatedKey:
+               max_parallel: int | None = None, enforce_ceilings: bool = False) -> CreatedKey:
+    """A new key, counted on its account in the same transaction (onysoft.ceilings). With `enforce_ceilings` (a
+    tenant creating it), a limit above the account's ceiling is refused (ceilings.CeilingExceeded) and so is a
+    key past the account's key ceiling (ceilings.CeilingReached). A limit not given is the type's default, or the
+    account's ceiling where that is lower (a tenant's key without max_parallel: the ceiling)."""
     account = get_account(account_id)
     key_type = key_type_for_account_kind(account.kind)
     expires_at = _check_limits(rpm, tpm, spend_limit_micros, limit_reset, expires_at, max_parallel)
@@ -70,7 +74,16 @@ def create_key(account_id: str, *, name: str = "", rpm: int | None = None, tpm: 
         fallbacks=list(fallbacks) if fallbacks else None,
         expiry_watch=WATCH if expires_at else None,
     )
-    writes.save(record, ApiKey.key_hash.does_not_exist(), companions)
+    if enforce_ceilings:  # every limit the record has (rpm, tpm, and max_parallel where keys have it)
+        ceilings.check_key_limits(account, {name: getattr(record, name, None) for name in ceilings.KEY_LIMITS})
+    ceilings.fill_defaults(record, account, tenant=enforce_ceilings)
+
+    reads = iter([account])  # the account as read above; a retry reads its count again
+
+    def guard() -> writes.Guard:
+        return ceilings.key_guard(next(reads, None) or get_account(account_id), enforce=enforce_ceilings)
+
+    ceilings.counted(guard, lambda g: writes.save(record, ApiKey.key_hash.does_not_exist(), companions, guards=[g]))
     return CreatedKey(plaintext, record)
 
 
@@ -131,9 +144,11 @@ def delete_key(key_id: str, companions: writes.Companions = None) -> ApiKey:
     if record is None:
         raise KeyNotFound(f"no key {key_id!r}")
     now = clock.now_iso()
+    released = ceilings.key_released(get_account(record.account_id))  # its place on the account is free again
     try:
-        writes.update(record, [ApiKey.status.set(DELETED), ApiKey.deleted_at.set(now)],
-                      ApiKey.status.is_in(ACTIVE, LEAKED), companions, also=end_graces(records, now))
+        writes.retry_conflicts(lambda: writes.update(
+            record, [ApiKey.status.set(DELETED), ApiKey.deleted_at.set(now)], ApiKey.status.is_in(ACTIVE, LEAKED),
+            companions, also=[*end_graces(records, now), *released]))
     except writes.ConditionFailed:
         raise KeyNotFound(f"key {key_id!r} is already deleted") from None
     return record
@@ -204,10 +219,13 @@ UNSET = object()  # "leave as it is" for update_key_settings; None means "remove
 
 
 def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expires_at=UNSET,
-                        spend_limit_micros=UNSET, limit_reset=UNSET, max_parallel=UNSET) -> ApiKey:
+                        spend_limit_micros=UNSET, limit_reset=UNSET, max_parallel=UNSET,
+                        enforce_ceilings: bool = False) -> ApiKey:
     """Change an existing key's limits (on an old secret in its grace too: it is the same key). A new value
     reaches requests when the authorizer's cached answer for the key expires (ReauthorizeEvery); removal is
-    None."""
+    None, which is the type's default or the account's ceiling where that is lower. With `enforce_ceilings` (a
+    tenant changing it), a limit above the account's ceiling is refused (ceilings.CeilingExceeded): every limit
+    of ceilings.KEY_LIMITS that is among the changes."""
     records = records_of_key(key_id)
     record = current_of(records)
     if record is None:
@@ -217,6 +235,15 @@ def update_key_settings(key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expi
     changes = {name: value for name, value in dict(
         rpm=rpm, tpm=tpm, models=models, expires_at=expires_at, spend_limit_micros=spend_limit_micros,
         limit_reset=limit_reset, max_parallel=max_parallel).items() if value is not UNSET}
+    limits = {name: changes[name] for name in ceilings.KEY_LIMITS if name in changes}
+    if limits:
+        account = get_account(record.account_id)
+        if enforce_ceilings:
+            ceilings.check_key_limits(account, limits)
+        key_type = key_type_for_account_kind(account.kind)
+        for name, value in limits.items():  # back to the default: the ceiling where the default is above it
+            if value is None:
+                changes[name] = ceilings.default_under_ceiling(account, key_type, name, tenant=enforce_ceilings)
     merged = {field: changes.get(field, getattr(record, field)) for field in
               ("rpm", "tpm", "spend_limit_micros", "limit_reset", "expires_at", "max_parallel")}
     expires_at = _check_limits(merged["rpm"], merged["tpm"], merged["spend_limit_micros"], merged["limit_reset"],

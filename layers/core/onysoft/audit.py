@@ -88,9 +88,15 @@ def on_account_create(actor: Actor):
 
 
 def on_account_update(actor: Actor, account: Account, *, markup_bp: int | None, name: str | None,
-                      alert_below_micros: int | None = None, max_parallel: int | None = None):
-    """Only what changes is recorded; a change to nothing records nothing."""
+                      alert_below_micros: int | None = None, max_parallel: int | None = None,
+                      ceilings_before: dict | None = None, ceilings_after: dict | None = None):
+    """Only what changes is recorded; a change to nothing records nothing. Ceilings: `ceilings_before` is the
+    account's ceilings view, `ceilings_after` the operator's new values by name (0: back to the default)."""
     changes = {}
+    for ceiling, value in (ceilings_after or {}).items():
+        if ceilings_before is not None and (value or None) != (None if ceilings_before[f"{ceiling}_is_default"]
+                                                               else ceilings_before[ceiling]):
+            changes[f"ceiling_{ceiling}"] = {"from": ceilings_before[ceiling], "to": value or "default"}
     before = int(account.alert_below_micros) if account.alert_below_micros is not None else 0
     if alert_below_micros is not None and alert_below_micros != before:
         changes["alert_below"] = {"from": money.format_micros(before) if before else None,

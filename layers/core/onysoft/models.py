@@ -135,6 +135,15 @@ class Account(GatewayModel):
     listed = UnicodeAttribute(null=True)
     name_key = UnicodeAttribute(null=True)
 
+    # Ceilings the operator set (onysoft.ceilings; absent: the key type's default): the most a tenant may give
+    # one key, and how many keys the account may have. `keys_count`: its keys that are not deleted, kept in the
+    # transaction that creates or deletes one (absent: not counted yet; counted at the next key creation).
+    ceiling_rpm = NumberAttribute(null=True)
+    ceiling_tpm = NumberAttribute(null=True)
+    ceiling_max_parallel = NumberAttribute(null=True)
+    ceiling_keys = NumberAttribute(null=True)
+    keys_count = NumberAttribute(null=True)
+
     by_owner = _index("by_owner", KeysOnlyProjection(), "owner", "account_id")
     by_name = _index("by_name", KeysOnlyProjection(), "listed", "name_key")
     by_owner_name = _index("by_owner_name", KeysOnlyProjection(), "owner", "name_key")
@@ -150,6 +159,18 @@ class BalanceShard(GatewayModel):
     shard_of = UnicodeAttribute(null=True)  # the account
     balance_micros = NumberAttribute(default=0)
     in_flight = NumberAttribute(null=True)  # the holds this shard funds now, for the account's max_parallel
+
+
+class OwnedAccounts(GatewayModel):
+    """How many accounts of one kind an org or partner owns, and the most it may own (onysoft.ceilings). In the
+    Accounts table under `owner#<owner>#<kind>` partition keys, never an account id; no `kind` or `owner`, so
+    in no index and in no list of accounts."""
+
+    Meta = _table_meta("ONYSOFT_TABLE_ACCOUNTS")
+
+    account_id = UnicodeAttribute(hash_key=True)  # owner#<owner>#<kind>
+    accounts_count = NumberAttribute(null=True)  # kept in the transaction that creates each account
+    ceiling_accounts = NumberAttribute(null=True)  # absent: the key type's default
 
 
 class UsageRecord(GatewayModel):
@@ -391,6 +412,7 @@ _MODEL_TABLE_ENV = {
     ApiKey: "ONYSOFT_TABLE_API_KEYS",
     Account: "ONYSOFT_TABLE_ACCOUNTS",
     BalanceShard: "ONYSOFT_TABLE_ACCOUNTS",  # shares the Accounts table (its own partition keys)
+    OwnedAccounts: "ONYSOFT_TABLE_ACCOUNTS",  # likewise
     UsageRecord: "ONYSOFT_TABLE_USAGE",
     RateLimitCounter: "ONYSOFT_TABLE_RATE_LIMITS",
     CatalogEntry: "ONYSOFT_TABLE_CATALOG",

@@ -5,6 +5,8 @@ record left for an action that failed), and a response never fails after the act
 Without companions the write is the plain single-item call the CLI has always made.
 """
 
+import random
+import time
 from collections.abc import Callable, Sequence
 
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
@@ -37,18 +39,65 @@ def _put_new(tx: TransactWrite, items: Sequence[Model]) -> None:
         tx.save(item, condition=type(item)._hash_key_attribute().does_not_exist())
 
 
-def save(item: Model, condition, companions: Companions = None) -> None:
+class GuardRefused(Exception):
+    """One of the conditioned updates given to `save(guards=…)` refused (a counter at its ceiling): `index`."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"guard {index} refused")
+        self.index = index
+
+
+def is_conflict(exc: Exception) -> bool:
+    """A transaction cancelled because another one touched the same item at once (or DynamoDB throttled it):
+    "try again", never "no" (onysoft.billing retries the hold on the same reasons)."""
+    if not isinstance(exc, TransactWriteError):
+        return False
+    codes = {r.code for r in (exc.cancellation_reasons or []) if r is not None}
+    if "ConditionalCheckFailed" in codes:
+        return False
+    return bool(codes & {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}) or \
+        exc.cause_response_code in ("TransactionConflictException", "TransactionInProgressException")
+
+
+CONFLICT_ATTEMPTS = 8
+
+
+def retry_conflicts(write: Callable[[], object]) -> object:
+    """`write()`, again (jittered) while DynamoDB cancels it for a conflict: admin writes that touch an account
+    item meet the holds' transactions on it."""
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            return write()
+        except TransactWriteError as exc:
+            if not is_conflict(exc) or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))  # noqa: S311 - jitter, not a secret
+    raise AssertionError("unreachable")
+
+
+Guard = tuple[Model, list, object]  # an item to update, its actions, its condition (None: none)
+
+
+def save(item: Model, condition, companions: Companions = None, guards: Sequence[Guard] = ()) -> None:
+    """`guards`: updates of other items in the same transaction, each with its own condition (a count kept
+    with the item it counts); one that refuses raises GuardRefused and nothing is written."""
     extra = companions(item) if companions else ()
     try:
-        if not extra:
+        if not extra and not guards:
             item.save(condition)
             return
         with TransactWrite(connection=item._get_connection().connection) as tx:
             tx.save(item, condition=condition)
             _put_new(tx, extra)
+            for other, actions, other_condition in guards:
+                tx.update(other, actions=actions, condition=other_condition)
     except (PutError, TransactWriteError) as exc:
         if _refused(exc, 0):
             raise ConditionFailed from None
+        # PynamoDB sends puts before updates: the guards' reasons come after the item's and its companions'.
+        refused = [i for i in range(len(guards)) if _refused(exc, 1 + len(extra) + i)]
+        if refused:
+            raise GuardRefused(refused[0]) from None
         raise
 
 

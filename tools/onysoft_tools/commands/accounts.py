@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onysoft import money
+from onysoft import ceilings, money
 from onysoft.key_types import ACCOUNT_KINDS
 from onysoft.operations import accounts
 from onysoft.operations.access import cli_operator
@@ -28,8 +28,20 @@ def _human(view: dict, title: str | None = None) -> str:
         ("alert below", f"{view['alert_below']} {view['currency']}" if view["alert_below"] else None),
         ("balance alert", view["balance_alert"]),
         ("created_at", view["created_at"]),
+        ("ceilings", _ceilings(view["ceilings"])),
     ])
     return f"{title}\n{text}" if title else text
+
+
+def _ceilings(shown: dict) -> str:
+    """One line: each ceiling (`*`: the key type's default), with the counts where they are kept."""
+    def one(name: str) -> str | None:
+        if shown[name] is None:
+            return None
+        used = shown.get(f"{name}_used")
+        count = f" ({used} used)" if used is not None else ""
+        return f"{name} {shown[name]}{'*' if shown[f'{name}_is_default'] else ''}{count}"
+    return ", ".join(filter(None, map(one, ceilings.NAMES))) + "  (*: the key type's default)"
 
 
 def _markup(args: argparse.Namespace) -> int | None:
@@ -56,14 +68,20 @@ def topup(args: argparse.Namespace) -> int:
 
 
 def update(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, f"ceiling_{name}") for name in ceilings.NAMES}
     if args.markup is None and args.name is None and args.shards is None and args.alert_below is None \
-            and args.max_parallel is None:
-        raise UsageError("nothing to change: give --markup, --name, --shards, --alert-below and/or --max-parallel")
+            and args.max_parallel is None and all(value is None for value in given.values()):
+        raise UsageError("nothing to change: give --markup, --name, --shards, --alert-below, --max-parallel "
+                         "and/or --ceiling-…")
     if args.max_parallel is not None and args.max_parallel < 0:
         raise UsageError("--max-parallel must be 0 (no limit) or a positive number")
+    for name, value in given.items():
+        if value is not None and value < 0:
+            raise UsageError(f"--ceiling-{name.replace('_', '-')} must be 0 (the default) or more")
     alert = parse_threshold(args.alert_below, "--alert-below") if args.alert_below is not None else None
     view = accounts.update_account(cli_operator(), args.account_id, markup_bp=_markup(args), name=args.name,
-                                   shards=args.shards, alert_below_micros=alert, max_parallel=args.max_parallel)
+                                   shards=args.shards, alert_below_micros=alert, max_parallel=args.max_parallel,
+                                   ceiling_values=given)
     return output(args, view, lambda: _human(view, "Updated account:"))
 
 
@@ -84,9 +102,9 @@ def list_(args: argparse.Namespace) -> int:
 
     def human() -> str:
         text = table(
-            ["ACCOUNT_ID", "KIND", "NAME", "OWNER", "CURRENCY", "BALANCE", "MARKUP", "CREATED_AT"],
+            ["ACCOUNT_ID", "KIND", "NAME", "OWNER", "CURRENCY", "BALANCE", "MARKUP", "CREATED_AT", "CEILINGS"],
             [[v["account_id"], v["kind"], v["name"], v["owner"], v["currency"], v["balance"], f"{v['markup_pct']}%",
-              v["created_at"]] for v in views],
+              v["created_at"], _ceilings_short(v["ceilings"])] for v in views],
             right=(5, 6),
         ) if views else "No accounts."
         if skipped:
@@ -98,6 +116,18 @@ def list_(args: argparse.Namespace) -> int:
     return output(args, answer, human)
 
 
+def _ceilings_short(shown: dict) -> str:
+    """rpm/tpm/max_parallel/keys/accounts, as a list column."""
+    return "/".join("-" if shown[name] is None else str(shown[name]) for name in ceilings.NAMES)
+
+
+CEILING_HELP = {
+    "rpm": "the most requests per minute a tenant may give one of the account's keys",
+    "tpm": "the most tokens per minute a tenant may give one key",
+    "max_parallel": "the most requests in flight a tenant may give one key",
+    "keys": "how many keys (not deleted) the account may have",
+    "accounts": "how many accounts of this kind the account's owner (org or partner) may have",
+}
 SHARDS_HELP = "balance shards, 1-64: one busy account's holds spread over N items (docs/BILLING.md)"
 
 
@@ -115,7 +145,7 @@ def register(commands, leaf) -> None:
     p = leaf(sub, "topup", topup, "add to an account's balance")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p.add_argument("amount", metavar="AMOUNT", help="in the account's currency units, e.g. 12.5 (at most 6 decimals)")
-    p = leaf(sub, "update", update, "change an account's markup, name, balance shards or balance alert")
+    p = leaf(sub, "update", update, "change an account's markup, name, balance shards, balance alert or ceilings")
     p.add_argument("account_id", metavar="ACCOUNT_ID")
     p.add_argument("--markup", metavar="PCT", help="markup in percent (30 means 30%%)")
     p.add_argument("--name")
@@ -124,6 +154,9 @@ def register(commands, leaf) -> None:
                    help="a Balance Low event when the balance crosses below AMOUNT (the account's currency); 0: none")
     p.add_argument("--max-parallel", type=int, metavar="N",
                    help="requests in flight at once over all the account's keys; 0: no limit")
+    for name, what in CEILING_HELP.items():
+        p.add_argument(f"--ceiling-{name.replace('_', '-')}", dest=f"ceiling_{name}", type=int, metavar="N",
+                       help=f"the platform's ceiling: {what}; 0 = back to the key type's default")
     p = leaf(sub, "list", list_, "list accounts by name (all, or one owner's), a page at a time with --limit")
     p.add_argument("--owner", metavar="ORG_OR_PARTNER_ID")
     p.add_argument("--kind", choices=ACCOUNT_KINDS)

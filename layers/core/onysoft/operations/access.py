@@ -8,7 +8,7 @@ import getpass
 import re
 import socket
 
-from onysoft import api_keys
+from onysoft import api_keys, ceilings
 from onysoft.audit import Actor
 from onysoft.errors import GatewayError, not_found
 from onysoft.models import Account, ApiKey
@@ -34,6 +34,18 @@ def is_cli(actor: Actor) -> bool:
 
 def forbidden(message: str) -> GatewayError:
     return GatewayError(403, message, "invalid_request_error", "permission_denied")
+
+
+def enforces_ceilings(actor: Actor) -> bool:
+    """The operator sets the ceilings and is not bound by them (onysoft.ceilings); every tenant is."""
+    return not actor.principal.is_operator
+
+
+def ceiling_error(exc: ceilings.CeilingExceeded | ceilings.CeilingReached) -> GatewayError:
+    """400 `ceiling_exceeded` naming the field, or 403 `keys_ceiling_reached` / `accounts_ceiling_reached`."""
+    if isinstance(exc, ceilings.CeilingExceeded):
+        return GatewayError(400, str(exc), "invalid_request_error", "ceiling_exceeded", exc.field)
+    return GatewayError(403, str(exc), "invalid_request_error", exc.code, None)
 
 
 def account_not_found(account_id: str) -> GatewayError:

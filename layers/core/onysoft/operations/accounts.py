@@ -2,7 +2,7 @@
 
 from pynamodb.exceptions import TransactWriteError
 
-from onysoft import account_index, accounts, audit, idempotency, topups, writes
+from onysoft import account_index, accounts, audit, ceilings, idempotency, topups, writes
 from onysoft.audit import Actor
 from onysoft.errors import GatewayError, bad_request
 from onysoft.key_types import ACCOUNT_KINDS
@@ -41,11 +41,12 @@ def list_accounts(actor: Actor, *, owner: str | None = None, kind: str | None = 
         found_page = account_index.page(owner=owner, prefix=search, limit=size, start_key=start_key)
         found, skipped, last_key = found_page.accounts, found_page.skipped, found_page.last_key
     views, unreadable = [], []
+    owned = ceilings.owned_items(list(found))  # each owner's count of accounts, one batch read for the page
     for account in found:
         if not principal.sees(account) or (owner and account.owner != owner) or (kind and account.kind != kind):
             continue
         try:
-            views.append(account_view(account))
+            views.append(account_view(account, owned.get(ceilings.owned_id(account.owner, account.kind))))
         except Exception:  # noqa: BLE001 - a value the view cannot read: skipped and counted, never a 500
             unreadable.append(account.account_id)
     if unreadable:
@@ -82,7 +83,10 @@ def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | 
             raise bad_request(f"{kind} accounts need an owner (the org or partner id)", "owner")
     try:
         account = accounts.create_account(kind, name=name, owner=owner, markup_bp=markup_bp,
-                                          companions=audit.on_account_create(actor), shards=shards)
+                                          companions=audit.on_account_create(actor), shards=shards,
+                                          enforce_ceilings=access.enforces_ceilings(actor))
+    except ceilings.CeilingReached as exc:
+        raise access.ceiling_error(exc) from None
     except accounts.AccountError as exc:
         raise bad_request(str(exc), "shards" if "shards" in str(exc) else "markup_pct") from None
     return account_view(account)
@@ -90,13 +94,23 @@ def create_account(actor: Actor, *, kind: str, name: str = "", markup_bp: int | 
 
 def update_account(actor: Actor, account_id: str, *, markup_bp: int | None = None,
                    name: str | None = None, shards: int | None = None, alert_below_micros: int | None = None,
-                   max_parallel: int | None = None) -> dict:
-    """Markup (operator, partner), name, balance shards and max_parallel (operator) and the Balance Low threshold
-    (anyone who sees the account: partners for their customers, people for their own accounts; 0 removes it)."""
+                   max_parallel: int | None = None, ceiling_values: dict | None = None) -> dict:
+    """Markup (operator, partner), name, balance shards and max_parallel (operator), the Balance Low threshold
+    (anyone who sees the account: partners for their customers, people for their own accounts; 0 removes it) and
+    the ceilings (operator: `ceiling_values` by name, onysoft.ceilings.NAMES; 0 puts one back to its default)."""
     account = access.account(actor, account_id)
     principal = actor.principal
-    if markup_bp is None and name is None and shards is None and alert_below_micros is None and max_parallel is None:
-        raise bad_request("nothing to change: give markup_pct, name, shards, alert_below and/or max_parallel")
+    given = {name_: value for name_, value in (ceiling_values or {}).items() if value is not None}
+    if markup_bp is None and name is None and shards is None and alert_below_micros is None and max_parallel is None \
+            and not given:
+        raise bad_request("nothing to change: give markup_pct, name, shards, alert_below, max_parallel and/or "
+                          "ceilings")
+    if given:
+        access.require_operator(actor, "Only the platform sets an account's ceilings.")
+    try:
+        change = ceilings.Change.of(**given)
+    except ceilings.CeilingError as exc:
+        raise bad_request(str(exc), f"ceiling_{next(iter(given))}" if len(given) == 1 else "ceilings") from None
     if shards is not None:
         access.require_operator(actor, "Only the platform sets an account's balance shards.")
     if max_parallel is not None:  # a tenant limit the platform sets (issue 23)
@@ -105,15 +119,19 @@ def update_account(actor: Actor, account_id: str, *, markup_bp: int | None = Non
         raise access.forbidden("Only the platform sets this account's markup." if principal.kind == ORG
                                else "A user account's markup is the platform's standard markup.")
     audited = audit.on_account_update(actor, account, markup_bp=markup_bp, name=name,
-                                      alert_below_micros=alert_below_micros, max_parallel=max_parallel)
+                                      alert_below_micros=alert_below_micros, max_parallel=max_parallel,
+                                      ceilings_before=ceilings.view(
+                                          account, ceilings.owned_item(account)) if change else None,
+                                      ceilings_after=change.values)
     try:
         updated = accounts.update_account(account_id, markup_bp=markup_bp, name=name, companions=audited,
                                           shards=shards, alert_below_micros=alert_below_micros,
-                                          max_parallel=max_parallel)
+                                          max_parallel=max_parallel, ceiling_change=change)
     except accounts.AccountError as exc:
         message = str(exc)
         param = ("shards" if "shards" in message else "alert_below" if "alert" in message
-                 else "max_parallel" if "max_parallel" in message else "markup_pct")
+                 else "max_parallel" if "max_parallel" in message
+                 else "ceiling_accounts" if "ceiling" in message else "markup_pct")
         raise bad_request(message, param) from None
     return account_view(updated)
 

@@ -7,6 +7,7 @@ from onysoft import (
     api_keys,
     audit,
     balances,
+    ceilings,
     events,
     expiry,
     idempotency,
@@ -80,7 +81,10 @@ def create_key(actor: Actor, account_id: str, *, name: str = "", rpm: int | None
         created = api_keys.create_key(account.account_id, name=name, rpm=rpm, tpm=tpm, models=models,
                                       expires_at=_future_iso(expires_at), spend_limit_micros=spend_limit_micros,
                                       limit_reset=limit_reset, companions=audit.on_key_create(actor, account),
-                                      fallbacks=fallbacks, max_parallel=max_parallel or None)
+                                      fallbacks=fallbacks, max_parallel=max_parallel or None,
+                                      enforce_ceilings=access.enforces_ceilings(actor))
+    except (ceilings.CeilingExceeded, ceilings.CeilingReached) as exc:
+        raise access.ceiling_error(exc) from None
     except accounts.AccountError as exc:
         raise bad_request(str(exc)) from None
     # The plaintext key is in this answer and nowhere else, ever.
@@ -89,8 +93,8 @@ def create_key(actor: Actor, account_id: str, *, name: str = "", rpm: int | None
 
 def update_key(actor: Actor, key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET, expires_at=UNSET,
                spend_limit_micros=UNSET, limit_reset=UNSET, max_parallel=UNSET) -> dict:
-    """Change an active key's limits (None removes one; max_parallel 0 too). Requests see it once the
-    authorizer's cached answer for the key expires (ReauthorizeEvery)."""
+    """Change an active key's limits (None removes one; max_parallel 0 too), a tenant's within its account's
+    ceilings. Requests see it once the authorizer's cached answer for the key expires (ReauthorizeEvery)."""
     access.key(actor, key_id)
     if expires_at is not UNSET:
         expires_at = _future_iso(expires_at)
@@ -99,7 +103,10 @@ def update_key(actor: Actor, key_id: str, *, rpm=UNSET, tpm=UNSET, models=UNSET,
     try:
         record = api_keys.update_key_settings(key_id, rpm=rpm, tpm=tpm, models=models, expires_at=expires_at,
                                               spend_limit_micros=spend_limit_micros, limit_reset=limit_reset,
-                                              max_parallel=max_parallel)
+                                              max_parallel=max_parallel,
+                                              enforce_ceilings=access.enforces_ceilings(actor))
+    except ceilings.CeilingExceeded as exc:
+        raise access.ceiling_error(exc) from None
     except api_keys.KeyNotFound:
         raise access.key_not_found(key_id) from None
     except accounts.AccountError as exc:

@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from onysoft import balances, money, rate_limits
+from onysoft import balances, ceilings, money, rate_limits
 from onysoft.key_types import key_type_for_account_kind
-from onysoft.models import Account, ApiKey, AuditRecord, UsageRecord
+from onysoft.models import Account, ApiKey, AuditRecord, OwnedAccounts, UsageRecord
 from onysoft.usage_rollup import KeyTotals
 
 
@@ -24,7 +24,14 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def account_view(account: Account) -> dict:
+_READ = object()  # account_view reads the owner's item itself
+
+
+def account_view(account: Account, owned: OwnedAccounts | None | object = _READ) -> dict:
+    """`owned`: the owner's count of accounts of this kind (ceilings.owned_item), when the caller read it (a
+    list reads them all at once); otherwise it is read here (one read, for owned accounts only)."""
+    if owned is _READ:
+        owned = ceilings.owned_item(account)
     balance = balances.total(account)  # the sum of the account's balance shards
     topped_up = int(account.topped_up_micros or 0)
     return {
@@ -44,6 +51,9 @@ def account_view(account: Account) -> dict:
         "max_parallel": _int(account.max_parallel),  # requests in flight at once, all its keys; null: no limit
         "created_at": account.created_at,
         **_alert_fields(account),
+        # The operator's ceilings (onysoft.ceilings): the most a tenant may give one key, how many keys the
+        # account may have and how many accounts of its kind its owner may; `*_used`: the counts now.
+        "ceilings": ceilings.view(account, owned),
     }
 
 
