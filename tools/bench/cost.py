@@ -94,7 +94,7 @@ PROXY_ROUND_TRIPS_ON_PATH = 3  # the key's GetItem, the hold, the settle (sectio
 AUTHORIZER_ROUND_TRIPS = 2
 REQUESTS_PER_KEY_PER_SECOND = 1.0  # one key's steady rate: it sets how often its cached authorization expires
 USAGE_RECORDS_PER_REQUEST = 2  # the usage record's stream records: the hold's Put, the settle's Update
-ROLLUP_MS_PER_CHUNK = 3 * DYNAMO_ROUND_TRIP_MS  # the markers' read, the chunk's transaction, the give-back
+ROLLUP_MS_PER_CHUNK = 2 * DYNAMO_ROUND_TRIP_MS  # the markers' read, the chunk's transaction
 PLATFORM_LOG_BYTES = 260  # Lambda's START, END and REPORT lines of one invocation (text format)
 MANAGED_CPU_HEADROOM = 1.0  # the target utilisation is the template's ProxyTargetCpuUtilization
 MB_PER_REQUEST_IN_FLIGHT = 1.0  # budget per open request on a managed environment (measured RSS: well under)
@@ -212,8 +212,8 @@ def log_bytes(facts: dict) -> dict:
 def rollup_units(provider_s: float, facts: dict) -> dict:
     """The usage rollup's DynamoDB units and time per request, from onysoft.usage_rollup's design: per record in a
     chunk, one marker read (strongly consistent, 1 RRU) and one marker write (transactional, 2 WRU); per chunk of
-    CHUNK records, its totals items (transactional ADDs, 2 WRU each) and the windows' give-back (1 WRU). A call
-    shorter than the batching window has both of its records in one batch: one marker, one read."""
+    CHUNK records, its totals items (transactional ADDs, 2 WRU each); the tpm window's give-back is the settle's
+    since issue 23 (section 3's units). A call shorter than the batching window has both of its records in one batch: one marker, one read."""
     sys.path.insert(0, str(ROOT / "layers" / "core"))
     from onysoft import usage_rollup
 
@@ -224,9 +224,9 @@ def rollup_units(provider_s: float, facts: dict) -> dict:
     chunk = usage_rollup.CHUNK
     # One hot key fills a chunk with its own records, so a chunk writes each totals item once (the best case;
     # a chunk of 14 different keys writes 14 × totals_items: the worst, in the text).
-    wru = records * 2 + records * totals_items * 2 / chunk + 1 / chunk
+    wru = records * 2 + records * totals_items * 2 / chunk
     return {"wru": wru, "rru": float(records), "records": records, "totals_items": totals_items, "chunk": chunk,
-            "worst_wru": records * 2 + records * totals_items * 2 + 1,
+            "worst_wru": records * 2 + records * totals_items * 2,
             "ms": records * ROLLUP_MS_PER_CHUNK / chunk}
 
 
@@ -458,7 +458,7 @@ def render(r: dict) -> str:
         f"The rollup's units are modelled from `onysoft.usage_rollup`, not measured: per usage record in a chunk, "
         f"one marker read (1 RRU, strongly consistent) and one transactional marker write (2 WRU); per chunk of "
         f"{roll_long['chunk']} records, each of its {roll_long['totals_items']} totals items once (2 WRU) when one "
-        f"hot key fills the chunk, and the windows' give-back (1 WRU). When every record in a chunk is a different "
+        f"hot key fills the chunk (the tpm window's give-back is the settle's, in section 3's units). When every record in a chunk is a different "
         f"key the totals are not folded: {roll_long['worst_wru']:.0f} WRU a request instead of "
         f"{roll_long['wru']:.2f} (+{_usd((roll_long['worst_wru'] - roll_long['wru']) * PRICES['ddb_wru'])} per "
         "million).",
