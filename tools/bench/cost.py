@@ -213,7 +213,8 @@ def rollup_units(provider_s: float, facts: dict) -> dict:
     """The usage rollup's DynamoDB units and time per request, from onysoft.usage_rollup's design: per record in a
     chunk, one marker read (strongly consistent, 1 RRU) and one marker write (transactional, 2 WRU); per chunk of
     CHUNK records, its totals items (transactional ADDs, 2 WRU each); the tpm window's give-back is the settle's
-    since issue 23 (section 3's units). A call shorter than the batching window has both of its records in one batch: one marker, one read."""
+    since issue 23 (section 3's units). A call shorter than the batching window has both of its records in one
+    batch: one marker, one read."""
     sys.path.insert(0, str(ROOT / "layers" / "core"))
     from onysoft import usage_rollup
 
@@ -458,7 +459,8 @@ def render(r: dict) -> str:
         f"The rollup's units are modelled from `onysoft.usage_rollup`, not measured: per usage record in a chunk, "
         f"one marker read (1 RRU, strongly consistent) and one transactional marker write (2 WRU); per chunk of "
         f"{roll_long['chunk']} records, each of its {roll_long['totals_items']} totals items once (2 WRU) when one "
-        f"hot key fills the chunk (the tpm window's give-back is the settle's, in section 3's units). When every record in a chunk is a different "
+        f"hot key fills the chunk (the tpm window's give-back is the settle's, in section 3's units). When every "
+        f"record in a chunk is a different "
         f"key the totals are not folded: {roll_long['worst_wru']:.0f} WRU a request instead of "
         f"{roll_long['wru']:.2f} (+{_usd((roll_long['worst_wru'] - roll_long['wru']) * PRICES['ddb_wru'])} per "
         "million).",
