@@ -18,6 +18,7 @@ PROCESS_WIDE = {
     ("onysoft.upstream", "_clients"): "one httpx client (connection pool) per provider for the process",
     ("onysoft.events", "_clients"): "one EventBridge client per endpoint for the process (under its lock)",
     ("onysoft.circuit_breaker", "_breakers"): "one breaker per provider: the process's view of it (under its lock)",
+    ("onysoft.circuit_breaker", "_settings"): "the breakers' settings, read from the environment once (None before)",
 }
 GLOBALS_WRITTEN = {
     ("onysoft.telemetry", "_logger"): "the Powertools logger, made once",
