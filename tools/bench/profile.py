@@ -324,11 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.profile", description=__doc__)
     parser.add_argument("--serve-profiled", nargs=2, metavar=("PORT", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write BENCHMARKS.md")
+    parser.add_argument("--cpu-only", action="store_true", help="only section 1's figures, printed (~1 minute)")
     args = parser.parse_args(argv)
     if args.serve_profiled:
         serve_profiled(int(args.serve_profiled[0]), args.serve_profiled[1])
         return 0
     stack = Stack(Path(tempfile.mkdtemp(prefix="onysoft-bench-profile-")))
+    if args.cpu_only:
+        try:
+            print(json.dumps(measure_cpu(stack)))
+        finally:
+            stack.stop()
+        return 0
     try:
         cpu = measure_cpu(stack)
         profile = run_profile(stack)

@@ -46,7 +46,7 @@ JOURNAL_FAILED = (b'{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerEr
                   b'"message":"onysoft dev: the local journal could not be written; restart onysoft dev"}')
 
 
-def serialized_app(state: journal_module.DurableState | None = None, moto_app=None):
+def serialized_app(state: journal_module.DurableState | None = None, moto_app=None, log_requests: bool = False):
     """moto's WSGI app behind one lock; with `state`, a DynamoDB write is journaled before it is answered."""
     import io
 
@@ -90,6 +90,8 @@ def serialized_app(state: journal_module.DurableState | None = None, moto_app=No
                         logger.info("journal compacted into the snapshot: %d items, %d unread stream records (%d "
                                     "expired ones deleted) in %.2f s", done["items"], done["stream_records"],
                                     done["expired"], done["seconds"])
+        if log_requests:
+            logger.info("%s %s %s -> %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), target, status)
         start_response(status, headers)
         return [out]
 
@@ -111,12 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("--state-dir", default=None,
                         help="keep the state here: journal.log + snapshot.jsonl (default: memory only)")
-    parser.add_argument("--verbose", action="store_true", help="log every request (werkzeug's access log)")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if not args.verbose:  # one log line per DynamoDB call is work on the hot path; errors still show
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         moto_transactions.install()
     except moto_transactions.UnsupportedMotoVersion as exc:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     moto_cognito.install()  # RevokeToken for the dashboard's sign-out (moto 5.2 has none)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
+    from waitress import create_server
 
     moto_app = DomainDispatcherApplication(create_backend_app)
     state = None
@@ -152,18 +152,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"onysoft dev: {exc}", file=sys.stderr, flush=True)
             return 3
         logger.info("state loaded from %s: %s", args.state_dir, state.stats)
-    app = serialized_app(state, moto_app)
-    server = make_server(args.host, args.port, app, threaded=True)
+    app = serialized_app(state, moto_app, log_requests=args.verbose)
+    # waitress, not werkzeug's development server: werkzeug 3 answers every request with `Connection: close`, so
+    # each DynamoDB call here paid a new TCP connection that DynamoDB (HTTP/1.1 keep-alive) never charges: about
+    # 1 ms of the caller's CPU a call, half of what the proxy's CPU a request measured (docs/BENCHMARKS.md
+    # section 6). The threads only wait for the lock: a handful is enough; idle keep-alive connections take none.
+    server = create_server(app, host=args.host, port=args.port, threads=16, connection_limit=4096,
+                           channel_timeout=300, asyncore_use_poll=True, ident="onysoft-dev-moto")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     try:
-        server.serve_forever()
+        server.run()
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the compaction short
-        server.server_close()
+        server.close()
         if state is not None:
             with app.lock:  # a request still running on a thread ends first; none starts after
                 if not state.failed:
