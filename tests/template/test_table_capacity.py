@@ -214,3 +214,19 @@ def test_the_local_reader_creates_what_either_value_deploys(source):
                            for g in table.get("GlobalSecondaryIndexes", [])), logical
             else:
                 assert definition["BillingMode"] == "PAY_PER_REQUEST", logical
+
+
+def test_the_reader_decides_conditions_as_cloudformation_does():
+    tpl = {"Parameters": {"A": {"Type": "String", "Default": "x"}, "N": {"Type": "Number", "Default": 0}},
+           "Conditions": {"IsX": {"Fn::Equals": [{"Ref": "A"}, "x"]},
+                          "NoN": {"Fn::Equals": [{"Ref": "N"}, "0"]},
+                          "Both": {"Fn::And": [{"Condition": "IsX"}, {"Fn::Not": [{"Condition": "NoN"}]}]},
+                          "Either": {"Fn::Or": [{"Condition": "IsX"}, {"Condition": "NoN"}]}}}
+    assert reader.condition_holds(tpl, "IsX") and reader.condition_holds(tpl, "NoN")  # "0" == 0, as CFN compares
+    assert not reader.condition_holds(tpl, "Both") and reader.condition_holds(tpl, "Both", {"N": 3})
+    assert not reader.condition_holds(tpl, "Either", {"A": "y", "N": 1})
+    value = {"P": {"Fn::If": ["IsX", {"U": {"Ref": "N"}}, {"Ref": "AWS::NoValue"}]}, "L": [{"Ref": "AWS::NoValue"}, 1]}
+    assert reader.decide(value, tpl) == {"P": {"U": 0}, "L": [1]}
+    assert reader.decide(value, tpl, {"A": "y"}) == {"L": [1]}
+    with pytest.raises(ValueError, match="cannot evaluate"):
+        reader.condition_holds({"Conditions": {"C": {"Fn::Contains": []}}}, "C")

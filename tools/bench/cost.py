@@ -587,7 +587,8 @@ def render(r: dict) -> str:
             f"{_usd(mg['nat'])} | {mg['envs']} ({mg['bound']}) | {mg['instances']} |")
     be, tbe = r["break_even"], r["tables_break_even"]
     floor_hour = managed_proxy(3.0, 1.0, f, m)["fixed_hour"]
-    cap = next(x for x in r["managed"] if x["provider_s"] == 3.0 and x["rate"] == GOAL_RATE)["provisioned"]["capacity"]
+    at_goal = next(x for x in r["managed"] if x["provider_s"] == 3.0 and x["rate"] == GOAL_RATE)
+    cap = at_goal["provisioned"]["capacity"]
     unit_break_even = PRICES["ddb_wcu_hour"] / 3600 / PRICES["ddb_wru"]
     lines += [
         "",
@@ -600,8 +601,8 @@ def render(r: dict) -> str:
         f"hour (${cap['floor_hour'] * HOURS_PER_MONTH:,.0f} a month), paid back against on-demand tables above "
         f"**{tbe[3.0]:g} req/s**; a provisioned unit costs less than an on-demand one while it is on average more "
         f"than {unit_break_even:.0%} used (reads and writes alike), and auto scaling holds "
-        f"{f['tables']['target']:.0%}. They take DynamoDB from {_usd(r['managed'][1]['managed']['tables'])} to "
-        f"{_usd(r['managed'][1]['provisioned']['tables'])} per million at {GOAL_RATE} req/s.",
+        f"{f['tables']['target']:.0%}. They take DynamoDB from {_usd(at_goal['managed']['tables'])} to "
+        f"{_usd(at_goal['provisioned']['tables'])} per million at {GOAL_RATE} req/s.",
         "",
     ]
     goal_lines, goal_gaps = [], []
@@ -721,7 +722,9 @@ def _render_provisioned(r: dict) -> list[str]:
         "(what managed instances are for) and on-demand stays the default. A table may switch from on-demand to "
         "provisioned at any time, back at most 4 times in 24 hours; it starts at the minimum, so raise "
         "TableMinWriteCapacity / TableMinReadCapacity to the steady need before switching a busy stack (the "
-        "minimum applies to every table and index alike). Reserved capacity (a 1- or 3-year commitment on "
+        "minimum applies to every table and index alike; changing it later sets every table's and index's "
+        "capacity to it at once, as CloudFormation updates the tables, so raise it, never lower it under load). "
+        "Reserved capacity (a 1- or 3-year commitment on "
         "provisioned units) would cost less again: not modelled.",
         "",
     ]
