@@ -1,6 +1,7 @@
 """tools/bench/cost.py: BENCHMARKS section 4 follows the template and the bench's own figures."""
 
 import copy
+import math
 
 import pytest
 
@@ -92,3 +93,43 @@ def test_the_section_replaces_its_previous_version_only(tmp_path):
     text = doc.read_text()
     assert "old" not in text and "new" in text and "three" in text and "five" in text
     assert text.index("three") < text.index("new") < text.index("five")
+
+
+def test_provisioned_tables_are_the_templates_option(tpl):
+    facts = cost.template_facts(tpl)
+    tables = facts["tables"]
+    assert set(tables["indexes"]) == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable",
+                                      "UsageRollupsTable"}
+    assert tables["indexes"]["UsageTable"] == ["by_key_shard", "open_holds"]
+    assert (tables["target"], tables["min_w"], tables["min_r"]) == (0.7, 5, 5)
+
+
+def test_section_3s_item_sizes_split_the_write_units_over_the_tables(figures):
+    writes = figures["writes"]
+    assert sum(units + idx for units, idx in writes.values()) == figures["wru"]
+    assert writes["UsageTable"][1] > 0 and writes["AccountsTable"][1] == 0
+    line = "Item sizes behind the units (chat, non-stream): Put usage 759 B (2+2 idx); Update keys 300 B (2+0 idx)"
+    assert cost._writes_by_table(line) == {"UsageTable": [2.0, 2.0], "ApiKeysTable": [2.0, 0.0]}
+
+
+def test_provisioned_capacity_is_the_rate_over_the_target_with_the_minimum_as_floor(tpl, figures):
+    facts = cost.template_facts(tpl)
+    busy = cost.provisioned_tables(3.0, 200, facts, figures, miss_rate=0)
+    usage_units, _ = figures["writes"]["UsageTable"]
+    assert busy["by_thing"]["UsageTable"][0] == math.ceil(usage_units * 200 / 0.7)
+    assert busy["by_thing"]["AccountsTable by_name"] == (5, 5)  # no write on a request: the minimum
+    assert busy["hour"] == pytest.approx(busy["wcu"] * cost.PRICES["ddb_wcu_hour"]
+                                         + busy["rcu"] * cost.PRICES["ddb_rcu_hour"])
+    idle = cost.provisioned_tables(3.0, 0.01, facts, figures, miss_rate=0)
+    assert idle["hour"] == pytest.approx(idle["floor_hour"])
+    tighter = copy.deepcopy(facts)
+    tighter["tables"]["target"] = 0.9
+    assert cost.provisioned_tables(3.0, 200, tighter, figures, miss_rate=0)["hour"] < busy["hour"]
+
+
+def test_provisioned_tables_cost_less_at_a_steady_rate_and_more_when_idle(tpl, figures):
+    facts = cost.template_facts(tpl)
+    on_demand = cost.shared_per_request(3.0, facts, figures, LOGS, miss_rate=0)
+    on_demand_tables = on_demand["ddb"] + on_demand["rollup_ddb"]
+    assert cost.provisioned_tables(3.0, 200, facts, figures, miss_rate=0)["per_request"] < on_demand_tables / 2
+    assert cost.provisioned_tables(3.0, 0.1, facts, figures, miss_rate=0)["per_request"] > on_demand_tables

@@ -2,14 +2,16 @@
 
 `make bench-cost` (`python -m tools.bench.cost`; `make bench` runs it after the sections it reads) takes:
 - from template.yaml: each function's MemorySize and architecture, the authorizer's cache TTL, WAF on or off and
-  its rules, the access log's format, log retention, the rollup's batching, the alarms, and the managed-instances
-  option's defaults (requests per execution environment, minimum environments, target CPU);
+  its rules, the access log's format, log retention, the rollup's batching, the alarms, the managed-instances
+  option's defaults (requests per execution environment, minimum environments, target CPU) and the
+  TableCapacity=provisioned option's (which tables and indexes, the scaling bounds and target utilisation);
 - from docs/BENCHMARKS.md as the bench last wrote it: the units a billed request uses (section 3, so a change
-  there moves this table), the authorizer's time, the proxy's CPU per request (right-sizing section);
+  there moves this table) and their split over the tables (section 3's item sizes), the authorizer's time, the
+  proxy's CPU per request (right-sizing section);
 - from the code: the rollup's chunk size and the totals items a record touches (onysoft.usage_rollup), and the
   bytes the proxy logs for one request (onysoft.telemetry run in a child process, as in Lambda);
 and writes section 4 of docs/BENCHMARKS.md (between its COST markers) and docs/cost_per_million.png.
-Published on-demand prices, us-east-1, below with their sources.
+Published prices, us-east-1 (on-demand unless named otherwise), below with their sources.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ PRICES = {
     # DynamoDB on-demand after the 1 Nov 2024 cut (aws.amazon.com/dynamodb/pricing/on-demand).
     "ddb_wru": 0.625 / 1e6,
     "ddb_rru": 0.125 / 1e6,
+    # DynamoDB provisioned capacity, standard table class (aws.amazon.com/dynamodb/pricing/provisioned): per
+    # capacity unit and hour provisioned, used or not; the same figures as the dynamo-autoscale gem's price table
+    # (lib/dynamo-autoscale/unit_cost.rb: $0.0065 an hour per 10 WCU, per 50 RCU).
+    "ddb_wcu_hour": 0.00065,
+    "ddb_rcu_hour": 0.00013,
     # CloudWatch (aws.amazon.com/cloudwatch/pricing): Logs Standard ingestion and storage; custom metrics (EMF
     # creates them) and standard alarms, per month.
     "logs_ingest_gb": 0.50,
@@ -71,6 +78,8 @@ PRICE_NOTES = [
     "API Gateway REST API: $3.50 per million requests (first 333 million a month); requests refused by the "
     "authorizer (401) are not billed.",
     "DynamoDB on-demand: $0.625 per million write request units, $0.125 per million read request units.",
+    "DynamoDB provisioned (TableCapacity=provisioned): $0.00065 per write capacity unit-hour, $0.00013 per read "
+    "capacity unit-hour, provisioned whether used or not.",
     "CloudWatch: Logs ingestion $0.50 per GB, storage $0.03 per GB-month (counted here uncompressed: an upper "
     "bound); custom metrics $0.30 a month each, standard alarms $0.10 a month each.",
     "WAF: $5 per web ACL and $1 per rule a month, $0.60 per million requests.",
@@ -106,6 +115,15 @@ PROVIDER_BYTES_PER_REQUEST = 16 * 1024  # request + response through the NAT (a 
 CUSTOM_METRICS = 16  # EMF metric × dimension sets: telemetry.py's list with two currencies, four hold reasons
 PROVIDER_SECRETS = 4  # provider keys in Secrets Manager, $0.40 a month each
 SECRET_MONTH = 0.40
+# TableCapacity=provisioned. Section 3's item sizes name the table of each write (the bench's short names); the
+# index entries of a table's writes go to its indexes in these shares (the hold's usage Put adds an `open_holds`
+# and a `by_key_shard` entry, the settle removes the `open_holds` one); a table's other indexes take no write on a
+# request and sit at the scaling minimum. Reads: the key's GetItem (1 RRU, ApiKeys), the rest of section 3's
+# reads are the rate counters' BatchGetItem (RateLimits); an authorizer miss reads the key and the account.
+SHORT_TABLE = {"keys": "ApiKeysTable", "accounts": "AccountsTable", "usage": "UsageTable",
+               "limits": "RateLimitsTable", "rollups": "UsageRollupsTable", "catalog": "CatalogTable"}
+INDEX_WRITE_SHARES = {"UsageTable": {"open_holds": 2, "by_key_shard": 1}}
+KEY_READ_RRU = 1.0
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -143,6 +161,7 @@ def template_facts(tpl: dict | None = None) -> dict:
         "access_log_format": access_format,
         "rollup_batch": int(mapping["BatchSize"]), "rollup_window_s": float(mapping["MaximumBatchingWindowInSeconds"]),
         "alarms": sum(1 for r in res.values() if r["Type"] == "AWS::CloudWatch::Alarm"),
+        "tables": _provisioned_tables(res, params),
         "managed": {
             "per_env": int(params["ProxyConcurrencyPerEnvironment"]["Default"]),
             "min_envs": int(params["ProxyMinExecutionEnvironments"]["Default"]),
@@ -152,6 +171,17 @@ def template_facts(tpl: dict | None = None) -> dict:
     }
 
 
+def _provisioned_tables(res: dict, params: dict) -> dict:
+    """The tables TableCapacity=provisioned puts on provisioned capacity (a BillingMode that is an `!If`), each
+    with its indexes, and the scaling parameters' defaults."""
+    tables = {name: [g["IndexName"] for g in r["Properties"].get("GlobalSecondaryIndexes", [])]
+              for name, r in res.items()
+              if r["Type"] == "AWS::DynamoDB::Table" and isinstance(r["Properties"].get("BillingMode"), dict)}
+    return {"indexes": tables, "target": float(params["TableTargetUtilization"]["Default"]) / 100,
+            **{f"{bound}_{unit}": int(params[f"Table{bound.title()}{name}Capacity"]["Default"])
+               for bound in ("min", "max") for unit, name in (("w", "Write"), ("r", "Read"))}}
+
+
 def measured_figures(doc: str | None = None) -> dict:
     """The bench's own figures as docs/BENCHMARKS.md holds them (section 3 and the right-sizing section)."""
     doc = doc if doc is not None else DOC.read_text(encoding="utf-8")
@@ -159,12 +189,24 @@ def measured_figures(doc: str | None = None) -> dict:
     auth = re.search(r"^\| authorizer, cache miss.*\| ([\d.]+) \| 0 \|$", doc, re.M)
     auth_ms = re.search(r"authorizer's \d+ GetItems \([\d.]+ RRU; ([\d.]+) ms", doc)
     cpu = re.search(r"^\| proxy alone: \d+ chat requests[^|]*\|[^|]*\| ([\d.]+) ms / request", doc, re.M)
+    sizes = re.search(r"^Item sizes behind the units \(chat, non-stream(.*)$", doc, re.M)
     missing = [name for name, m in (("chat units", chat), ("authorizer units", auth), ("authorizer ms", auth_ms),
-                                     ("proxy CPU", cpu)) if m is None]
+                                     ("proxy CPU", cpu), ("item sizes", sizes)) if m is None]
     if missing:
         raise SystemExit(f"docs/BENCHMARKS.md lacks {', '.join(missing)}: run `make bench` (sections 3 and memory)")
     return {"rru": float(chat[1]), "wru": float(chat[2]), "authorizer_rru": float(auth[1]),
-            "authorizer_ms": float(auth_ms[1]), "proxy_cpu_ms": float(cpu[1])}
+            "authorizer_ms": float(auth_ms[1]), "proxy_cpu_ms": float(cpu[1]), "writes": _writes_by_table(sizes[1])}
+
+
+def _writes_by_table(sizes: str) -> dict:
+    """{table: [item units, index-entry units]} of one billed request, from section 3's item sizes line."""
+    writes: dict = {}
+    for short, units, idx in re.findall(r"(?:Put|Update|Delete|ConditionCheck) ([\w-]+) \d+ B \((\d+)\+(\d+) idx\)",
+                                        sizes):
+        table = writes.setdefault(SHORT_TABLE.get(short, short), [0.0, 0.0])
+        table[0] += float(units)
+        table[1] += float(idx)
+    return writes
 
 
 PROXY_LOG_CHILD = """
@@ -310,6 +352,50 @@ def managed_proxy(provider_s: float, rate: float, facts: dict, m: dict) -> dict:
                            + nat_hour)}
 
 
+def provisioned_tables(provider_s: float, rate: float, facts: dict, m: dict, *, miss_rate: float) -> dict:
+    """TableCapacity=provisioned at a steady `rate`: each table's and each index's capacity is the units a second it
+    uses over the target utilisation (what target tracking holds), rounded up, within the scaling bounds; billed
+    by the hour whether used or not. A table a request writes that the option leaves on-demand stays per unit."""
+    tb = facts["tables"]
+    roll = rollup_units(provider_s, facts)
+    things = [(table, index) for table, indexes in tb["indexes"].items() for index in (None, *indexes)]
+    writes, reads = dict.fromkeys(things, 0.0), dict.fromkeys(things, 0.0)
+    on_demand_wru = 0.0
+    # Section 3's total, split over the tables as its item sizes line splits it.
+    scale = m["wru"] / (sum(units + idx for units, idx in m["writes"].values()) or 1)
+    for table, (units, idx) in m["writes"].items():
+        if table not in tb["indexes"]:
+            on_demand_wru += (units + idx) * scale
+            continue
+        writes[(table, None)] += units * scale
+        shares = INDEX_WRITE_SHARES.get(table) or dict.fromkeys(tb["indexes"][table], 1)
+        for index, share in shares.items():
+            writes[(table, index)] += idx * scale * share / sum(shares.values())
+    writes[("ApiKeysTable", None)] += _last_used_wru()
+    writes[("UsageRollupsTable", None)] += roll["wru"]
+    reads[("ApiKeysTable", None)] += min(KEY_READ_RRU, m["rru"]) + miss_rate * m["authorizer_rru"] / 2
+    reads[("AccountsTable", None)] += miss_rate * m["authorizer_rru"] / 2
+    reads[("RateLimitsTable", None)] += max(0.0, m["rru"] - KEY_READ_RRU)
+    reads[("UsageRollupsTable", None)] += roll["rru"]
+
+    def capacity(per_request: float, low: int, high: int) -> tuple[int, bool]:
+        need = per_request * rate / tb["target"]
+        return min(high, max(low, math.ceil(need))), need > high
+
+    wcu = {k: capacity(u, tb["min_w"], tb["max_w"]) for k, u in writes.items()}
+    rcu = {k: capacity(u, tb["min_r"], tb["max_r"]) for k, u in reads.items()}
+    total_wcu, total_rcu = sum(c for c, _ in wcu.values()), sum(c for c, _ in rcu.values())
+    hour = total_wcu * PRICES["ddb_wcu_hour"] + total_rcu * PRICES["ddb_rcu_hour"]
+    return {"hour": hour, "per_request": hour / (rate * 3600) + on_demand_wru * PRICES["ddb_wru"],
+            "wcu": total_wcu, "rcu": total_rcu, "things": len(things),
+            "by_thing": {(f"{table} {index}" if index else table): (wcu[(table, index)][0], rcu[(table, index)][0])
+                         for table, index in things},
+            "wru_per_request": sum(writes.values()), "rru_per_request": sum(reads.values()),
+            "over_max": sorted({f"{t}/{i}" if i else t for k, (_, over) in [*wcu.items(), *rcu.items()] if over
+                                for t, i in [k]}),
+            "floor_hour": len(things) * (tb["min_w"] * PRICES["ddb_wcu_hour"] + tb["min_r"] * PRICES["ddb_rcu_hour"])}
+
+
 def fixed_month(facts: dict) -> dict:
     """What the stack costs a month whatever its traffic (both compute modes)."""
     return {
@@ -353,22 +439,35 @@ def compute(facts: dict | None = None, m: dict | None = None, logs: dict | None 
             return {"total": shared + proxy + fixed_per_request, "proxy": proxy, "shared": shared,
                     "fixed": fixed_per_request}
         mp = managed_proxy(t, rate, facts, m)
+        on_demand_tables = s["ddb"] + s["rollup_ddb"] + miss_rate * m["authorizer_rru"] * PRICES["ddb_rru"]
+        if mode == "provisioned":  # managed instances + TableCapacity=provisioned
+            pt = provisioned_tables(t, rate, facts, m, miss_rate=miss_rate)
+            shared += pt["per_request"] - on_demand_tables
+            return {"total": shared + mp["proxy"] + mp["nat"] + fixed_per_request, "shared": shared,
+                    "fixed": fixed_per_request, "tables": pt["per_request"], **mp, "capacity": pt}
         return {"total": shared + mp["proxy"] + mp["nat"] + fixed_per_request, "shared": shared,
-                "fixed": fixed_per_request, **mp}
+                "fixed": fixed_per_request, "tables": on_demand_tables, **mp}
 
     managed_rows = [{"rate": r, "provider_s": t, "lambda": total_at("lambda", t, r),
-                     "managed": total_at("managed", t, r)} for t in (3.0, 30.0) for r in RATES]
+                     "managed": total_at("managed", t, r), "provisioned": total_at("provisioned", t, r)}
+                    for t in (3.0, 30.0) for r in RATES]
     break_even = {}
     for t in (3.0, 30.0):
         rate = next((r / 10 for r in range(1, 100_001)
                      if total_at("managed", t, r / 10)["total"] <= total_at("lambda", t, r / 10)["total"]), None)
         break_even[t] = rate
+    # Where the provisioned tables' floor (every table and index at its minimum) is paid back, on managed instances.
+    tables_break_even = {t: next((r / 10 for r in range(1, 100_001) if total_at("provisioned", t, r / 10)["total"]
+                                  <= total_at("managed", t, r / 10)["total"]), None) for t in (3.0, 30.0)}
     curves = {"lambda": [(t, total_at("lambda", t, GOAL_RATE)["total"] * 1e6) for t in _grid()]}
     for r in RATES:
         curves[f"managed, {r} req/s"] = [(t, total_at("managed", t, r)["total"] * 1e6) for t in _grid()]
+    curves[f"managed + provisioned tables, {GOAL_RATE} req/s"] = [
+        (t, total_at("provisioned", t, GOAL_RATE)["total"] * 1e6) for t in _grid()]
     sizing = _sizing(facts, m)
     return {"facts": facts, "measured": m, "logs": logs, "miss_rate": miss_rate, "lambda": lam_rows,
-            "managed": managed_rows, "break_even": break_even, "fixed": fixed, "fixed_total": fixed_total,
+            "managed": managed_rows, "break_even": break_even, "tables_break_even": tables_break_even,
+            "fixed": fixed, "fixed_total": fixed_total,
             "curves": curves, "sizing": sizing,
             "rollup": {t: rollup_units(t, facts) for t in (0.0, 3.0)}}
 
@@ -405,7 +504,7 @@ def render(r: dict) -> str:
         "Written by `make bench-cost` (`tools/bench/cost.py`; part of `make bench`) from template.yaml as it is, "
         "the units and times the bench measured (sections 3 and right-sizing) and the code; chart: "
         "`docs/cost_per_million.png`. "
-        f"Region **{REGION}**, on-demand prices as published on {PRICES_TAKEN}:",
+        f"Region **{REGION}**, on-demand prices (unless named otherwise) as published on {PRICES_TAKEN}:",
         "",
         *[f"- {note}" for note in PRICE_NOTES],
         "",
@@ -475,25 +574,35 @@ def render(r: dict) -> str:
         "DynamoDB through a free gateway endpoint). Everything else as above, and the monthly costs spread over "
         "the requests. USD per million requests:",
         "",
-        "| provider time | req/s | on-demand Lambda | managed instances | of which the proxy's compute | NAT | "
-        "environments (bound by) | instances |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| provider time | req/s | on-demand Lambda | managed instances (on-demand tables, the default) | "
+        "managed instances + provisioned tables | of which the proxy's compute | NAT | environments (bound by) | "
+        "instances |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in r["managed"]:
         mg = row["managed"]
         lines.append(
             f"| {row['provider_s']:g} s | {row['rate']:,} | {_usd(row['lambda']['total'])} | "
-            f"**{_usd(mg['total'])}** | {_usd(mg['proxy'])} | {_usd(mg['nat'])} | {mg['envs']} ({mg['bound']}) | "
-            f"{mg['instances']} |")
-    be = r["break_even"]
+            f"**{_usd(mg['total'])}** | **{_usd(row['provisioned']['total'])}** | {_usd(mg['proxy'])} | "
+            f"{_usd(mg['nat'])} | {mg['envs']} ({mg['bound']}) | {mg['instances']} |")
+    be, tbe = r["break_even"], r["tables_break_even"]
     floor_hour = managed_proxy(3.0, 1.0, f, m)["fixed_hour"]
+    at_goal = next(x for x in r["managed"] if x["provider_s"] == 3.0 and x["rate"] == GOAL_RATE)
+    cap = at_goal["provisioned"]["capacity"]
+    unit_break_even = PRICES["ddb_wcu_hour"] / 3600 / PRICES["ddb_wru"]
     lines += [
         "",
         f"**Break-even**: managed instances cost less than on-demand Lambda above **{be[3.0]:g} req/s** for 3 s "
         f"calls and above **{be[30.0]:g} req/s** for 30 s calls (steady rates). Below that the floor dominates: "
         f"{MIN_INSTANCES} instances and {NAT_GATEWAYS} NAT gateways, ${floor_hour:.3f} an hour "
         f"(${floor_hour * HOURS_PER_MONTH:,.0f} a month) with no traffic at all; on-demand Lambda costs nothing "
-        "idle.",
+        "idle. **Provisioned tables** (TableCapacity=provisioned, below) lower the per-request part and add little "
+        f"to the floor: {cap['things']} tables and indexes at their minimum, ${cap['floor_hour']:.3f} an "
+        f"hour (${cap['floor_hour'] * HOURS_PER_MONTH:,.0f} a month), paid back against on-demand tables above "
+        f"**{tbe[3.0]:g} req/s**; a provisioned unit costs less than an on-demand one while it is on average more "
+        f"than {unit_break_even:.0%} used (reads and writes alike), and auto scaling holds "
+        f"{f['tables']['target']:.0%}. They take DynamoDB from {_usd(at_goal['managed']['tables'])} to "
+        f"{_usd(at_goal['provisioned']['tables'])} per million at {GOAL_RATE} req/s.",
         "",
     ]
     goal_lines, goal_gaps = [], []
@@ -505,14 +614,15 @@ def render(r: dict) -> str:
     s0 = lam[0]
     floor_usd = s0["apigw"] + s0["waf"] + s0["ddb"] + s0["rollup_ddb"]
     lines += [
-        f"**Goal (issue 25), managed instances at {GOAL_RATE} req/s, everything included**: "
+        f"**Goal (issue 25), managed instances at {GOAL_RATE} req/s, everything included, on-demand tables (the "
+        "default)**: "
         + "; ".join(goal_lines) + ". "
         f"The proxy's compute is no longer what a request costs: API Gateway, WAF and DynamoDB (request path and "
         f"rollup) alone are {_usd(floor_usd)} per million whatever the compute, with DynamoDB's "
         f"{m['wru'] + _last_used_wru():g} + {roll_long['wru']:.1f} write units the largest part "
         f"({_usd((m['wru'] + _last_used_wru() + roll_long['wru']) * PRICES['ddb_wru'])}). "
-        "What would close the gap: fewer write "
-        "units (the rollup's per-record markers: a per-shard checkpoint, docs/SCALE.md section 4; the hold's and "
+        "What would close the gap: provisioned tables at a steady rate (TableCapacity=provisioned, below), fewer "
+        "write units (the rollup's per-record markers: a per-shard checkpoint, docs/SCALE.md section 4; the hold's and "
         "the settle's transactional writes) or an HTTP API in front ($1.00 per million instead of $3.50, but no "
         "response streaming and a 30 s limit: DESIGN.md)."
         + "".join(f" At {t:g} s the goal needs {(got - goal) / 1e6 / PRICES['ddb_wru']:.1f} fewer write units a "
@@ -529,11 +639,96 @@ def render(r: dict) -> str:
         "request body. One event loop holding that many sockets is what issue 25's concurrency test checks at a "
         "smaller scale; lower the parameter if it shows otherwise.",
         "",
+        *_render_provisioned(r),
         "![Cost per million requests against provider time](cost_per_million.png)",
         "",
         MARK_END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _target_meeting(row: dict, goal: float, r: dict) -> int | None:
+    """The lowest TableTargetUtilization (whole percent, up to AWS's 90) at which `row` meets `goal`."""
+    for percent in range(int(r["facts"]["tables"]["target"] * 100) + 1, 91):
+        facts = {**r["facts"], "tables": {**r["facts"]["tables"], "target": percent / 100}}
+        tables = provisioned_tables(row["provider_s"], row["rate"], facts, r["measured"], miss_rate=r["miss_rate"])
+        if (row["managed"]["total"] - row["managed"]["tables"] + tables["per_request"]) * 1e6 <= goal:
+            return percent
+    return None
+
+
+def _render_provisioned(r: dict) -> list[str]:
+    f, m = r["facts"], r["measured"]
+    tb = f["tables"]
+    at_goal = next(x for x in r["managed"] if x["provider_s"] == 3.0 and x["rate"] == GOAL_RATE)["provisioned"]
+    cap = at_goal["capacity"]
+    split = ", ".join(f"{table.removesuffix('Table')} {units + idx:g}" for table, (units, idx) in m["writes"].items())
+    lines = [
+        "### Managed instances + provisioned tables (TableCapacity=provisioned)",
+        "",
+        f"The tables a billed request writes ({', '.join(t.removesuffix('Table') for t in tb['indexes'])}) and "
+        f"their indexes, {cap['things']} in all, on provisioned capacity, each scaled by Application Auto Scaling "
+        f"to hold {tb['target']:.0%} utilisation (TableTargetUtilization) between {tb['min_w']} and "
+        f"{tb['max_w']:,} write units and {tb['min_r']} and {tb['max_r']:,} read units (TableMin/Max…Capacity); "
+        "the catalog stays on-demand (no write on a request). Modelled at a steady rate: each table's and index's "
+        f"units a second over the target, rounded up, never below the minimum, billed by the hour. Units: section "
+        f"3's {m['wru']:g} WRU split over the tables as its item sizes show ({split}; a table's index entries to its "
+        "indexes: `open_holds` 2, `by_key_shard` 1), the key's `last_used_at` (ApiKeys), the rollup's (UsageRollups); "
+        f"reads: the key's (ApiKeys, {KEY_READ_RRU:g}), the rate counters' (RateLimits), the authorizer's misses "
+        "(ApiKeys, Accounts), the rollup's markers (UsageRollups). USD per million requests, everything else as "
+        "in the table above:",
+        "",
+        "| provider time | req/s | managed, on-demand tables | managed, provisioned tables | DynamoDB on-demand | "
+        "DynamoDB provisioned | write units provisioned | read units provisioned |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["managed"]:
+        mg, pv = row["managed"], row["provisioned"]
+        lines.append(
+            f"| {row['provider_s']:g} s | {row['rate']:,} | {_usd(mg['total'])} | **{_usd(pv['total'])}** | "
+            f"{_usd(mg['tables'])} | {_usd(pv['tables'])} | {pv['capacity']['wcu']:,} | {pv['capacity']['rcu']:,} |")
+    over = sorted({name for row in r["managed"] for name in row["provisioned"]["capacity"]["over_max"]})
+    goal_lines, short = [], []
+    for t, goal in GOALS.items():
+        row = next(x for x in r["managed"] if x["provider_s"] == t and x["rate"] == GOAL_RATE)
+        got = row["provisioned"]["total"] * 1e6
+        goal_lines.append(f"{t:g} s: **${got:.2f}** against ≤ ${goal:g} — {'met' if got <= goal else 'NOT met'}")
+        if got > goal:
+            per_wru = PRICES["ddb_wcu_hour"] / 3600 / tb["target"]  # a write unit a request, provisioned, at target
+            short.append(f" At {t:g} s it needs {(got - goal) / 1e6 / per_wru:.1f} fewer write units a request")
+            target = _target_meeting(row, goal, r)
+            short.append(f", or a TableTargetUtilization of {target} (less headroom for a rise)." if target
+                         else ".")
+    biggest = sorted(cap["by_thing"].items(), key=lambda kv: -kv[1][0])[:6]
+    lines += [
+        "",
+        f"**Goal (issue 25) with provisioned tables, managed instances at {GOAL_RATE} req/s, everything included**: "
+        + "; ".join(goal_lines) + "." + "".join(short)
+        + (f" Above the maximum at these rates (throttled): {', '.join(over)}." if over else "")
+        + f" At {GOAL_RATE} req/s the largest capacities (write, read units): "
+        + ", ".join(f"{name} {w:,}/{rd:,}" for name, (w, rd) in biggest) + ".",
+        "",
+        "**Caveats.** Auto scaling follows a rise, it does not lead it: it adds capacity once utilisation has been "
+        "above the target for about 2 minutes (and removes it after about 15 minutes well below); DynamoDB's burst "
+        "capacity (unused capacity of the last 5 minutes) takes a short spike, and the target's headroom takes a "
+        f"rise of {1 / tb['target'] - 1:.0%} at once; anything more is throttled until capacity catches up. What a "
+        "throttled call does here: botocore retries it (PynamoDB's default, 4 attempts with backoff); the hold's "
+        "and the settle's transactions are retried on a throttling or capacity cancellation up to 8 times, "
+        "jittered 20 ms to 1 s (`onysoft.billing._transact`); the settle as a whole up to 5 times "
+        "(`onysoft.forwarding.settle`), then it is left to the sweeper, which charges the hold; a hold or the key's "
+        "read still failing ends the request as a 500 `internal_error`, nothing held or charged (not a 503 with "
+        "Retry-After); the rollup's stream batch is retried by its event source mapping. So a burst beyond the "
+        "capacity shows as latency, then 500s, for the minutes scaling takes: provisioned suits a steady rate "
+        "(what managed instances are for) and on-demand stays the default. A table may switch from on-demand to "
+        "provisioned at any time, back at most 4 times in 24 hours; it starts at the minimum, so raise "
+        "TableMinWriteCapacity / TableMinReadCapacity to the steady need before switching a busy stack (the "
+        "minimum applies to every table and index alike; changing it later sets every table's and index's "
+        "capacity to it at once, as CloudFormation updates the tables, so raise it, never lower it under load). "
+        "Reserved capacity (a 1- or 3-year commitment on "
+        "provisioned units) would cost less again: not modelled.",
+        "",
+    ]
+    return lines
 
 
 def draw(r: dict, path: Path = CHART) -> None:
@@ -545,7 +740,8 @@ def draw(r: dict, path: Path = CHART) -> None:
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     for label, points in r["curves"].items():
         xs, ys = zip(*points, strict=True)
-        style = {"linewidth": 2.5} if label == "lambda" else {"linestyle": "--"}
+        style = ({"linewidth": 2.5} if label == "lambda" else {"linestyle": ":", "linewidth": 2.5}
+                 if "provisioned" in label else {"linestyle": "--"})
         name = f"on-demand Lambda, {r['facts']['proxy_mb']} MB" if label == "lambda" else label
         ax.plot(xs, ys, label=name, **style)
     for t, goal in GOALS.items():

@@ -87,6 +87,46 @@ def resolve(value: Any, tpl: dict[str, Any], parameters: dict[str, Any] | None =
     return value
 
 
+_NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def condition_holds(tpl: dict[str, Any], name: str, parameters: dict[str, Any] | None = None) -> bool:
+    """A condition of the template's Conditions, on the parameters' defaults (or the given overrides)."""
+    def holds(expr: Any) -> bool:
+        if isinstance(expr, dict) and len(expr) == 1:
+            (fn, args), = expr.items()
+            if fn == "Condition":
+                return holds(tpl["Conditions"][args])
+            if fn == "Fn::Not":
+                return not holds(args[0])
+            if fn == "Fn::And":
+                return all(holds(a) for a in args)
+            if fn == "Fn::Or":
+                return any(holds(a) for a in args)
+            if fn == "Fn::Equals":
+                left, right = (resolve(a, tpl, parameters) for a in args)
+                return str(left) == str(right)
+        raise ValueError(f"condition {name!r}: cannot evaluate {expr!r} locally")
+
+    return holds(tpl["Conditions"][name])
+
+
+def decide(value: Any, tpl: dict[str, Any], parameters: dict[str, Any] | None = None) -> Any:
+    """`value` with each `Fn::If` replaced by its chosen branch (conditions on the parameters' defaults or the
+    overrides), `AWS::NoValue` dropped and parameter `Ref`s resolved: what CloudFormation would create."""
+    if isinstance(value, list):
+        return [decide(v, tpl, parameters) for v in value if v != _NO_VALUE]
+    if not isinstance(value, dict):
+        return value
+    if set(value) == {"Fn::If"}:
+        condition, yes, no = value["Fn::If"]
+        return decide(yes if condition_holds(tpl, condition, parameters) else no, tpl, parameters)
+    if set(value) == {"Ref"} and value["Ref"] in (tpl.get("Parameters") or {}):
+        return resolve(value, tpl, parameters)
+    decided = {k: decide(v, tpl, parameters) for k, v in value.items()}
+    return {k: v for k, v in decided.items() if v != _NO_VALUE}
+
+
 # ---------------------------------------------------------------------------------------------- tables
 
 
@@ -119,13 +159,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def table_definitions(tpl: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
-    """boto3 `create_table` keyword arguments for every table; `names` maps logical id → TableName."""
+def table_definitions(tpl: dict[str, Any], names: dict[str, str],
+                      parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """boto3 `create_table` keyword arguments for every table; `names` maps logical id → TableName. The tables
+    as the parameters' defaults (or `parameters`) make them: TableCapacity's `!If`s decided."""
     definitions = []
     for logical_id, resource in _resources(tpl, TABLE_TYPE).items():
         if logical_id not in names:
             raise KeyError(f"no table name given for {logical_id}")
-        props = resource.get("Properties") or {}
+        props = decide(resource.get("Properties") or {}, tpl, parameters)
         definition: dict[str, Any] = {
             "TableName": names[logical_id],
             "AttributeDefinitions": [dict(a) for a in props["AttributeDefinitions"]],
@@ -136,15 +178,20 @@ def table_definitions(tpl: dict[str, Any], names: dict[str, str]) -> list[dict[s
         if stream:
             definition["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
         if definition["BillingMode"] == "PROVISIONED":
-            definition["ProvisionedThroughput"] = dict(props["ProvisionedThroughput"])
+            definition["ProvisionedThroughput"] = _units(props["ProvisionedThroughput"])
         for index_kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
             indexes = props.get(index_kind)
             if indexes:
                 definition[index_kind] = [
-                    {key: value for key, value in index.items() if key in _INDEX_KEYS} for index in indexes
+                    {key: _units(value) if key == "ProvisionedThroughput" else value
+                     for key, value in index.items() if key in _INDEX_KEYS} for index in indexes
                 ]
         definitions.append(definition)
     return definitions
+
+
+def _units(throughput: dict[str, Any]) -> dict[str, int]:
+    return {name: int(units) for name, units in throughput.items()}  # a parameter override may be a string
 
 
 _INDEX_KEYS = {"IndexName", "KeySchema", "Projection", "ProvisionedThroughput", "OnDemandThroughput"}
