@@ -119,24 +119,39 @@ UVICORN = [PYTHON, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--no-acce
 # ---------------------------------------------------------------------------------------------- 1. CPU
 
 
+TRANSPORTS = {"botocore": "before: botocore's client", "lean": "after: the lean transport (the default)"}
+BLOCK = 25  # requests a block; the transports' proxies take turns, so a change in the machine's speed hits both
+
+
 def measure_cpu(stack: Stack, progress=print) -> dict:
-    proxy, base = stack.proxy("proxy", UVICORN, ROOT / "functions" / "proxy")
+    """Both DynamoDB transports (onysoft.dynamo_transport), each in its own proxy process on the same stack, in
+    alternating blocks of BLOCK requests: CPU per request and the overhead header's median, by transport."""
+    proxies = {name: stack.proxy(f"proxy-{name}", ["env", f"ONYSOFT_DYNAMODB_TRANSPORT={name}", *UVICORN],
+                                 ROOT / "functions" / "proxy") for name in TRANSPORTS}
     try:
-        overheads: dict[str, list[float]] = {"chat": [], "chat, streamed": []}
+        result: dict[str, dict[str, float]] = {name: {} for name in TRANSPORTS}
+        overheads: dict[str, dict[str, list[float]]] = {name: {} for name in TRANSPORTS}
         with httpx.Client() as client:
-            for i in range(WARMUP):
-                _chat(client, base, stack.headers, stream=i % 2 == 1)
-            result = {}
+            for _, base in proxies.values():
+                for i in range(WARMUP):
+                    _chat(client, base, stack.headers, stream=i % 2 == 1)
             for label, stream in (("chat", False), ("chat, streamed", True)):
-                progress(f"  profile: {REQUESTS} requests one at a time ({label})")
-                cpu0 = cpu_seconds(proxy.pid)
-                for _ in range(REQUESTS):
-                    overheads[label].append(float(_chat(client, base, stack.headers, stream).headers[
-                        "x-onysoft-overhead-ms"]))
-                result[label] = (cpu_seconds(proxy.pid) - cpu0) * 1000 / REQUESTS
-        return {"cpu_ms": result, "overhead_ms": {k: sorted(v)[len(v) // 2] for k, v in overheads.items()}}
+                progress(f"  profile: {REQUESTS} requests one at a time ({label}) on each transport")
+                spent = {name: 0.0 for name in TRANSPORTS}
+                for _ in range(REQUESTS // BLOCK):
+                    for name, (proxy, base) in proxies.items():
+                        cpu0 = cpu_seconds(proxy.pid)
+                        for _ in range(BLOCK):
+                            overheads[name].setdefault(label, []).append(float(_chat(
+                                client, base, stack.headers, stream).headers["x-onysoft-overhead-ms"]))
+                        spent[name] += cpu_seconds(proxy.pid) - cpu0
+                for name in TRANSPORTS:
+                    result[name][label] = spent[name] * 1000 / REQUESTS
+        return {"cpu_ms": result, "overhead_ms": {name: {k: sorted(v)[len(v) // 2] for k, v in by.items()}
+                                                  for name, by in overheads.items()}}
     finally:
-        stop_process(proxy, grace=5)
+        for proxy, _ in proxies.values():
+            stop_process(proxy, grace=5)
 
 
 # ---------------------------------------------------------------------------------------------- 2. the profile
@@ -282,13 +297,19 @@ def render(cpu: dict, profile: dict, streams: dict) -> str:
              f"Written by `make bench-profile` (`python -m tools.bench.profile`) on {when}, {host}. The proxy "
              "alone in one uvicorn process as the adapter runs it, a Lambda environment (EMF metrics and the JSON "
              "log line on), moto and the fake provider in their own processes; the provider answers at once.", "",
-             "| what | CPU per request | x-onysoft-overhead-ms (median) |", "|---|---:|---:|"]
-    for label, ms in cpu["cpu_ms"].items():
-        lines.append(f"| {label}, {REQUESTS} one at a time | {ms:.1f} ms | {cpu['overhead_ms'][label]:.1f} ms |")
+             f"Each DynamoDB transport in its own proxy process, the two taking turns in blocks of {BLOCK} requests "
+             "(so a change in the shared machine's speed falls on both); moto answers over HTTP/1.1 keep-alive, "
+             "as DynamoDB does.", "",
+             "| what | transport | CPU per request | x-onysoft-overhead-ms (median) |", "|---|---|---:|---:|"]
+    for name, by_label in cpu["cpu_ms"].items():
+        for label, ms in by_label.items():
+            lines.append(f"| {label}, {REQUESTS} one at a time | {TRANSPORTS[name]} | {ms:.1f} ms | "
+                         f"{cpu['overhead_ms'][name][label]:.1f} ms |")
     lines += ["", "The header's figure is wall time (the proxy's own work plus its waits on moto, which answers from "
               "another process on the same two cores): above the CPU, as it will be in AWS by the DynamoDB round "
               "trips.", "",
-              f"**Profile** (yappi, CPU clock, every thread; {PROFILED} requests, half streamed; "
+              f"**Profile** of the default (lean) transport (yappi, CPU clock, every thread; {PROFILED} requests, half "
+              "streamed; "
               f"{profile['total_ms']:.1f} ms a request under the profiler, which inflates every call it hooks: "
               "read the shares). Own time by package, per request:", "",
               "| package | ms / request | share |", "|---|---:|---:|"]

@@ -46,7 +46,7 @@ def install_botocore_hook() -> None:
     """Every botocore session made from now on (PynamoDB makes one per thread) reports its DynamoDB calls."""
     from botocore import handlers
 
-    entry = ("before-call.dynamodb", _on_call)
+    entry = ("before-parameter-build.dynamodb", _on_call)  # the lean transport emits it too
     if entry not in handlers.BUILTIN_HANDLERS:
         handlers.BUILTIN_HANDLERS.append(entry)
 

@@ -27,6 +27,12 @@ def region() -> str:
 DYNAMODB_THREADS_DEFAULT = 64
 
 
+def lean_dynamodb() -> bool:
+    """Whether DynamoDB's data-plane calls skip botocore's per-call pipeline (onysoft.dynamo_transport; the
+    default). ONYSOFT_DYNAMODB_TRANSPORT=botocore sends them through botocore's client as before."""
+    return os.environ.get("ONYSOFT_DYNAMODB_TRANSPORT", "lean") != "botocore"
+
+
 def dynamodb_threads() -> int:
     """ONYSOFT_DYNAMODB_THREADS (default 64, at least 1): the worker threads and DynamoDB connections per process."""
     try:

@@ -52,6 +52,13 @@ def method_not_allowed(method: str, path: str) -> GatewayError:
                         "method_not_allowed")
 
 
+def capacity_exhausted() -> GatewayError:
+    # DynamoDB kept throttling after every retry (provisioned tables above their capacity, auto scaling catching
+    # up; docs/BENCHMARKS.md section 4): nothing was held or charged, and a retry in a moment is the answer.
+    return GatewayError(503, "The gateway is over its capacity for a moment; nothing was charged. Retry shortly.",
+                        "server_error", "capacity_exhausted", headers={"Retry-After": "2"})
+
+
 def internal_error() -> GatewayError:
     # Never a stack trace or internal detail: the request id in the logs is how we find it.
     return GatewayError(500, "The gateway had an internal error. Try again; if it persists, contact support.",

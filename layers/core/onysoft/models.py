@@ -11,6 +11,7 @@ from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjec
 from pynamodb.models import Model
 
 from onysoft import config
+from onysoft.dynamo_transport import LeanClient
 
 # One botocore DynamoDB client per place it talks to (see GatewayModel). Keyed by what botocore reads when it
 # builds a client, so a test or tool that changes region or endpoint never gets a client for the old one.
@@ -34,7 +35,7 @@ def _index(index_name: str, projection, hash_key: str, range_key: str | None = N
 
 def _client_identity(connection) -> tuple:
     return (connection.region, connection.host, os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"),
-            os.environ.get("AWS_ENDPOINT_URL"))
+            os.environ.get("AWS_ENDPOINT_URL"), config.lean_dynamodb())
 
 
 class GatewayModel(Model):
@@ -50,7 +51,10 @@ class GatewayModel(Model):
             identity = _client_identity(inner)
             shared = _shared_clients.get(identity)
             if shared is None:
-                _shared_clients[identity] = inner.client  # builds it
+                built = inner.client  # PynamoDB builds botocore's client, with its timeouts and retries
+                _shared_clients[identity] = built if not config.lean_dynamodb() else LeanClient(
+                    built, inner._connect_timeout_seconds, inner._read_timeout_seconds, config.dynamodb_threads())
+                inner._client = _shared_clients[identity]
             else:
                 inner._client = shared
         return table_connection

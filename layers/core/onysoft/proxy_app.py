@@ -9,6 +9,8 @@ import json
 import logging
 
 import anyio.to_thread
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import PynamoDBException
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -16,7 +18,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onysoft import config, errors, forwarding, key_use, keys, overhead, parallel, rate_limits, spend_limits, telemetry
+from onysoft import (
+    config,
+    dynamo_transport,
+    errors,
+    forwarding,
+    key_use,
+    keys,
+    overhead,
+    parallel,
+    rate_limits,
+    spend_limits,
+    telemetry,
+)
 from onysoft.api_formats.messages import error_envelope
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
@@ -155,6 +169,16 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     return _error_response(error, request.url.path)
 
 
+async def _on_storage_error(request: Request, exc: Exception) -> Response:
+    """A DynamoDB error no code path expected: 503 when it is throttling past the retries, else a 500."""
+    if not dynamo_transport.throttled(exc):
+        return await _on_unexpected_error(request, exc)
+    logger.warning("DynamoDB throttled past its retries", extra={"request_id": current_request_id()})
+    error = errors.capacity_exhausted()
+    telemetry.note(error_code=error.code)
+    return _error_response(error, request.url.path)
+
+
 async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", extra={"request_id": current_request_id()})
     return _error_response(errors.internal_error(), request.url.path)
@@ -190,6 +214,8 @@ def create_app() -> Starlette:
         exception_handlers={
             errors.GatewayError: _on_gateway_error,
             HTTPException: _on_http_error,
+            ClientError: _on_storage_error,
+            PynamoDBException: _on_storage_error,
             Exception: _on_unexpected_error,
         },
     )
