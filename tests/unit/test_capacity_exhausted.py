@@ -1,5 +1,6 @@
-"""DynamoDB throttling past every retry (provisioned tables above their capacity while auto scaling catches up) is
-a 503 with Retry-After and nothing charged, not a 500 (onysoft.dynamo_transport.throttled, errors.capacity_exhausted).
+"""DynamoDB's capacity and what a request spends of it: throttling past every retry (provisioned tables above
+their capacity while auto scaling catches up) is a 503 with Retry-After and nothing charged, not a 500
+(onysoft.dynamo_transport.throttled, errors.capacity_exhausted); the key's last use is written once a minute.
 """
 
 from botocore.exceptions import ClientError
@@ -44,3 +45,13 @@ def test_a_throttled_request_is_503_with_retry_after_and_nothing_charged(gateway
     assert "Traceback" not in answer.text
     monkeypatch.undo()
     assert Account.get(account_id, consistent_read=True).balance_micros == before
+
+
+def test_last_used_at_is_written_at_most_once_a_minute_per_key():
+    """A display field, written by a plain UpdateItem when the key's read finds it a minute old (1 write unit a
+    request for a key used every second before; the authorizer's cache is a minute too)."""
+    now = "2026-12-03T10:00:00.000000Z"
+    assert key_use.due(None, now)
+    assert not key_use.due("2026-12-03T09:59:01.000000Z", now)  # 59 s ago
+    assert key_use.due("2026-12-03T09:59:00.000000Z", now)  # a minute ago
+    assert key_use.due("not a time", now)

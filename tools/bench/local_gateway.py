@@ -270,7 +270,7 @@ def render(result: dict) -> str:
         "",
         f"- **Journal**: {c['journal_bytes_per_request']:,.0f} bytes per chat request (the after-images of the "
         "items its writes touched: the hold's and the settle's transactions (the usage record twice, the balance "
-        "shard, the rate counter), the key's last-used time (at most once a second), and its share of the usage "
+        "shard, the rate counter), the key's last-used time (at most once a minute), and its share of the usage "
         "rollup's (a marker per usage record, the day's totals once per poll"
         "); plus a ~50-byte header per entry; "
         "reads are not journaled). Written with one `write()` to the OS "

@@ -20,7 +20,8 @@ A partition is one (table or index, partition key value). The pattern's partitio
 placeholder how many values the load spreads over: one account; `keys` keys (1 for the one-key scenario);
 one rate window at a time; 16 open-holds shards; `shards` shards. Load is spread evenly (round-robin), so
 the busiest of S partitions takes ceil(L / S) requests of L. A partition whose writes are *coalesced* (say a
-key's `last_used_at`, written at most once a second) takes at most `cap` writes a second whatever the load.
+key's `last_used_at`, written at most once a minute; capped here at once a second, an upper bound) takes
+at most `cap` writes a second whatever the load.
 
 Not modelled, so every ceiling here is an upper bound: transaction conflicts on a hot item (two
 transactions on one item at once: one is cancelled and retried), retries of throttled requests (they add
@@ -177,7 +178,8 @@ ACCOUNT_KEYS = 100  # the one-account scenario: its traffic comes from this many
 
 # What the recorded after-pattern spreads over an account's N shards (its bench account has one, recorded as the
 # bare id): the balance shard, the usage records' partition and the key's rate-limit counter (issue 16). The
-# key item is read before each hold and written (last_used_at) at most once a second (onysoft.key_use).
+# key item is read before each hold and written (last_used_at) at most once a minute (onysoft.key_use; capped
+# here at once a second, an upper bound).
 SHARDED = {"account", "usage", "rate", "usage_by_key_shard"}  # a key's by_key_shard entries follow its records
 KEY_WRITES_PER_SECOND = 1
 

@@ -6,8 +6,10 @@ strongly consistent, before it holds any money: a key deleted or expired a momen
 The hold transaction itself does not touch the key item (issue 16, docs/SCALE.md): a write per request on one
 item stops a key near 500 requests a second, and costs 2 write units. So:
 - the check is this read (1 read unit; an item takes 3,000 a second);
-- `last_used_at` is written at most about once a second per key (`note_use`): the read says when it was
-  last written, and only a request that finds it older writes it again;
+- `last_used_at` is written at most about once a minute per key (`note_use`): the read says when it was
+  last written, and only a request that finds it older writes it again (a minute, as the authorizer's cache:
+  a write a second was 1 write unit a request for a key used every second, ~$0.25 per million on provisioned
+  tables, for a display field; docs/BENCHMARKS.md section 4);
 - the key's request count and spend are counted by the usage rollup from the Usage table's stream
   (onysoft.usage_rollup, `key_totals`), off the request path.
 What it costs: a key deleted between this read and the hold (milliseconds) still serves that one request,
@@ -26,7 +28,7 @@ from onysoft.api_keys import LEAKED, refusal
 from onysoft.caller import CallerContext
 from onysoft.models import ApiKey
 
-LAST_USED_EVERY = timedelta(seconds=1)
+LAST_USED_EVERY = timedelta(seconds=60)
 
 logger = logging.getLogger("onysoft.key_use")
 
@@ -56,7 +58,7 @@ def usable_key(key_hash: str, caller: CallerContext) -> ApiKey:
 
 
 def due(last_used_at: str | None, now: str) -> bool:
-    """Whether a request at `now` should write last_used_at (never written, or written a second ago or more)."""
+    """Whether a request at `now` should write last_used_at (never written, or written LAST_USED_EVERY ago or more)."""
     if not last_used_at:
         return True
     try:
