@@ -137,16 +137,16 @@ def measure_cpu(stack: Stack, progress=print) -> dict:
                     _chat(client, base, stack.headers, stream=i % 2 == 1)
             for label, stream in (("chat", False), ("chat, streamed", True)):
                 progress(f"  profile: {REQUESTS} requests one at a time ({label}) on each transport")
-                spent = {name: 0.0 for name in TRANSPORTS}
+                blocks: dict[str, list[float]] = {name: [] for name in TRANSPORTS}
                 for _ in range(REQUESTS // BLOCK):
                     for name, (proxy, base) in proxies.items():
                         cpu0 = cpu_seconds(proxy.pid)
                         for _ in range(BLOCK):
                             overheads[name].setdefault(label, []).append(float(_chat(
                                 client, base, stack.headers, stream).headers["x-onysoft-overhead-ms"]))
-                        spent[name] += cpu_seconds(proxy.pid) - cpu0
-                for name in TRANSPORTS:
-                    result[name][label] = spent[name] * 1000 / REQUESTS
+                        blocks[name].append((cpu_seconds(proxy.pid) - cpu0) * 1000 / BLOCK)
+                for name in TRANSPORTS:  # the median block: a burst of other work on the machine moves it least
+                    result[name][label] = sorted(blocks[name])[len(blocks[name]) // 2]
         return {"cpu_ms": result, "overhead_ms": {name: {k: sorted(v)[len(v) // 2] for k, v in by.items()}
                                                   for name, by in overheads.items()}}
     finally:
@@ -298,8 +298,8 @@ def render(cpu: dict, profile: dict, streams: dict) -> str:
              "alone in one uvicorn process as the adapter runs it, a Lambda environment (EMF metrics and the JSON "
              "log line on), moto and the fake provider in their own processes; the provider answers at once.", "",
              f"Each DynamoDB transport in its own proxy process, the two taking turns in blocks of {BLOCK} requests "
-             "(so a change in the shared machine's speed falls on both); moto answers over HTTP/1.1 keep-alive, "
-             "as DynamoDB does.", "",
+             "(so a change in the shared machine's speed falls on both); the CPU figure is the median block's. "
+             "moto answers over HTTP/1.1 keep-alive, as DynamoDB does.", "",
              "| what | transport | CPU per request | x-onysoft-overhead-ms (median) |", "|---|---|---:|---:|"]
     for name, by_label in cpu["cpu_ms"].items():
         for label, ms in by_label.items():
