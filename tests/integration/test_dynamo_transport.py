@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from unittest import mock
 
 import botocore.auth
+import botocore.httpsession
 import botocore.session
 import httpx
 import pytest
@@ -193,3 +194,17 @@ def test_what_goes_on_the_wire_is_signed_as_aws_verifies_it(moto_url):
     method, path, headers, body = _Recorder.received[0]
     with pytest.raises(AssertionError):
         _verify_sigv4(method, headers["Host"], path, headers, body.replace(b"ConsistentRead", b"ConsistentReaD"))
+
+
+def test_tls_is_verified_as_botocore_verifies_it():
+    """The transport's pool checks certificates against the CA bundle botocore's session would use for the same
+    client (AWS_CA_BUNDLE here), and not at all only where botocore was told not to."""
+    session = botocore.session.get_session()
+    session.set_credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key)
+    verified = lean(session.create_client("dynamodb", "us-east-1"))
+    unverified = lean(session.create_client("dynamodb", "us-east-1", verify=False))
+    expected = verified._client._endpoint.http_session._verify
+    assert expected and verified._pool.connection_pool_kw["ca_certs"] == (expected if isinstance(expected, str)
+                                                                         else botocore.httpsession.get_cert_path(True))
+    assert verified._pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
+    assert unverified._pool.connection_pool_kw["cert_reqs"] == "CERT_NONE"

@@ -44,6 +44,19 @@ THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "ThrottledExc
 TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 
+
+def _tls(client) -> dict:
+    """TLS as botocore's own session for this client verifies it: its CA bundle (AWS_CA_BUNDLE, the config's, or
+    certifi's), or no verification where the client was told so."""
+    from botocore.httpsession import get_cert_path
+
+    verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    verify = getattr(verify, "_verify", True)
+    if verify is False:
+        return {"cert_reqs": "CERT_NONE"}
+    return {"cert_reqs": "CERT_REQUIRED", "ca_certs": get_cert_path(verify)}
+
+
 class LeanClient:
     """A botocore DynamoDB client whose data-plane calls skip botocore's pipeline (see the module's docstring)."""
 
@@ -53,7 +66,8 @@ class LeanClient:
         self._region = client.meta.region_name
         self._credentials = client._request_signer._credentials  # botocore's: refreshable where the role is
         self._pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, retries=False,
-                                         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout))
+                                         timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+                                         **_tls(client))
 
     def __getattr__(self, name):  # everything else is the botocore client's
         return getattr(self._client, name)
@@ -74,8 +88,8 @@ class LeanClient:
         events.emit(f"before-parameter-build.dynamodb.{operation}", params=params, model=model, context=context)
         try:
             body = json.dumps(params, separators=(",", ":"))
-        except TypeError:  # a value JSON cannot carry (bytes): botocore's serializer knows what to do
-            return self._client._make_api_call(operation, params)
+        except TypeError:  # a value JSON cannot carry (bytes): botocore's serializer knows what to do (it emits
+            return self._client._make_api_call(operation, params)  # the first event again: hooks see it twice)
         request = {"url_path": "/", "query_string": "", "method": "POST", "headers": {}, "body": body,
                    "context": context}
         _, answered = events.emit_until_response(f"before-call.dynamodb.{operation}", model=model, params=request,
