@@ -220,6 +220,30 @@ def test_messages_are_billed_with_cache_reads_and_writes_at_their_prices(gateway
     assert record.charge_micros == 5229  # (10 × 2 + 6 × 0.5 + 2 × 2.5 + 7 × 8) µUSD × 1.5 × 41.5
 
 
+def test_claude_codes_request_goes_through_with_its_context_edits_and_effort(gateway, provider):
+    """What Claude Code sends with every request (captured from @anthropic-ai/claude-code, 2026-12): context editing
+    that clears thinking and an effort level, with their betas. Both only lower what the provider bills (fewer
+    input tokens; output capped by the held max_tokens), so they go upstream; the betas the gateway does not know
+    are dropped."""
+    account, _, headers = new_key("user")
+    betas = ("claude-code-20250219,interleaved-thinking-2025-05-14,thinking-token-count-2026-05-13,"
+             "context-management-2025-06-27,prompt-caching-scope-2026-01-05,effort-2025-11-24")
+    body = {"model": "anthropic/claude-t", "max_tokens": 32000, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}], "system": [{"type": "text", "text": "You are Claude."}],
+            "metadata": {"user_id": "u"}, "thinking": {"type": "enabled", "budget_tokens": 500},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "output_config": {"effort": "high"}}
+    response = gateway.post("/v1/messages", headers={**headers, "anthropic-beta": betas}, json=body)
+    assert response.status_code == 200, response.text
+    [sent] = provider.sent
+    assert sent["body"]["context_management"] == body["context_management"]
+    assert sent["body"]["output_config"] == {"effort": "high"} and sent["body"]["max_tokens"] == 1000  # as held
+    assert sent["headers"]["anthropic-beta"] == ("claude-code-20250219,interleaved-thinking-2025-05-14,"
+                                                 "context-management-2025-06-27,effort-2025-11-24")
+    [record] = records(account.account_id)
+    assert record.status == "settled"
+
+
 @pytest.mark.parametrize("usage", [{"output_tokens": -7}, {"input_tokens": "10"}, {"cache_read_input_tokens": 10 ** 30},
                                    {"output_tokens": 7.5}], ids=["negative", "text", "huge", "float"])
 @pytest.mark.parametrize("stream", [False, True])
@@ -271,6 +295,10 @@ def test_responses_refuse_stored_state_and_unpriced_options_before_any_hold(gate
     {"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, {"mcp_servers": [{"url": "x"}]},
     {"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
     {"service_tier": "priority"}, {"messages": []},
+    {"context_management": {"edits": [{"type": "compact_20260101"}]}},
+    {"context_management": {"edits": [{"type": "clear_thinking_20251015"}], "budget": 1}},
+    {"context_management": "clear"}, {"output_config": {"effort": "max"}},
+    {"output_config": {"effort": "low", "format": {"type": "json_schema"}}}, {"output_config": ["high"]},
 ])
 def test_messages_refuse_bad_limits_and_unpriced_options_in_anthropics_envelope(gateway, provider, extra):
     account, _, headers = new_key("user")

@@ -14,6 +14,9 @@
   holds one cache-write price, the 5-minute one). Client tools Anthropic expands (bash, text editor, computer)
   add the prompt tokens providers.json says they add.
 - A bare model name (`claude-opus-4-8`, what Claude Code sends by default) means `anthropic/<name>`.
+- Claude Code's `context_management` (edits that clear thinking or tool uses: fewer input tokens) and
+  `output_config` (an effort level; the held max_tokens still caps the output) go upstream with their betas;
+  any other edit or option in them is refused as unpriced.
 - Errors are Anthropic's envelope, {"type": "error", "error": {"type", "message"}}, with the same statuses, so
   the anthropic SDK raises the matching exception (AuthenticationError, RateLimitError…).
 """
@@ -29,7 +32,11 @@ from onysoft.providers import Provider
 DEFAULT_VERSION = "2023-06-01"
 ALLOWED_BETAS = frozenset({"claude-code-20250219", "interleaved-thinking-2025-05-14",
                            "fine-grained-tool-streaming-2025-05-14", "token-efficient-tools-2025-02-19",
-                           "prompt-caching-2024-07-31"})
+                           "prompt-caching-2024-07-31", "context-management-2025-06-27", "effort-2025-11-24"})
+# What Claude Code sends with every request (2026-12): context editing that only takes from the prompt the
+# provider bills, and an effort level the held max_tokens still caps. Anything else in them is refused.
+CONTEXT_EDITS = frozenset({"clear_thinking_20251015", "clear_tool_uses_20250919"})
+EFFORTS = frozenset({"low", "medium", "high"})
 STANDARD_TIERS = (None, "auto", "standard_only")
 # Anthropic's error types by status (https://docs.anthropic.com/en/api/errors).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
@@ -68,6 +75,25 @@ def _unpriced(name: str, why: str) -> errors.GatewayError:
                               "know.", name, "unpriced_option")
 
 
+def _check_context_management(value) -> None:
+    """Context edits that clear thinking or old tool uses from the prompt (fewer input tokens, never more)."""
+    if value is None:
+        return
+    edits = value.get("edits") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or set(value) - {"edits"} or not isinstance(edits, list) or not all(
+            isinstance(edit, dict) and edit.get("type") in CONTEXT_EDITS for edit in edits):
+        raise _unpriced("context_management", "only the edits clearing thinking or tool uses "
+                        f"({', '.join(sorted(CONTEXT_EDITS))}) are priced")
+
+
+def _check_output_config(value) -> None:
+    """An effort level: how much of max_tokens the model spends, never more than was held."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or set(value) - {"effort"} or value.get("effort", "high") not in EFFORTS:
+        raise _unpriced("output_config", f"only an effort of {', '.join(sorted(EFFORTS))} is priced")
+
+
 class MessagesTally(sse.StreamTally):
     def __init__(self) -> None:
         super().__init__()
@@ -100,6 +126,8 @@ class Messages(ApiFormat):
             raise _unpriced("service_tier", "only the standard tier is priced")
         if _one_hour_cache([body.get("system"), body.get("messages"), body.get("tools")]):
             raise _unpriced("cache_control", "only 5-minute cache writes are priced (ttl '5m')")
+        _check_context_management(body.get("context_management"))
+        _check_output_config(body.get("output_config"))
 
     def upstream_body(self, body: dict, price: ModelPrice, provider: Provider, output_limit: int) -> dict:
         outgoing = dict(body)
