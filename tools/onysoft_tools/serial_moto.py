@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     app = serialized_app(state, moto_app, log_requests=args.verbose)
     # waitress, not werkzeug's development server: werkzeug 3 answers every request with `Connection: close`, so
     # each DynamoDB call here paid a new TCP connection that DynamoDB (HTTP/1.1 keep-alive) never charges: about
-    # 1 ms of the caller's CPU a call, half of what the proxy's CPU a request measured (docs/BENCHMARKS.md
+    # 1 ms of the caller's CPU a call, measured alone, which the proxy's CPU figure carried (docs/BENCHMARKS.md
     # section 6). The threads only wait for the lock: a handful is enough; idle keep-alive connections take none.
     server = create_server(app, host=args.host, port=args.port, threads=16, connection_limit=4096,
                            channel_timeout=300, asyncore_use_poll=True, ident="onysoft-dev-moto")
