@@ -255,3 +255,18 @@ def dev(request, tmp_path_factory, upstream):
         yield gateway
     finally:
         gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module (the browser tests: tests/integration/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

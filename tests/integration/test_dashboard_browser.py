@@ -18,22 +18,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.integration.browser import SCREENSHOT_DIR_ENV, WatchedPage, finish_sign_in, launch
+from tests.integration.browser import SCREENSHOT_DIR_ENV, WatchedPage, finish_sign_in
 from tests.integration.conftest import DevGateway
 
 PASSWORD = "Browser-test-2026"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -17,22 +17,12 @@ import secrets
 import httpx
 import pytest
 from botocore.exceptions import ClientError
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.integration.browser import WatchedPage, launch, totp_now, wrong_totp
+from tests.integration.browser import WatchedPage, totp_now, wrong_totp
 from tests.integration.test_dashboard_browser import PASSWORD, new_account, screenshot, settled, sign_in_as
 
 SESSION = "onysoft.dashboard.session"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch(playwright)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
