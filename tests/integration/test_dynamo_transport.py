@@ -196,15 +196,93 @@ def test_what_goes_on_the_wire_is_signed_as_aws_verifies_it(moto_url):
         _verify_sigv4(method, headers["Host"], path, headers, body.replace(b"ConsistentRead", b"ConsistentReaD"))
 
 
-def test_tls_is_verified_as_botocore_verifies_it():
-    """The transport's pool checks certificates against the CA bundle botocore's session would use for the same
-    client (AWS_CA_BUNDLE here), and not at all only where botocore was told not to."""
-    session = botocore.session.get_session()
-    session.set_credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key)
-    verified = lean(session.create_client("dynamodb", "us-east-1"))
-    unverified = lean(session.create_client("dynamodb", "us-east-1", verify=False))
-    expected = verified._client._endpoint.http_session._verify
-    assert expected and verified._pool.connection_pool_kw["ca_certs"] == (expected if isinstance(expected, str)
-                                                                         else botocore.httpsession.get_cert_path(True))
-    assert verified._pool.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
-    assert unverified._pool.connection_pool_kw["cert_reqs"] == "CERT_NONE"
+def _self_signed(directory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that no public CA signed, and its key: (cert path, key path)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onysoft transport test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_is_verified_as_botocore_verifies_it(tmp_path, monkeypatch):
+    """Over HTTPS the transport checks the server's certificate against the CA bundle botocore's session would use
+    for the same client (AWS_CA_BUNDLE here), refuses one that bundle did not sign with botocore's SSLError, and
+    skips the check only where botocore was told not to check (verify=False)."""
+    import ssl
+
+    from botocore.exceptions import SSLError
+
+    cert, key = _self_signed(tmp_path)
+    _Recorder.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    params = {"TableName": TABLE, "Key": {"pk": {"S": "a"}}}
+
+    def client(**options):
+        session = botocore.session.get_session()
+        session.set_credentials(CREDENTIALS.access_key, CREDENTIALS.secret_key, CREDENTIALS.token)
+        return lean(session.create_client("dynamodb", "us-east-1", endpoint_url=url, **options))
+
+    try:
+        with mock.patch("onysoft.dynamo_transport.time.sleep"), pytest.raises(SSLError):
+            client()._make_api_call("GetItem", params)  # the default bundle does not know this certificate
+        assert without_metadata(client(verify=False)._make_api_call("GetItem", params)) == {"Item": {"pk": {"S": "a"}}}
+        monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+        assert without_metadata(client()._make_api_call("GetItem", params)) == {"Item": {"pk": {"S": "a"}}}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(_Recorder.received) == 2  # the refused handshake sent nothing
+    for method, path, headers, body in _Recorder.received:
+        _verify_sigv4(method, headers["Host"], path, headers, body)
+
+
+class _ClosingRecorder(_Recorder):
+    """HTTP/1.1 with keep-alive, but the server drops the connection once it has answered, saying nothing (as a
+    load balancer drops an idle one)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802
+        super().do_POST()
+        self.close_connection = True
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_before_it_is_used():
+    """The second call must not fail, nor wait a retry's back-off: the dropped connection is seen before sending."""
+    _Recorder.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fast = lean(botocore_client(f"http://127.0.0.1:{server.server_address[1]}"))
+        params = {"TableName": TABLE, "Key": {"pk": {"S": "a"}}}
+        with mock.patch("onysoft.dynamo_transport.time.sleep", side_effect=AssertionError("retried")):
+            for _ in range(3):
+                assert without_metadata(fast._make_api_call("GetItem", params)) == {"Item": {"pk": {"S": "a"}}}
+                threading.Event().wait(0.05)  # the server's close reaches the client's socket (time.sleep is patched)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(_Recorder.received) == 3

@@ -373,12 +373,15 @@ def test_a_failure_between_hold_and_send_releases_the_hold(gateway, monkeypatch)
 
 
 def test_an_unreadable_rate_counter_costs_the_headers_not_the_answer(gateway, monkeypatch):
-    from onysoft import rate_limits
+    """The window's use comes with the key's read (one BatchGetItem); when the minute turned between that read
+    and the hold, the hold's window is read after it, and if that read fails the answer still goes out."""
+    from onysoft import forwarding, rate_limits
 
     def unreadable(*args, **kwargs):
         raise RuntimeError("DynamoDB had a bad moment")
 
     monkeypatch.setattr(rate_limits, "read_usage", unreadable)
+    monkeypatch.setattr(forwarding, "_window_use_after", lambda held, window, before: None)  # the minute turned
     account, _, headers = new_key("partner_customer")
     response = gateway.post("/v1/chat/completions", headers=headers,
                             json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
@@ -386,3 +389,28 @@ def test_an_unreadable_rate_counter_costs_the_headers_not_the_answer(gateway, mo
     assert "x-onysoft-request-id" in response.headers and "x-ratelimit-remaining-requests" not in response.headers
     [usage_record] = records(account.account_id)
     assert usage_record.status == "settled"
+
+
+def test_the_window_read_with_the_key_gives_the_headers_after_the_hold(gateway):
+    """The x-ratelimit headers of a billed answer come from the key's read (the window's use before the hold)
+    plus what the hold counted: one request and its rate tokens, so the remaining count goes down by one a
+    request, and the tokens by what each hold counted, as the counter items say."""
+    from onysoft import rate_limits
+    from onysoft.models import RateLimitCounter
+
+    _, record, headers = new_key("partner_customer")
+    key_id = record.key_id
+    body = {"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    first, second = (gateway.post("/v1/chat/completions", headers=headers, json=body) for _ in range(2))
+    assert first.status_code == second.status_code == 200
+    rpm = int(first.headers["x-ratelimit-limit-requests"])
+    assert int(first.headers["x-ratelimit-remaining-requests"]) == rpm - 1
+    assert int(second.headers["x-ratelimit-remaining-requests"]) == rpm - 2
+    window = rate_limits.current_window()
+    counter = RateLimitCounter.get(window.counter_id(key_id, 0), consistent_read=True)
+    assert counter.requests == 2
+    tpm = int(first.headers["x-ratelimit-limit-tokens"])
+    held_each = tpm - int(first.headers["x-ratelimit-remaining-tokens"])  # what the first hold counted
+    assert held_each > 0
+    # the second answer saw the first one's settled count (the hold's tokens less what it gave back) plus its own
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) <= tpm - held_each

@@ -16,11 +16,11 @@ cannot flood it, and a full window answers 429 with the usual headers. A provide
 import json
 
 import httpx
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from onysoft import api_formats, circuit_breaker, errors, overhead, rate_limits, telemetry, upstream
+from onysoft.blocking import run_blocking
 from onysoft.caller import CallerContext
 from onysoft.forwarding import MAX_BODY_BYTES, usable_model
 from onysoft.providers import ProviderUnavailable, api_key, get_provider
@@ -78,7 +78,7 @@ async def count_tokens(request: Request, key_hash: str, caller: CallerContext) -
     fmt = api_formats.get(ENDPOINT)
     body["model"] = fmt.qualified_model(body["model"])
     telemetry.note(model=body["model"])
-    price, provider, provider_key = await run_in_threadpool(_upstream, body["model"], caller)
+    price, provider, provider_key = await run_blocking(_upstream, body["model"], caller)
     # A provider whose circuit breaker is open is not asked (onysoft.circuit_breaker), before the window counts it.
     ticket = circuit_breaker.breaker(provider.name).admit()
     if isinstance(ticket, circuit_breaker.Refused):
@@ -91,7 +91,7 @@ async def count_tokens(request: Request, key_hash: str, caller: CallerContext) -
 
 async def _count(request: Request, key_hash: str, caller: CallerContext, body: dict, fmt, price, provider,
                  provider_key: str, ticket: circuit_breaker.Ticket) -> JSONResponse:
-    usage, window = await run_in_threadpool(_admit, key_hash, caller)
+    usage, window = await run_blocking(_admit, key_hash, caller)
     headers = rate_limits.headers(caller, usage, window)
     outgoing = {name: value for name, value in body.items() if name != "models"}  # fallbacks are the gateway's
     outgoing["model"] = price.upstream_model

@@ -32,7 +32,6 @@ from decimal import Decimal
 
 import anyio
 import httpx
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -52,11 +51,12 @@ from onysoft import (
     telemetry,
     upstream,
 )
+from onysoft.blocking import run_blocking
 from onysoft.caller import CallerContext
 from onysoft.catalog import ModelPrice, catalog_cache
 from onysoft.deadline import deadline_seconds
 from onysoft.hold_sizing import MAX_ANSWER_BYTES, ChargeFactors, HoldPlan, plan_hold, shrink_to_balance
-from onysoft.key_use import note_use, usable_key
+from onysoft.key_use import due, note_use, usable_key_and_window
 from onysoft.models import ApiKey
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider, ProviderUnavailable, api_key, get_provider
@@ -191,11 +191,23 @@ def _candidates(names: list[tuple[str, bool]], caller: CallerContext, endpoint: 
 
 def _hold(request_id: str, key_hash: str, caller: CallerContext, plans: list[HoldPlan],
           candidates: list[Candidate], endpoint: str, body: dict
-          ) -> tuple[billing.Hold, list[HoldPlan], ApiKey]:
-    """The key read again (401 before any money moves: onysoft.key_use), then the hold. Sequential on
-    purpose: a key deleted before this read gets no hold, so no usage record, at all."""
-    key = usable_key(key_hash, caller)
-    return (*_hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body, key), key)
+          ) -> tuple[billing.Hold, list[HoldPlan], ApiKey, rate_limits.Usage | None]:
+    """The key read again (401 before any money moves: onysoft.key_use), with the rate window's use so far, then
+    the hold. Sequential on purpose: a key deleted before this read gets no hold, so no usage record, at all.
+    Also returns the window's use after the hold, for the x-ratelimit headers (None: read it again)."""
+    window = rate_limits.current_window()
+    key, before = usable_key_and_window(key_hash, caller, window)
+    held, plans = _hold_for_candidates(request_id, key_hash, caller, plans, candidates, endpoint, body, key)
+    return held, plans, key, _window_use_after(held, window, before)
+
+
+def _window_use_after(held: billing.Hold, window: rate_limits.Window, before: rate_limits.Usage
+                      ) -> rate_limits.Usage | None:
+    """What the key's read found in the window, and what the hold counted in it (one request, its rate tokens).
+    None when the minute turned between the read and the hold: that window is read after the hold, as before."""
+    if held.window_start != window.start:
+        return None
+    return rate_limits.Usage(before.requests + 1, before.tokens + held.rate_tokens)
 
 
 def _refused(caller: CallerContext, needed: int, refused: billing.HoldRefused, key: ApiKey | None
@@ -262,7 +274,7 @@ async def _forward(request: Request, endpoint: str, key_hash: str, caller: Calle
     telemetry.note(model=body.get("model"))
     fmt.validate(body)
     names = fallbacks.candidates(body, caller, endpoint)
-    candidates = await run_in_threadpool(_candidates, names, caller, endpoint, body)
+    candidates = await run_blocking(_candidates, names, caller, endpoint, body)
     several = len(candidates) > 1  # fallbacks: the answer and the record name the model that answered
     # Before the hold: a provider whose breaker is open is skipped (the next fallback) or, if none is left, the
     # request fails fast — nothing held, nothing charged, nothing written.
@@ -302,12 +314,12 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
                          deadline_at: float) -> Response:
     plans = [plan_hold(endpoint, body, len(raw), c.factors, c.bound) for c in candidates]
     request_id = current_request_id()  # the one in the answer's x-onysoft-request-id (request_ids.RequestIds)
-    held, plans, key = await run_in_threadpool(_hold, request_id, key_hash, caller, plans, candidates, endpoint,
-                                               body)
-    # While the upstream works: the key's last use (when due), then the window's count after this request for
-    # the x-ratelimit headers.
+    held, plans, key, usage = await run_blocking(_hold, request_id, key_hash, caller, plans, candidates, endpoint,
+                                                 body)
+    # While the upstream works: the key's last use (when due), and the window's count after this request for the
+    # x-ratelimit headers if the hold's read could not say it.
     window = rate_limits.Window(held.window_start)
-    counted = asyncio.ensure_future(_note_use_and_window_usage(key, caller, window))
+    counted = asyncio.ensure_future(_note_use_and_window_usage(key, caller, window, usage))
     failed: list[str] = list(skipped)
     for index, candidate in enumerate(candidates):
         last = index + 1 == len(candidates)
@@ -324,7 +336,7 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
                 headers=fmt.upstream_headers(candidate.provider_key, fmt.streams, request.headers),
             )
         except Exception:  # a bug between hold and send must not keep the customer's money until the sweeper
-            await run_in_threadpool(billing.release, hold, code="internal_error", message="request not sent")
+            await run_blocking(billing.release, hold, code="internal_error", message="request not sent")
             raise
         # The hold's record already says `sent_at` (place_hold(sending=True)): from now on, never free.
         upstream_started = time.monotonic()
@@ -336,13 +348,13 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
             error = upstream.error_from_exception(provider, exc)
             if not upstream.never_sent(exc):
                 # It left: the provider may be working on it and will bill. Charged the hold; no other model.
-                await run_in_threadpool(settle, hold, None, None, error.code or "upstream_error")
+                await run_blocking(settle, hold, None, None, error.code or "upstream_error")
                 error = upstream.charged(error)
             elif not last:  # no connection could be made: nothing reached the provider, the next model is tried
                 failed.append(f"{candidate.model}: {error.code}")
                 continue
             else:
-                await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
+                await run_blocking(billing.release, hold, code=error.code or "upstream_error",
                                         message=str(exc) or error.message)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error from None
@@ -355,7 +367,7 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
             if not last and fallbacks.worth_another_try(response.status_code):
                 failed.append(f"{candidate.model}: {response.status_code}")
                 continue
-            await run_in_threadpool(billing.release, hold, code=error.code or "upstream_error",
+            await run_blocking(billing.release, hold, code=error.code or "upstream_error",
                                     message=error.message, upstream_status=response.status_code)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error
@@ -373,7 +385,7 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
         # A whole answer to a stream request is no stream: 502 (what it cost is read from it if it says).
         content, ended = await _read_answer(response, deadline_at)
         usage = _usage_of_answer(content, hold, fmt)
-        await run_in_threadpool(settle, hold, usage, 200, ended or "not_a_stream")
+        await run_blocking(settle, hold, usage, 200, ended or "not_a_stream")
         raise _with_headers(_malformed(provider, usage), headers)
     return await _relay_whole(response, provider, hold, fmt, headers, deadline_at, rename)
 
@@ -426,16 +438,17 @@ def deadline_error(provider: Provider) -> errors.GatewayError:
         "server_error", "gateway_deadline")
 
 
-async def _note_use_and_window_usage(key: ApiKey, caller: CallerContext, window: rate_limits.Window
-                                     ) -> rate_limits.Usage | None:
-    await run_in_threadpool(note_use, key)  # never raises: a display field
-    return await _window_usage(caller, window)
+async def _note_use_and_window_usage(key: ApiKey, caller: CallerContext, window: rate_limits.Window,
+                                     usage: rate_limits.Usage | None) -> rate_limits.Usage | None:
+    if due(key.last_used_at, clock.now_iso()):  # about once a minute a key: no thread hop on other requests
+        await run_blocking(note_use, key)  # never raises: a display field
+    return usage if usage is not None else await _window_usage(caller, window)
 
 
 async def _window_usage(caller: CallerContext, window: rate_limits.Window) -> rate_limits.Usage | None:
     """The window's counts for the x-ratelimit headers; None if they cannot be read (the answer still goes out)."""
     try:
-        return await run_in_threadpool(rate_limits.read_usage, caller.key_id, window, caller.shards)
+        return await run_blocking(rate_limits.read_usage, caller.key_id, window, caller.shards)
     except Exception:
         logger.exception("rate-limit counter unreadable", extra={"key_id": caller.key_id})
         return None
@@ -512,7 +525,7 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
         payload = None
     usage = known_usage(fmt, payload.get("usage"), None, hold) if isinstance(payload, dict) else None
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
-    await run_in_threadpool(settle, hold, usage, 200, ended or ("no_usage" if isinstance(payload, dict)
+    await run_blocking(settle, hold, usage, 200, ended or ("no_usage" if isinstance(payload, dict)
                                                                    else "not_json"))
     if ended:
         raise _with_headers(_ended_early(provider, ended), headers)
@@ -622,7 +635,7 @@ async def _answer_from_stream(response: httpx.Response, provider: Provider, hold
     usage = known_usage(fmt, fmt.final_usage(tally), tally, hold)
     ended = reader.ended if reader.ended != "complete" else ""
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
-    await run_in_threadpool(settle, hold, usage, 200, ended or "no_usage")
+    await run_blocking(settle, hold, usage, 200, ended or "no_usage")
     if assembler is None:
         raise _with_headers(_ended_early(provider, "too_large"), headers)
     answer = assembler.answer() if (usage is not None or fmt.stream_complete(tally)) else None
@@ -681,7 +694,7 @@ async def _relay_stream(response: httpx.Response, hold: billing.Hold, fmt: api_f
                 await response.aclose()
                 usage = known_usage(fmt, fmt.final_usage(tally), tally, hold)
                 ended = reader.ended if reader.ended not in (None, "complete") else ""
-                await run_in_threadpool(settle, hold, usage, 200, ended or "no_usage")
+                await run_blocking(settle, hold, usage, 200, ended or "no_usage")
         finally:
             closed.set_result(None)
             _closing.discard(closed)

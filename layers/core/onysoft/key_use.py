@@ -23,10 +23,11 @@ from datetime import timedelta
 
 from pynamodb.exceptions import UpdateError
 
-from onysoft import clock, errors, leaks
+from onysoft import clock, errors, leaks, rate_limits
 from onysoft.api_keys import LEAKED, refusal
 from onysoft.caller import CallerContext
-from onysoft.models import ApiKey
+from onysoft.dynamo import batch_get
+from onysoft.models import ApiKey, RateLimitCounter
 
 LAST_USED_EVERY = timedelta(seconds=60)
 
@@ -55,6 +56,23 @@ def usable_key(key_hash: str, caller: CallerContext) -> ApiKey:
     except ApiKey.DoesNotExist:
         record = None
     return check(record, caller)
+
+
+def usable_key_and_window(key_hash: str, caller: CallerContext, window: rate_limits.Window
+                          ) -> tuple[ApiKey, rate_limits.Usage]:
+    """The key item through `check`, and the key's use of the rate-limit window so far (the x-ratelimit headers
+    of a billed answer), in one strongly consistent BatchGetItem: the same read units as the key's GetItem and
+    the window's read after the hold, one round trip and one call fewer (docs/BENCHMARKS.md section 6)."""
+    table = RateLimitCounter.Meta.table_name
+    counter_ids = window.counter_ids(caller.key_id, caller.shards)
+    found = batch_get({
+        ApiKey.Meta.table_name: {"Keys": [{"key_hash": {"S": key_hash}}], "ConsistentRead": True},
+        table: {"Keys": [{"counter_id": {"S": c}} for c in counter_ids], "ConsistentRead": True},
+    })
+    items = found.get(ApiKey.Meta.table_name) or []
+    record = check(ApiKey.from_raw_data(items[0]) if items else None, caller)
+    counters = {item["counter_id"]["S"]: item for item in found.get(table) or []}
+    return record, rate_limits.summed(counters, caller.key_id, window, caller.shards)
 
 
 def due(last_used_at: str | None, now: str) -> bool:

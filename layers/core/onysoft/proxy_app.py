@@ -8,18 +8,16 @@ import contextlib
 import json
 import logging
 
-import anyio.to_thread
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import PynamoDBException
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from onysoft import (
-    config,
+    blocking,
     dynamo_transport,
     errors,
     forwarding,
@@ -32,6 +30,7 @@ from onysoft import (
     telemetry,
 )
 from onysoft.api_formats.messages import error_envelope
+from onysoft.blocking import run_blocking
 from onysoft.caller import REQUEST_CONTEXT_HEADER, CallerContext, from_request_context_header
 from onysoft.catalog import catalog_cache
 from onysoft.clock import parse_iso
@@ -100,7 +99,7 @@ def load_key_view(key_hash: str, caller: CallerContext) -> dict:
 
 async def get_key(request: Request) -> Response:
     key_hash, caller = caller_of(request)
-    view = await run_in_threadpool(load_key_view, key_hash, caller)
+    view = await run_blocking(load_key_view, key_hash, caller)
     usage = rate_limits.Usage(view["usage"]["requests_this_minute"], view["usage"]["tokens_this_minute"])
     headers = rate_limits.headers(caller, usage, rate_limits.current_window())
     return JSONResponse(view, headers=headers)
@@ -115,8 +114,8 @@ def load_usage_of_usable_key(key_hash: str, caller: CallerContext, window: rate_
 async def list_models(request: Request) -> Response:
     key_hash, caller = caller_of(request)
     window = rate_limits.current_window()
-    usage = await run_in_threadpool(load_usage_of_usable_key, key_hash, caller, window)
-    prices = await run_in_threadpool(catalog_cache.enabled_models)
+    usage = await run_blocking(load_usage_of_usable_key, key_hash, caller, window)
+    prices = await run_blocking(catalog_cache.enabled_models)
     data = [
         {"id": p.model, "object": "model", "owned_by": p.provider,
          "created": int(parse_iso(p.created_at).timestamp()) if p.created_at else 0}
@@ -187,9 +186,8 @@ async def _on_unexpected_error(request: Request, exc: Exception) -> Response:
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette):
     forwarding.stopping = False
-    # run_in_threadpool's pool (anyio's, 40 threads by default) runs every blocking DynamoDB call: sized with
-    # botocore's connection pool (onysoft.config.dynamodb_threads), for many requests at once on managed instances.
-    anyio.to_thread.current_default_thread_limiter().total_tokens = config.dynamodb_threads()
+    # The pool that runs every blocking DynamoDB call (onysoft.blocking), made before the first request.
+    blocking.pool()
     yield
     # The process is stopping (SIGTERM to the execution environment; Ctrl-C locally): a drain still reading a
     # provider after its client hung up stops and charges the hold, and the stop waits for the relays still
