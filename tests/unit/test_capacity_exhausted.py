@@ -33,10 +33,10 @@ def test_a_throttled_request_is_503_with_retry_after_and_nothing_charged(gateway
     account_id = account.account_id
     before = Account.get(account_id, consistent_read=True).balance_micros
 
-    def throttled_read(*args, **kwargs):
-        raise GetError("Failed to get item", _throttled("GetItem"))
+    def throttled_read(*args, **kwargs):  # the key's read (with the rate window's), throttled past its retries
+        raise _throttled("BatchGetItem")
 
-    monkeypatch.setattr(key_use.ApiKey, "get", throttled_read)
+    monkeypatch.setattr(key_use, "batch_get", throttled_read)
     answer = gateway.post("/v1/chat/completions", headers=headers,
                           json={"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]})
     assert answer.status_code == 503

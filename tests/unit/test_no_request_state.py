@@ -23,6 +23,7 @@ PROCESS_WIDE = {
 GLOBALS_WRITTEN = {
     ("onysoft.telemetry", "_logger"): "the Powertools logger, made once",
     ("onysoft.circuit_breaker", "_settings"): "the breakers' settings, read from the environment once",
+    ("onysoft.blocking", "_pool"): "the thread pool that runs the DynamoDB calls, made once (under its lock)",
 }
 PROXY_ENTRY_POINTS = ("onysoft.proxy_app", "onysoft.count_tokens", "onysoft.balance_alerts")
 

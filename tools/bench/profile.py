@@ -33,11 +33,11 @@ from pathlib import Path
 import httpx
 
 from .common import PYTHON, ROOT, clean_env, free_port, machine, onysoft_command, stop_process, wait_for
-from .memory import _answers, _authorizer_context, _cli, cpu_seconds, lambda_env, proc_status
+from .memory import _answers, _authorizer_context, _cli, lambda_env, proc_status
 
 MODEL = "openai/bench-model"
 SLOW_MODEL = "openai/fake-slow-stream"
-REQUESTS = 200
+REQUESTS = 400
 PROFILED = 200
 WARMUP = 20
 BURSTS = (1, 16, 64)
@@ -119,36 +119,77 @@ UVICORN = [PYTHON, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--no-acce
 # ---------------------------------------------------------------------------------------------- 1. CPU
 
 
-TRANSPORTS = {"botocore": "before: botocore's client", "lean": "after: the lean transport (the default)"}
-BLOCK = 25  # requests a block; the transports' proxies take turns, so a change in the machine's speed hits both
+# "before" is the proxy as issue 25 found it, at the commit below (botocore's client for every DynamoDB call,
+# asyncio's own loop and h11 under uvicorn, four DynamoDB calls a billed request), taken out of the repository's
+# history into the bench's work directory and run by this Python; "now" is the working tree. Both in their own
+# process on the one stack, taking turns in blocks of BLOCK requests, so a change in the shared machine's speed
+# falls on both; the figure that carries over between runs is their ratio.
+BEFORE_COMMIT = "7079d91"
+ISSUE_BEFORE_MS = 9.9  # what issue 25 read for "before" ("proxy alone"); its target: 3 ms in the same measure
+VARIANTS = {"before": f"before: as issue 25 found it ({BEFORE_COMMIT})", "now": "now (the working tree)"}
+BLOCK = 25  # requests a block
+
+
+def cpu_seconds_exact(pid: int) -> float:
+    """The process's CPU time to the nanosecond: every thread's time on a CPU (/proc/<pid>/task/*/schedstat);
+    /proc/<pid>/stat counts in 10 ms ticks, 0.4 ms a request over a block of 25."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def before_tree(workdir: Path) -> Path:
+    """The proxy's code at BEFORE_COMMIT (its core layer and function), from git's history."""
+    target = workdir / "before"
+    target.mkdir(exist_ok=True)
+    archive = subprocess.run(["git", "archive", BEFORE_COMMIT, "layers/core", "functions/proxy"], cwd=ROOT,
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {BEFORE_COMMIT} failed (a shallow clone?): {archive.stderr.decode()[:300]}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
 
 
 def measure_cpu(stack: Stack, progress=print) -> dict:
-    """Both DynamoDB transports (onysoft.dynamo_transport), each in its own proxy process on the same stack, in
-    alternating blocks of BLOCK requests: CPU per request and the overhead header's median, by transport."""
-    proxies = {name: stack.proxy(f"proxy-{name}", ["env", f"ONYSOFT_DYNAMODB_TRANSPORT={name}", *UVICORN],
-                                 ROOT / "functions" / "proxy") for name in TRANSPORTS}
+    """`before` and `now` in their own proxy processes on the same stack, in alternating blocks of BLOCK
+    requests: CPU per request (the median block) and the overhead header's median, by variant, and the median of
+    the blocks' now/before ratios."""
+    before = before_tree(stack.workdir)
+    commands = {
+        "before": (["env", "UVICORN_LOOP=asyncio", "UVICORN_HTTP=h11", f"PYTHONPATH={before / 'layers' / 'core'}",
+                    *UVICORN], before / "functions" / "proxy"),
+        "now": (UVICORN, ROOT / "functions" / "proxy"),
+    }
+    proxies = {name: stack.proxy(f"proxy-{name}", command, cwd) for name, (command, cwd) in commands.items()}
     try:
-        result: dict[str, dict[str, float]] = {name: {} for name in TRANSPORTS}
-        overheads: dict[str, dict[str, list[float]]] = {name: {} for name in TRANSPORTS}
+        result: dict[str, dict[str, float]] = {name: {} for name in VARIANTS}
+        overheads: dict[str, dict[str, list[float]]] = {name: {} for name in VARIANTS}
+        ratios: dict[str, float] = {}
         with httpx.Client() as client:
             for _, base in proxies.values():
                 for i in range(WARMUP):
                     _chat(client, base, stack.headers, stream=i % 2 == 1)
             for label, stream in (("chat", False), ("chat, streamed", True)):
-                progress(f"  profile: {REQUESTS} requests one at a time ({label}) on each transport")
-                blocks: dict[str, list[float]] = {name: [] for name in TRANSPORTS}
+                progress(f"  profile: {REQUESTS} requests one at a time ({label}), before and now")
+                blocks: dict[str, list[float]] = {name: [] for name in VARIANTS}
                 for _ in range(REQUESTS // BLOCK):
                     for name, (proxy, base) in proxies.items():
-                        cpu0 = cpu_seconds(proxy.pid)
+                        cpu0 = cpu_seconds_exact(proxy.pid)
                         for _ in range(BLOCK):
                             overheads[name].setdefault(label, []).append(float(_chat(
-                                client, base, stack.headers, stream).headers["x-onysoft-overhead-ms"]))
-                        blocks[name].append((cpu_seconds(proxy.pid) - cpu0) * 1000 / BLOCK)
-                for name in TRANSPORTS:  # the median block: a burst of other work on the machine moves it least
+                                client, base, stack.headers, stream).headers.get("x-onysoft-overhead-ms", "nan")))
+                        blocks[name].append((cpu_seconds_exact(proxy.pid) - cpu0) * 1000 / BLOCK)
+                for name in VARIANTS:  # the median block: a burst of other work on the machine moves it least
                     result[name][label] = sorted(blocks[name])[len(blocks[name]) // 2]
-        return {"cpu_ms": result, "overhead_ms": {name: {k: sorted(v)[len(v) // 2] for k, v in by.items()}
-                                                  for name, by in overheads.items()}}
+                pairs = sorted(now / was for now, was in zip(blocks["now"], blocks["before"], strict=True))
+                ratios[label] = pairs[len(pairs) // 2]
+        return {"cpu_ms": result, "ratio": ratios,
+                "overhead_ms": {name: {k: sorted(v)[len(v) // 2] for k, v in by.items()}
+                                for name, by in overheads.items()}}
     finally:
         for proxy, _ in proxies.values():
             stop_process(proxy, grace=5)
@@ -297,18 +338,26 @@ def render(cpu: dict, profile: dict, streams: dict) -> str:
              f"Written by `make bench-profile` (`python -m tools.bench.profile`) on {when}, {host}. The proxy "
              "alone in one uvicorn process as the adapter runs it, a Lambda environment (EMF metrics and the JSON "
              "log line on), moto and the fake provider in their own processes; the provider answers at once.", "",
-             f"Each DynamoDB transport in its own proxy process, the two taking turns in blocks of {BLOCK} requests "
-             "(so a change in the shared machine's speed falls on both); the CPU figure is the median block's. "
-             "moto answers over HTTP/1.1 keep-alive, as DynamoDB does.", "",
-             "| what | transport | CPU per request | x-onysoft-overhead-ms (median) |", "|---|---|---:|---:|"]
+             f"**Before and now**: the proxy as issue 25 found it (commit {BEFORE_COMMIT}, from git's history: "
+             "botocore's client for every DynamoDB call, asyncio and h11 under uvicorn, four DynamoDB calls a billed "
+             f"request) and the working tree, each in its own process on the one stack, taking turns in blocks of "
+             f"{BLOCK} requests (so a change in the shared machine's speed falls on both); CPU is every thread's time "
+             "on a CPU (/proc schedstat), the figure the median block's. moto answers over HTTP/1.1 keep-alive, as "
+             "DynamoDB does.", "",
+             "| what | proxy | CPU per request | x-onysoft-overhead-ms (median) |", "|---|---|---:|---:|"]
     for name, by_label in cpu["cpu_ms"].items():
         for label, ms in by_label.items():
-            lines.append(f"| {label}, {REQUESTS} one at a time | {TRANSPORTS[name]} | {ms:.1f} ms | "
+            lines.append(f"| {label}, {REQUESTS} one at a time | {VARIANTS[name]} | {ms:.1f} ms | "
                          f"{cpu['overhead_ms'][name][label]:.1f} ms |")
-    lines += ["", "The header's figure is wall time (the proxy's own work plus its waits on moto, which answers from "
+    scaled = {label: ratio * ISSUE_BEFORE_MS for label, ratio in cpu["ratio"].items()}
+    lines += ["", "**Now against before** (the median of the paired blocks' ratios), and that ratio applied to the "
+              f"{ISSUE_BEFORE_MS} ms issue 25 measured for before (its target: 3 ms, a ratio of "
+              f"{3 / ISSUE_BEFORE_MS:.2f}): " + "; ".join(
+                  f"{label}: **{ratio:.2f}** ({scaled[label]:.1f} ms)" for label, ratio in cpu["ratio"].items()) + ".",
+              "", "The header's figure is wall time (the proxy's own work plus its waits on moto, which answers from "
               "another process on the same two cores): above the CPU, as it will be in AWS by the DynamoDB round "
               "trips.", "",
-              f"**Profile** of the default (lean) transport (yappi, CPU clock, every thread; {PROFILED} requests, half "
+              f"**Profile** of the proxy now (yappi, CPU clock, every thread; {PROFILED} requests, half "
               "streamed; "
               f"{profile['total_ms']:.1f} ms a request under the profiler, which inflates every call it hooks: "
               "read the shares). Own time by package, per request:", "",
