@@ -19,6 +19,7 @@ PROCESS_WIDE = {
     ("onysoft.events", "_clients"): "one EventBridge client per endpoint for the process (under its lock)",
     ("onysoft.circuit_breaker", "_breakers"): "one breaker per provider: the process's view of it (under its lock)",
     ("onysoft.circuit_breaker", "_settings"): "the breakers' settings, read from the environment once (None before)",
+    ("onysoft.telemetry", "_metrics"): "one EMF writer per service name, cleared by each flush (under its lock)",
 }
 GLOBALS_WRITTEN = {
     ("onysoft.telemetry", "_logger"): "the Powertools logger, made once",

@@ -132,7 +132,9 @@ class _Connections:
             conn = self._local.conn = self._open()
         return conn
 
-    def post(self, headers: dict, body: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
+    def post(self, headers: dict, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """The answer's status, headers (names lowercased, read once: http.client's email-style header map is
+        slow at every lookup) and body."""
         conn = self._usable()
         try:
             conn.request("POST", "/", body=body, headers=headers)
@@ -151,7 +153,7 @@ class _Connections:
         if answer.will_close:
             conn.close()
             self._local.conn = None
-        return answer.status, answer.headers, data
+        return answer.status, {name.lower(): value for name, value in answer.headers.raw_items()}, data
 
 
 class LeanClient:
@@ -222,7 +224,7 @@ class LeanClient:
                 return http, parsed
             self._pause(attempt)
 
-    def _send(self, operation: str, call: dict) -> tuple[int, dict, bytes]:
+    def _send(self, operation: str, call: dict) -> tuple[int, dict[str, str], bytes]:
         body = call["body"].encode()
         headers = self._signer.headers(self._connections.host_header, TARGET_PREFIX + operation, CONTENT_TYPE, body,
                                        self._credentials.get_frozen_credentials())
@@ -234,7 +236,7 @@ class LeanClient:
         _, stubbed = self._client.meta.events.emit_until_response(f"before-send.dynamodb.{operation}",
                                                                    request=prepared)
         if stubbed is not None:
-            return stubbed.status_code, stubbed.headers, stubbed.content
+            return stubbed.status_code, {k.lower(): v for k, v in stubbed.headers.items()}, stubbed.content
         return self._connections.post(prepared.headers, prepared.body)
 
     def _botocore_error(self, exc: _ConnectionFailed) -> bexc.BotoCoreError:
@@ -251,9 +253,9 @@ class LeanClient:
         return bexc.ConnectionClosedError(endpoint_url=url, error=cause)
 
     @staticmethod
-    def _metadata(status: int, headers) -> dict:
+    def _metadata(status: int, headers: dict[str, str]) -> dict:
         return {"RequestId": headers.get("x-amzn-requestid", ""), "HTTPStatusCode": status,
-                "HTTPHeaders": {k.lower(): v for k, v in headers.items()}, "RetryAttempts": 0}
+                "HTTPHeaders": dict(headers), "RetryAttempts": 0}
 
     def _answer(self, data: bytes, status: int, headers) -> dict:
         parsed = json.loads(data) if data else {}
