@@ -307,7 +307,11 @@ def run(args: argparse.Namespace) -> int:
         _functions_log_to(request_file)
         import uvicorn
 
-        config = uvicorn.Config(gateway, log_level="info", access_log=True, lifespan="on",
+        # http="h11": this server stands where API Gateway stands, in front of clients' raw HTTP. h11 reads what
+        # a front door must answer with an OpenAI error (an obsolete folded header, odd bytes in a key), where
+        # httptools, which the proxy runs behind the adapter on Lambda (well-formed requests only), answers a
+        # plain-text 400 (tests/integration/test_dev_gateway.py, test_fuzz.py).
+        config = uvicorn.Config(gateway, log_level="info", access_log=True, lifespan="on", http="h11",
                                 timeout_graceful_shutdown=GRACEFUL_SECONDS,
                                 log_config=_uvicorn_log_config(request_file))
 
