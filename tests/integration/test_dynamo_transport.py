@@ -286,3 +286,20 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_it_is_used
         server.shutdown()
         server.server_close()
     assert len(_Recorder.received) == 3
+
+
+def test_an_endpoint_with_a_path_of_its_own_is_left_to_botocore():
+    """The lean transport posts to the root, as DynamoDB answers; an endpoint behind a path goes through botocore,
+    which sends (and signs) to that path."""
+    _Recorder.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fast = lean(botocore_client(f"http://127.0.0.1:{server.server_address[1]}/behind/a/proxy"))
+        answer = fast._make_api_call("GetItem", {"TableName": TABLE, "Key": {"pk": {"S": "a"}}})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert without_metadata(answer) == {"Item": {"pk": {"S": "a"}}}
+    [(method, path, headers, body)] = _Recorder.received
+    assert path.startswith("/behind/a/proxy")

@@ -162,6 +162,9 @@ class LeanClient:
     def __init__(self, client, connect_timeout: float, read_timeout: float, max_connections: int):
         self._client = client
         self._url = client.meta.endpoint_url.rstrip("/") + "/"
+        # DynamoDB, moto and DynamoDB Local answer at the root; an endpoint with a path of its own (a proxy in
+        # front?) is left to botocore, which signs and sends to that path.
+        self._lean = urlsplit(self._url).path == "/"
         self._region = client.meta.region_name
         self._credentials = client._request_signer._credentials  # botocore's: refreshable where the role is
         self._signer = Signer(self._region)
@@ -177,7 +180,7 @@ class LeanClient:
         return self._make_api_call("BatchGetItem", params)
 
     def _make_api_call(self, operation: str, params: dict) -> dict:
-        if operation not in LEAN_OPERATIONS:
+        if operation not in LEAN_OPERATIONS or not self._lean:
             return self._client._make_api_call(operation, params)
         # botocore's events around a call, as its own pipeline emits them, so what hooks botocore hooks this too:
         # before-parameter-build (its handlers fill an absent idempotency token, TransactWriteItems'

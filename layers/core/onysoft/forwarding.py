@@ -355,7 +355,7 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
                 continue
             else:
                 await run_blocking(billing.release, hold, code=error.code or "upstream_error",
-                                        message=str(exc) or error.message)
+                                   message=str(exc) or error.message)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error from None
         tickets[index].answered()  # an HTTP answer, whatever its status: the provider is there
@@ -368,7 +368,7 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
                 failed.append(f"{candidate.model}: {response.status_code}")
                 continue
             await run_blocking(billing.release, hold, code=error.code or "upstream_error",
-                                    message=error.message, upstream_status=response.status_code)
+                               message=error.message, upstream_status=response.status_code)
             error.headers.update(_headers(hold, caller, window, await counted))
             raise error
         break
@@ -526,7 +526,7 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     usage = known_usage(fmt, payload.get("usage"), None, hold) if isinstance(payload, dict) else None
     # Settled before the body goes out: Lambda may freeze the instance once the response has ended.
     await run_blocking(settle, hold, usage, 200, ended or ("no_usage" if isinstance(payload, dict)
-                                                                   else "not_json"))
+                                                            else "not_json"))
     if ended:
         raise _with_headers(_ended_early(provider, ended), headers)
     if not isinstance(payload, dict):

@@ -5,7 +5,8 @@ strongly consistent, before it holds any money: a key deleted or expired a momen
 
 The hold transaction itself does not touch the key item (issue 16, docs/SCALE.md): a write per request on one
 item stops a key near 500 requests a second, and costs 2 write units. So:
-- the check is this read (1 read unit; an item takes 3,000 a second);
+- the check is this read (1 read unit; an item takes 3,000 a second), which brings the key's rate-limit counters
+  for the current window in the same BatchGetItem (`usable_key_and_window`: the x-ratelimit headers);
 - `last_used_at` is written at most about once a minute per key (`note_use`): the read says when it was
   last written, and only a request that finds it older writes it again (a minute, as the authorizer's cache:
   a write a second was 1 write unit a request for a key used every second, ~$0.25 per million on provisioned
@@ -47,15 +48,6 @@ def check(record: ApiKey | None, caller: CallerContext) -> ApiKey:
     if why is not None:
         raise errors.invalid_api_key()
     return record
-
-
-def usable_key(key_hash: str, caller: CallerContext) -> ApiKey:
-    """The key item, read strongly consistent, through `check`."""
-    try:
-        record = ApiKey.get(key_hash, consistent_read=True)
-    except ApiKey.DoesNotExist:
-        record = None
-    return check(record, caller)
 
 
 def usable_key_and_window(key_hash: str, caller: CallerContext, window: rate_limits.Window
