@@ -439,9 +439,10 @@ def test_function_policies_are_least_privilege(cfn):
     proxy = granted["ProxyFunctionRole"]
     assert proxy["dynamodb:UpdateItem"] == {"ApiKeysTable", "AccountsTable", "UsageTable", "RateLimitsTable"}
     assert proxy["dynamodb:Scan"] == {"CatalogTable"} and "CatalogTable" not in proxy["dynamodb:PutItem"]
-    # the key before each hold (issue 16: not in the hold); the account, when a hold consolidates its shards
-    assert proxy["dynamodb:GetItem"] == {"ApiKeysTable", "AccountsTable"}
-    # the key, account, rate counters (the x-ratelimit headers) and, for GET /v1/key, the key's usage totals
+    # the account, when a hold consolidates its shards (the key before each hold: BatchGetItem, with its counters)
+    assert proxy["dynamodb:GetItem"] == {"AccountsTable"}
+    # the key (before each hold, issue 16: not in the hold), account, rate counters (the x-ratelimit headers) and,
+    # for GET /v1/key, the key's usage totals
     assert proxy["dynamodb:BatchGetItem"] == {"ApiKeysTable", "AccountsTable", "RateLimitsTable", "UsageRollupsTable"}
     # No key item in the hold (it is read before it), so no ConditionCheckItem either.
     assert proxy["dynamodb:PutItem"] == {"UsageTable"} and "dynamodb:ConditionCheckItem" not in proxy

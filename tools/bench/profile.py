@@ -1,11 +1,13 @@
 """`make bench-profile`: the proxy's own CPU per billed request, where it goes, and memory per concurrent stream.
 
-Rewrites only its section of docs/BENCHMARKS.md (between the PROFILE markers). ~3 minutes on 2 cores.
+Rewrites only its section of docs/BENCHMARKS.md (between the PROFILE markers). ~4 minutes on 2 cores.
 
 1. CPU per request, as the right-sizing section measures it ("proxy alone"): the proxy in one uvicorn process
    (`python -m uvicorn app:app` in functions/proxy, a Lambda environment: EMF metrics and JSON logs on), against
    `onysoft dev`'s moto server and the fake provider in their own processes; N chat requests one at a time, then
-   N streamed; the process's utime+stime from /proc per request.
+   N streamed; every thread's CPU time from /proc (schedstat) per request. Side by side with the proxy as issue 25
+   found it (BEFORE_COMMIT, from git's history), in alternating blocks: their ratio is the figure that carries over
+   between runs on a shared machine whose speed moves.
 2. The profile: the same process and requests under yappi (CPU clock, every thread: the DynamoDB calls run in the
    thread pool), its functions' own time summed by package and the top functions, per request. yappi slows what
    it measures (each call is hooked): its shares say where the time goes, section 1 says how much there is.
