@@ -200,12 +200,13 @@ def measure_cpu(stack: Stack, progress=print) -> dict:
 # ---------------------------------------------------------------------------------------------- 2. the profile
 
 
-def serve_profiled(port: int, out: str) -> None:
-    """Child: the proxy app in uvicorn under yappi (CPU clock, all threads); the stats written at its stop."""
+def serve_profiled(port: int, out: str, app_dir: str | None = None, loop: str = "auto", http: str = "auto") -> None:
+    """Child: the proxy app in uvicorn under yappi (CPU clock, all threads); the stats written at its stop.
+    `app_dir`: another tree's functions/proxy (its onysoft package comes first on PYTHONPATH)."""
     import uvicorn
     import yappi
 
-    sys.path.insert(0, str(ROOT / "functions" / "proxy"))
+    sys.path.insert(0, app_dir or str(ROOT / "functions" / "proxy"))
     from app import app  # the same module the adapter's uvicorn imports
 
     yappi.set_clock_type("cpu")
@@ -221,7 +222,7 @@ def serve_profiled(port: int, out: str) -> None:
             return
         await app(scope, receive, send)
 
-    uvicorn.run(gated, host="127.0.0.1", port=port, access_log=False, log_level="warning")
+    uvicorn.run(gated, host="127.0.0.1", port=port, access_log=False, log_level="warning", loop=loop, http=http)
     yappi.stop()
     rows = [{"module": s.module, "name": s.name, "line": s.lineno, "ncall": s.ncall, "tsub": s.tsub,
              "ttot": s.ttot} for s in yappi.get_func_stats()]
@@ -242,13 +243,21 @@ def _package(module: str) -> str:
     return "builtins" if "/" not in path else "other"
 
 
-def run_profile(stack: Stack, progress=print) -> dict:
-    out = stack.workdir / "yappi.json"
+def run_profile(stack: Stack, progress=print, before: bool = False) -> dict:
+    """The profile of the proxy now, or (`before`) of the proxy as issue 25 found it, as measure_cpu runs it."""
+    out = stack.workdir / ("yappi-before.json" if before else "yappi.json")
     port = free_port()
     env = lambda_env("proxy", **stack.provider_env, **stack.dev_env)
+    command = [PYTHON, "-m", "tools.bench.profile", "--serve-profiled", str(port), str(out)]
+    if before:
+        tree = stack.workdir / "before"
+        if not tree.exists():
+            before_tree(stack.workdir)
+        env["PYTHONPATH"] = str(tree / "layers" / "core")
+        command += ["--profiled-app", str(tree / "functions" / "proxy"), "--profiled-loop", "asyncio",
+                    "--profiled-http", "h11"]
     with open(stack.workdir / "profiled.log", "wb") as log:
-        proxy = subprocess.Popen([PYTHON, "-m", "tools.bench.profile", "--serve-profiled", str(port), str(out)],
-                                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proxy = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
         if not wait_for(lambda: _answers(base + "/healthz"), 45, 0.1):
@@ -359,16 +368,21 @@ def render(cpu: dict, profile: dict, streams: dict) -> str:
               "", "The header's figure is wall time (the proxy's own work plus its waits on moto, which answers from "
               "another process on the same two cores): above the CPU, as it will be in AWS by the DynamoDB round "
               "trips.", "",
-              f"**Profile** of the proxy now (yappi, CPU clock, every thread; {PROFILED} requests, half "
-              "streamed; "
-              f"{profile['total_ms']:.1f} ms a request under the profiler, which inflates every call it hooks: "
-              "read the shares). Own time by package, per request:", "",
-              "| package | ms / request | share |", "|---|---:|---:|"]
-    lines += [f"| {p} | {ms:.2f} | {share:.0%} |" for p, ms, share in profile["packages"]]
-    lines += ["", "Top functions by own time:", "", "| function | calls / request | own ms / request |",
+              f"**Profile** of the proxy now and before (yappi, CPU clock, every thread; {PROFILED} requests, half "
+              f"streamed, each; {profile['total_ms']:.1f} ms a request now under the profiler, "
+              f"{profile['before']['total_ms']:.1f} ms before: yappi inflates every call it hooks, so read the "
+              "shares). Own time by package, per request:", "",
+              "| package | now: ms / request | now: share | before: ms / request | before: share |",
+              "|---|---:|---:|---:|---:|"]
+    now = {p: (ms, share) for p, ms, share in profile["packages"]}
+    was = {p: (ms, share) for p, ms, share in profile["before"]["packages"]}
+    for package in sorted(now.keys() | was.keys(), key=lambda p: -max(now.get(p, (0, 0))[0], was.get(p, (0, 0))[0])):
+        cells = [f"{t[0]:.2f} | {t[1]:.0%}" if t else "– | –" for t in (now.get(package), was.get(package))]
+        lines.append(f"| {package} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Top functions by own time, now:", "", "| function | calls / request | own ms / request |",
               "|---|---:|---:|"]
     lines += [f"| `{name}` | {calls:.1f} | {ms:.2f} |" for name, calls, ms in profile["own"]]
-    lines += ["", "The gateway's own functions by total time (their callees included):", "",
+    lines += ["", "The gateway's own functions by total time (their callees included), now:", "",
               "| function | calls / request | total ms / request |", "|---|---:|---:|"]
     lines += [f"| `{name}` | {calls:.1f} | {ms:.2f} |" for name, calls, ms in profile["onysoft"]]
     probe = streams["probe"]
@@ -395,11 +409,15 @@ def write_doc(section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench.profile", description=__doc__)
     parser.add_argument("--serve-profiled", nargs=2, metavar=("PORT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--profiled-app", help=argparse.SUPPRESS)
+    parser.add_argument("--profiled-loop", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--profiled-http", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write BENCHMARKS.md")
     parser.add_argument("--cpu-only", action="store_true", help="only section 1's figures, printed (~1 minute)")
     args = parser.parse_args(argv)
     if args.serve_profiled:
-        serve_profiled(int(args.serve_profiled[0]), args.serve_profiled[1])
+        serve_profiled(int(args.serve_profiled[0]), args.serve_profiled[1], args.profiled_app, args.profiled_loop,
+                       args.profiled_http)
         return 0
     stack = Stack(Path(tempfile.mkdtemp(prefix="onysoft-bench-profile-")))
     if args.cpu_only:
@@ -411,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cpu = measure_cpu(stack)
         profile = run_profile(stack)
+        profile["before"] = run_profile(stack, before=True)
         streams = measure_streams(stack)
     finally:
         stack.stop()
