@@ -42,7 +42,7 @@ def botocore_client(endpoint: str):
 
 
 def lean(client) -> LeanClient:
-    return LeanClient(client, connect_timeout=2, read_timeout=10, max_connections=4)
+    return LeanClient(client, connect_timeout=2, read_timeout=10)
 
 
 @pytest.fixture(scope="module")

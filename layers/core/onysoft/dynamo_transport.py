@@ -159,7 +159,7 @@ class _Connections:
 class LeanClient:
     """A botocore DynamoDB client whose data-plane calls skip botocore's pipeline (see the module's docstring)."""
 
-    def __init__(self, client, connect_timeout: float, read_timeout: float, max_connections: int):
+    def __init__(self, client, connect_timeout: float, read_timeout: float):
         self._client = client
         self._url = client.meta.endpoint_url.rstrip("/") + "/"
         # DynamoDB, moto and DynamoDB Local answer at the root; an endpoint with a path of its own (a proxy in
@@ -168,8 +168,7 @@ class LeanClient:
         self._region = client.meta.region_name
         self._credentials = client._request_signer._credentials  # botocore's: refreshable where the role is
         self._signer = Signer(self._region)
-        # One connection per calling thread: the process's pool threads (onysoft.blocking) are at most
-        # max_connections, as botocore's pool was sized.
+        # One connection per calling thread: as many as the pool's threads (onysoft.blocking, ONYSOFT_DYNAMODB_THREADS).
         self._connections = _Connections(self._url, connect_timeout, read_timeout,
                                          _tls(client) if self._url.startswith("https:") else None)
 

@@ -53,7 +53,7 @@ class GatewayModel(Model):
             if shared is None:
                 built = inner.client  # PynamoDB builds botocore's client, with its timeouts and retries
                 _shared_clients[identity] = built if not config.lean_dynamodb() else LeanClient(
-                    built, inner._connect_timeout_seconds, inner._read_timeout_seconds, config.dynamodb_threads())
+                    built, inner._connect_timeout_seconds, inner._read_timeout_seconds)
                 inner._client = _shared_clients[identity]
             else:
                 inner._client = shared
