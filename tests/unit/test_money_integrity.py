@@ -404,11 +404,11 @@ def test_a_settle_that_fails_is_retried_and_never_released(gateway, provider, mo
     real = billing._transact
     failures = {"left": 2}
 
-    def flaky(token, write):
+    def flaky(token, **items):
         if token.startswith("c") and failures["left"]:
             failures["left"] -= 1
             raise RuntimeError("DynamoDB had a bad moment")
-        return real(token, write)
+        return real(token, **items)
 
     monkeypatch.setattr(billing, "_transact", flaky)
     account, _, headers = new_key("user")
@@ -421,10 +421,10 @@ def test_a_settle_that_fails_is_retried_and_never_released(gateway, provider, mo
 def test_a_settle_that_keeps_failing_leaves_the_hold_for_the_sweeper_to_settle(gateway, provider, monkeypatch):
     real = billing._transact
 
-    def broken(token, write):
+    def broken(token, **items):
         if token.startswith("c"):
             raise RuntimeError("DynamoDB is down")
-        return real(token, write)
+        return real(token, **items)
 
     monkeypatch.setattr(billing, "_transact", broken)
     monkeypatch.setattr(forwarding, "SETTLE_ATTEMPTS", 2)

@@ -76,7 +76,7 @@ def test_a_refused_hold_is_counted(gateway, lambda_output):
 def test_a_failed_settle_is_counted_for_the_alarm(gateway, lambda_output, monkeypatch):
     from onysoft import billing
 
-    def broken(token, write):
+    def broken(token, **items):
         raise RuntimeError("DynamoDB unavailable")
 
     monkeypatch.setattr(billing, "_transact", broken)

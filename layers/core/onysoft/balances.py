@@ -23,6 +23,7 @@ from collections.abc import Collection
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
+from onysoft import transact_items
 from onysoft.models import Account, BalanceShard
 
 MAX_SHARDS = 64
@@ -46,6 +47,23 @@ def shard_key(account_id: str, shard: int) -> str:
 def item(account_id: str, shard: int) -> Account | BalanceShard:
     """The item that holds `shard`, for an update (keys only)."""
     return Account(account_id=account_id) if shard == 0 else BalanceShard(account_id=shard_key(account_id, shard))
+
+
+BALANCE, IN_FLIGHT = "balance_micros", "in_flight"  # named alike on the account and its shard items
+
+
+def update(account_id: str, shard: int) -> transact_items.Update:
+    """An Update of the item that holds `shard`, in a transaction's wire form (onysoft.transact_items)."""
+    if shard == 0:
+        return transact_items.Update(Account, {"account_id": account_id})
+    return transact_items.Update(BalanceShard, {"account_id": shard_key(account_id, shard)})
+
+
+def add_to(shard_update: transact_items.Update, account_id: str, shard: int, amount: int) -> None:
+    """add_actions' wire form: `amount` onto the shard (a new shard item says whose it is)."""
+    shard_update.add(BALANCE, amount)
+    if shard:
+        shard_update.set("shard_of", account_id)
 
 
 def balance_attribute(shard: int):

@@ -26,9 +26,19 @@ from decimal import Decimal
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
-from pynamodb.transactions import TransactWrite
 
-from onysoft import balances, clock, errors, money, parallel, rate_limits, spend_limits, telemetry, usage_shards
+from onysoft import (
+    balances,
+    clock,
+    errors,
+    money,
+    parallel,
+    rate_limits,
+    spend_limits,
+    telemetry,
+    transact_items,
+    usage_shards,
+)
 from onysoft.caller import CallerContext
 from onysoft.hold_sizing import ChargeFactors, HoldPlan
 from onysoft.models import Account, UsageRecord
@@ -141,14 +151,14 @@ def _retryable(exc: TransactWriteError) -> bool:
     return bool(codes & RETRYABLE_REASONS) or exc.cause_response_code in RETRYABLE_ERRORS
 
 
-def _transact(token: str, write) -> None:
+def _transact(token: str, *, puts: list[dict] = (), updates: list[transact_items.Update] = ()) -> None:
     """Run one TransactWriteItems, retrying conflicts and throttling with capped, jittered backoff.
 
-    The same client request token on every attempt makes a retry after an unseen success a no-op.
+    The same client request token on every attempt makes a retry after an unseen success a no-op (and the same
+    items on every attempt: they are built once, before the first).
     """
     def attempt() -> None:
-        with TransactWrite(connection=_connection(), client_request_token=token) as tx:
-            write(tx)
+        transact_items.transact(_connection(), puts=puts, updates=updates, token=token)
 
     retry(attempt, TRANSACT_RETRY, retry_if=lambda exc: isinstance(exc, TransactWriteError) and _retryable(exc))
 
@@ -161,8 +171,9 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
     sk = f"{now}#{request_id}"
     window = rate_limits.current_window()
     period = spend_limits.period_start(caller.limit_reset) if caller.spend_limit_micros else ""
-    record = UsageRecord(
-        account_id=caller.account_id, sk=sk, request_id=request_id, key_id=caller.key_id, key_hash=key_hash,
+    # The usage record as the hold's Put writes it (its partition and key shard are the try's: below).
+    record = dict(
+        sk=sk, request_id=request_id, key_id=caller.key_id, key_hash=key_hash,
         created_at=now, status=PENDING, hold_state=open_shard(request_id), endpoint=endpoint,
         stream="true" if stream else "false",
         model=model, provider=factors.price.provider, upstream_model=factors.price.upstream_model,
@@ -180,22 +191,24 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
         parallel=parallel.counted_in(caller) or None,
     )
 
-    def write(tx: TransactWrite) -> None:
+    def hold_on(shard: int) -> None:
+        """One try of the hold on balance shard `shard`: the transaction, with its retries."""
+        record.update(balance_shard=shard or None,
+                      account_id=balances.shard_key(caller.account_id, shard),  # its shard's Usage partition
+                      key_shard=usage_shards.key_partition(caller.key_id, shard))  # and its key's by_key_shard entry
         # ≥ 1 µ even for a free hold: a shard in debt (balance ≤ 0) never funds a hold.
-        condition = balances.balance_attribute(shard) >= max(plan.micros, 1)
-        in_flight = parallel.account_condition(caller, shard)  # the account's max_parallel: same item, same Update
-        tx.update(
-            balances.item(caller.account_id, shard),
-            actions=[balances.balance_attribute(shard).add(-plan.micros), *parallel.account_actions(caller, shard)],
-            condition=condition if in_flight is None else condition & in_flight,
-            return_values="ALL_OLD",
-        )
-        rate_limits.count_request(tx, caller, window, shard, plan.rate_tokens)
+        balance = balances.update(caller.account_id, shard).add(balances.BALANCE, -plan.micros) \
+            .where_at_least(balances.BALANCE, max(plan.micros, 1))
+        parallel.count_in_account(balance, caller, shard)  # the account's max_parallel: same item, same Update
+        updates = [balance.old_item_on_failure(), rate_limits.count_request(caller, window, shard, plan.rate_tokens)]
         if period:
-            spend_limits.hold(tx, caller.key_id, caller.spend_limit_micros, caller.limit_reset, period, plan.micros)
+            updates.append(spend_limits.hold(caller.key_id, caller.spend_limit_micros, caller.limit_reset, period,
+                                             plan.micros))
         if caller.max_parallel:
-            parallel.count_key(tx, caller)
-        tx.save(record, condition=UsageRecord.sk.does_not_exist())
+            updates.append(parallel.count_key(caller))
+        # A token per try: a try with other parameters must never be taken for a retry of an earlier one.
+        _transact(f"h{attempt}{n:x}{request_id}", puts=[transact_items.put_new(UsageRecord, record)],
+                  updates=updates)
 
     # One shard per try: the request's own, then one other, then (the sum permitting) all gathered in one.
     # The rate-limit counter is the shard's too: a full one moves the hold to a shard whose counter has room.
@@ -204,12 +217,8 @@ def place_hold(*, request_id: str, key_hash: str, caller: CallerContext, plan: H
     parallel_full: set[int] = set()  # shards at their share of the account's max_parallel
     while True:
         n += 1
-        record.balance_shard = shard or None
-        record.account_id = balances.shard_key(caller.account_id, shard)  # its shard's Usage partition
-        record.key_shard = usage_shards.key_partition(caller.key_id, shard)  # and its key's by_key_shard entry
         try:
-            # A token per try: a try with other parameters must never be taken for a retry of an earlier one.
-            _transact(f"h{attempt}{n:x}{request_id}", write)
+            hold_on(shard)
             break
         except TransactWriteError as exc:
             try:
@@ -263,7 +272,7 @@ def _explain_refusal(exc: TransactWriteError, caller: CallerContext, spend_limit
     """Say why a hold was cancelled: a RateRefused (→ 429, or another shard), a ParallelRefused (→ 429, or another
     shard) or a HoldRefused (→ 402 or a smaller hold); anything else goes on as it was raised.
 
-    PynamoDB sends condition checks, then puts, then updates in the order added:
+    The transaction's items are the puts, then the updates in the order given (onysoft.transact_items):
     [usage put, account update, rate counter update, (spend counter update), (key's in-flight counter update)].
     """
     reasons = list(exc.cancellation_reasons or []) + [None] * 5
@@ -365,30 +374,23 @@ def settle(hold: Hold, usage: Usage, *, upstream_status: int | None = None, sett
     charge = factors.charge_micros(usage)
     cost = factors.provider_cost_usd(usage)
     now = settled_at or clock.now_iso()
-    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
-    record_actions = [
-        UsageRecord.status.set(SETTLED), UsageRecord.hold_state.remove(),
-        UsageRecord.charge_micros.set(charge), UsageRecord.prompt_tokens.set(usage.prompt_tokens),
-        UsageRecord.completion_tokens.set(usage.completion_tokens), UsageRecord.provider_cost_usd.set(str(cost)),
-        UsageRecord.settled_at.set(now),
-    ]
-    for attribute, count in ((UsageRecord.cached_tokens, usage.cached_tokens),
-                             (UsageRecord.cache_write_tokens, usage.cache_write_tokens),
-                             (UsageRecord.reasoning_tokens, usage.reasoning_tokens),
-                             (UsageRecord.audio_tokens, usage.audio_tokens)):
+    record = _pending_record(hold).set("status", SETTLED).remove("hold_state").set("charge_micros", charge) \
+        .set("prompt_tokens", usage.prompt_tokens).set("completion_tokens", usage.completion_tokens) \
+        .set("provider_cost_usd", str(cost)).set("settled_at", now)
+    for name, count in (("cached_tokens", usage.cached_tokens), ("cache_write_tokens", usage.cache_write_tokens),
+                        ("reasoning_tokens", usage.reasoning_tokens), ("audio_tokens", usage.audio_tokens)):
         if count:
-            record_actions.append(attribute.set(count))
+            record.set(name, count)
     if usage.estimated:
-        record_actions.append(UsageRecord.usage_estimated.set("true"))
+        record.set("usage_estimated", "true")
         if reason:
-            record_actions.append(UsageRecord.estimate_reason.set(reason[:100]))
+            record.set("estimate_reason", reason[:100])
     if charge > hold.micros:
-        record_actions += [UsageRecord.overrun.set("true"), UsageRecord.overrun_micros.set(charge - hold.micros)]
+        record.set("overrun", "true").set("overrun_micros", charge - hold.micros)
     if upstream_status is not None:
-        record_actions.append(UsageRecord.upstream_status.set(upstream_status))
-    record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros - charge, record=record, record_actions=record_actions,
-           used_tokens=usage.prompt_tokens + usage.completion_tokens)
+        record.set("upstream_status", upstream_status)
+    _record_fallbacks(record, hold)
+    _close(hold, refund=hold.micros - charge, record=record, used_tokens=usage.prompt_tokens + usage.completion_tokens)
     if charge > hold.micros and hold.shards > 1:
         _net_debts(hold)
     telemetry.note(charge_micros=charge)
@@ -407,60 +409,63 @@ def _net_debts(hold: Hold) -> None:
 
 def release(hold: Hold, *, code: str, message: str, upstream_status: int | None = None) -> None:
     """A failed call costs nothing: the whole hold goes back; the record says why."""
-    now = clock.now_iso()
-    record = UsageRecord(account_id=hold.record_pk, sk=hold.sk)
-    record_actions = [
-        UsageRecord.status.set(FAILED), UsageRecord.hold_state.remove(), UsageRecord.charge_micros.set(0),
-        UsageRecord.error_code.set(code), UsageRecord.error_message.set(message[:500]),
-        UsageRecord.settled_at.set(now),
-    ]
+    record = _pending_record(hold).set("status", FAILED).remove("hold_state").set("charge_micros", 0) \
+        .set("error_code", code).set("error_message", message[:500]).set("settled_at", clock.now_iso())
     if upstream_status is not None:
-        record_actions.append(UsageRecord.upstream_status.set(upstream_status))
-    record_actions += _fallback_actions(hold)
-    _close(hold, refund=hold.micros, record=record, record_actions=record_actions, used_tokens=0)
+        record.set("upstream_status", upstream_status)
+    _record_fallbacks(record, hold)
+    _close(hold, refund=hold.micros, record=record, used_tokens=0)
 
 
-def _fallback_actions(hold: Hold) -> list:
+def _pending_record(hold: Hold) -> transact_items.Update:
+    """The hold's usage record, to close: only while it is still pending (so at most once)."""
+    return transact_items.Update(UsageRecord, {"account_id": hold.record_pk, "sk": hold.sk}) \
+        .where_equals("status", PENDING).where_exists("hold_state")
+
+
+def _record_fallbacks(record: transact_items.Update, hold: Hold) -> None:
     """The record names the attempts that failed and, when another model answered than the one held for, that
     model with its prices: the charge is recomputable from the record."""
-    actions = [UsageRecord.fallback_attempts.set(list(hold.attempts))] if hold.attempts else []
+    if hold.attempts:
+        record.set("fallback_attempts", list(hold.attempts))
     if hold.answered_model:
         price = hold.factors.price
-        actions += [UsageRecord.model.set(hold.answered_model), UsageRecord.provider.set(price.provider),
-                    UsageRecord.upstream_model.set(price.upstream_model),
-                    UsageRecord.input_usd_per_mtok.set(str(price.input_usd_per_mtok)),
-                    UsageRecord.output_usd_per_mtok.set(str(price.output_usd_per_mtok)),
-                    UsageRecord.cached_input_usd_per_mtok.set(str(price.cached_input_price)),
-                    UsageRecord.cache_write_usd_per_mtok.set(str(price.cache_write_price))]
+        record.set("model", hold.answered_model).set("provider", price.provider) \
+            .set("upstream_model", price.upstream_model) \
+            .set("input_usd_per_mtok", str(price.input_usd_per_mtok)) \
+            .set("output_usd_per_mtok", str(price.output_usd_per_mtok)) \
+            .set("cached_input_usd_per_mtok", str(price.cached_input_price)) \
+            .set("cache_write_usd_per_mtok", str(price.cache_write_price))
         extras = _price_extras(price)
         for name in ("audio_input_usd_per_mtok", "tier_above_tokens", "tier_input_usd_per_mtok",
                      "tier_output_usd_per_mtok"):
-            attribute = getattr(UsageRecord, name)
-            actions.append(attribute.set(extras[name]) if name in extras else attribute.remove())
+            if name in extras:
+                record.set(name, extras[name])
+            else:
+                record.remove(name)
         if hold.requested_model and hold.requested_model != hold.answered_model:
-            actions.append(UsageRecord.requested_model.set(hold.requested_model))
-    return actions
+            record.set("requested_model", hold.requested_model)
 
 
-def _close(hold: Hold, *, refund: int, record: UsageRecord, record_actions: list, used_tokens: int) -> None:
+def _close(hold: Hold, *, refund: int, record: transact_items.Update, used_tokens: int) -> None:
     # Decided once, before the first attempt: every retry of this transaction (one token) has the same items.
     give_back = rate_limits.give_back_now(hold.window_start, hold.rate_tokens, used_tokens)
-
-    def write(tx: TransactWrite) -> None:
-        tx.update(record, actions=record_actions, condition=_still_pending())
-        # The request is no longer in flight: its key's and its account's slots back (those its hold took).
-        slots = parallel.give_back(tx, hold.parallel, hold.key_id, hold.account_id, hold.shard)
-        tx.update(balances.item(hold.account_id, hold.shard),
-                  actions=balances.add_actions(hold.account_id, hold.shard, refund) + slots)
-        if hold.spend_period:  # a spend limit stays exact: its counter moves with the money
-            spend_limits.adjust(tx, hold.key_id, hold.spend_period, -refund)
-        if give_back:  # the tpm window counts what the request used, not what it might have
-            rate_limits.give_back(tx, hold.key_id, hold.window_start, hold.shard, give_back)
+    # The request is no longer in flight: its account's slot back with the money, its key's on the key's counter.
+    balance = balances.update(hold.account_id, hold.shard)
+    balances.add_to(balance, hold.account_id, hold.shard, refund)
+    updates = [record, balance]
+    key_slot = parallel.give_back(balance, hold.parallel, hold.key_id, hold.shard)
+    if key_slot is not None:
+        updates.insert(1, key_slot)
+    if hold.spend_period:  # a spend limit stays exact: its counter moves with the money
+        updates.append(spend_limits.adjust(hold.key_id, hold.spend_period, -refund))
+    if give_back:  # the tpm window counts what the request used, not what it might have
+        updates.append(rate_limits.give_back(hold.key_id, hold.window_start, hold.shard, give_back))
 
     try:
-        _transact(f"c{hold.request_id}", write)
+        _transact(f"c{hold.request_id}", updates=updates)
     except TransactWriteError as exc:
-        reasons = _reason_codes(exc)  # updates in the order added: the usage record's comes first
+        reasons = _reason_codes(exc)  # updates in the order given: the usage record's comes first
         if reasons and reasons[0] is not None and reasons[0].code == "ConditionalCheckFailed":
             raise AlreadyClosed(hold.request_id) from None
         telemetry.settle_failed()

@@ -21,23 +21,19 @@ writes, given back where the settle already writes, so a crash's count is repair
 
 from __future__ import annotations
 
-from onysoft import balances, errors
+from onysoft import balances, errors, transact_items
+from onysoft.balances import IN_FLIGHT
 from onysoft.caller import CallerContext
 from onysoft.dynamo import batch_get_raw
-from onysoft.models import Account, BalanceShard, RateLimitCounter
+from onysoft.models import Account, RateLimitCounter
 from onysoft.rate_limits import share
 
 KEY, ACCOUNT = "key", "account"
 RETRY_AFTER_SECONDS = 1
-_NEVER = RateLimitCounter.counter_id.does_not_exist() & RateLimitCounter.counter_id.exists()
 
 
 def key_counter_id(key_id: str) -> str:
     return f"{key_id}#parallel"
-
-
-def in_flight_attribute(shard: int):
-    return Account.in_flight if shard == 0 else BalanceShard.in_flight
 
 
 def account_share(caller: CallerContext, shard: int) -> int:
@@ -45,26 +41,18 @@ def account_share(caller: CallerContext, shard: int) -> int:
     return share(caller.account_max_parallel, max(caller.shards, 1), shard) if caller.account_max_parallel else 0
 
 
-def account_condition(caller: CallerContext, shard: int):
-    """The hold's extra condition on its balance shard item (None: the account has no max_parallel)."""
-    if not caller.account_max_parallel:
-        return None
-    part = account_share(caller, shard)
-    attribute = in_flight_attribute(shard)
-    if not part:  # a limit smaller than the shard count: this shard funds no request in flight at all
-        return attribute.does_not_exist() & attribute.exists()
-    return attribute.does_not_exist() | (attribute < part)
+def count_in_account(shard_update: transact_items.Update, caller: CallerContext, shard: int) -> None:
+    """The hold's Update of its balance shard also takes one of the account's slots, if it has room (nothing
+    when the account has no max_parallel). A limit smaller than the shard count: a shard with a share of 0
+    funds no request in flight at all."""
+    if caller.account_max_parallel:
+        shard_update.add(IN_FLIGHT, 1).where_absent_or_below(IN_FLIGHT, account_share(caller, shard))
 
 
-def account_actions(caller: CallerContext, shard: int) -> list:
-    return [in_flight_attribute(shard).add(1)] if caller.account_max_parallel else []
-
-
-def count_key(tx, caller: CallerContext) -> None:
+def count_key(caller: CallerContext) -> transact_items.Update:
     """The key's slot, in the hold's transaction (only for a key with a max_parallel)."""
-    attribute = RateLimitCounter.in_flight
-    tx.update(RateLimitCounter(counter_id=key_counter_id(caller.key_id)), actions=[attribute.add(1)],
-              condition=attribute.does_not_exist() | (attribute < caller.max_parallel), return_values="ALL_OLD")
+    return transact_items.Update(RateLimitCounter, {"counter_id": key_counter_id(caller.key_id)}) \
+        .add(IN_FLIGHT, 1).where_absent_or_below(IN_FLIGHT, caller.max_parallel).old_item_on_failure()
 
 
 def counted_in(caller: CallerContext) -> str:
@@ -73,13 +61,16 @@ def counted_in(caller: CallerContext) -> str:
                     if limit)
 
 
-def give_back(tx, counted: str, key_id: str, account_id: str, shard: int) -> list:
-    """The slots a hold took, back, in the settle's or release's transaction. Returns the balance shard item's
-    extra actions (its Update is the settle's own)."""
+def give_back(shard_update: transact_items.Update, counted: str, key_id: str, shard: int
+              ) -> transact_items.Update | None:
+    """The slots a hold took, back, in the settle's or release's transaction: the account's on its balance shard's
+    Update (the settle's own), the key's as an Update of its own (returned; None when it took none)."""
     parts = set(counted.split(",")) if counted else set()
+    if ACCOUNT in parts:
+        shard_update.add(IN_FLIGHT, -1)
     if KEY in parts:
-        tx.update(RateLimitCounter(counter_id=key_counter_id(key_id)), actions=[RateLimitCounter.in_flight.add(-1)])
-    return [in_flight_attribute(shard).add(-1)] if ACCOUNT in parts else []
+        return transact_items.Update(RateLimitCounter, {"counter_id": key_counter_id(key_id)}).add(IN_FLIGHT, -1)
+    return None
 
 
 def _in_flight(raw: dict | None) -> int:

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from onysoft import transact_items
 from onysoft.caller import CallerContext
 from onysoft.dynamo import batch_get_raw
 from onysoft.key_types import KEY_TYPES
@@ -66,35 +67,24 @@ def limits_of(caller: CallerContext) -> tuple[int, int]:
     return effective_limits(caller.key_type, caller.rpm, caller.tpm)
 
 
-_NEVER = RateLimitCounter.counter_id.does_not_exist() & RateLimitCounter.counter_id.exists()
-
-
 def share(limit: int, shards: int, shard: int) -> int:
     """Counter `shard`'s part of a limit split over `shards` counters: the parts add up to the limit."""
     shards = max(shards, 1)
     return limit // shards + (1 if shard < limit % shards else 0)
 
 
-def count_request(tx, caller: CallerContext, window: Window, shard: int, tokens: int) -> None:
+def count_request(caller: CallerContext, window: Window, shard: int, tokens: int) -> transact_items.Update:
     """Add this request, and the tokens it may use, to its counter, if the counter has room (part of the
     hold transaction)."""
     rpm, tpm = limits_of(caller)
     shards = max(caller.shards, 1)
-    condition = None
-    for limit, attribute in ((rpm, RateLimitCounter.requests), (tpm, RateLimitCounter.tokens)):
-        if not limit:
-            continue
-        part = share(limit, shards, shard)
-        # A counter whose share is 0 (a limit smaller than the shard count) takes nothing, not even a first one.
-        ok = attribute.does_not_exist() | (attribute < part) if part else _NEVER
-        condition = ok if condition is None else condition & ok
-    tx.update(
-        RateLimitCounter(counter_id=window.counter_id(caller.key_id, shard)),
-        actions=[RateLimitCounter.requests.add(1), RateLimitCounter.tokens.add(tokens),
-                 RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window.start + TTL_SECONDS)],
-        condition=condition,
-        return_values="ALL_OLD",
-    )
+    counter = transact_items.Update(RateLimitCounter, {"counter_id": window.counter_id(caller.key_id, shard)}) \
+        .add("requests", 1).add("tokens", tokens).set_if_absent("expires_at", window.start + TTL_SECONDS)
+    for limit, name in ((rpm, "requests"), (tpm, "tokens")):
+        if limit:
+            # A counter whose share is 0 (a limit smaller than the shard count) takes nothing, not even a first one.
+            counter.where_absent_or_below(name, share(limit, shards, shard))
+    return counter.old_item_on_failure()
 
 
 def give_back_now(window_start: int, counted_for: int, used: int, now: float | None = None) -> int:
@@ -109,14 +99,12 @@ def give_back_now(window_start: int, counted_for: int, used: int, now: float | N
     return used - counted_for
 
 
-def give_back(tx, key_id: str, window_start: int, shard: int, tokens: int) -> None:
+def give_back(key_id: str, window_start: int, shard: int, tokens: int) -> transact_items.Update:
     """Correct the window's tokens by what the request used against what it was counted for (part of the settle
     or release transaction). No condition, so it can never cancel the settle: should the item be gone anyway
     (a window that ended between give_back_now and the write), the ADD makes one that its TTL removes."""
-    tx.update(
-        RateLimitCounter(counter_id=Window(window_start).counter_id(key_id, shard)),
-        actions=[RateLimitCounter.tokens.add(tokens),
-                 RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | window_start + TTL_SECONDS)])
+    return transact_items.Update(RateLimitCounter, {"counter_id": Window(window_start).counter_id(key_id, shard)}) \
+        .add("tokens", tokens).set_if_absent("expires_at", window_start + TTL_SECONDS)
 
 
 def shard_with_room(caller: CallerContext, counters: dict[str, dict], window: Window, full: set[int]) -> int | None:

@@ -7,7 +7,7 @@ the settle replaces the hold by the charge. Periods start at 00:00 UTC (weeks on
 
 from datetime import datetime, timedelta
 
-from onysoft import clock
+from onysoft import clock, transact_items
 from onysoft.models import RateLimitCounter
 
 RESETS = ("daily", "weekly", "monthly")
@@ -35,25 +35,25 @@ def counter_id(key_id: str, period: str) -> str:
     return f"{key_id}#spend#{period}"
 
 
-def hold(tx, key_id: str, limit_micros: int, reset: str | None, period: str, amount: int) -> None:
+def hold(key_id: str, limit_micros: int, reset: str | None, period: str, amount: int) -> transact_items.Update:
     """Part of the hold transaction: count `amount` against the period, if the limit is not passed."""
-    actions = [RateLimitCounter.spend_micros.add(amount)]
+    counter = transact_items.Update(RateLimitCounter, {"counter_id": counter_id(key_id, period)}) \
+        .add("spend_micros", amount)
     ttl = _ttl(reset, clock.utc_now())
     if ttl:
-        actions.append(RateLimitCounter.expires_at.set(RateLimitCounter.expires_at | ttl))
+        counter.set_if_absent("expires_at", ttl)
     room = limit_micros - amount
     if room >= 0:
-        condition = RateLimitCounter.spend_micros.does_not_exist() | (RateLimitCounter.spend_micros <= room)
+        counter.where_absent_or_at_most("spend_micros", room)
     else:  # the hold alone passes the limit: a condition that cannot hold
-        condition = RateLimitCounter.counter_id.does_not_exist() & RateLimitCounter.counter_id.exists()
-    tx.update(RateLimitCounter(counter_id=counter_id(key_id, period)), actions=actions, condition=condition,
-              return_values="ALL_OLD")
+        counter.where_never()
+    return counter.old_item_on_failure()
 
 
-def adjust(tx, key_id: str, period: str, delta: int) -> None:
+def adjust(key_id: str, period: str, delta: int) -> transact_items.Update:
     """Part of settle/release: replace the hold by the charge (delta = charge − hold)."""
-    tx.update(RateLimitCounter(counter_id=counter_id(key_id, period)),
-              actions=[RateLimitCounter.spend_micros.add(delta)])
+    return transact_items.Update(RateLimitCounter, {"counter_id": counter_id(key_id, period)}) \
+        .add("spend_micros", delta)
 
 
 def spent(raw: dict | None) -> int:
