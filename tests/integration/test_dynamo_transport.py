@@ -303,3 +303,58 @@ def test_an_endpoint_with_a_path_of_its_own_is_left_to_botocore():
     assert without_metadata(answer) == {"Item": {"pk": {"S": "a"}}}
     [(method, path, headers, body)] = _Recorder.received
     assert path.startswith("/behind/a/proxy")
+
+
+class _Framing(BaseHTTPRequestHandler):
+    """HTTP/1.1 answers framed as a server may frame them: `mode` says how (a length, chunks, a length and
+    "Connection: close", no length and the end of the connection); every answer records the client's port."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "length"
+    ports: list = []
+    item = {"pk": {"S": "a"}, "big": {"S": "ü" * 100_000}}  # larger than one read from the socket
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.ports.append(self.client_address[1])
+        answer = json.dumps({"Item": self.item}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        if self.mode == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(answer), 7000):
+                piece = answer[start:start + 7000]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.mode in ("length", "close"):
+            self.send_header("Content-Length", str(len(answer)))
+        if self.mode != "length":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["length", "chunked", "close", "until_closed"])
+def test_every_framing_of_an_answer_is_read_whole_and_a_kept_alive_connection_is_reused(mode):
+    """DynamoDB answers with a length on a kept-alive connection: one connection for every call. Any other framing
+    HTTP/1.1 allows is read whole too, and a server that says it closes gets a new connection next time."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Framing,), {"mode": mode, "ports": []}))
+    handler = server.RequestHandlerClass
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fast = lean(botocore_client(f"http://127.0.0.1:{server.server_address[1]}"))
+        params = {"TableName": TABLE, "Key": {"pk": {"S": "a"}}}
+        with mock.patch("onysoft.dynamo_transport.time.sleep", side_effect=AssertionError("retried")):
+            answers = [without_metadata(fast._make_api_call("GetItem", params)) for _ in range(4)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answers == [{"Item": _Framing.item}] * 4
+    kept_alive = mode in ("length", "chunked")
+    assert len(set(handler.ports)) == (1 if kept_alive else 4), handler.ports
