@@ -467,6 +467,22 @@ def test_sigterm_stops_cleanly(new_gateway):
     assert dev.stop(sig=signal.SIGTERM) == 0
 
 
+def test_an_idle_connection_outlives_a_clients_keep_alive(gateway):
+    """A client keeps an idle connection 5 s (httpx, so the OpenAI SDK); the server must keep it longer, or a
+    request sent on it as the server closes it breaks (a 200-request burst saw one). 6 s idle, then reused."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    try:
+        for pause in (0, 6):
+            time.sleep(pause)
+            connection.request("GET", "/v1/key", headers={"Authorization": f"Bearer {gateway.keys['user']}"})
+            answer = connection.getresponse()  # RemoteDisconnected if the server closed it while idle
+            assert answer.status == 200 and json.loads(answer.read())["type"] == "user"
+    finally:
+        connection.close()
+
+
 def test_port_in_use_fails_fast_without_leftovers(gateway, tmp_path):
     result = subprocess.run([*dev_command(), "--port", str(gateway.port), "--state-dir", str(tmp_path / "s")],
                             cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=30, check=False)

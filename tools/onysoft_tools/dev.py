@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # and moto MOTO_STOP_SECONDS to compact (it abandons a compaction past serial_moto.STOP_COMPACTION_SECONDS and
 # keeps the journal whole; killed past this, it loses nothing acknowledged either: every write is journaled).
 GRACEFUL_SECONDS = 1.0
+KEEP_ALIVE_SECONDS = 75  # how long the front server keeps an idle client connection (nginx's default)
 MOTO_STOP_SECONDS = 2.0
 
 
@@ -311,8 +312,12 @@ def run(args: argparse.Namespace) -> int:
         # a front door must answer with an OpenAI error (an obsolete folded header, odd bytes in a key), where
         # httptools, which the proxy runs behind the adapter on Lambda (well-formed requests only), answers a
         # plain-text 400 (tests/integration/test_dev_gateway.py, test_fuzz.py).
+        # timeout_keep_alive: an idle connection stays open longer than clients keep one (httpx, and so the OpenAI
+        # SDK: 5 s; uvicorn's own default is also 5 s, so a client reusing a connection just as the server closed
+        # it got a broken request: tests/integration/test_concurrency.py did, once). AWS's front doors keep theirs
+        # open for about a minute too.
         config = uvicorn.Config(gateway, log_level="info", access_log=True, lifespan="on", http="h11",
-                                timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                                timeout_keep_alive=KEEP_ALIVE_SECONDS, timeout_graceful_shutdown=GRACEFUL_SECONDS,
                                 log_config=_uvicorn_log_config(request_file))
 
         class Server(uvicorn.Server):
