@@ -144,26 +144,28 @@ def cpu_seconds_exact(pid: int) -> float:
     return total / 1e9
 
 
-def before_tree(workdir: Path) -> Path:
-    """The proxy's code at BEFORE_COMMIT (its core layer and function), from git's history."""
+def before_tree(workdir: Path, commit: str = BEFORE_COMMIT) -> Path:
+    """The proxy's code at `commit` (its core layer and function), from git's history."""
     target = workdir / "before"
     target.mkdir(exist_ok=True)
-    archive = subprocess.run(["git", "archive", BEFORE_COMMIT, "layers/core", "functions/proxy"], cwd=ROOT,
+    archive = subprocess.run(["git", "archive", commit, "layers/core", "functions/proxy"], cwd=ROOT,
                              capture_output=True, check=False)
     if archive.returncode != 0:
-        raise RuntimeError(f"git archive {BEFORE_COMMIT} failed (a shallow clone?): {archive.stderr.decode()[:300]}")
+        raise RuntimeError(f"git archive {commit} failed (a shallow clone?): {archive.stderr.decode()[:300]}")
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
 
-def measure_cpu(stack: Stack, progress=print) -> dict:
-    """`before` and `now` in their own proxy processes on the same stack, in alternating blocks of BLOCK
-    requests: CPU per request (the median block) and the overhead header's median, by variant, and the median of
-    the blocks' now/before ratios."""
-    before = before_tree(stack.workdir)
+def measure_cpu(stack: Stack, progress=print, commit: str = BEFORE_COMMIT) -> dict:
+    """`before` (the proxy at `commit`) and `now` in their own proxy processes on the same stack, in alternating
+    blocks of BLOCK requests: CPU per request (the median block) and the overhead header's median, by variant, and
+    the median of the blocks' now/before ratios."""
+    before = before_tree(stack.workdir, commit)
+    # As issue 25 found it, the proxy ran on asyncio's loop and h11; a later commit runs as its own run.sh says.
+    server = ["UVICORN_LOOP=asyncio", "UVICORN_HTTP=h11"] if commit == BEFORE_COMMIT else []
     commands = {
-        "before": (["env", "UVICORN_LOOP=asyncio", "UVICORN_HTTP=h11", f"PYTHONPATH={before / 'layers' / 'core'}",
-                    *UVICORN], before / "functions" / "proxy"),
+        "before": (["env", *server, f"PYTHONPATH={before / 'layers' / 'core'}", *UVICORN],
+                   before / "functions" / "proxy"),
         "now": (UVICORN, ROOT / "functions" / "proxy"),
     }
     proxies = {name: stack.proxy(f"proxy-{name}", command, cwd) for name, (command, cwd) in commands.items()}
@@ -414,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiled-http", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--no-doc", action="store_true", help="print the section, do not write BENCHMARKS.md")
     parser.add_argument("--cpu-only", action="store_true", help="only section 1's figures, printed (~1 minute)")
+    parser.add_argument("--against", metavar="COMMIT", default=BEFORE_COMMIT,
+                        help="with --cpu-only: the working tree against this commit, not the proxy as issue 25 "
+                             "found it (a change's own effect, side by side)")
     args = parser.parse_args(argv)
+    if args.against != BEFORE_COMMIT and not args.cpu_only:
+        parser.error("--against goes with --cpu-only (section 6 always compares with the proxy as issue 25 found it)")
     if args.serve_profiled:
         serve_profiled(int(args.serve_profiled[0]), args.serve_profiled[1], args.profiled_app, args.profiled_loop,
                        args.profiled_http)
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(Path(tempfile.mkdtemp(prefix="onysoft-bench-profile-")))
     if args.cpu_only:
         try:
-            print(json.dumps(measure_cpu(stack)))
+            print(json.dumps(measure_cpu(stack, commit=args.against)))
         finally:
             stack.stop()
         return 0
