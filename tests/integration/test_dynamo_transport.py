@@ -358,3 +358,33 @@ def test_every_framing_of_an_answer_is_read_whole_and_a_kept_alive_connection_is
     assert answers == [{"Item": _Framing.item}] * 4
     kept_alive = mode in ("length", "chunked")
     assert len(set(handler.ports)) == (1 if kept_alive else 4), handler.ports
+
+
+class _HeaderRecorder(_Recorder):
+    all_values: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.all_values.append({name: self.headers.get_all(name) for name in ("Accept-Encoding", "X-Extra")})
+        super().do_POST()
+
+
+def test_a_header_a_hook_adds_goes_out_once_as_it_was_given():
+    """A before-send hook (PynamoDB's extra headers) may give a header the transport also sends, or bytes: one of
+    each on the wire, the hook's, decoded."""
+    _HeaderRecorder.all_values = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeaderRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fast = lean(botocore_client(f"http://127.0.0.1:{server.server_address[1]}"))
+
+        def extra(request, **_):
+            request.headers["Accept-Encoding"] = "gzip"
+            request.headers["X-Extra"] = b"yes"
+
+        fast.meta.events.register("before-send.dynamodb.GetItem", extra)
+        answer = fast._make_api_call("GetItem", {"TableName": TABLE, "Key": {"pk": {"S": "a"}}})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert without_metadata(answer) == {"Item": {"pk": {"S": "a"}}}
+    assert _HeaderRecorder.all_values == [{"Accept-Encoding": ["gzip"], "X-Extra": ["yes"]}]

@@ -174,13 +174,18 @@ RECV_BYTES = 65536
 def _request(headers: dict, body: bytes) -> bytes:
     """The POST as it goes on the wire (http.client's request, without its per-header checks and buffering)."""
     lines = ["POST / HTTP/1.1"]
+    given = set()
     for name, value in headers.items():
-        value = str(value)
+        value = value.decode("latin-1") if isinstance(value, bytes) else str(value)
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise ValueError(f"invalid header {name!r}")  # a header must never smuggle another
+        given.add(name.lower())
         lines.append(f"{name}: {value}")
-    lines.append("Accept-Encoding: identity")  # as http.client sends it: DynamoDB's answer uncompressed
-    lines.append(f"Content-Length: {len(body)}")
+    # What http.client adds unless a hook gave it already (never twice): DynamoDB's answer uncompressed, the length.
+    if "accept-encoding" not in given:
+        lines.append("Accept-Encoding: identity")
+    if "content-length" not in given:
+        lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
