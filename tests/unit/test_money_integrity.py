@@ -766,5 +766,4 @@ def test_idle_upstream_connections_are_dropped_before_a_servers_idle_timeout_can
     from onysoft.providers import get_provider
 
     client = upstream.client_for(get_provider("openai"))
-    pool = client._transport._pool  # httpx's connection pool (httpcore)
-    assert pool._keepalive_expiry < 5.0
+    assert client._transport.keepalive_seconds < 5.0  # onysoft.upstream_transport (its use: its own tests)

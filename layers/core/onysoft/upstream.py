@@ -1,4 +1,5 @@
-"""Calling providers: one httpx client per provider, reused across invocations, and the mapping of
+"""Calling providers: one httpx client per provider, reused across invocations (its transport: HTTP/1.1 on asyncio's
+own transports, onysoft.upstream_transport), and the mapping of
 upstream failures to the gateway's errors (a 4xx keeps its status, 429 stays 429, 5xx or a broken
 connection is 502, a timeout is 504).
 
@@ -20,6 +21,7 @@ import httpx
 from onysoft import errors
 from onysoft.mock_provider import MockTransport
 from onysoft.providers import Provider
+from onysoft.upstream_transport import LeanTransport
 
 logger = logging.getLogger("onysoft.upstream")
 
@@ -66,8 +68,7 @@ class _StatelessClient(httpx.AsyncClient):
 def client_for(provider: Provider) -> httpx.AsyncClient:
     client = _clients.get(provider.name)
     if client is None or client.is_closed:
-        client = _StatelessClient(timeout=_timeout(), limits=httpx.Limits(max_keepalive_connections=20,
-                                                                         keepalive_expiry=KEEPALIVE_SECONDS),
+        client = _StatelessClient(timeout=_timeout(), transport=LeanTransport(keepalive_seconds=KEEPALIVE_SECONDS),
                                    mounts={"mock://": MockTransport()})
         _clients[provider.name] = client
     return client

@@ -1,0 +1,211 @@
+"""The providers' transport (onysoft.upstream_transport) against a scripted HTTP/1.1 server on real sockets: every
+framing of an answer read whole, kept-alive connections reused only when they can be, and above all what its
+errors say. `upstream.never_sent` releases the hold on ConnectError/ConnectTimeout, so only a connection that was
+never made may raise them; a request that left and got no answer is charged."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from onysoft import upstream
+from onysoft.upstream_transport import HIGH_WATER_BYTES, LeanTransport
+
+
+class Scripted:
+    """A server that answers each request with the next of `answers` (raw bytes, or a callable given the writer),
+    and counts connections and requests."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server = None
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.connections += 1
+        try:
+            while self.answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                self.requests.append(head + await reader.readexactly(length))
+                answer = self.answers.pop(0)
+                if callable(answer):
+                    if await answer(writer) == "close":
+                        break
+                    continue
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer.lower() or b"content-length" not in answer.lower() and \
+                        b"chunked" not in answer.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+def _ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body), extra, body)
+
+
+def _client(keepalive: float = 4.0, read: float = 2.0) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=LeanTransport(keepalive_seconds=keepalive),
+                             timeout=httpx.Timeout(5.0, read=read))
+
+
+async def _post(client: httpx.AsyncClient, url: str, content: bytes = b'{"model":"x"}') -> tuple[int, bytes]:
+    response = await client.send(client.build_request("POST", url, content=content), stream=True)
+    try:
+        return response.status_code, await response.aread()
+    finally:
+        await response.aclose()
+
+
+def test_every_framing_of_an_answer_is_read_whole_and_a_kept_alive_connection_is_reused():
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    until_closed = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nread until the end"
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + _ok(b"after hints")
+
+    async def run():
+        async with Scripted([_ok(), chunked, early_hints, until_closed]) as server, _client() as client:
+            assert await _post(client, server.url) == (200, b'{"ok":true}')
+            assert await _post(client, server.url) == (200, b"hello world")
+            assert await _post(client, server.url) == (200, b"after hints")
+            assert server.connections == 1  # three answers that say where they end: one connection
+            assert await _post(client, server.url) == (200, b"read until the end")
+            assert len(server.requests) == 4
+            assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+            assert server.requests[0].endswith(b'\r\n\r\n{"model":"x"}')
+        async with Scripted([until_closed, _ok()]) as server, _client() as client:
+            await _post(client, server.url)
+            await _post(client, server.url)  # the first connection ended with its answer: a new one
+            assert server.connections == 2
+
+    asyncio.run(run())
+
+
+def test_only_a_connection_never_made_reads_as_never_sent():
+    async def read_then_hang_up(writer):
+        return "close"
+
+    async def half_the_body(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        return "close"
+
+    async def silent(writer):
+        await asyncio.sleep(2)
+
+    async def run():
+        refused = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = refused.sockets[0].getsockname()[1]
+        refused.close()
+        await refused.wait_closed()
+        async with _client() as client:
+            with pytest.raises(httpx.HTTPError) as raised:
+                await _post(client, f"http://127.0.0.1:{port}/v1/chat/completions")
+            assert upstream.never_sent(raised.value)
+        seen = {}
+        async with Scripted([read_then_hang_up, half_the_body, silent]) as server, _client(read=0.3) as client:
+            with pytest.raises(httpx.HTTPError) as raised:
+                await _post(client, server.url)
+            seen["no answer"] = raised.value
+            response = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            with pytest.raises(httpx.HTTPError) as raised:
+                await response.aread()
+            await response.aclose()
+            seen["cut"] = raised.value
+            with pytest.raises(httpx.HTTPError) as raised:
+                await _post(client, server.url)
+            seen["silent"] = raised.value
+            assert len(server.requests) == 3  # each request reached the server: none of these is "never sent"
+        assert not any(upstream.never_sent(exc) for exc in seen.values()), seen
+        assert isinstance(seen["silent"], httpx.ReadTimeout)
+        assert not isinstance(seen["cut"], httpx.TimeoutException)
+
+    asyncio.run(run())
+
+
+def test_a_connection_the_provider_closed_while_idle_is_replaced_before_a_request_is_written_on_it():
+    async def answer_then_close(writer):
+        writer.write(_ok())
+        await writer.drain()
+        return "close"  # a keep-alive answer, then the server closes (its idle timeout)
+
+    async def run():
+        async with Scripted([answer_then_close, _ok(b"second")]) as server, _client() as client:
+            await _post(client, server.url)
+            await asyncio.sleep(0.1)  # the close arrives while the connection is idle
+            assert await _post(client, server.url) == (200, b"second")
+            assert server.connections == 2 and len(server.requests) == 2
+
+    asyncio.run(run())
+
+
+def test_an_idle_connection_is_kept_no_longer_than_keepalive_seconds():
+    async def run():
+        async with Scripted([_ok(), _ok(), _ok()]) as server, _client(keepalive=0.2) as client:
+            await _post(client, server.url)
+            await _post(client, server.url)
+            assert server.connections == 1
+            await asyncio.sleep(0.3)
+            await _post(client, server.url)
+            assert server.connections == 2
+
+    asyncio.run(run())
+
+
+def test_a_header_that_could_end_its_line_never_leaves():
+    async def run():
+        async with Scripted([_ok()]) as server, _client() as client:
+            request = client.build_request("POST", server.url, content=b"{}",
+                                           headers={"x-smuggle": "a\r\nx-admin: 1"})
+            with pytest.raises(httpx.LocalProtocolError):
+                await client.send(request)
+            await asyncio.sleep(0.05)
+            assert server.connections == 0
+
+    asyncio.run(run())
+
+
+def test_an_answer_larger_than_the_high_water_mark_arrives_whole():
+    body = bytes(range(256)) * (3 * HIGH_WATER_BYTES // 256 + 7)
+
+    async def run():
+        async with Scripted([_ok(body), _ok()]) as server, _client() as client:
+            response = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            got = []
+            async for chunk in response.aiter_raw():
+                got.append(chunk)
+                await asyncio.sleep(0.01)  # a slow reader: the provider gets ahead, reading pauses
+            await response.aclose()
+            assert b"".join(got) == body
+            assert await _post(client, server.url) == (200, b'{"ok":true}')
+            assert server.connections == 1
+
+    asyncio.run(run())
+
+
+def test_an_answer_abandoned_before_its_end_closes_its_connection():
+    async def run():
+        big = b"y" * 200_000
+        async with Scripted([_ok(big), _ok()]) as server, _client() as client:
+            response = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            async for _ in response.aiter_raw():
+                break
+            await response.aclose()  # the rest is never read: the connection cannot carry another answer
+            assert await _post(client, server.url) == (200, b'{"ok":true}')
+            assert server.connections == 2
+
+    asyncio.run(run())
