@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from onysoft import upstream
+from onysoft import upstream, upstream_transport
 from onysoft.upstream_transport import HIGH_WATER_BYTES, LeanTransport
 
 
@@ -207,5 +207,61 @@ def test_an_answer_abandoned_before_its_end_closes_its_connection():
             await response.aclose()  # the rest is never read: the connection cannot carry another answer
             assert await _post(client, server.url) == (200, b'{"ok":true}')
             assert server.connections == 2
+
+    asyncio.run(run())
+
+
+def test_a_direct_read_can_be_given_up_and_cancelled_without_losing_a_byte_and_still_times_out_on_silence():
+    """forwarding._Upstream reads with `receive`: a drain after a hang-up gives up every STOP_POLL_SECONDS, and a
+    relay is cancelled while it waits. Neither may lose what arrives; silence is still the read timeout."""
+    async def trickle(writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        for part in (b"one ", b"two ", b"three"):
+            await asyncio.sleep(0.15)
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        await asyncio.sleep(0.6)  # then silent past the read timeout
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return "close"
+
+    async def run():
+        async with Scripted([trickle]) as server, _client(read=0.4) as client:
+            response = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            body = upstream_transport.direct_body(response)
+            assert body is not None
+            got, gave_up = [], 0
+            while len(b"".join(got)) < len(b"one two three"):
+                waiting = asyncio.ensure_future(body.receive(10))
+                done, _ = await asyncio.wait({waiting}, timeout=0.05)
+                if not done:
+                    waiting.cancel()  # a cancelled read: whatever comes meanwhile stays for the next one
+                    gave_up += 1
+                    chunk = await body.receive(0.03)  # at most 30 ms: b"" when nothing came by then
+                else:
+                    chunk = waiting.result()
+                got.append(chunk)
+            assert b"".join(got) == b"one two three" and gave_up >= 3 and b"" in got
+            with pytest.raises(httpx.ReadTimeout):
+                while await body.receive(0.1) is not None:  # polls shorter than the silence: it still counts
+                    pass
+            await response.aclose()
+
+    asyncio.run(run())
+
+
+def test_an_encoded_answer_is_not_read_directly():
+    """httpx decodes a compressed answer; reading its bytes as they came would hand gzip to the SSE parser."""
+    import gzip
+    packed = gzip.compress(b'{"ok":true}')
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(packed), packed)
+
+    async def run():
+        async with Scripted([answer]) as server, _client() as client:
+            response = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            assert upstream_transport.direct_body(response) is None
+            assert await response.aread() == b'{"ok":true}'
+            await response.aclose()
 
     asyncio.run(run())

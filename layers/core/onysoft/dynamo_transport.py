@@ -36,6 +36,7 @@ from botocore import exceptions as bexc
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.exceptions import ClientError
 
+from onysoft import wire_json
 from onysoft.sigv4 import Signer
 
 logger = logging.getLogger("onysoft.dynamo_transport")
@@ -255,7 +256,7 @@ class LeanClient:
         context: dict = {}
         events.emit(f"before-parameter-build.dynamodb.{operation}", params=params, model=model, context=context)
         try:
-            body = json.dumps(params, separators=(",", ":"))
+            body = wire_json.dumps(params).decode()
         except TypeError:  # a value JSON cannot carry (bytes): botocore's serializer knows what to do (it emits
             return self._client._make_api_call(operation, params)  # the first event again: hooks see it twice)
         request = {"url_path": "/", "query_string": "", "method": "POST", "headers": {}, "body": body,
@@ -325,7 +326,7 @@ class LeanClient:
                 "HTTPHeaders": dict(headers), "RetryAttempts": 0}
 
     def _answer(self, data: bytes, status: int, headers) -> dict:
-        parsed = json.loads(data) if data else {}
+        parsed = wire_json.loads(data) if data else {}
         parsed["ResponseMetadata"] = self._metadata(status, headers)
         return parsed
 

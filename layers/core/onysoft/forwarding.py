@@ -50,6 +50,8 @@ from onysoft import (
     sse,
     telemetry,
     upstream,
+    upstream_transport,
+    wire_json,
 )
 from onysoft.blocking import run_blocking
 from onysoft.caller import CallerContext
@@ -392,7 +394,7 @@ async def _hold_and_send(request: Request, endpoint: str, key_hash: str, caller:
 
 def _upstream_body(fmt: api_formats.ApiFormat, body: dict, price: ModelPrice, provider: Provider,
                    output_limit: int) -> bytes:
-    return json.dumps(fmt.upstream_body(body, price, provider, output_limit)).encode()
+    return wire_json.dumps(fmt.upstream_body(body, price, provider, output_limit))
 
 
 def settle(hold: billing.Hold, usage: Usage | None, upstream_status: int | None = 200, reason: str = "") -> None:
@@ -509,7 +511,7 @@ async def _read_answer(response: httpx.Response, deadline_at: float) -> tuple[by
 
 def _usage_of_answer(content: bytes | None, hold: billing.Hold, fmt: api_formats.ApiFormat) -> Usage | None:
     try:
-        payload = json.loads(content) if content is not None else None
+        payload = wire_json.loads(content) if content is not None else None
     except (ValueError, UnicodeDecodeError):
         return None
     return known_usage(fmt, payload.get("usage"), None, hold) if isinstance(payload, dict) else None
@@ -520,7 +522,7 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
     """A whole answer from the provider (embeddings; a provider that answers a stream request whole)."""
     content, ended = await _read_answer(response, deadline_at)
     try:
-        payload = json.loads(content) if content is not None else None
+        payload = wire_json.loads(content) if content is not None else None
     except (ValueError, UnicodeDecodeError):
         payload = None
     usage = known_usage(fmt, payload.get("usage"), None, hold) if isinstance(payload, dict) else None
@@ -533,7 +535,7 @@ async def _relay_whole(response: httpx.Response, provider: Provider, hold: billi
         raise _with_headers(_malformed(provider, usage), headers)  # a 200 that is not a JSON object is no answer
     if rename:
         payload = api_formats.rename_model(payload, rename)
-        content = json.dumps(payload).encode()
+        content = wire_json.dumps(payload)
     return Response(content, status_code=200, media_type="application/json", headers=headers)
 
 
@@ -556,12 +558,18 @@ def _ended_early(provider: Provider, ended: str) -> errors.GatewayError:
 class _Upstream:
     """The provider's response read chunk by chunk under the proxy's deadline. `ended` says how it ended: None
     while open, then "complete" (the provider closed it), "cut" (a broken connection), "timeout" (silent for the
-    read timeout), "deadline" (the proxy's), or "stopping" (the process is stopping)."""
+    read timeout), "deadline" (the proxy's), or "stopping" (the process is stopping).
+
+    Waiting never breaks the read (a drain after a hang-up gives up every STOP_POLL_SECONDS to look whether the
+    process is stopping, and a cancelled relay hands the reader to its `finally`): an answer on the providers' own
+    transport is read with its cancel-safe `receive`; any other (the mock provider's, a compressed one) through
+    httpx's async iterator in a task of its own, which a wait that gives up leaves pending."""
 
     def __init__(self, response: httpx.Response, deadline_at: float):
         self.response = response
         self.deadline_at = deadline_at
-        self.chunks = response.aiter_bytes()
+        self.direct = upstream_transport.direct_body(response)
+        self.chunks = response.aiter_bytes() if self.direct is None else None
         self.ended: str | None = None
         self.buffer = b""
         self._pending: asyncio.Future | None = None
@@ -575,25 +583,33 @@ class _Upstream:
             if watch_stop and stopping:
                 self.ended = "stopping"
                 break
-            if self._pending is None:
-                self._pending = asyncio.ensure_future(self.chunks.__anext__())
-            # Waiting never cancels the read itself (that would break the stream): a pending read is kept.
-            with overhead.upstream_wait():
-                done, _ = await asyncio.wait({self._pending}, timeout=min(remaining, STOP_POLL_SECONDS)
-                                             if watch_stop else remaining)
-            if not done:
-                continue
-            pending, self._pending = self._pending, None
+            within = min(remaining, STOP_POLL_SECONDS) if watch_stop else remaining
             try:
-                return pending.result()
+                with overhead.upstream_wait():
+                    chunk = await (self.direct.receive(within) if self.direct is not None else self._iterate(within))
             except StopAsyncIteration:
                 self.ended = "complete"
             except httpx.TimeoutException:
                 self.ended = "timeout"
             except httpx.HTTPError:
                 self.ended = "cut"
+            else:
+                if chunk is None:
+                    self.ended = "complete"
+                elif chunk:
+                    return chunk
         self._abandon()
         return None
+
+    async def _iterate(self, within: float) -> bytes:
+        """httpx's next chunk, b"" if none came within `within` seconds (the read goes on, kept pending)."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.chunks.__anext__())
+        done, _ = await asyncio.wait({self._pending}, timeout=within)
+        if not done:
+            return b""
+        pending, self._pending = self._pending, None
+        return pending.result()
 
     async def next_events(self, watch_stop: bool = False) -> list[bytes] | None:
         """The next complete server-sent events, or None once the stream has ended."""
@@ -643,7 +659,7 @@ async def _answer_from_stream(response: httpx.Response, provider: Provider, hold
         raise _with_headers(_ended_early(provider, ended) if ended else _malformed(provider, usage), headers)
     if rename:
         answer = api_formats.rename_model(answer, rename)
-    return Response(json.dumps(answer).encode(), status_code=200, media_type="application/json", headers=headers)
+    return Response(wire_json.dumps(answer), status_code=200, media_type="application/json", headers=headers)
 
 
 class BilledStream(StreamingResponse):

@@ -1,8 +1,9 @@
 """Server-sent events from an OpenAI-compatible stream: split into events, read usage, count what was delivered,
 drop the usage chunk the gateway asked for when the client did not."""
 
-import json
 from dataclasses import dataclass, field
+
+from onysoft import wire_json
 
 
 @dataclass
@@ -63,7 +64,7 @@ def inspect(event: bytes, tally: StreamTally) -> bool:
         tally.done = True
         return False
     try:
-        chunk = json.loads(data)
+        chunk = wire_json.loads(data)
     except ValueError:
         return False
     if not isinstance(chunk, dict):
@@ -88,6 +89,6 @@ def event_json(event: bytes):
     if data is None:
         return None
     try:
-        return json.loads(data)
+        return wire_json.loads(data)
     except ValueError:
         return None

@@ -23,11 +23,14 @@ for a connection.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections import deque
 
 import httptools
 import httpx
+
+BODY_EXTENSION = "onysoft.body"  # where an answer's extensions keep its _Body (direct_body)
 
 # A provider faster than the client reading it: reading pauses past this many bytes held, resumes below it.
 HIGH_WATER_BYTES = 1024 * 1024
@@ -148,18 +151,20 @@ class _Connection(asyncio.Protocol):
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(True)
 
-    def _timed_out(self, waiter: asyncio.Future) -> None:
+    @staticmethod
+    def _timed_out(waiter: asyncio.Future) -> None:
         if not waiter.done():
-            waiter.set_exception(httpx.ReadTimeout("the provider went silent for the read timeout"))
+            waiter.set_result(False)
 
-    async def _wait(self, timeout: float | None) -> None:
-        """Until the parser has something new (or the connection ended, or `timeout` seconds of silence)."""
+    async def _wait(self, timeout: float | None) -> bool:
+        """Until the parser has something new or the connection ended (True), or `timeout` seconds passed (False).
+        A cancelled wait loses nothing: what arrives stays in the connection's buffer."""
         waiter = self._waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout, self._timed_out, waiter) if timeout is not None else None
         try:
-            await waiter  # a cancelled wait loses nothing: what arrives stays in the connection's buffer
+            return await waiter
         finally:
             self._waiter = None
             if timer is not None:
@@ -169,24 +174,32 @@ class _Connection(asyncio.Protocol):
         while not self.head_done:
             if self.error is not None:
                 raise self.error
-            await self._wait(timeout)
+            if not await self._wait(timeout):
+                raise _silent()
+
+    def take(self) -> bytes:
+        """Everything of the body that has arrived, as one piece (b"" if nothing has)."""
+        if not self.chunks:
+            return b""
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.held = 0
+        if self.paused and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
 
     async def next_body(self, timeout: float | None) -> bytes | None:
-        """What of the body has arrived (everything held, as one piece), or None once it is whole."""
+        """What of the body has arrived, waiting for it if nothing has; None once the body is whole."""
         while True:
-            if self.chunks:
-                data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-                self.chunks.clear()
-                self.held = 0
-                if self.paused and not self.closed:
-                    self.paused = False
-                    self.transport.resume_reading()
+            if data := self.take():
                 return data
             if self.complete:
                 return None
             if self.error is not None:
                 raise self.error
-            await self._wait(timeout)
+            if not await self._wait(timeout):
+                raise _silent()
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self.error is None
@@ -195,6 +208,10 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _silent() -> httpx.ReadTimeout:
+    return httpx.ReadTimeout("the provider went silent for the read timeout")
 
 
 def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -214,10 +231,36 @@ class _Body(httpx.AsyncByteStream):
         self._connection = connection
         self._read_timeout = read_timeout
         self._released = False
+        self._heard_at = connection.loop.time()
 
     async def __aiter__(self):
         while (data := await self._connection.next_body(self._read_timeout)) is not None:
             yield data
+
+    async def receive(self, within: float) -> bytes | None:
+        """What of the body has arrived, waiting at most `within` seconds for it (b"" if nothing came by then);
+        None once the body is whole. Safe to cancel, unlike an async iterator (a cancelled one is finished): the
+        caller may give up waiting as often as it likes and lose nothing. The read timeout still counts the
+        provider's silence since it last sent something."""
+        connection = self._connection
+        loop = connection.loop
+        give_up_at = loop.time() + within
+        while True:
+            if data := connection.take():
+                self._heard_at = loop.time()
+                return data
+            if connection.complete:
+                return None
+            if connection.error is not None:
+                raise connection.error
+            now = loop.time()
+            silence_left = self._heard_at + self._read_timeout - now if self._read_timeout is not None \
+                else math.inf
+            if silence_left <= 0:
+                raise _silent()
+            if now >= give_up_at:
+                return b""
+            await connection._wait(min(give_up_at - now, silence_left))
 
     async def aclose(self) -> None:
         if not self._released:
@@ -251,9 +294,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except BaseException:
             connection.close()
             raise
-        return httpx.Response(connection.status, headers=connection.headers,
-                              stream=_Body(self, connection, timeouts.get("read")),
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason})
+        body = _Body(self, connection, timeouts.get("read"))
+        return httpx.Response(connection.status, headers=connection.headers, stream=body,
+                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason,
+                                          BODY_EXTENSION: body})
 
     def _idle_connection(self, origin: tuple) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -320,3 +364,13 @@ def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
     if body and not length_given:
         lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def direct_body(response: httpx.Response) -> _Body | None:
+    """An answer's body to read as it arrives (`_Body.receive`: cancel-safe, no async generators in between) when
+    httpx has nothing to do to its bytes: this transport's answer, not content-encoded. Else None: read it through
+    httpx (the mock provider's answers, a compressed one)."""
+    body = response.extensions.get(BODY_EXTENSION)
+    if body is None or response.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
+        return None
+    return body

@@ -11,7 +11,7 @@ onysoft.api_formats.responses) and `messages` (Anthropic's Messages API, onysoft
 
 import json
 
-from onysoft import answer_assembly, errors, hold_sizing, provider_usage, sse
+from onysoft import answer_assembly, errors, hold_sizing, provider_usage, sse, wire_json
 from onysoft.catalog import ModelPrice
 from onysoft.provider_usage import Usage
 from onysoft.providers import Provider
@@ -144,11 +144,11 @@ def rename_model_in_event(event: bytes, name: str) -> bytes:
     if data is None or data.strip() == b"[DONE]":
         return event
     try:
-        payload = json.loads(data)
+        payload = wire_json.loads(data)
     except ValueError:
         return event
     head = b"".join(line + b"\n" for line in event.split(b"\n") if line and not line.startswith(b"data:"))
-    return head + b"data: " + json.dumps(rename_model(payload, name)).encode() + b"\n\n"
+    return head + b"data: " + wire_json.dumps(rename_model(payload, name)) + b"\n\n"
 
 
 _FORMATS: dict[str, ApiFormat] = {}
