@@ -149,3 +149,38 @@ def test_the_scheduled_key_expiry_function_puts_key_expiring_on_the_bus(event_bu
     assert result["7d"] == 1
     [expiring] = event_bus()
     assert (expiring["detail-type"], expiring["detail"]["notice"]) == ("Key Expiring", "7d")
+
+
+def test_a_secrets_key_is_read_once_per_max_age_and_the_request_path_runs_candidates_inline_only_when_at_hand(
+        aws_tables, monkeypatch):
+    """forwarding._at_hand decides whether _candidates runs on the event loop: only when it reads nothing over the
+    network (the catalog within its TTL, every provider key at hand). A key from Secrets Manager is at hand for
+    SECRET_MAX_AGE after it was read, and read again after that."""
+    import boto3
+
+    from onysoft import forwarding, providers
+
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    secrets.create_secret(Name="onysoft/providers/openai", SecretString="sk-first")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "onysoft-proxy")
+    monkeypatch.delenv("ONYSOFT_PROVIDER_OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(providers, "_keys", {})
+    catalog.set_model("openai/fake-ok", input_usd_per_mtok="1", output_usd_per_mtok="2")
+    catalog.catalog_cache.invalidate()
+    openai = providers.get_provider("openai")
+    names = [("openai/fake-ok", True)]
+
+    assert not forwarding._at_hand(names)  # the catalog is stale
+    catalog.catalog_cache.model("openai/fake-ok")  # loaded (in the pool, on the request path)
+    assert not providers.key_at_hand(openai) and not forwarding._at_hand(names)  # the key was never read
+    assert providers.api_key(openai) == "sk-first"
+    assert providers.key_at_hand(openai) and forwarding._at_hand(names)
+    assert forwarding._at_hand([("openai/not-in-the-catalog", True)])  # its 404 needs nothing fetched
+
+    secrets.put_secret_value(SecretId="onysoft/providers/openai", SecretString="sk-rotated")
+    assert providers.api_key(openai) == "sk-first"  # within the age: no call
+    now = providers.time.monotonic()
+    monkeypatch.setattr(providers.time, "monotonic", lambda: now + providers.SECRET_MAX_AGE - 1)
+    assert not providers.key_at_hand(openai)  # within 5 s of its age: not at hand for a request starting now
+    monkeypatch.setattr(providers.time, "monotonic", lambda: now + providers.SECRET_MAX_AGE + 1)
+    assert providers.api_key(openai) == "sk-rotated"  # read again past the age

@@ -16,6 +16,7 @@ PROCESS_WIDE = {
     ("onysoft.forwarding", "_closing"): "stream relays still settling, which the process's stop waits for",
     ("onysoft.models", "_shared_clients"): "one botocore client per DynamoDB endpoint for the process",
     ("onysoft.upstream", "_clients"): "one httpx client (connection pool) per provider for the process",
+    ("onysoft.providers", "_keys"): "each provider's key from its secret as last read, for SECRET_MAX_AGE",
     ("onysoft.upstream", "_urls"): "each provider endpoint's URL, parsed once (immutable; the providers' config)",
     ("onysoft.events", "_clients"): "one EventBridge client per endpoint for the process (under its lock)",
     ("onysoft.circuit_breaker", "_breakers"): "one breaker per provider: the process's view of it (under its lock)",

@@ -224,6 +224,10 @@ class CatalogCache:
         self._refresh_if_stale()
         return self._fx.get(pair)
 
+    def fresh(self, within_seconds: float = 5.0) -> bool:
+        """Whether reading the cache needs no Scan for `within_seconds` more."""
+        return time.monotonic() - self._loaded_at < self.ttl_seconds - within_seconds
+
     def invalidate(self) -> None:
         self._loaded_at = float("-inf")
 

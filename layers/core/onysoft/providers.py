@@ -7,11 +7,15 @@ sent upstream: the upstream request is built from scratch with the provider's ke
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 SECRET_MAX_AGE = 300
+# A secret's key as last read and when (monotonic), in memory only, as Powertools' own cache would keep it: kept
+# here so that key_at_hand can say whether api_key will answer without a network call.
+_keys: dict[str, tuple[str, float]] = {}
 MOCK = "mock"
 EVERY_PROVIDER_APIS = ("chat.completions", "embeddings")  # OpenAI-compatible: what every provider serves
 
@@ -83,9 +87,24 @@ def api_key(provider: Provider) -> str:
         return local
     if not provider.secret or os.environ.get("AWS_LAMBDA_FUNCTION_NAME") is None:
         raise ProviderUnavailable(f"no API key configured for provider {provider.name!r}")
+    held = _keys.get(provider.secret)
+    if held is not None and time.monotonic() - held[1] < SECRET_MAX_AGE:
+        return held[0]
     from aws_lambda_powertools.utilities import parameters  # only in AWS, only when needed
 
+    read_at = time.monotonic()
     try:
-        return str(parameters.get_secret(provider.secret, max_age=SECRET_MAX_AGE))
+        key = str(parameters.get_secret(provider.secret, force_fetch=True))
     except Exception as exc:  # noqa: BLE001 - any failure to read the secret means: not configured
         raise ProviderUnavailable(f"could not read the key of provider {provider.name!r}") from exc
+    _keys[provider.secret] = (key, read_at)
+    return key
+
+
+def key_at_hand(provider: Provider, within_seconds: float = 5.0) -> bool:
+    """Whether api_key(provider) answers without a network call for `within_seconds` more: keyless, a local key,
+    or a secret read less than SECRET_MAX_AGE ago."""
+    if provider.keyless or _env(provider.name, "API_KEY"):
+        return True
+    held = _keys.get(provider.secret)
+    return held is not None and time.monotonic() - held[1] < SECRET_MAX_AGE - within_seconds
