@@ -39,6 +39,19 @@ def _metric(documents: list[dict], name: str) -> list[dict]:
     return [d for d in _metrics(documents) if name in d]
 
 
+def _directive(document: dict, metric: str) -> dict:
+    """The EMF metric directive of `document` that names `metric` (CloudWatch reads the value at the root)."""
+    [found] = [d for d in document["_aws"]["CloudWatchMetrics"] if metric in [m["Name"] for m in d["Metrics"]]]
+    # What CloudWatch needs of every directive (the EMF specification): each dimension a non-empty string at the
+    # root, each metric a number at the root.
+    for directive in document["_aws"]["CloudWatchMetrics"]:
+        assert all(isinstance(document.get(name), str) and document[name] for dims in directive["Dimensions"]
+                   for name in dims)
+        assert all(isinstance(document.get(m["Name"]), int | float) and not isinstance(document[m["Name"]], bool)
+                   for m in directive["Metrics"])
+    return found
+
+
 def test_a_request_is_one_structured_line_and_its_metrics_by_currency(gateway, lambda_output):
     account, record, headers = new_key("user")
     response = gateway.post("/v1/chat/completions", headers=headers, json=CHAT)
@@ -50,12 +63,17 @@ def test_a_request_is_one_structured_line_and_its_metrics_by_currency(gateway, l
     assert line["model"] == "mock/echo" and line["status"] == 200 and line["currency"] == "TRY"
     assert line["charge_micros"] == charge > 0
     assert isinstance(line["upstream_latency_ms"], int) and line["level"] == "INFO"
-    [requests] = _metric(out, "Requests")
-    assert requests["currency"] == "TRY" and requests["ChargeMicros"] == [charge]
-    assert requests["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Onysoft"
-    assert requests["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["currency", "service"]]
-    [plain] = _metric(out, "UpstreamLatency")
-    assert plain["ServerErrors"] == [0] and "HoldRefusals" not in plain
+    # The line is its metrics' EMF document: one line a request, whatever it is counted under.
+    assert _metrics(out) == [line] and line["service"] == "onysoft-gateway"
+    assert line["Requests"] == 1 and line["ChargeMicros"] == charge
+    assert _directive(line, "Requests") == _directive(line, "ChargeMicros") == {
+        "Namespace": "Onysoft", "Dimensions": [["currency", "service"]],
+        "Metrics": [{"Name": "Requests", "Unit": "Count"}, {"Name": "ChargeMicros", "Unit": "Count"}]}
+    assert _directive(line, "ServerErrors") == _directive(line, "UpstreamLatency") == {
+        "Namespace": "Onysoft", "Dimensions": [["service"]],
+        "Metrics": [{"Name": "ServerErrors", "Unit": "Count"}, {"Name": "UpstreamLatency", "Unit": "Milliseconds"}]}
+    assert line["ServerErrors"] == 0 and line["UpstreamLatency"] == line["upstream_latency_ms"]
+    assert "HoldRefusals" not in line and isinstance(line["_aws"]["Timestamp"], int)
     key = headers["authorization"].split()[1]
     assert key not in json.dumps(out)  # never the key, only its id
 
@@ -67,10 +85,10 @@ def test_a_refused_hold_is_counted(gateway, lambda_output):
     out = lambda_output()
     [line] = [d for d in out if d.get("message") == "request"]
     assert line["status"] == 402 and line["error_code"] == "insufficient_balance" and "charge_micros" not in line
-    [plain] = _metric(out, "HoldRefusals")
-    assert plain["HoldRefusals"] == [1] and plain["service"] == "onysoft-gateway"
-    [requests] = _metric(out, "Requests")
-    assert requests["currency"] == "USD" and "ChargeMicros" not in requests
+    assert _metrics(out) == [line] and line["HoldRefusals"] == 1 and line["service"] == "onysoft-gateway"
+    assert _directive(line, "HoldRefusals")["Dimensions"] == [["service"]]
+    assert line["Requests"] == 1 and line["currency"] == "USD" and "ChargeMicros" not in line
+    assert _directive(line, "Requests")["Metrics"] == [{"Name": "Requests", "Unit": "Count"}]
 
 
 def test_a_failed_settle_is_counted_for_the_alarm(gateway, lambda_output, monkeypatch):
