@@ -29,6 +29,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from onysoft.dynamo_transport import LeanClient
+from tests.helpers import self_signed_certificate
 from tests.integration.conftest import ROOT, clean_env, free_port
 
 TABLE = "transport-test"
@@ -196,32 +197,6 @@ def test_what_goes_on_the_wire_is_signed_as_aws_verifies_it(moto_url):
         _verify_sigv4(method, headers["Host"], path, headers, body.replace(b"ConsistentRead", b"ConsistentReaD"))
 
 
-def _self_signed(directory) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 that no public CA signed, and its key: (cert path, key path)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onysoft transport test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
 def test_tls_is_verified_as_botocore_verifies_it(tmp_path, monkeypatch):
     """Over HTTPS the transport checks the server's certificate against the CA bundle botocore's session would use
     for the same client (AWS_CA_BUNDLE here), refuses one that bundle did not sign with botocore's SSLError, and
@@ -230,7 +205,7 @@ def test_tls_is_verified_as_botocore_verifies_it(tmp_path, monkeypatch):
 
     from botocore.exceptions import SSLError
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_certificate(tmp_path)
     _Recorder.received = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -4,27 +4,31 @@ errors say. `upstream.never_sent` releases the hold on ConnectError/ConnectTimeo
 never made may raise them; a request that left and got no answer is charged."""
 
 import asyncio
+import ssl
 
 import httpx
 import pytest
 
 from onysoft import upstream, upstream_transport
 from onysoft.upstream_transport import HIGH_WATER_BYTES, LeanTransport
+from tests.helpers import self_signed_certificate
 
 
 class Scripted:
     """A server that answers each request with the next of `answers` (raw bytes, or a callable given the writer),
     and counts connections and requests."""
 
-    def __init__(self, answers):
+    def __init__(self, answers, tls=None):
         self.answers = list(answers)
+        self.tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
         self.server = None
 
     async def __aenter__(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/chat/completions"
         return self
 
     async def __aexit__(self, *exc):
@@ -263,5 +267,28 @@ def test_an_encoded_answer_is_not_read_directly():
             assert upstream_transport.direct_body(response) is None
             assert await response.aread() == b'{"ok":true}'
             await response.aclose()
+
+    asyncio.run(run())
+
+
+def test_tls_is_verified_with_httpxs_roots_and_a_refused_certificate_is_never_sent(tmp_path, monkeypatch):
+    """Providers are HTTPS: the certificate is checked against httpx's roots (certifi's, or SSL_CERT_FILE), for the
+    URL's host. A certificate they do not vouch for fails the handshake, before any byte of the request: a
+    ConnectError, which releases the hold (nothing reached a provider)."""
+    cert, key = self_signed_certificate(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+
+    async def run():
+        async with Scripted([_ok(b"over tls")], tls=server_tls) as server:
+            async with _client() as client:  # certifi's roots: this certificate is nobody's
+                with pytest.raises(httpx.ConnectError) as raised:
+                    await _post(client, server.url)
+                assert upstream.never_sent(raised.value)
+            assert server.requests == []
+            monkeypatch.setenv("SSL_CERT_FILE", cert)  # httpx's roots, as its own transport reads them
+            async with _client() as client:
+                assert await _post(client, server.url) == (200, b"over tls")
+            assert len(server.requests) == 1
 
     asyncio.run(run())
