@@ -292,3 +292,44 @@ def test_tls_is_verified_with_httpxs_roots_and_a_refused_certificate_is_never_se
             assert len(server.requests) == 1
 
     asyncio.run(run())
+
+
+def test_a_connection_made_on_another_event_loop_is_never_reused():
+    """One transport outlives event loops where a process runs several in turn (Starlette's TestClient does): a
+    kept connection belongs to the loop that made it, and another loop opens its own."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        connections: set = set()
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            KeepAlive.connections.add(self.client_address)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
+    transport = LeanTransport(keepalive_seconds=30)
+
+    async def twice():
+        client = httpx.AsyncClient(transport=transport)
+        assert await _post(client, url) == (200, b"ok")
+        assert await _post(client, url) == (200, b"ok")
+
+    try:
+        asyncio.run(twice())
+        assert len(KeepAlive.connections) == 1  # one loop: its connection kept and reused
+        asyncio.run(twice())  # the kept connection's loop is closed: a new one, then kept and reused
+        assert len(KeepAlive.connections) == 2
+    finally:
+        server.shutdown()
+        server.server_close()

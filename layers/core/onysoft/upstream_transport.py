@@ -209,6 +209,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abandon(self) -> None:
+        """Closed from outside its event loop (which may be closed itself): its socket, as far as it can be."""
+        try:
+            self.close()
+        except RuntimeError:  # the loop is closed: the transport cannot schedule its own close
+            self.closed = True
+
 
 def _silent() -> httpx.ReadTimeout:
     return httpx.ReadTimeout("the provider went silent for the read timeout")
@@ -303,9 +310,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
         idle = self._idle.get(origin)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to have been closed
+            if connection.loop is not loop:  # made on another event loop (a test's): unusable on this one
+                connection.abandon()
+                continue
             if connection.closed or connection.transport.is_closing() or connection.chunks or \
                     now - connection.idle_since > self.keepalive_seconds:
                 connection.close()  # closed (or written to) by the provider while idle, or kept too long
@@ -344,7 +355,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for idle in self._idle.values():
             for connection in idle:
-                connection.close()
+                connection.abandon()
         self._idle.clear()
 
 
