@@ -197,8 +197,9 @@ def _from_request_context(raw: bytes | None) -> tuple[str, dict]:
 
 def emit_request(record: RequestRecord) -> None:
     """The request's log line, which in Lambda is also its metrics' EMF document: one write and one JSON
-    serialisation a request (Powertools Metrics writes a document per dimension set, each its own line: the two
-    documents and the line were ~10% of the proxy's CPU a request, and 2.6 times the bytes CloudWatch ingests)."""
+    serialisation a request. Powertools Metrics writes a document per dimension set, each its own line: the line
+    and those two documents cost 7.5% more of the proxy's CPU a request (side by side) and 17% more bytes for
+    CloudWatch Logs to ingest (1,032 against 881). The request's metrics only; the others stay Powertools'."""
     plain = {"ServerErrors": ("Count", 1 if record.status >= 500 else 0)}
     if record.upstream_ms is not None:
         plain["UpstreamLatency"] = ("Milliseconds", record.upstream_ms)
