@@ -60,3 +60,29 @@ def test_a_providers_cookie_is_never_sent_back():
         server.server_close()
     assert gateway_saw == [None, None, None]
     assert httpx_saw == [None, "affinity=tenant-a", "affinity=tenant-a"]
+
+
+def test_the_providers_transport_is_the_lean_one_unless_told_httpx(monkeypatch):
+    """ONYSOFT_UPSTREAM_TRANSPORT=httpx is the way back to httpx's own transport; both keep no connection idle past
+    KEEPALIVE_SECONDS (below a server's 5 s idle timeout), and both call a provider the same way."""
+    from onysoft.upstream_transport import LeanTransport
+
+    _CookieSetter.cookies_seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CookieSetter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    provider = Provider("transport-test", f"http://127.0.0.1:{server.server_address[1]}/v1", "", "max_tokens")
+    try:
+        for setting, kind in ((None, LeanTransport), ("lean", LeanTransport), ("httpx", httpx.AsyncHTTPTransport)):
+            if setting is None:
+                monkeypatch.delenv("ONYSOFT_UPSTREAM_TRANSPORT", raising=False)
+            else:
+                monkeypatch.setenv("ONYSOFT_UPSTREAM_TRANSPORT", setting)
+            upstream._clients.pop(provider.name, None)
+            client = upstream.client_for(provider)
+            assert type(client._transport) is kind
+            _calls(client, upstream.upstream_url(provider, "chat.completions"))
+        assert len(_CookieSetter.cookies_seen) == 9
+    finally:
+        upstream._clients.pop(provider.name, None)
+        server.shutdown()
+        server.server_close()

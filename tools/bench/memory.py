@@ -365,8 +365,8 @@ def render(m: dict) -> str:
         f"tests/integration/test_concurrency.py ({suite['result']}) | {suite['peak_rss_mb']:.0f} MB | |",
         "",
         "The proxy's CPU per request covers the whole of its work: parsing, hold and settle transactions "
-        "(botocore serialisation, not the DynamoDB server: moto runs in its own process), the upstream call "
-        "over httpx, relaying, the structured log line and the EMF metrics. The fake provider answers at once.",
+        "(the DynamoDB client's side, not the DynamoDB server: moto runs in its own process), the upstream call, "
+        "relaying, and the structured log line with its EMF metrics. The fake provider answers at once.",
         "",
         f"**Modelled** per MemorySize: Lambda's CPU share is MemorySize / {FULL_CPU_MB} MB of a vCPU (1 vCPU at "
         f"{FULL_CPU_MB} MB), so the proxy's {chat['cpu_ms']:.1f} ms of CPU stretches by {FULL_CPU_MB}/MB below "

@@ -4,7 +4,9 @@ Logs: every `onysoft.*` stdlib logger writes through Powertools' JSON formatter,
 reach CloudWatch as keys (stdlib's default formatter drops them). The proxy writes one line per request:
 request id, key_id, account_id, model, status, upstream latency, charge. Never a key: only ids.
 
-Metrics (dimension `service`, plus `currency` where it says so); the alarms in template.yaml read them:
+Metrics (dimension `service`, plus `currency` where it says so); the alarms in template.yaml read them. A
+request's own (Requests, ChargeMicros, UpstreamLatency, HoldRefusals, ServerErrors) ride on its log line as EMF
+(emit_request); the others are Powertools Metrics' documents (_emit):
 - Requests, ChargeMicros {currency}: per answered /v1 request; the charge in the account's micro-units
   (an integer; EMF carries doubles, exact below 2**53).
 - UpstreamLatency (ms to the provider's response headers), HoldRefusals (402/429 before any upstream call),

@@ -65,11 +65,19 @@ class _StatelessClient(httpx.AsyncClient):
             raise ValueError("the upstream client keeps no cookies")
 
 
+def _transport() -> httpx.AsyncBaseTransport:
+    """The providers' transport: onysoft.upstream_transport's (`lean`, the default), or httpx's own over httpcore
+    (ONYSOFT_UPSTREAM_TRANSPORT=httpx: a way back if a provider ever answers the lean one differently)."""
+    if os.environ.get("ONYSOFT_UPSTREAM_TRANSPORT", "lean") == "httpx":
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=20,
+                                                            keepalive_expiry=KEEPALIVE_SECONDS))
+    return LeanTransport(keepalive_seconds=KEEPALIVE_SECONDS)
+
+
 def client_for(provider: Provider) -> httpx.AsyncClient:
     client = _clients.get(provider.name)
     if client is None or client.is_closed:
-        client = _StatelessClient(timeout=_timeout(), transport=LeanTransport(keepalive_seconds=KEEPALIVE_SECONDS),
-                                   mounts={"mock://": MockTransport()})
+        client = _StatelessClient(timeout=_timeout(), transport=_transport(), mounts={"mock://": MockTransport()})
         _clients[provider.name] = client
     return client
 
