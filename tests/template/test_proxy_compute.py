@@ -63,6 +63,8 @@ def test_the_default_is_lambda_scale_to_zero(source, on_lambda):
     assert "CapacityProviderConfig" not in proxy and "FunctionScalingConfig" not in proxy
     assert proxy["MemorySize"] == 512 and proxy["Architectures"] == ["arm64"]
     assert "ReservedConcurrentExecutions" in proxy
+    # One request per environment at a time: the DynamoDB calls need no thread hop (onysoft.blocking).
+    assert proxy["Environment"]["Variables"]["ONYSOFT_BLOCKING_CALLS"] == "inline"
     # No instance runs unless managed-instances is chosen: the capacity provider is conditional.
     assert on_lambda["Resources"]["ProxyCapacityProvider"]["Condition"] == "ManagedProxy"
     assert not any(v["Type"] == "AWS::Lambda::Alias" for v in on_lambda["Resources"].values())
@@ -90,6 +92,8 @@ def test_managed_instances_puts_the_proxy_on_the_capacity_provider(on_managed):
         "MinExecutionEnvironments": {"Ref": "ProxyMinExecutionEnvironments"},
         "MaxExecutionEnvironments": {"Ref": "ProxyMaxExecutionEnvironments"}}
     assert proxy["Properties"]["MemorySize"] == 2048
+    # Many requests in one process: the DynamoDB calls in the pool, never on the event loop.
+    assert proxy["Properties"]["Environment"]["Variables"]["ONYSOFT_BLOCKING_CALLS"] == "pool"
     assert "ReservedConcurrentExecutions" not in proxy["Properties"]
     # Managed instances run published versions: every /v1 route streams to the alias, not to $LATEST.
     assert any(v["Type"] == "AWS::Lambda::Alias" for v in resources.values())

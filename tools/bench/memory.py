@@ -88,8 +88,18 @@ def lambda_env(function: str, **extra: str) -> dict[str, str]:
         AWS_LAMBDA_FUNCTION_NAME=f"onysoft-bench-{function}",
         AWS_ACCESS_KEY_ID="ASIABENCHBENCHBENCH00", AWS_SECRET_ACCESS_KEY="bench-secret-not-real",  # noqa: S106
     )
+    if function == "proxy":  # as template.yaml runs it on on-demand Lambda (one request per environment at a time)
+        env["ONYSOFT_BLOCKING_CALLS"] = proxy_template_env("ONYSOFT_BLOCKING_CALLS")
     env.update(extra)
     return env
+
+
+def proxy_template_env(name: str) -> str:
+    """A literal environment variable of template.yaml's ProxyFunction (template.managed.json's differ: see
+    onysoft_tools.proxy_compute)."""
+    from onysoft_tools.template import load_template
+
+    return str(load_template()["Resources"]["ProxyFunction"]["Properties"]["Environment"]["Variables"][name])
 
 
 # ---------------------------------------------------------------------------------------------- 1. imports

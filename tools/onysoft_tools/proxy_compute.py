@@ -51,6 +51,8 @@ def variant(tpl: dict[str, Any], compute: str) -> dict[str, Any]:
     # AWS::Lambda::CapacityProvider yet (E1010). Its format: the Lambda API's CapacityProviderArn pattern.
     proxy["DependsOn"] = sorted({*_as_list(proxy.get("DependsOn")), "ProxyCapacityProvider"})
     props["MemorySize"] = MEMORY_MB
+    # Many requests in one process: the blocking calls on the thread pool, never on the event loop (onysoft.blocking).
+    props["Environment"]["Variables"]["ONYSOFT_BLOCKING_CALLS"] = "pool"
     props["AutoPublishAlias"] = ALIAS
     props["CapacityProviderConfig"] = {
         "Arn": {"Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:capacity-provider:"

@@ -1,4 +1,5 @@
-"""Where the request path's blocking calls run: DynamoDB through PynamoDB, off the event loop (issue 25).
+"""Where the request path's blocking calls run: DynamoDB through PynamoDB, off the event loop (issue 25), unless
+the process serves one request at a time (on-demand Lambda: ONYSOFT_BLOCKING_CALLS=inline, see run_blocking).
 
 One thread pool per process, as many threads as DynamoDB connections (onysoft.config.dynamodb_threads), so
 many requests at once on managed instances never wait on the loop's thread. The call runs in a copy of the
@@ -39,7 +40,12 @@ def pool() -> ThreadPoolExecutor:
 
 
 async def run_blocking(func: Callable[..., T], *args, **kwargs) -> T:
-    """`func(*args, **kwargs)` in the pool, in a copy of the current context; its result or its exception."""
+    """`func(*args, **kwargs)` in the pool, in a copy of the current context; its result or its exception. With
+    ONYSOFT_BLOCKING_CALLS=inline (on-demand Lambda: one request per process at a time, config.blocking_calls_inline)
+    it runs right here, in a copy of the context too: a thread hop there buys nothing and costs ~6-7% of a request's
+    CPU each (two a billed request; docs/BENCHMARKS.md section 6)."""
+    if config.blocking_calls_inline():
+        return contextvars.copy_context().run(func, *args, **kwargs)
     context = contextvars.copy_context()
     call = functools.partial(context.run, func, *args, **kwargs)
     future = asyncio.get_running_loop().run_in_executor(pool(), call)

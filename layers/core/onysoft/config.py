@@ -39,3 +39,11 @@ def dynamodb_threads() -> int:
         return max(1, int(os.environ.get("ONYSOFT_DYNAMODB_THREADS") or DYNAMODB_THREADS_DEFAULT))
     except ValueError:
         return DYNAMODB_THREADS_DEFAULT
+
+
+def blocking_calls_inline() -> bool:
+    """ONYSOFT_BLOCKING_CALLS=inline: the request path's blocking calls run on the event loop's thread
+    (onysoft.blocking). template.yaml sets it for on-demand Lambda, where an execution environment serves one request
+    at a time, so the loop has no other request to serve while it waits. `pool` (the default, and managed instances',
+    and `onysoft dev`'s): on the thread pool, never on the loop."""
+    return os.environ.get("ONYSOFT_BLOCKING_CALLS", "pool") == "inline"
