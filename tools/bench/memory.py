@@ -160,7 +160,9 @@ def _authorizer_context(dev_env: dict[str, str], key: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_proxy(progress=print) -> dict:
+def measure_proxy(progress=print, blocking: str | None = None) -> dict:
+    """The proxy alone as template.yaml runs it on on-demand Lambda, or with ONYSOFT_BLOCKING_CALLS=`blocking`
+    (`pool`: as on managed instances, template.managed.json)."""
     from onysoft_tools.settings import read_env_file
 
     workdir = Path(tempfile.mkdtemp(prefix="onysoft-bench-memory-"))
@@ -190,7 +192,8 @@ def measure_proxy(progress=print) -> dict:
         dev_env = {k: v for k, v in read_env_file(state / "dev.env").items() if k.startswith(("AWS_", "ONYSOFT_T"))}
         context = _authorizer_context(dev_env, key)
         env = lambda_env("proxy", PORT=str(proxy_port), ONYSOFT_PROVIDER_OPENAI_BASE_URL=upstream_url,
-                         ONYSOFT_PROVIDER_OPENAI_API_KEY=UPSTREAM_KEY, **dev_env)
+                         ONYSOFT_PROVIDER_OPENAI_API_KEY=UPSTREAM_KEY, **dev_env,
+                         **({"ONYSOFT_BLOCKING_CALLS": blocking} if blocking else {}))
         with open(workdir / "proxy.log", "wb") as log:  # EMF lines and logs, as in Lambda
             proxy = subprocess.Popen([PYTHON, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port",
                                       str(proxy_port), "--no-access-log"], cwd=ROOT / "functions" / "proxy", env=env,
@@ -366,9 +369,14 @@ def render(m: dict) -> str:
                      f"| {data['cpu_ms']:.0f} ms |")
     lines += [
         f"| proxy alone (`uvicorn app:app`, as the adapter runs it): ready | {proxy['ready_rss_mb']:.0f} MB | |",
-        f"| proxy alone: {SEQUENTIAL} chat requests one at a time, then {SEQUENTIAL} streamed | "
+        f"| proxy alone: {SEQUENTIAL} chat requests one at a time, then {SEQUENTIAL} streamed (as template.yaml "
+        "runs it on on-demand Lambda: ONYSOFT_BLOCKING_CALLS=inline) | "
         f"{proxy['sequential_peak_rss_mb']:.0f} MB | {chat['cpu_ms']:.1f} ms / request "
         f"(streamed {streamed['cpu_ms']:.1f} ms) |",
+        *([f"| proxy alone as on managed instances (ONYSOFT_BLOCKING_CALLS=pool, template.managed.json): "
+           f"{SEQUENTIAL} chat requests one at a time, then {SEQUENTIAL} streamed | | "
+           f"{proxy['managed']['chat']['cpu_ms']:.1f} ms / request "
+           f"(streamed {proxy['managed']['chat, streamed']['cpu_ms']:.1f} ms) |"] if "managed" in proxy else []),
         f"| proxy alone: {CONCURRENT} requests at concurrency {CONCURRENCY} (more than Lambda ever sends one "
         f"environment) | {proxy['concurrent_peak_rss_mb']:.0f} MB | {proxy['concurrent_cpu_ms']:.1f} ms / request |",
         f"| `onysoft dev` (proxy + authorizer + dashboard + local API Gateway in one process) under "
@@ -441,6 +449,8 @@ def run(progress=print) -> dict:
     imports = measure_imports()
     progress("memory 2/3: the proxy alone under load")
     proxy = measure_proxy(progress)
+    progress("memory 2/3: the proxy alone as on managed instances (DynamoDB calls in the thread pool)")
+    proxy["managed"] = measure_proxy(progress, blocking="pool")["per_request"]
     progress("memory 3/3: onysoft dev under the concurrency suite")
     suite = measure_suite(progress)
     measurements = {"machine": machine(), "imports": imports, "proxy": proxy, "suite": suite}
